@@ -1,0 +1,319 @@
+//! Certificates and keys: mesh roots, cluster intermediates, control-plane
+//! (mTLS) certificates, workload certificates for checks, CSR verification
+//! and chain verification.
+//!
+//! Pure: no I/O, no clock (callers pass `now`), no environment. Randomness
+//! (keys, serials) comes from ring's system RNG. Owns nothing persistent; the
+//! store and the signer decide where keys live.
+
+mod cacerts;
+mod csr;
+mod issue;
+mod key;
+mod verify;
+
+use std::time::{Duration, SystemTime};
+
+pub use cacerts::{CacertsCheck, CacertsFiles, Finding, Severity, check_cacerts};
+pub use csr::{MAX_CSR_BYTES, create_csr, verify_csr};
+pub use issue::{
+    ControlPlaneRole, RootRequest, create_control_plane_ca, create_root, import_root,
+    issue_control_plane_cert, sign_intermediate, sign_workload,
+};
+pub use key::PrivateKey;
+pub use verify::{key_matches_certificate, probe_ca_key, verify_issued, verify_leaf_path};
+
+/// The key algorithms trustplane generates or accepts in CSRs.
+///
+/// Text form (config, flags, policy): `ecdsa-p256`, `ecdsa-p384`, `rsa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyAlgorithm {
+    /// ECDSA on NIST P-256 with SHA-256.
+    EcdsaP256,
+    /// ECDSA on NIST P-384 with SHA-384.
+    EcdsaP384,
+    /// RSA (2048 to 8192 bits) with PKCS#1 v1.5 SHA-256. Accepted in CSRs
+    /// and imported roots; ring cannot generate RSA keys.
+    Rsa,
+}
+
+impl KeyAlgorithm {
+    /// The text form used in flags, config and policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
+            KeyAlgorithm::Rsa => "rsa",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for KeyAlgorithm {
+    type Err = CaError;
+
+    /// Parses `ecdsa-p256`, `ecdsa-p384` or `rsa`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "ecdsa-p256" => Ok(KeyAlgorithm::EcdsaP256),
+            "ecdsa-p384" => Ok(KeyAlgorithm::EcdsaP384),
+            "rsa" => Ok(KeyAlgorithm::Rsa),
+            other => Err(CaError::UnknownKeyAlgorithm(other.to_string())),
+        }
+    }
+}
+
+/// A public key as found in a CSR or certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKeyInfo {
+    /// The key's algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// Key size in bits (256 or 384 for ECDSA, the modulus size for RSA).
+    pub bits: u32,
+    /// DER SubjectPublicKeyInfo.
+    pub spki_der: Vec<u8>,
+}
+
+/// A CSR whose signature has been verified; only its public key is used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedCsr {
+    /// The public key the CSR was signed with.
+    pub public_key: PublicKeyInfo,
+    /// The subject as written in the CSR (informational only: never copied).
+    pub subject: String,
+}
+
+/// Everything the CA decides about a cluster intermediate. The CSR only
+/// contributes its public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntermediateProfile {
+    /// Trust domain, e.g. `cluster.local`; becomes the URI SAN `spiffe://<td>`.
+    pub trust_domain: String,
+    /// Subject organisation (`O=`).
+    pub organisation: String,
+    /// Cluster name: `CN=<cluster> intermediate CA`, `L=<cluster>`.
+    pub cluster: String,
+    /// Requested lifetime; clipped to the issuer's expiry.
+    pub lifetime: Duration,
+    /// Add URI + DNS permitted subtrees for the trust domain (see policy docs:
+    /// rustls-webpki rejects every chain carrying URI name constraints).
+    pub name_constraints: bool,
+}
+
+/// An X.509 certificate, kept as DER. Its PEM form is derived from the DER
+/// deterministically (64-column base64, `\n` line ends), so the same
+/// certificate always has the same PEM bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Certificate {
+    der: Vec<u8>,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("subject", &self.subject().unwrap_or_default())
+            .field("serial", &self.serial_hex().unwrap_or_default())
+            .finish()
+    }
+}
+
+impl Certificate {
+    /// Wraps DER bytes after checking that they parse as one X.509 certificate.
+    ///
+    /// Errors: [`CaError::Malformed`] when they do not.
+    pub fn from_der(der: Vec<u8>) -> Result<Self, CaError> {
+        let (rest, _) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|error| CaError::Malformed(format!("certificate: {error}")))?;
+        if !rest.is_empty() {
+            return Err(CaError::Malformed(
+                "certificate: trailing bytes after the DER certificate".into(),
+            ));
+        }
+        Ok(Certificate { der })
+    }
+
+    /// Parses exactly one `CERTIFICATE` PEM block.
+    ///
+    /// Errors: [`CaError::Malformed`] for anything else.
+    pub fn from_pem(text: &str) -> Result<Self, CaError> {
+        let mut all = Self::parse_pem_chain(text)?;
+        if all.len() != 1 {
+            return Err(CaError::Malformed(format!(
+                "expected exactly one certificate, found {}",
+                all.len()
+            )));
+        }
+        all.pop()
+            .ok_or_else(|| CaError::Malformed("no certificate".into()))
+    }
+
+    /// Parses every `CERTIFICATE` PEM block in order. Other block types are
+    /// an error (a private key pasted into a chain file must not pass).
+    ///
+    /// Errors: [`CaError::Malformed`] when there is no block or a block is bad.
+    pub fn parse_pem_chain(text: &str) -> Result<Vec<Self>, CaError> {
+        let blocks = pem::parse_many(text.as_bytes())
+            .map_err(|error| CaError::Malformed(format!("PEM: {error}")))?;
+        if blocks.is_empty() {
+            return Err(CaError::Malformed("no PEM certificate found".into()));
+        }
+        blocks
+            .into_iter()
+            .map(|block| {
+                if block.tag() != "CERTIFICATE" {
+                    return Err(CaError::Malformed(format!(
+                        "expected CERTIFICATE PEM blocks, found {}",
+                        block.tag()
+                    )));
+                }
+                Certificate::from_der(block.into_contents())
+            })
+            .collect()
+    }
+
+    /// The DER bytes.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The canonical PEM form (one block, trailing newline).
+    pub fn to_pem(&self) -> String {
+        let block = pem::Pem::new("CERTIFICATE", self.der.clone());
+        pem::encode_config(
+            &block,
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
+    }
+
+    fn parsed(&self) -> Result<x509_parser::certificate::X509Certificate<'_>, CaError> {
+        x509_parser::parse_x509_certificate(&self.der)
+            .map(|(_, certificate)| certificate)
+            .map_err(|error| CaError::Malformed(format!("certificate: {error}")))
+    }
+
+    /// Lowercase hex serial number without leading zero bytes.
+    pub fn serial_hex(&self) -> Result<String, CaError> {
+        let certificate = self.parsed()?;
+        let bytes = certificate.tbs_certificate.raw_serial();
+        let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|byte| *byte == 0).collect();
+        Ok(hex::encode(if trimmed.is_empty() { vec![0] } else { trimmed }))
+    }
+
+    /// The subject distinguished name in RFC 4514-like text.
+    pub fn subject(&self) -> Result<String, CaError> {
+        Ok(self.parsed()?.subject().to_string())
+    }
+
+    /// Start of validity.
+    pub fn not_before(&self) -> Result<SystemTime, CaError> {
+        let certificate = self.parsed()?;
+        Ok(unix_to_system_time(certificate.validity().not_before.timestamp()))
+    }
+
+    /// End of validity.
+    pub fn not_after(&self) -> Result<SystemTime, CaError> {
+        let certificate = self.parsed()?;
+        Ok(unix_to_system_time(certificate.validity().not_after.timestamp()))
+    }
+
+    /// Whether basicConstraints says CA:true.
+    pub fn is_ca(&self) -> Result<bool, CaError> {
+        let certificate = self.parsed()?;
+        Ok(certificate
+            .basic_constraints()
+            .map_err(|error| CaError::Malformed(format!("basicConstraints: {error}")))?
+            .is_some_and(|extension| extension.value.ca))
+    }
+
+    /// The DER SubjectPublicKeyInfo.
+    pub fn public_key_der(&self) -> Result<Vec<u8>, CaError> {
+        Ok(self.parsed()?.tbs_certificate.subject_pki.raw.to_vec())
+    }
+
+    /// URI subject alternative names (e.g. `spiffe://cluster.local`).
+    pub fn uri_sans(&self) -> Result<Vec<String>, CaError> {
+        let certificate = self.parsed()?;
+        let mut uris = Vec::new();
+        if let Some(extension) = certificate
+            .subject_alternative_name()
+            .map_err(|error| CaError::Malformed(format!("subjectAltName: {error}")))?
+        {
+            for name in &extension.value.general_names {
+                if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                    uris.push((*uri).to_string());
+                }
+            }
+        }
+        Ok(uris)
+    }
+}
+
+/// Seconds since the Unix epoch (negative before it) to `SystemTime`.
+pub fn unix_to_system_time(seconds: i64) -> SystemTime {
+    if seconds >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(seconds.unsigned_abs())
+    }
+}
+
+/// `SystemTime` to seconds since the Unix epoch (negative before it).
+pub fn system_time_to_unix(time: SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Errors from certificate and key operations. Messages never contain key
+/// material.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Input that does not parse (PEM, DER, certificate, key).
+    #[error("malformed input: {0}")]
+    Malformed(String),
+    /// A key algorithm name that trustplane does not know.
+    #[error("unknown key algorithm {0:?}: use ecdsa-p256, ecdsa-p384 or rsa")]
+    UnknownKeyAlgorithm(String),
+    /// A CSR larger than [`MAX_CSR_BYTES`].
+    #[error("CSR is {size} bytes; the limit is {limit} bytes")]
+    CsrTooLarge {
+        /// Size of the rejected input.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A CSR whose self-signature does not verify.
+    #[error("CSR signature does not verify: the CSR was altered or not signed by its key")]
+    CsrBadSignature,
+    /// A key type or size that trustplane does not accept.
+    #[error("unsupported key: {0}")]
+    UnsupportedKey(String),
+    /// An imported root that is not usable as a CA.
+    #[error("not a usable root CA: {0}")]
+    NotACa(String),
+    /// A private key that does not belong to the certificate.
+    #[error("the private key does not match the certificate's public key")]
+    KeyMismatch,
+    /// A certificate outside its validity window at the given time.
+    #[error("certificate {subject} is not valid at the given time (valid {not_before} to {not_after})")]
+    NotValidNow {
+        /// Subject of the certificate.
+        subject: String,
+        /// Start of validity (RFC 3339).
+        not_before: String,
+        /// End of validity (RFC 3339).
+        not_after: String,
+    },
+    /// Issuance failed inside rcgen or ring.
+    #[error("certificate generation failed: {0}")]
+    Generation(String),
+    /// A chain or signature verification failure.
+    #[error("verification failed: {0}")]
+    Verification(String),
+}

@@ -1,0 +1,1 @@
+//! Typed records kept in the store (serde JSON values).

@@ -1,1 +1,199 @@
-//! Typed records kept in the store (serde JSON values).
+//! Typed records kept in the store, encoded as JSON. Key material is never
+//! in a record: it lives sealed in [`Table::Secrets`].
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::{Batch, Expect, Store, StoreError, Table};
+
+/// Key of the CA settings singleton in [`Table::Meta`].
+pub const CA_SETTINGS_KEY: &str = "ca";
+/// Name of the sealed control-plane CA key in [`Table::Secrets`].
+pub const CONTROL_PLANE_KEY_SECRET: &str = "control-plane-ca-key";
+
+/// Settings fixed at `init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSettings {
+    /// The mesh trust domain.
+    pub trust_domain: String,
+    /// Subject organisation.
+    pub organisation: String,
+    /// When `init` ran (Unix seconds).
+    pub created_unix: i64,
+    /// The control-plane CA certificate (PEM).
+    pub control_plane_ca_pem: String,
+    /// Id (in [`Table::Roots`]) of the root that signs intermediates now.
+    pub signing_root_id: String,
+}
+
+/// A mesh root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootRecord {
+    /// Id: the root's hex serial.
+    pub id: String,
+    /// Certificate (PEM).
+    pub certificate_pem: String,
+    /// Name of its sealed key in [`Table::Secrets`] (None when held elsewhere, e.g. Vault).
+    pub key_secret: Option<String>,
+    /// When it was created or imported (Unix seconds).
+    pub created_unix: i64,
+    /// Whether it was imported rather than generated.
+    pub imported: bool,
+}
+
+/// What a cluster last reported (`ReportStatus`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterReport {
+    /// Bundle version applied in the cluster.
+    pub applied_bundle_version: u64,
+    /// Serial of the intermediate in use.
+    pub intermediate_serial: String,
+    /// Its expiry (Unix seconds).
+    pub intermediate_not_after_unix: i64,
+    /// The chain in use (PEM), for pre-flight checks.
+    pub cert_chain_pem: String,
+    /// Last error, empty when healthy.
+    pub error: String,
+    /// When the report arrived (Unix seconds).
+    pub reported_unix: i64,
+}
+
+/// A registered cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterRecord {
+    /// Cluster name (DNS label).
+    pub name: String,
+    /// Trust domain it belongs to.
+    pub trust_domain: String,
+    /// When it was added (Unix seconds).
+    pub created_unix: i64,
+    /// When its agent enrolled (Unix seconds), None while pending.
+    pub enrolled_unix: Option<i64>,
+    /// Serial of the only control-plane client certificate accepted for it.
+    pub client_cert_serial: Option<String>,
+    /// Last status report.
+    pub report: Option<ClusterReport>,
+}
+
+/// What an issued certificate is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IssuedKind {
+    /// A mesh root.
+    Root,
+    /// A cluster intermediate CA.
+    Intermediate,
+    /// A control-plane client certificate (agent or admin).
+    ControlPlaneClient,
+    /// The server's TLS certificate.
+    ControlPlaneServer,
+    /// The control-plane CA.
+    ControlPlaneCa,
+}
+
+/// Every issued certificate, keyed by serial so a serial is never reused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuedRecord {
+    /// Hex serial.
+    pub serial: String,
+    /// Kind.
+    pub kind: IssuedKind,
+    /// Cluster it was issued to, if any.
+    pub cluster: Option<String>,
+    /// Issuance time (Unix seconds).
+    pub issued_unix: i64,
+    /// Expiry (Unix seconds).
+    pub not_after_unix: i64,
+}
+
+/// A published bundle version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRecord {
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Version.
+    pub version: u64,
+    /// Each root's PEM, in bundle order.
+    pub roots_pem: Vec<String>,
+    /// When it was published (Unix seconds).
+    pub published_unix: i64,
+}
+
+/// A join token (stored by hash only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// Cluster it enrolls.
+    pub cluster: String,
+    /// Creation (Unix seconds).
+    pub created_unix: i64,
+    /// Expiry (Unix seconds).
+    pub expires_unix: i64,
+}
+
+/// Key of a bundle history entry: `<trust domain>/<version, 20 digits>`.
+pub fn bundle_history_key(trust_domain: &str, version: u64) -> String {
+    format!("{trust_domain}/{version:020}")
+}
+
+/// Reads and decodes a JSON record with its version.
+pub fn get_json<T: DeserializeOwned>(
+    store: &dyn Store,
+    table: Table,
+    key: &str,
+) -> Result<Option<(T, u64)>, StoreError> {
+    match store.get(table, key)? {
+        None => Ok(None),
+        Some(stored) => {
+            let value = serde_json::from_slice(&stored.value).map_err(|error| StoreError::Corrupt {
+                table: table.name(),
+                key: key.to_string(),
+                message: error.to_string(),
+            })?;
+            Ok(Some((value, stored.version)))
+        }
+    }
+}
+
+/// Reads and decodes every JSON record of a table, ordered by key.
+pub fn list_json<T: DeserializeOwned>(
+    store: &dyn Store,
+    table: Table,
+) -> Result<Vec<(String, T, u64)>, StoreError> {
+    store
+        .list(table)?
+        .into_iter()
+        .map(|(key, stored)| {
+            let value = serde_json::from_slice(&stored.value).map_err(|error| StoreError::Corrupt {
+                table: table.name(),
+                key: key.clone(),
+                message: error.to_string(),
+            })?;
+            Ok((key, value, stored.version))
+        })
+        .collect()
+}
+
+impl Batch {
+    /// Adds a put of `value` encoded as JSON.
+    pub fn put_json<T: Serialize>(
+        self,
+        table: Table,
+        key: impl Into<String>,
+        value: &T,
+        expect: Option<Expect>,
+    ) -> Result<Self, StoreError> {
+        let key = key.into();
+        let bytes = serde_json::to_vec(value).map_err(|error| StoreError::Corrupt {
+            table: table.name(),
+            key: key.clone(),
+            message: error.to_string(),
+        })?;
+        Ok(self.put(table, key, bytes, expect))
+    }
+}

@@ -134,6 +134,26 @@ pub struct TokenRecord {
     pub created_unix: i64,
     /// Expiry (Unix seconds).
     pub expires_unix: i64,
+    /// When it was used (Unix seconds); a used token is refused.
+    #[serde(default)]
+    pub used_unix: Option<i64>,
+}
+
+/// An admin credential, in [`Table::Meta`] under `admin/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminRecord {
+    /// Admin name (URI SAN `spiffe://trustplane.control/admin/<name>`).
+    pub name: String,
+    /// Serial of its client certificate.
+    pub client_cert_serial: String,
+    /// Creation (Unix seconds).
+    pub created_unix: i64,
+}
+
+/// Key of an admin record in [`Table::Meta`].
+pub fn admin_key(name: &str) -> String {
+    format!("admin/{name}")
 }
 
 /// Key of a bundle history entry: `<trust domain>/<version, 20 digits>`.

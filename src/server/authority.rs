@@ -1,0 +1,639 @@
+//! The server's state and logic, independent of gRPC: clusters, join
+//! tokens, enrollment, intermediate issuance, status and the published
+//! bundle. The gRPC layer (`grpc.rs`) only authenticates and translates.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use super::{Clock, ServerError};
+use crate::bundle::TrustBundle;
+use crate::ca::{
+    self, Certificate, ControlPlaneRole, PrivateKey, system_time_to_unix, unix_to_system_time,
+};
+use crate::policy::Policy;
+use crate::proto;
+use crate::signer::sealed::{Kek, unseal};
+use crate::signer::{LocalSigner, RootSigner};
+use crate::store::records::{
+    self, AdminRecord, BundleRecord, CaSettings, ClusterRecord, ClusterReport, IssuedKind,
+    IssuedRecord, RootRecord, TokenRecord,
+};
+use crate::store::{Batch, Expect, Store, StoreError, Table};
+
+/// URI prefix of cluster client identities.
+pub const CLUSTER_IDENTITY_PREFIX: &str = "spiffe://trustplane.control/cluster/";
+/// URI prefix of admin client identities.
+pub const ADMIN_IDENTITY_PREFIX: &str = "spiffe://trustplane.control/admin/";
+/// Default join-token lifetime.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Lifetime of control-plane client certificates.
+pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How often SPIFFE bundle consumers should refresh.
+pub const SPIFFE_REFRESH_HINT: Duration = Duration::from_secs(300);
+
+/// Who is calling, from its verified client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// An enrolled cluster's agent.
+    Cluster(String),
+    /// An admin credential.
+    Admin(String),
+}
+
+/// A bundle as published: the value and its wire form.
+#[derive(Clone, Debug)]
+pub struct PublishedBundle {
+    /// The bundle.
+    pub bundle: TrustBundle,
+    /// Its gRPC message.
+    pub message: proto::Bundle,
+}
+
+impl PublishedBundle {
+    /// Builds the wire form of `bundle`.
+    pub fn new(bundle: TrustBundle) -> Result<Self, ServerError> {
+        let spiffe_bundle_json = bundle
+            .spiffe_bundle_json(SPIFFE_REFRESH_HINT)
+            .map_err(|error| ServerError::Setup(format!("bundle: {error}")))?;
+        let message = proto::Bundle {
+            trust_domain: bundle.trust_domain().to_string(),
+            version: bundle.version(),
+            digest: bundle.digest_hex(),
+            root_cert_pem: bundle.root_cert_pem(),
+            spiffe_bundle_json,
+        };
+        Ok(PublishedBundle { bundle, message })
+    }
+}
+
+/// The central CA's state and operations.
+pub struct Authority {
+    store: Arc<dyn Store>,
+    signer: Arc<dyn RootSigner>,
+    policy: Policy,
+    settings: CaSettings,
+    control_plane_ca: Certificate,
+    control_plane_key: PrivateKey,
+    clock: Arc<dyn Clock>,
+    bundle: watch::Sender<Arc<PublishedBundle>>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("trust_domain", &self.settings.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a cluster name: a DNS label (lowercase letters, digits, `-`, at
+/// most 63 characters, no leading or trailing `-`).
+pub fn validate_cluster_name(name: &str) -> Result<(), ServerError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ServerError::InvalidArgument(format!(
+            "cluster name {name:?} must be a DNS label: lowercase letters, digits and '-', 1 to 63 characters, starting and ending with a letter or digit"
+        )))
+    }
+}
+
+/// SHA-256 hex of a join token (tokens are stored by hash only).
+pub fn token_hash(token: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
+}
+
+/// The cluster name inside a join token (`tp1.<cluster>.<secret>`).
+pub fn cluster_from_token(token: &str) -> Option<&str> {
+    let mut parts = token.trim().splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("tp1"), Some(cluster), Some(secret)) if !cluster.is_empty() && !secret.is_empty() => {
+            Some(cluster)
+        }
+        _ => None,
+    }
+}
+
+fn new_token(cluster: &str) -> Result<Zeroizing<String>, ServerError> {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), secret.as_mut())
+        .map_err(|_| ServerError::Setup("the system random generator failed".into()))?;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret.as_ref());
+    Ok(Zeroizing::new(format!("tp1.{cluster}.{encoded}")))
+}
+
+fn is_conflict(error: &ServerError) -> bool {
+    matches!(error, ServerError::Store(StoreError::Conflict { .. }))
+}
+
+impl Authority {
+    /// Opens an initialised store: unseals the signing root key and the
+    /// control-plane CA key with `kek` and loads the current bundle.
+    pub fn open(
+        store: Arc<dyn Store>,
+        kek: &Kek,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServerError> {
+        let (settings, _) =
+            records::get_json::<CaSettings>(store.as_ref(), Table::Meta, records::CA_SETTINGS_KEY)?
+                .ok_or_else(|| {
+                    ServerError::Setup(
+                        "the data directory is not initialised: run `trustplane init --trust-domain <td>` first".into(),
+                    )
+                })?;
+        policy.trust_domain(&settings.trust_domain)?;
+        let (root_record, _) =
+            records::get_json::<RootRecord>(store.as_ref(), Table::Roots, &settings.signing_root_id)?
+                .ok_or_else(|| {
+                    ServerError::Setup(format!(
+                        "signing root {} is missing from the store",
+                        settings.signing_root_id
+                    ))
+                })?;
+        let root = Certificate::from_pem(&root_record.certificate_pem)?;
+        let key_name = root_record.key_secret.clone().ok_or_else(|| {
+            ServerError::Setup("the signing root has no local key (remote signers come later)".into())
+        })?;
+        let root_key = load_sealed_key(store.as_ref(), kek, &key_name)?;
+        let signer: Arc<dyn RootSigner> = Arc::new(LocalSigner::new(root, root_key)?);
+        let control_plane_ca = Certificate::from_pem(&settings.control_plane_ca_pem)?;
+        let control_plane_key =
+            load_sealed_key(store.as_ref(), kek, records::CONTROL_PLANE_KEY_SECRET)?;
+        let (bundle_record, _) =
+            records::get_json::<BundleRecord>(store.as_ref(), Table::Bundles, &settings.trust_domain)?
+                .ok_or_else(|| ServerError::Setup("no published trust bundle in the store".into()))?;
+        let bundle = bundle_from_record(&bundle_record)?;
+        let (sender, _) = watch::channel(Arc::new(PublishedBundle::new(bundle)?));
+        Ok(Authority {
+            store,
+            signer,
+            policy,
+            settings,
+            control_plane_ca,
+            control_plane_key,
+            clock,
+            bundle: sender,
+        })
+    }
+
+    /// The trust domain served.
+    pub fn trust_domain(&self) -> &str {
+        &self.settings.trust_domain
+    }
+
+    /// The control-plane CA certificate (clients verify the server with it).
+    pub fn control_plane_ca(&self) -> &Certificate {
+        &self.control_plane_ca
+    }
+
+    /// The bundle published now.
+    pub fn current_bundle(&self) -> Arc<PublishedBundle> {
+        self.bundle.borrow().clone()
+    }
+
+    /// A receiver that sees every newly published bundle (latest wins).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<PublishedBundle>> {
+        self.bundle.subscribe()
+    }
+
+    /// Persists `bundle` as the next version, then publishes it to watchers.
+    /// Errors when its version is not exactly current + 1.
+    pub fn publish_bundle(&self, bundle: TrustBundle) -> Result<(), ServerError> {
+        let current = self.current_bundle();
+        if bundle.version() != current.bundle.version() + 1 {
+            return Err(ServerError::Setup(format!(
+                "bundle version {} does not follow {}",
+                bundle.version(),
+                current.bundle.version()
+            )));
+        }
+        let published = PublishedBundle::new(bundle)?;
+        let record = bundle_record(&published.bundle, self.clock.now());
+        let (_, stored_version) = records::get_json::<BundleRecord>(
+            self.store.as_ref(),
+            Table::Bundles,
+            self.trust_domain(),
+        )?
+        .ok_or_else(|| ServerError::Setup("no published trust bundle in the store".into()))?;
+        let batch = Batch::new()
+            .put_json(Table::Bundles, self.trust_domain(), &record, Some(Expect::Version(stored_version)))?
+            .put_json(
+                Table::Bundles,
+                records::bundle_history_key(self.trust_domain(), record.version),
+                &record,
+                Some(Expect::Absent),
+            )?;
+        self.store.commit(batch)?;
+        self.bundle.send_replace(Arc::new(published));
+        Ok(())
+    }
+
+    /// Identifies a caller from its TLS client certificate chain (already
+    /// verified against the control-plane CA by the TLS layer). A cluster or
+    /// admin whose record is gone, or whose certificate is not the one on
+    /// record, is refused.
+    pub fn identify(&self, peer_certificates: Option<&[Vec<u8>]>) -> Result<Caller, ServerError> {
+        let first = peer_certificates
+            .and_then(|chain| chain.first())
+            .ok_or(ServerError::Unauthenticated)?;
+        let certificate = Certificate::from_der(first.clone())?;
+        let now = self.clock.now();
+        ca::verify_issued(&certificate, &self.control_plane_ca, now).map_err(|error| {
+            ServerError::PermissionDenied(format!(
+                "client certificate is not a current trustplane control-plane certificate: {error}"
+            ))
+        })?;
+        let serial = certificate.serial_hex()?;
+        let uris = certificate.uri_sans()?;
+        for uri in &uris {
+            if let Some(cluster) = uri.strip_prefix(CLUSTER_IDENTITY_PREFIX) {
+                let record = records::get_json::<ClusterRecord>(
+                    self.store.as_ref(),
+                    Table::Clusters,
+                    cluster,
+                )?;
+                return match record {
+                    Some((record, _)) if record.client_cert_serial.as_deref() == Some(&serial) => {
+                        Ok(Caller::Cluster(cluster.to_string()))
+                    }
+                    Some(_) => Err(ServerError::PermissionDenied(format!(
+                        "client certificate {serial} is no longer valid for cluster {cluster:?} (the cluster was re-enrolled)"
+                    ))),
+                    None => Err(ServerError::PermissionDenied(format!(
+                        "cluster {cluster:?} is not registered (it was removed); re-add it with `trustplane cluster add {cluster}`"
+                    ))),
+                };
+            }
+            if let Some(admin) = uri.strip_prefix(ADMIN_IDENTITY_PREFIX) {
+                let record = records::get_json::<AdminRecord>(
+                    self.store.as_ref(),
+                    Table::Meta,
+                    &records::admin_key(admin),
+                )?;
+                return match record {
+                    Some((record, _)) if record.client_cert_serial == serial => {
+                        Ok(Caller::Admin(admin.to_string()))
+                    }
+                    _ => Err(ServerError::PermissionDenied(format!(
+                        "admin credential {admin:?} ({serial}) is not on record"
+                    ))),
+                };
+            }
+        }
+        Err(ServerError::PermissionDenied(format!(
+            "client certificate has no trustplane identity (URI SANs: {uris:?})"
+        )))
+    }
+
+    /// Registers a cluster (or re-tokens a pending one) and returns a new
+    /// one-time join token and its expiry.
+    pub fn add_cluster(
+        &self,
+        name: &str,
+        token_ttl: Option<Duration>,
+    ) -> Result<(Zeroizing<String>, SystemTime), ServerError> {
+        validate_cluster_name(name)?;
+        let now = self.clock.now();
+        let ttl = token_ttl.unwrap_or(DEFAULT_TOKEN_TTL);
+        if ttl.is_zero() || ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ServerError::InvalidArgument(
+                "join token lifetime must be between 1 s and 7 days".into(),
+            ));
+        }
+        let existing =
+            records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, name)?;
+        let (record, expect) = match existing {
+            Some((record, _)) if record.enrolled_unix.is_some() => {
+                return Err(ServerError::AlreadyExists(format!(
+                    "cluster {name:?} is already enrolled; to enroll it again run `trustplane cluster remove {name}` first"
+                )));
+            }
+            Some((record, version)) => (record, Expect::Version(version)),
+            None => (
+                ClusterRecord {
+                    name: name.to_string(),
+                    trust_domain: self.settings.trust_domain.clone(),
+                    created_unix: system_time_to_unix(now),
+                    enrolled_unix: None,
+                    client_cert_serial: None,
+                    report: None,
+                },
+                Expect::Absent,
+            ),
+        };
+        let token = new_token(name)?;
+        let expires = now + ttl;
+        let token_record = TokenRecord {
+            cluster: name.to_string(),
+            created_unix: system_time_to_unix(now),
+            expires_unix: system_time_to_unix(expires),
+            used_unix: None,
+        };
+        let batch = Batch::new()
+            .put_json(Table::Clusters, name, &record, Some(expect))?
+            .put_json(Table::Tokens, token_hash(&token), &token_record, Some(Expect::Absent))?;
+        self.store.commit(batch)?;
+        tracing::info!(cluster = name, "cluster registered; join token issued");
+        Ok((token, expires))
+    }
+
+    /// Exchanges a join token for a control-plane client certificate. The
+    /// token is marked used in the same transaction that records the new
+    /// certificate, so a replay is refused.
+    pub fn enroll(
+        &self,
+        cluster: &str,
+        token: &str,
+        client_csr_pem: &str,
+    ) -> Result<proto::EnrollResponse, ServerError> {
+        validate_cluster_name(cluster)?;
+        let now = self.clock.now();
+        let hash = token_hash(token.trim());
+        let refused = |reason: &str| {
+            ServerError::JoinToken(format!(
+                "join token for cluster {cluster:?} {reason}; create a new one with `trustplane cluster add {cluster}`"
+            ))
+        };
+        let (token_record, token_version) =
+            records::get_json::<TokenRecord>(self.store.as_ref(), Table::Tokens, &hash)?
+                .ok_or_else(|| refused("is unknown"))?;
+        if token_record.cluster != cluster {
+            return Err(refused("belongs to another cluster"));
+        }
+        if let Some(used) = token_record.used_unix {
+            return Err(refused(&format!(
+                "was already used at {}",
+                humantime::format_rfc3339_seconds(unix_to_system_time(used))
+            )));
+        }
+        if system_time_to_unix(now) >= token_record.expires_unix {
+            return Err(refused(&format!(
+                "expired at {}",
+                humantime::format_rfc3339_seconds(unix_to_system_time(token_record.expires_unix))
+            )));
+        }
+        let (mut cluster_record, cluster_version) =
+            records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, cluster)?
+                .ok_or_else(|| refused("names a cluster that was removed"))?;
+        let csr = ca::verify_csr(client_csr_pem.as_bytes())?;
+        let certificate = ca::issue_control_plane_cert(
+            &csr.public_key.spki_der,
+            &ControlPlaneRole::Client {
+                uri: format!("{CLUSTER_IDENTITY_PREFIX}{cluster}"),
+            },
+            &self.control_plane_ca,
+            &self.control_plane_key,
+            CLIENT_CERT_LIFETIME,
+            now,
+        )?;
+        let serial = certificate.serial_hex()?;
+        cluster_record.enrolled_unix = Some(system_time_to_unix(now));
+        cluster_record.client_cert_serial = Some(serial.clone());
+        let mut used = token_record.clone();
+        used.used_unix = Some(system_time_to_unix(now));
+        let issued = IssuedRecord {
+            serial: serial.clone(),
+            kind: IssuedKind::ControlPlaneClient,
+            cluster: Some(cluster.to_string()),
+            issued_unix: system_time_to_unix(now),
+            not_after_unix: system_time_to_unix(certificate.not_after()?),
+        };
+        let batch = Batch::new()
+            .put_json(Table::Tokens, &hash, &used, Some(Expect::Version(token_version)))?
+            .put_json(Table::Clusters, cluster, &cluster_record, Some(Expect::Version(cluster_version)))?
+            .put_json(Table::Certificates, &serial, &issued, Some(Expect::Absent))?;
+        self.store.commit(batch).map_err(|error| match error {
+            StoreError::Conflict { .. } => refused("was used concurrently"),
+            other => ServerError::Store(other),
+        })?;
+        tracing::info!(cluster, serial = %serial, "cluster enrolled");
+        Ok(proto::EnrollResponse {
+            client_cert_pem: certificate.to_pem(),
+            control_plane_ca_pem: self.control_plane_ca.to_pem(),
+            trust_domain: self.settings.trust_domain.clone(),
+        })
+    }
+
+    fn enrolled_cluster(&self, cluster: &str) -> Result<(ClusterRecord, u64), ServerError> {
+        match records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, cluster)? {
+            Some((record, version)) if record.enrolled_unix.is_some() => Ok((record, version)),
+            Some(_) => Err(ServerError::PermissionDenied(format!(
+                "cluster {cluster:?} has not enrolled"
+            ))),
+            None => Err(ServerError::NotFound(format!("cluster {cluster:?} is not registered"))),
+        }
+    }
+
+    /// Signs `cluster`'s intermediate from its CSR. Nothing is stored unless
+    /// issuance and verification succeed; the serial is recorded with an
+    /// absent-precondition so it can never be reused.
+    pub async fn sign_intermediate(
+        &self,
+        cluster: &str,
+        csr: &[u8],
+    ) -> Result<proto::SignIntermediateResponse, ServerError> {
+        self.enrolled_cluster(cluster)?;
+        let csr = ca::verify_csr(csr)?;
+        let profile = self
+            .policy
+            .decide(&self.settings.trust_domain, cluster, &csr, None)?;
+        let now = self.clock.now();
+        let mut attempts = 0;
+        let certificate = loop {
+            attempts += 1;
+            let certificate = self.signer.sign_intermediate(&csr, &profile, now).await?;
+            let serial = certificate.serial_hex()?;
+            let issued = IssuedRecord {
+                serial: serial.clone(),
+                kind: IssuedKind::Intermediate,
+                cluster: Some(cluster.to_string()),
+                issued_unix: system_time_to_unix(now),
+                not_after_unix: system_time_to_unix(certificate.not_after()?),
+            };
+            let batch =
+                Batch::new().put_json(Table::Certificates, &serial, &issued, Some(Expect::Absent))?;
+            match self.store.commit(batch).map_err(ServerError::from) {
+                Ok(()) => break certificate,
+                Err(error) if is_conflict(&error) && attempts < 3 => {
+                    tracing::warn!(serial = %serial, "serial collision; issuing again");
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        let root = self.signer.signing_root();
+        let serial = certificate.serial_hex()?;
+        tracing::info!(cluster, serial = %serial, "intermediate issued");
+        Ok(proto::SignIntermediateResponse {
+            certificate_pem: certificate.to_pem(),
+            cert_chain_pem: format!("{}{}", certificate.to_pem(), root.to_pem()),
+            bundle: Some(self.current_bundle().message.clone()),
+            serial,
+            not_after_unix: system_time_to_unix(certificate.not_after()?),
+        })
+    }
+
+    /// Records what `cluster` has applied.
+    pub fn report_status(
+        &self,
+        cluster: &str,
+        report: proto::ReportStatusRequest,
+    ) -> Result<(), ServerError> {
+        if report.cert_chain_pem.len() > 64 * 1024 || report.error.len() > 4096 {
+            return Err(ServerError::InvalidArgument(
+                "status report too large (chain ≤ 64 KiB, error ≤ 4 KiB)".into(),
+            ));
+        }
+        let now = system_time_to_unix(self.clock.now());
+        for _ in 0..5 {
+            let (mut record, version) = self.enrolled_cluster(cluster)?;
+            record.report = Some(ClusterReport {
+                applied_bundle_version: report.applied_bundle_version,
+                intermediate_serial: report.intermediate_serial.clone(),
+                intermediate_not_after_unix: report.intermediate_not_after_unix,
+                cert_chain_pem: report.cert_chain_pem.clone(),
+                error: report.error.clone(),
+                reported_unix: now,
+            });
+            let batch = Batch::new().put_json(
+                Table::Clusters,
+                cluster,
+                &record,
+                Some(Expect::Version(version)),
+            )?;
+            match self.store.commit(batch).map_err(ServerError::from) {
+                Ok(()) => return Ok(()),
+                Err(error) if is_conflict(&error) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ServerError::Store(StoreError::Backend {
+            message: "status report kept conflicting with concurrent writes".into(),
+            source: None,
+        }))
+    }
+
+    /// Every registered cluster with its last report.
+    pub fn list_clusters(&self) -> Result<Vec<proto::ClusterStatus>, ServerError> {
+        Ok(records::list_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters)?
+            .into_iter()
+            .map(|(_, record, _)| cluster_status(&record))
+            .collect())
+    }
+
+    /// Removes a cluster; its client certificate is refused from then on.
+    pub fn remove_cluster(&self, name: &str) -> Result<(), ServerError> {
+        let (_, version) =
+            records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, name)?
+                .ok_or_else(|| ServerError::NotFound(format!("cluster {name:?} is not registered")))?;
+        self.store
+            .commit(Batch::new().delete(Table::Clusters, name, Some(Expect::Version(version))))?;
+        tracing::info!(cluster = name, "cluster removed");
+        Ok(())
+    }
+
+    /// Server status: trust domain, bundle, signing root, clusters.
+    pub fn status(&self) -> Result<proto::StatusResponse, ServerError> {
+        let root = self.signer.signing_root();
+        Ok(proto::StatusResponse {
+            trust_domain: self.settings.trust_domain.clone(),
+            bundle: Some(self.current_bundle().message.clone()),
+            signing_root_serial: root.serial_hex()?,
+            signing_root_subject: root.subject()?,
+            signing_root_not_after_unix: system_time_to_unix(root.not_after()?),
+            clusters: self.list_clusters()?,
+        })
+    }
+
+    /// Issues the server's own TLS certificate (fresh key, in memory only).
+    pub fn issue_server_identity(
+        &self,
+        dns_names: Vec<String>,
+        ip_addresses: Vec<std::net::IpAddr>,
+    ) -> Result<(Certificate, PrivateKey), ServerError> {
+        let now = self.clock.now();
+        let key = PrivateKey::generate(ca::KeyAlgorithm::EcdsaP256)?;
+        let certificate = ca::issue_control_plane_cert(
+            &key.public_key_der()?,
+            &ControlPlaneRole::Server {
+                dns_names,
+                ip_addresses,
+            },
+            &self.control_plane_ca,
+            &self.control_plane_key,
+            Duration::from_secs(30 * 24 * 3600),
+            now,
+        )?;
+        let serial = certificate.serial_hex()?;
+        let issued = IssuedRecord {
+            serial: serial.clone(),
+            kind: IssuedKind::ControlPlaneServer,
+            cluster: None,
+            issued_unix: system_time_to_unix(now),
+            not_after_unix: system_time_to_unix(certificate.not_after()?),
+        };
+        self.store.commit(Batch::new().put_json(
+            Table::Certificates,
+            &serial,
+            &issued,
+            Some(Expect::Absent),
+        )?)?;
+        Ok((certificate, key))
+    }
+}
+
+/// Wire form of a cluster record.
+pub fn cluster_status(record: &ClusterRecord) -> proto::ClusterStatus {
+    let report = record.report.clone().unwrap_or_default();
+    proto::ClusterStatus {
+        name: record.name.clone(),
+        state: if record.enrolled_unix.is_some() { "enrolled" } else { "pending" }.to_string(),
+        created_unix: record.created_unix,
+        applied_bundle_version: report.applied_bundle_version,
+        intermediate_serial: report.intermediate_serial,
+        intermediate_not_after_unix: report.intermediate_not_after_unix,
+        last_report_unix: report.reported_unix,
+        last_error: report.error,
+    }
+}
+
+/// Decodes a stored bundle.
+pub fn bundle_from_record(record: &BundleRecord) -> Result<TrustBundle, ServerError> {
+    let roots = record
+        .roots_pem
+        .iter()
+        .map(|pem| Certificate::from_pem(pem))
+        .collect::<Result<Vec<_>, _>>()?;
+    TrustBundle::new(&record.trust_domain, record.version, roots)
+        .map_err(|error| ServerError::Setup(format!("stored bundle: {error}")))
+}
+
+/// Encodes a bundle for the store.
+pub fn bundle_record(bundle: &TrustBundle, now: SystemTime) -> BundleRecord {
+    BundleRecord {
+        trust_domain: bundle.trust_domain().to_string(),
+        version: bundle.version(),
+        roots_pem: bundle.roots().iter().map(Certificate::to_pem).collect(),
+        published_unix: system_time_to_unix(now),
+    }
+}
+
+/// Reads and unseals a PKCS#8 key stored under `name` in the secrets table.
+pub fn load_sealed_key(store: &dyn Store, kek: &Kek, name: &str) -> Result<PrivateKey, ServerError> {
+    let sealed = store
+        .get(Table::Secrets, name)?
+        .ok_or_else(|| ServerError::Setup(format!("sealed key {name:?} is missing from the store")))?;
+    let plain = unseal(kek, name, &sealed.value)?;
+    Ok(PrivateKey::from_pkcs8_der(&plain)?)
+}

@@ -1,0 +1,190 @@
+//! tonic services: authenticate the caller, authorise, delegate to
+//! [`Authority`], convert errors once (`ServerError` → `Status`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::ServerError;
+use super::authority::{Authority, Caller};
+use crate::proto;
+use crate::proto::admin_service_server::AdminService;
+use crate::proto::intermediate_service_server::IntermediateService;
+use crate::proto::trust_bundle_service_server::TrustBundleService;
+
+fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, ServerError> {
+    let chain: Option<Vec<Vec<u8>>> = request
+        .peer_certs()
+        .map(|certificates| certificates.iter().map(|certificate| certificate.to_vec()).collect());
+    authority.identify(chain.as_deref())
+}
+
+fn require_cluster<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
+    match caller(authority, request)? {
+        Caller::Cluster(name) => Ok(name),
+        Caller::Admin(_) => Err(ServerError::PermissionDenied(
+            "this call is for cluster agents; admins use AdminService".into(),
+        )),
+    }
+}
+
+fn require_admin<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
+    match caller(authority, request)? {
+        Caller::Admin(name) => Ok(name),
+        Caller::Cluster(cluster) => Err(ServerError::PermissionDenied(format!(
+            "cluster {cluster:?} may not call AdminService; use the admin credential from `trustplane init`"
+        ))),
+    }
+}
+
+/// `TrustBundleService`.
+#[derive(Clone, Debug)]
+pub struct BundleApi {
+    /// Shared state.
+    pub authority: Arc<Authority>,
+    /// Ends watch streams when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// `IntermediateService`.
+#[derive(Clone, Debug)]
+pub struct IntermediateApi {
+    /// Shared state.
+    pub authority: Arc<Authority>,
+}
+
+/// `AdminService`.
+#[derive(Clone, Debug)]
+pub struct AdminApi {
+    /// Shared state.
+    pub authority: Arc<Authority>,
+}
+
+type BundleStream = Pin<Box<dyn Stream<Item = Result<proto::Bundle, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TrustBundleService for BundleApi {
+    async fn get_bundle(
+        &self,
+        request: Request<proto::GetBundleRequest>,
+    ) -> Result<Response<proto::Bundle>, Status> {
+        caller(&self.authority, &request)?;
+        Ok(Response::new(self.authority.current_bundle().message.clone()))
+    }
+
+    type WatchBundleStream = BundleStream;
+
+    async fn watch_bundle(
+        &self,
+        request: Request<proto::WatchBundleRequest>,
+    ) -> Result<Response<Self::WatchBundleStream>, Status> {
+        let who = caller(&self.authority, &request)?;
+        let mut bundles = self.authority.subscribe();
+        let mut shutdown = self.shutdown.clone();
+        // Capacity 1: while the consumer is slow, newer versions overwrite
+        // older ones in the watch channel, so it gets the latest, not a backlog.
+        let (sender, receiver) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                let latest = bundles.borrow_and_update().message.clone();
+                tokio::select! {
+                    sent = sender.send(Ok(latest)) => if sent.is_err() { break },
+                    _ = shutdown.changed() => break,
+                }
+                tokio::select! {
+                    changed = bundles.changed() => if changed.is_err() { break },
+                    _ = shutdown.changed() => break,
+                    _ = sender.closed() => break,
+                }
+            }
+            tracing::debug!(caller = ?who, "bundle watch ended");
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}
+
+#[tonic::async_trait]
+impl IntermediateService for IntermediateApi {
+    async fn enroll(
+        &self,
+        request: Request<proto::EnrollRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        let body = request.into_inner();
+        let response = self
+            .authority
+            .enroll(&body.cluster, &body.join_token, &body.client_csr_pem)?;
+        Ok(Response::new(response))
+    }
+
+    async fn sign_intermediate(
+        &self,
+        request: Request<proto::SignIntermediateRequest>,
+    ) -> Result<Response<proto::SignIntermediateResponse>, Status> {
+        let cluster = require_cluster(&self.authority, &request)?;
+        let body = request.into_inner();
+        let response = self
+            .authority
+            .sign_intermediate(&cluster, &body.csr)
+            .await
+            .inspect_err(|error| tracing::warn!(cluster, error = %error, "intermediate refused"))?;
+        Ok(Response::new(response))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<proto::ReportStatusRequest>,
+    ) -> Result<Response<proto::ReportStatusResponse>, Status> {
+        let cluster = require_cluster(&self.authority, &request)?;
+        self.authority.report_status(&cluster, request.into_inner())?;
+        Ok(Response::new(proto::ReportStatusResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn add_cluster(
+        &self,
+        request: Request<proto::AddClusterRequest>,
+    ) -> Result<Response<proto::AddClusterResponse>, Status> {
+        require_admin(&self.authority, &request)?;
+        let body = request.into_inner();
+        let ttl = (body.token_ttl_seconds > 0).then(|| Duration::from_secs(body.token_ttl_seconds));
+        let (token, expires) = self.authority.add_cluster(&body.name, ttl)?;
+        Ok(Response::new(proto::AddClusterResponse {
+            join_token: token.to_string(),
+            token_expires_unix: crate::ca::system_time_to_unix(expires),
+        }))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<proto::ListClustersRequest>,
+    ) -> Result<Response<proto::ListClustersResponse>, Status> {
+        require_admin(&self.authority, &request)?;
+        Ok(Response::new(proto::ListClustersResponse {
+            clusters: self.authority.list_clusters()?,
+            bundle_version: self.authority.current_bundle().bundle.version(),
+        }))
+    }
+
+    async fn remove_cluster(
+        &self,
+        request: Request<proto::RemoveClusterRequest>,
+    ) -> Result<Response<proto::RemoveClusterResponse>, Status> {
+        require_admin(&self.authority, &request)?;
+        self.authority.remove_cluster(&request.into_inner().name)?;
+        Ok(Response::new(proto::RemoveClusterResponse {}))
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        require_admin(&self.authority, &request)?;
+        Ok(Response::new(self.authority.status()?))
+    }
+}

@@ -1,0 +1,232 @@
+//! `trustplane init`: the mesh root, the control-plane CA, the admin
+//! credential and the first bundle, written to the store in one transaction.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use zeroize::Zeroizing;
+
+use super::ServerError;
+use super::authority::{ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, bundle_record};
+use crate::bundle::TrustBundle;
+use crate::ca::{self, Certificate, ControlPlaneRole, KeyAlgorithm, PrivateKey, system_time_to_unix};
+use crate::policy::Policy;
+use crate::signer::sealed::{Kek, seal, write_private_file};
+use crate::store::records::{
+    self, AdminRecord, CaSettings, IssuedKind, IssuedRecord, RootRecord,
+};
+use crate::store::{Batch, Expect, Store, Table};
+
+/// Where things live under `--data-dir`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataDir {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+impl DataDir {
+    /// Wraps a data directory path.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DataDir { path: path.into() }
+    }
+    /// The embedded database.
+    pub fn store_path(&self) -> PathBuf {
+        self.path.join("trustplane.redb")
+    }
+    /// The key-encryption key file `init` creates (move it elsewhere).
+    pub fn kek_path(&self) -> PathBuf {
+        self.path.join("kek")
+    }
+    /// The control-plane CA certificate (public; agents and admins verify the server with it).
+    pub fn control_plane_ca_path(&self) -> PathBuf {
+        self.path.join("control-plane-ca.pem")
+    }
+    /// The admin client certificate.
+    pub fn admin_cert_path(&self) -> PathBuf {
+        self.path.join("admin").join("admin.pem")
+    }
+    /// The admin client key (0600).
+    pub fn admin_key_path(&self) -> PathBuf {
+        self.path.join("admin").join("admin-key.pem")
+    }
+}
+
+/// What `init` creates.
+#[derive(Debug)]
+pub struct InitOptions {
+    /// Trust domain, e.g. `cluster.local`.
+    pub trust_domain: String,
+    /// Subject organisation; None takes the policy's.
+    pub organisation: Option<String>,
+    /// Root key algorithm (ignored on import).
+    pub key_algorithm: KeyAlgorithm,
+    /// Root validity (ignored on import).
+    pub root_validity: Duration,
+    /// An existing root to import: certificate PEM and key PEM.
+    pub import: Option<(String, Zeroizing<String>)>,
+    /// The issuance policy.
+    pub policy: Policy,
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct InitOutcome {
+    /// The mesh root.
+    pub root: Certificate,
+    /// Whether the root was imported.
+    pub imported: bool,
+    /// The control-plane CA.
+    pub control_plane_ca: Certificate,
+}
+
+fn io_error(path: &Path, error: std::io::Error) -> ServerError {
+    ServerError::Setup(format!("{}: {error}", path.display()))
+}
+
+fn issued(certificate: &Certificate, kind: IssuedKind, now: SystemTime) -> Result<IssuedRecord, ServerError> {
+    Ok(IssuedRecord {
+        serial: certificate.serial_hex()?,
+        kind,
+        cluster: None,
+        issued_unix: system_time_to_unix(now),
+        not_after_unix: system_time_to_unix(certificate.not_after()?),
+    })
+}
+
+/// Creates (or imports) the mesh root, the control-plane CA and the admin
+/// credential, seals both CA keys with `kek`, and commits everything plus
+/// bundle version 1 in one store transaction. Files written: the
+/// control-plane CA certificate and the admin credential (key 0600).
+/// Errors when the store is already initialised.
+pub fn initialize(
+    store: &dyn Store,
+    kek: &Kek,
+    data_dir: &DataDir,
+    options: &InitOptions,
+    now: SystemTime,
+) -> Result<InitOutcome, ServerError> {
+    if store.get(Table::Meta, records::CA_SETTINGS_KEY)?.is_some() {
+        return Err(ServerError::AlreadyExists(format!(
+            "{} is already initialised; use another --data-dir, or delete it to start over (this destroys the root key)",
+            data_dir.path.display()
+        )));
+    }
+    let domain_policy = options.policy.trust_domain(&options.trust_domain)?;
+    let organisation = options
+        .organisation
+        .clone()
+        .unwrap_or_else(|| domain_policy.organisation.clone());
+    let (root, root_key, imported) = match &options.import {
+        Some((certificate_pem, key_pem)) => {
+            let (root, key) = ca::import_root(certificate_pem, key_pem, now)?;
+            (root, key, true)
+        }
+        None => {
+            let (root, key) = ca::create_root(
+                &ca::RootRequest {
+                    trust_domain: options.trust_domain.clone(),
+                    organisation: organisation.clone(),
+                    key_algorithm: options.key_algorithm,
+                    validity: options.root_validity,
+                },
+                now,
+            )?;
+            (root, key, false)
+        }
+    };
+    let (control_plane_ca, control_plane_key) = ca::create_control_plane_ca(
+        &organisation,
+        Duration::from_secs(10 * 365 * 24 * 3600),
+        now,
+    )?;
+    let admin_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
+    let admin_certificate = ca::issue_control_plane_cert(
+        &admin_key.public_key_der()?,
+        &ControlPlaneRole::Client {
+            uri: format!("{ADMIN_IDENTITY_PREFIX}admin"),
+        },
+        &control_plane_ca,
+        &control_plane_key,
+        CLIENT_CERT_LIFETIME,
+        now,
+    )?;
+
+    let root_id = root.serial_hex()?;
+    let root_key_name = format!("root-key/{root_id}");
+    let bundle = TrustBundle::new(&options.trust_domain, 1, vec![root.clone()])
+        .map_err(|error| ServerError::Setup(format!("bundle: {error}")))?;
+    let bundle_record = bundle_record(&bundle, now);
+    let settings = CaSettings {
+        trust_domain: options.trust_domain.clone(),
+        organisation,
+        created_unix: system_time_to_unix(now),
+        control_plane_ca_pem: control_plane_ca.to_pem(),
+        signing_root_id: root_id.clone(),
+    };
+    let root_record = RootRecord {
+        id: root_id.clone(),
+        certificate_pem: root.to_pem(),
+        key_secret: Some(root_key_name.clone()),
+        created_unix: system_time_to_unix(now),
+        imported,
+    };
+    let admin_record = AdminRecord {
+        name: "admin".into(),
+        client_cert_serial: admin_certificate.serial_hex()?,
+        created_unix: system_time_to_unix(now),
+    };
+    let batch = Batch::new()
+        .put_json(Table::Meta, records::CA_SETTINGS_KEY, &settings, Some(Expect::Absent))?
+        .put_json(Table::Meta, records::admin_key("admin"), &admin_record, None)?
+        .put_json(Table::Roots, &root_id, &root_record, Some(Expect::Absent))?
+        .put(
+            Table::Secrets,
+            &root_key_name,
+            seal(kek, &root_key_name, root_key.pkcs8_der())?,
+            Some(Expect::Absent),
+        )
+        .put(
+            Table::Secrets,
+            records::CONTROL_PLANE_KEY_SECRET,
+            seal(kek, records::CONTROL_PLANE_KEY_SECRET, control_plane_key.pkcs8_der())?,
+            Some(Expect::Absent),
+        )
+        .put_json(Table::Bundles, &options.trust_domain, &bundle_record, Some(Expect::Absent))?
+        .put_json(
+            Table::Bundles,
+            records::bundle_history_key(&options.trust_domain, 1),
+            &bundle_record,
+            Some(Expect::Absent),
+        )?
+        .put_json(
+            Table::Certificates,
+            &root_id,
+            &issued(&root, IssuedKind::Root, now)?,
+            Some(Expect::Absent),
+        )?
+        .put_json(
+            Table::Certificates,
+            control_plane_ca.serial_hex()?,
+            &issued(&control_plane_ca, IssuedKind::ControlPlaneCa, now)?,
+            Some(Expect::Absent),
+        )?
+        .put_json(
+            Table::Certificates,
+            admin_certificate.serial_hex()?,
+            &issued(&admin_certificate, IssuedKind::ControlPlaneClient, now)?,
+            Some(Expect::Absent),
+        )?;
+    store.commit(batch)?;
+
+    let admin_dir = data_dir.path.join("admin");
+    std::fs::create_dir_all(&admin_dir).map_err(|error| io_error(&admin_dir, error))?;
+    write_private_file(&data_dir.admin_key_path(), admin_key.to_pkcs8_pem().as_bytes())?;
+    write_private_file(&data_dir.admin_cert_path(), admin_certificate.to_pem().as_bytes())?;
+    let ca_path = data_dir.control_plane_ca_path();
+    std::fs::write(&ca_path, control_plane_ca.to_pem()).map_err(|error| io_error(&ca_path, error))?;
+    Ok(InitOutcome {
+        root,
+        imported,
+        control_plane_ca,
+    })
+}

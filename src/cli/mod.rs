@@ -1,1 +1,795 @@
-//! cli (in progress).
+//! The `trustplane` command line: clap commands, table or JSON output,
+//! progress for long work. `anyhow` is used here and in `main` only.
+
+mod client;
+mod demo;
+mod output;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
+
+pub use client::{AdminConnection, connect};
+pub use output::Format;
+
+use crate::agent::{self, AgentConfig, ClusterSink, DirectorySink};
+use crate::ca::{self, CacertsFiles, KeyAlgorithm, Severity, system_time_to_unix};
+use crate::policy::Policy;
+use crate::proto;
+use crate::proto::admin_service_client::AdminServiceClient;
+use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
+use crate::server::{self, Authority, DataDir, InitOptions, SystemClock};
+use crate::signer::sealed::{KEK_ENV, Kek};
+use crate::store::RedbStore;
+
+/// trustplane: a CA and trust-bundle service for Istio multicluster meshes.
+///
+/// One central server issues each cluster its own intermediate CA and
+/// publishes the mesh's trust bundle; an agent per cluster keeps Istio's
+/// `cacerts` current.
+#[derive(Debug, Parser)]
+#[command(name = "trustplane", version, about, long_about = None)]
+#[command(after_help = "Quick start:\n  trustplane demo                 # everything end to end, in one process\n  trustplane init --trust-domain cluster.local\n  trustplane server &\n  trustplane cluster add east")]
+pub struct Cli {
+    /// Log level (RUST_LOG overrides).
+    #[arg(long, global = true, env = "TRUSTPLANE_LOG", default_value = "info")]
+    pub log_level: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the mesh root (or import one), the control-plane CA and the admin credential.
+    #[command(after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem")]
+    Init(InitArgs),
+    /// Run the central server (gRPC over TLS).
+    #[command(after_help = "Example:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com")]
+    Server(ServerArgs),
+    /// Run a cluster agent that keeps a cacerts directory current.
+    #[command(after_help = "Examples:\n  # first start: enroll with the token from `trustplane cluster add east`\n  trustplane agent --server https://trustplane.example.com:8443 --server-ca control-plane-ca.pem \\\n      --join-token tp1.east.XXXX --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts\n  # later starts reuse the saved identity\n  trustplane agent --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts")]
+    Agent(AgentArgs),
+    /// Manage clusters (admin).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Show server status: bundle, signing root, clusters (admin).
+    #[command(after_help = "Examples:\n  trustplane status\n  trustplane status -o json")]
+    Status(StatusArgs),
+    /// Trust bundle commands.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Offline: generate a cluster's key and sign its cacerts files locally (server must be stopped).
+    #[command(after_help = "Example (replaces Istio's tools/certs Makefiles):\n  trustplane issue --cluster east --out east/\n  kubectl create secret generic cacerts -n istio-system --from-file=east/")]
+    Issue(IssueArgs),
+    /// Check a cacerts directory the way istiod loads it.
+    #[command(after_help = "Examples:\n  trustplane verify /etc/cacerts\n  trustplane verify east/ -o json")]
+    Verify(VerifyArgs),
+    /// Run the whole flow in one process: server, two clusters, two agents, cross-cluster trust check.
+    #[command(after_help = "Examples:\n  trustplane demo\n  trustplane demo --keep-running --dir /tmp/trustplane-demo")]
+    Demo(demo::DemoArgs),
+}
+
+/// `init` flags.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Data directory (store, admin credential, control-plane CA).
+    #[arg(long, env = "TRUSTPLANE_DATA_DIR", default_value = "trustplane-data")]
+    pub data_dir: PathBuf,
+    /// Trust domain of the mesh.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Subject organisation [default: the policy's].
+    #[arg(long)]
+    pub organisation: Option<String>,
+    /// Root key algorithm.
+    #[arg(long, default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
+    pub key_algorithm: KeyAlgorithm,
+    /// Root validity.
+    #[arg(long, default_value = "10y", value_parser = humantime::parse_duration)]
+    pub root_validity: Duration,
+    /// Import this root certificate (PEM) instead of creating one.
+    #[arg(long, requires = "import_key")]
+    pub import_root: Option<PathBuf>,
+    /// The imported root's key (PKCS#8, SEC1 or PKCS#1 PEM).
+    #[arg(long, requires = "import_root")]
+    pub import_key: Option<PathBuf>,
+    /// Issuance policy file [default: the built-in policies/default.yaml].
+    #[arg(long, env = "TRUSTPLANE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Where to create the key-encryption key [default: <data-dir>/kek]. Ignored when TRUSTPLANE_KEK is set.
+    #[arg(long, env = "TRUSTPLANE_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// `server` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Data directory `init` created.
+    #[arg(long, env = "TRUSTPLANE_DATA_DIR", default_value = "trustplane-data")]
+    pub data_dir: PathBuf,
+    /// Listen address.
+    #[arg(long, env = "TRUSTPLANE_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Extra DNS name or IP address for the server certificate (repeatable).
+    #[arg(long = "server-name", env = "TRUSTPLANE_SERVER_NAMES", value_delimiter = ',')]
+    pub server_names: Vec<String>,
+    /// Issuance policy file [default: the built-in policies/default.yaml].
+    #[arg(long, env = "TRUSTPLANE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Key-encryption key file [default: <data-dir>/kek unless TRUSTPLANE_KEK is set].
+    #[arg(long, env = "TRUSTPLANE_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+}
+
+/// `agent` flags.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Server URL [default: the one saved in the identity directory at enrollment].
+    #[arg(long, env = "TRUSTPLANE_SERVER")]
+    pub server: Option<String>,
+    /// Control-plane CA certificate to verify the server (needed to enroll).
+    #[arg(long, env = "TRUSTPLANE_SERVER_CA")]
+    pub server_ca: Option<PathBuf>,
+    /// One-time join token from `trustplane cluster add` (needed to enroll).
+    #[arg(long, env = "TRUSTPLANE_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Where the agent keeps its enrollment identity (client key 0600).
+    #[arg(long, env = "TRUSTPLANE_IDENTITY_DIR")]
+    pub identity_dir: PathBuf,
+    /// The cacerts directory istiod mounts.
+    #[arg(long, env = "TRUSTPLANE_CACERTS_DIR")]
+    pub cacerts_dir: PathBuf,
+    /// Intermediate key algorithm.
+    #[arg(long, default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
+    pub key_algorithm: KeyAlgorithm,
+}
+
+/// `cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Register a cluster and print its one-time join token.
+    #[command(after_help = "Examples:\n  trustplane cluster add east\n  trustplane cluster add west --token-ttl 15m -o json")]
+    Add {
+        /// Cluster name (DNS label).
+        name: String,
+        /// Join token lifetime.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        token_ttl: Duration,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+        /// Connection.
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+    /// List clusters with what they last reported.
+    #[command(after_help = "Examples:\n  trustplane cluster list\n  trustplane cluster list -o json")]
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+        /// Connection.
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+    /// Remove a cluster: its agent's certificate is refused from then on.
+    #[command(after_help = "Example:\n  trustplane cluster remove east")]
+    Remove {
+        /// Cluster name.
+        name: String,
+        /// Connection.
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+}
+
+/// `status` flags.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+    /// Connection.
+    #[command(flatten)]
+    pub connection: AdminConnection,
+}
+
+/// Bundle output formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BundleFormat {
+    /// Summary table.
+    #[default]
+    Table,
+    /// Istio's root-cert.pem.
+    Pem,
+    /// SPIFFE bundle (JWKS).
+    Spiffe,
+    /// The whole bundle message as JSON.
+    Json,
+}
+
+/// `bundle` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Show the current trust bundle.
+    #[command(after_help = "Examples:\n  trustplane bundle show\n  trustplane bundle show -o pem > root-cert.pem\n  trustplane bundle show -o spiffe")]
+    Show {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: BundleFormat,
+        /// Connection.
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
+}
+
+/// `issue` flags.
+#[derive(Debug, clap::Args)]
+pub struct IssueArgs {
+    /// Cluster name (DNS label).
+    #[arg(long)]
+    pub cluster: String,
+    /// Output directory for ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Data directory `init` created.
+    #[arg(long, env = "TRUSTPLANE_DATA_DIR", default_value = "trustplane-data")]
+    pub data_dir: PathBuf,
+    /// Intermediate lifetime [default: the policy's].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lifetime: Option<Duration>,
+    /// Intermediate key algorithm.
+    #[arg(long, default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
+    pub key_algorithm: KeyAlgorithm,
+    /// Issuance policy file [default: the built-in policies/default.yaml].
+    #[arg(long, env = "TRUSTPLANE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Key-encryption key file [default: <data-dir>/kek unless TRUSTPLANE_KEK is set].
+    #[arg(long, env = "TRUSTPLANE_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+}
+
+/// `verify` flags.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The cacerts directory.
+    pub dir: PathBuf,
+    /// Warn when a certificate expires within this time.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub warn_within: Duration,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+fn parse_generated_algorithm(text: &str) -> Result<KeyAlgorithm, String> {
+    match text.parse::<KeyAlgorithm>() {
+        Ok(KeyAlgorithm::Rsa) => Err("trustplane generates ECDSA keys only: use ecdsa-p256 or ecdsa-p384 (RSA roots can be imported)".into()),
+        Ok(algorithm) => Ok(algorithm),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Parses the command line and runs the command.
+pub async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    crate::telemetry::init(&cli.log_level);
+    run(cli.command).await
+}
+
+/// Runs one command.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init(args) => init(args),
+        Command::Server(args) => serve(args).await,
+        Command::Agent(args) => run_agent(args).await,
+        Command::Cluster(command) => cluster(command).await,
+        Command::Status(args) => status(args).await,
+        Command::Bundle(BundleCommand::Show { output, connection }) => bundle_show(output, connection).await,
+        Command::Issue(args) => issue(args).await,
+        Command::Verify(args) => verify(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// Loads the policy file, or the built-in default.
+pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
+    match path {
+        None => Ok(Policy::builtin_default()?),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read policy file {}", path.display()))?;
+            Ok(Policy::from_yaml(&path.display().to_string(), &text)?)
+        }
+    }
+}
+
+/// Loads the KEK: `--kek-file`, else `TRUSTPLANE_KEK`, else `<data-dir>/kek`.
+pub fn load_kek(kek_file: Option<&Path>, data_dir: &DataDir) -> anyhow::Result<Kek> {
+    let env_value = std::env::var(KEK_ENV).ok().map(Zeroizing::new);
+    let default_path = data_dir.kek_path();
+    let file = match (kek_file, &env_value) {
+        (Some(path), _) => Some(path.to_path_buf()),
+        (None, Some(_)) => None,
+        (None, None) => Some(default_path),
+    };
+    Ok(Kek::load(file.as_deref(), env_value.as_deref().map(String::as_str))?)
+}
+
+/// Opens the embedded store under `data_dir` and loads the authority.
+pub fn open_authority(
+    data_dir: &DataDir,
+    kek_file: Option<&Path>,
+    policy: Option<&Path>,
+) -> anyhow::Result<Authority> {
+    if !data_dir.store_path().exists() {
+        bail!(
+            "no trustplane data in {}: run `trustplane init --data-dir {}` first",
+            data_dir.path.display(),
+            data_dir.path.display()
+        );
+    }
+    let store = Arc::new(RedbStore::open(&data_dir.store_path())?);
+    let kek = load_kek(kek_file, data_dir)?;
+    let policy = load_policy(policy)?;
+    Ok(Authority::open(store, &kek, policy, Arc::new(SystemClock))?)
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let data_dir = DataDir::new(&args.data_dir);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let policy = load_policy(args.policy.as_deref())?;
+    let import = match (&args.import_root, &args.import_key) {
+        (Some(certificate), Some(key)) => Some((
+            std::fs::read_to_string(certificate)
+                .with_context(|| format!("cannot read {}", certificate.display()))?,
+            Zeroizing::new(
+                std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?,
+            ),
+        )),
+        _ => None,
+    };
+    let store = RedbStore::open(&data_dir.store_path())?;
+    let env_kek = std::env::var(KEK_ENV).ok().map(Zeroizing::new);
+    let (kek, kek_file) = match env_kek {
+        Some(text) => (Kek::from_text(&text)?, None),
+        None => {
+            let path = args.kek_file.clone().unwrap_or_else(|| data_dir.kek_path());
+            if path.exists() {
+                (Kek::load(Some(&path), None)?, Some(path))
+            } else {
+                let kek = Kek::generate()?;
+                kek.write_new_file(&path)?;
+                (kek, Some(path))
+            }
+        }
+    };
+    let options = InitOptions {
+        trust_domain: args.trust_domain.clone(),
+        organisation: args.organisation,
+        key_algorithm: args.key_algorithm,
+        root_validity: args.root_validity,
+        import,
+        policy,
+    };
+    let outcome = server::initialize(&store, &kek, &data_dir, &options, SystemTime::now())?;
+    let root = &outcome.root;
+    if args.output == Format::Json {
+        let json = serde_json::json!({
+            "trust_domain": args.trust_domain,
+            "root_serial": root.serial_hex()?,
+            "root_subject": root.subject()?,
+            "root_not_after": output::time(system_time_to_unix(root.not_after()?)),
+            "imported": outcome.imported,
+            "kek_file": kek_file.as_ref().map(|path| path.display().to_string()),
+            "control_plane_ca": data_dir.control_plane_ca_path().display().to_string(),
+            "admin_cert": data_dir.admin_cert_path().display().to_string(),
+            "admin_key": data_dir.admin_key_path().display().to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let mut table = output::table(&["", ""]);
+    table.add_row(vec!["trust domain".to_string(), args.trust_domain.clone()]);
+    table.add_row(vec![
+        if outcome.imported { "root (imported)" } else { "root (created)" }.to_string(),
+        root.subject()?,
+    ]);
+    table.add_row(vec!["root serial".to_string(), root.serial_hex()?]);
+    table.add_row(vec![
+        "root expires".to_string(),
+        output::time(system_time_to_unix(root.not_after()?)),
+    ]);
+    table.add_row(vec!["store".to_string(), data_dir.store_path().display().to_string()]);
+    table.add_row(vec![
+        "control-plane CA".to_string(),
+        data_dir.control_plane_ca_path().display().to_string(),
+    ]);
+    table.add_row(vec![
+        "admin credential".to_string(),
+        format!("{} (+ key, 0600)", data_dir.admin_cert_path().display()),
+    ]);
+    println!("{table}");
+    match kek_file {
+        Some(path) => println!(
+            "\nThe root key is sealed with the key-encryption key in {} (0600).\nMove it off this disk (e.g. into a secret manager) and start the server with\n  --kek-file <path>   or   TRUSTPLANE_KEK=<contents>\nAnyone with both the data directory and that file can sign as your mesh root.",
+            path.display()
+        ),
+        None => println!("\nThe root key is sealed with the key-encryption key from TRUSTPLANE_KEK."),
+    }
+    println!("\nNext: trustplane server --data-dir {}", data_dir.path.display());
+    Ok(())
+}
+
+async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = DataDir::new(&args.data_dir);
+    let authority = Arc::new(open_authority(&data_dir, args.kek_file.as_deref(), args.policy.as_deref())?);
+    let mut dns_names = Vec::new();
+    let mut ip_addresses = Vec::new();
+    for name in args.server_names {
+        match name.parse::<IpAddr>() {
+            Ok(address) => ip_addresses.push(address),
+            Err(_) => dns_names.push(name),
+        }
+    }
+    let config = server::ServerConfig {
+        listen: args.listen,
+        dns_names,
+        ip_addresses,
+    };
+    let mut running = server::start(authority, &config).await?;
+    println!(
+        "trustplane server for trust domain {} listening on {} (bundle version {})",
+        running.authority.trust_domain(),
+        running.url(),
+        running.authority.current_bundle().bundle.version()
+    );
+    tokio::select! {
+        result = running.wait() => result?,
+        _ = shutdown_signal() => {
+            println!("shutting down");
+            running.shutdown().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let server_ca_pem = match &args.server_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("cannot read --server-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let saved_server = std::fs::read_to_string(args.identity_dir.join("server")).ok();
+    let server = match (args.server, saved_server) {
+        (Some(server), _) => server,
+        (None, Some(saved)) => saved.trim().to_string(),
+        (None, None) => bail!("pass --server https://<trustplane>:8443 (no server saved in the identity directory yet)"),
+    };
+    std::fs::create_dir_all(&args.identity_dir)
+        .with_context(|| format!("cannot create {}", args.identity_dir.display()))?;
+    std::fs::write(args.identity_dir.join("server"), &server)
+        .with_context(|| format!("cannot write {}", args.identity_dir.display()))?;
+    let config = AgentConfig {
+        server,
+        server_ca_pem,
+        join_token: args.join_token.map(Zeroizing::new),
+        identity_dir: args.identity_dir,
+        key_algorithm: args.key_algorithm,
+        renew_fraction: 2.0 / 3.0,
+        max_backoff: Duration::from_secs(30),
+    };
+    let sink: Arc<dyn ClusterSink> = Arc::new(DirectorySink::new(args.cacerts_dir));
+    println!("trustplane agent writing {}", sink.describe());
+    let handle = agent::spawn(config, sink);
+    let mut task = handle.task;
+    tokio::select! {
+        result = &mut task => {
+            result.context("agent task failed")??;
+        }
+        _ = shutdown_signal() => {
+            println!("stopping agent");
+            handle.status.has_changed().ok();
+            // The agent stops at its next await point; the task is then joined.
+            task.abort();
+        }
+    }
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Add {
+            name,
+            token_ttl,
+            output,
+            connection,
+        } => {
+            let mut client = AdminServiceClient::new(connection.connect().await?);
+            let response = client
+                .add_cluster(proto::AddClusterRequest {
+                    name: name.clone(),
+                    token_ttl_seconds: token_ttl.as_secs(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if output == Format::Json {
+                let json = serde_json::json!({
+                    "cluster": name,
+                    "join_token": response.join_token,
+                    "expires": output::time(response.token_expires_unix),
+                });
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                let data_dir = DataDir::new(&connection.data_dir);
+                println!("cluster {name} registered; one-time join token (expires {}):\n", output::time(response.token_expires_unix));
+                println!("  {}\n", response.join_token);
+                println!("Run the agent in the cluster with:\n  trustplane agent --server {} --server-ca {} \\\n    --join-token {} --identity-dir <dir> --cacerts-dir <dir>", connection.server, data_dir.control_plane_ca_path().display(), response.join_token);
+            }
+        }
+        ClusterCommand::List { output, connection } => {
+            let mut client = AdminServiceClient::new(connection.connect().await?);
+            let response = client
+                .list_clusters(proto::ListClustersRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_clusters(&response.clusters, response.bundle_version, output)?;
+        }
+        ClusterCommand::Remove { name, connection } => {
+            let mut client = AdminServiceClient::new(connection.connect().await?);
+            client
+                .remove_cluster(proto::RemoveClusterRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?;
+            println!("cluster {name} removed; its agent's certificate is refused from now on");
+        }
+    }
+    Ok(())
+}
+
+fn cluster_json(cluster: &proto::ClusterStatus) -> serde_json::Value {
+    serde_json::json!({
+        "name": cluster.name,
+        "state": cluster.state,
+        "created": output::time(cluster.created_unix),
+        "applied_bundle_version": cluster.applied_bundle_version,
+        "intermediate_serial": cluster.intermediate_serial,
+        "intermediate_not_after": output::time(cluster.intermediate_not_after_unix),
+        "last_report": output::time(cluster.last_report_unix),
+        "last_error": cluster.last_error,
+    })
+}
+
+fn print_clusters(clusters: &[proto::ClusterStatus], bundle_version: u64, format: Format) -> anyhow::Result<()> {
+    if format == Format::Json {
+        let json = serde_json::json!({
+            "bundle_version": bundle_version,
+            "clusters": clusters.iter().map(cluster_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let now = system_time_to_unix(SystemTime::now());
+    let mut table = output::table(&[
+        "CLUSTER", "STATE", "BUNDLE", "INTERMEDIATE", "EXPIRES", "LAST REPORT", "ERROR",
+    ]);
+    for cluster in clusters {
+        let bundle = if cluster.last_report_unix == 0 {
+            "-".to_string()
+        } else if cluster.applied_bundle_version == bundle_version {
+            format!("v{} (current)", cluster.applied_bundle_version)
+        } else {
+            format!("v{} (behind v{bundle_version})", cluster.applied_bundle_version)
+        };
+        let serial = if cluster.intermediate_serial.len() > 16 {
+            format!("{}…", &cluster.intermediate_serial[..16])
+        } else {
+            cluster.intermediate_serial.clone()
+        };
+        table.add_row(vec![
+            cluster.name.clone(),
+            cluster.state.clone(),
+            bundle,
+            if serial.is_empty() { "-".into() } else { serial },
+            output::time(cluster.intermediate_not_after_unix),
+            output::age(cluster.last_report_unix, now),
+            if cluster.last_error.is_empty() { "-".into() } else { cluster.last_error.clone() },
+        ]);
+    }
+    if clusters.is_empty() {
+        println!("no clusters yet: add one with `trustplane cluster add <name>`");
+    } else {
+        println!("{table}");
+    }
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let mut client = AdminServiceClient::new(args.connection.connect().await?);
+    let response = client
+        .status(proto::StatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let bundle = response.bundle.clone().unwrap_or_default();
+    if args.output == Format::Json {
+        let json = serde_json::json!({
+            "trust_domain": response.trust_domain,
+            "bundle_version": bundle.version,
+            "bundle_digest": bundle.digest,
+            "signing_root_serial": response.signing_root_serial,
+            "signing_root_subject": response.signing_root_subject,
+            "signing_root_not_after": output::time(response.signing_root_not_after_unix),
+            "clusters": response.clusters.iter().map(cluster_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let mut table = output::table(&["", ""]);
+    table.add_row(vec!["trust domain".to_string(), response.trust_domain.clone()]);
+    table.add_row(vec!["bundle".to_string(), format!("v{} sha256:{}", bundle.version, bundle.digest)]);
+    table.add_row(vec!["signing root".to_string(), format!("{} ({})", response.signing_root_subject, response.signing_root_serial)]);
+    table.add_row(vec!["root expires".to_string(), output::time(response.signing_root_not_after_unix)]);
+    println!("{table}");
+    print_clusters(&response.clusters, bundle.version, Format::Table)
+}
+
+async fn bundle_show(format: BundleFormat, connection: AdminConnection) -> anyhow::Result<()> {
+    let mut client = TrustBundleServiceClient::new(connection.connect().await?);
+    let bundle = client
+        .get_bundle(proto::GetBundleRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match format {
+        BundleFormat::Pem => print!("{}", bundle.root_cert_pem),
+        BundleFormat::Spiffe => println!("{}", bundle.spiffe_bundle_json),
+        BundleFormat::Json => {
+            let json = serde_json::json!({
+                "trust_domain": bundle.trust_domain,
+                "version": bundle.version,
+                "digest": bundle.digest,
+                "root_cert_pem": bundle.root_cert_pem,
+                "spiffe_bundle": serde_json::from_str::<serde_json::Value>(&bundle.spiffe_bundle_json).unwrap_or(serde_json::Value::Null),
+            });
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
+        BundleFormat::Table => {
+            let roots = ca::Certificate::parse_pem_chain(&bundle.root_cert_pem)?;
+            println!("trust domain {}  version {}  sha256:{}", bundle.trust_domain, bundle.version, bundle.digest);
+            let mut table = output::table(&["#", "ROOT", "SERIAL", "EXPIRES"]);
+            for (index, root) in roots.iter().enumerate() {
+                table.add_row(vec![
+                    (index + 1).to_string(),
+                    root.subject()?,
+                    root.serial_hex()?,
+                    output::time(system_time_to_unix(root.not_after()?)),
+                ]);
+            }
+            println!("{table}");
+        }
+    }
+    Ok(())
+}
+
+async fn issue(args: IssueArgs) -> anyhow::Result<()> {
+    let data_dir = DataDir::new(&args.data_dir);
+    let authority = open_authority(&data_dir, args.kek_file.as_deref(), args.policy.as_deref())?;
+    let issued = authority
+        .issue_with_local_key(&args.cluster, args.key_algorithm, args.lifetime)
+        .await?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let write = |name: &str, contents: &[u8], private: bool| -> anyhow::Result<()> {
+        let path = args.out.join(name);
+        if private {
+            crate::signer::sealed::write_private_file(&path, contents)?;
+        } else {
+            let temporary = args.out.join(format!(".{name}.tmp"));
+            std::fs::write(&temporary, contents).with_context(|| format!("cannot write {}", temporary.display()))?;
+            std::fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    };
+    write("ca-key.pem", issued.key.to_pkcs8_pem().as_bytes(), true)?;
+    write("ca-cert.pem", issued.certificate.to_pem().as_bytes(), false)?;
+    write("cert-chain.pem", issued.cert_chain_pem.as_bytes(), false)?;
+    write("root-cert.pem", issued.bundle.message.root_cert_pem.as_bytes(), false)?;
+    println!(
+        "wrote {}/{{ca-cert.pem, ca-key.pem (0600), cert-chain.pem, root-cert.pem}} for cluster {}\nintermediate {} expires {}\nload it into a cluster with:\n  kubectl create secret generic cacerts -n istio-system --from-file={}",
+        args.out.display(),
+        args.cluster,
+        issued.certificate.serial_hex()?,
+        output::time(system_time_to_unix(issued.certificate.not_after()?)),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Reads the four cacerts files from a directory (missing ones are None).
+pub fn read_cacerts_dir(dir: &Path) -> anyhow::Result<CacertsFiles> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let read = |name: &str| -> anyhow::Result<Option<String>> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+        }
+    };
+    Ok(CacertsFiles {
+        ca_cert: read("ca-cert.pem")?,
+        ca_key: read("ca-key.pem")?.map(Zeroizing::new),
+        cert_chain: read("cert-chain.pem")?,
+        root_cert: read("root-cert.pem")?,
+    })
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let files = read_cacerts_dir(&args.dir)?;
+    let check = ca::check_cacerts(&files, SystemTime::now(), args.warn_within);
+    if args.output == Format::Json {
+        let json = serde_json::json!({
+            "dir": args.dir.display().to_string(),
+            "passed": check.passed(),
+            "findings": check.findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        let mut table = output::table(&["CHECK", "RESULT", "DETAIL"]);
+        for finding in &check.findings {
+            let result = match finding.severity {
+                Severity::Ok => "ok",
+                Severity::Warning => "WARNING",
+                Severity::Error => "ERROR",
+            };
+            table.add_row(vec![finding.check.clone(), result.to_string(), finding.message.clone()]);
+        }
+        println!("{table}");
+        println!(
+            "{}: {}",
+            args.dir.display(),
+            if check.passed() { "istiod would accept this cacerts set" } else { "istiod would NOT accept this cacerts set" }
+        );
+    }
+    if !check.passed() {
+        bail!("verification failed for {}", args.dir.display());
+    }
+    Ok(())
+}
+
+/// Turns a gRPC status into a readable error.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("server refused the call ({:?}): {}", status.code(), status.message())
+}

@@ -637,3 +637,70 @@ pub fn load_sealed_key(store: &dyn Store, kek: &Kek, name: &str) -> Result<Priva
     let plain = unseal(kek, name, &sealed.value)?;
     Ok(PrivateKey::from_pkcs8_der(&plain)?)
 }
+
+/// A cluster's full `cacerts` material issued in this process: the
+/// intermediate key is generated here, in memory, and only returned.
+pub struct LocalIssue {
+    /// The intermediate CA certificate.
+    pub certificate: Certificate,
+    /// Its key (PKCS#8), wiped on drop.
+    pub key: PrivateKey,
+    /// Intermediate then root (PEM).
+    pub cert_chain_pem: String,
+    /// The bundle it was issued under.
+    pub bundle: Arc<PublishedBundle>,
+}
+
+impl std::fmt::Debug for LocalIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIssue")
+            .field("certificate", &self.certificate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// Generates a key for `cluster` in this process and signs its
+    /// intermediate (offline `issue` and push mode). The key is never
+    /// stored. `lifetime` None takes the policy default.
+    pub async fn issue_with_local_key(
+        &self,
+        cluster: &str,
+        key_algorithm: ca::KeyAlgorithm,
+        lifetime: Option<Duration>,
+    ) -> Result<LocalIssue, ServerError> {
+        validate_cluster_name(cluster)?;
+        let key = PrivateKey::generate(key_algorithm)?;
+        let csr_pem = ca::create_csr(&key, &format!("{cluster} intermediate CA"))?;
+        let csr = ca::verify_csr(csr_pem.as_bytes())?;
+        let profile = self
+            .policy
+            .decide(&self.settings.trust_domain, cluster, &csr, lifetime)?;
+        let now = self.clock.now();
+        let certificate = self.signer.sign_intermediate(&csr, &profile, now).await?;
+        let serial = certificate.serial_hex()?;
+        let issued = IssuedRecord {
+            serial: serial.clone(),
+            kind: IssuedKind::Intermediate,
+            cluster: Some(cluster.to_string()),
+            issued_unix: system_time_to_unix(now),
+            not_after_unix: system_time_to_unix(certificate.not_after()?),
+        };
+        self.store.commit(Batch::new().put_json(
+            Table::Certificates,
+            &serial,
+            &issued,
+            Some(Expect::Absent),
+        )?)?;
+        let root = self.signer.signing_root();
+        let chain = vec![certificate.clone(), root.clone()];
+        let bundle = self.current_bundle();
+        ca::probe_ca_key(&chain, &key, bundle.bundle.roots(), now)?;
+        Ok(LocalIssue {
+            cert_chain_pem: format!("{}{}", certificate.to_pem(), root.to_pem()),
+            certificate,
+            key,
+            bundle,
+        })
+    }
+}

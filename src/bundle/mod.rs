@@ -7,10 +7,15 @@
 //! never reordered, because istiod (≤ 1.29) accepts a changed
 //! `root-cert.pem` only when the old bytes are a substring of the new or the
 //! other way round.
+//!
+//! Owns the bundle's forms; does not decide when roots change (that is
+//! `rotation`) nor where bundles are kept (that is `store`).
+
+mod jwks;
 
 use std::time::Duration;
 
-use crate::ca::Certificate;
+use crate::ca::{CaError, Certificate};
 
 /// A versioned set of trusted roots for one trust domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,16 +37,41 @@ pub enum BundleError {
         /// Hex serial of the duplicate.
         serial: String,
     },
-    /// A certificate that cannot be put in a bundle.
+    /// A certificate that cannot be put in a bundle: not a CA, or a key
+    /// that the SPIFFE form cannot express (only EC P-256, EC P-384 and RSA).
     #[error("invalid root: {0}")]
     InvalidRoot(#[source] crate::ca::CaError),
+    /// The version cannot be incremented any further.
+    #[error("bundle version {0} cannot be incremented")]
+    VersionExhausted(u64),
 }
 
 impl TrustBundle {
-    /// A bundle with the given roots and version. Errors when `roots` is
-    /// empty or holds a duplicate.
-    pub fn new(trust_domain: &str, version: u64, roots: Vec<Certificate>) -> Result<Self, BundleError> {
-        todo!("{trust_domain}{version}{roots:?}")
+    /// A bundle with the given roots (oldest first) and version.
+    ///
+    /// Errors: [`BundleError::Empty`] when `roots` is empty,
+    /// [`BundleError::DuplicateRoot`] when a certificate appears twice,
+    /// [`BundleError::InvalidRoot`] when a root is not a CA or has a key the
+    /// SPIFFE form cannot express.
+    pub fn new(
+        trust_domain: &str,
+        version: u64,
+        roots: Vec<Certificate>,
+    ) -> Result<Self, BundleError> {
+        if roots.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        for (index, root) in roots.iter().enumerate() {
+            check_root(root)?;
+            if roots[..index].contains(root) {
+                return Err(duplicate(root));
+            }
+        }
+        Ok(TrustBundle {
+            trust_domain: trust_domain.to_string(),
+            version,
+            roots,
+        })
     }
 
     /// The trust domain.
@@ -61,28 +91,413 @@ impl TrustBundle {
 
     /// Istio's `root-cert.pem`: each root's PEM block, in order.
     pub fn root_cert_pem(&self) -> String {
-        todo!()
+        self.roots.iter().map(Certificate::to_pem).collect()
     }
 
     /// SHA-256 of [`Self::root_cert_pem`], lowercase hex.
     pub fn digest_hex(&self) -> String {
-        todo!()
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.root_cert_pem().as_bytes());
+        hex::encode(digest.as_ref())
     }
 
-    /// The next version with `root` appended at the end.
+    /// Whether `certificate` is one of the roots.
+    pub fn contains(&self, certificate: &Certificate) -> bool {
+        self.roots.contains(certificate)
+    }
+
+    fn next_version(&self) -> Result<u64, BundleError> {
+        self.version
+            .checked_add(1)
+            .ok_or(BundleError::VersionExhausted(self.version))
+    }
+
+    /// The next version with `root` appended at the end; the other roots
+    /// keep their order and bytes.
+    ///
+    /// Errors: [`BundleError::DuplicateRoot`] when `root` is already in the
+    /// bundle, [`BundleError::InvalidRoot`] as for [`Self::new`],
+    /// [`BundleError::VersionExhausted`].
     pub fn with_appended(&self, root: Certificate) -> Result<TrustBundle, BundleError> {
-        todo!("{root:?}")
+        check_root(&root)?;
+        if self.contains(&root) {
+            return Err(duplicate(&root));
+        }
+        let mut roots = self.roots.clone();
+        roots.push(root);
+        Ok(TrustBundle {
+            trust_domain: self.trust_domain.clone(),
+            version: self.next_version()?,
+            roots,
+        })
     }
 
-    /// The next version without the oldest root. Errors when it would be empty.
+    /// The next version without the oldest root; the other roots keep their
+    /// order and bytes.
+    ///
+    /// Errors: [`BundleError::Empty`] when it would be empty,
+    /// [`BundleError::VersionExhausted`].
     pub fn with_oldest_removed(&self) -> Result<TrustBundle, BundleError> {
-        todo!()
+        let Some((_, rest)) = self.roots.split_first() else {
+            return Err(BundleError::Empty);
+        };
+        if rest.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        Ok(TrustBundle {
+            trust_domain: self.trust_domain.clone(),
+            version: self.next_version()?,
+            roots: rest.to_vec(),
+        })
     }
 
     /// The SPIFFE bundle (JWKS): one key per root with `use: x509-svid` and
     /// one `x5c`, `spiffe_sequence` = version, `spiffe_refresh_hint` in
-    /// seconds.
+    /// seconds (rounded down).
+    ///
+    /// EC roots become `kty: EC` keys (`crv` P-256 or P-384, `x`, `y`), RSA
+    /// roots `kty: RSA` keys (`n`, `e`), all base64url without padding;
+    /// `x5c` holds the DER certificate in standard base64.
+    ///
+    /// Errors: [`BundleError::InvalidRoot`] for a key the format cannot
+    /// express (not possible for a bundle built by this module).
     pub fn spiffe_bundle_json(&self, refresh_hint: Duration) -> Result<String, BundleError> {
-        todo!("{refresh_hint:?}")
+        jwks::spiffe_bundle_json(&self.roots, self.version, refresh_hint)
+    }
+}
+
+/// A root must be a CA and have a key the SPIFFE form can express.
+fn check_root(root: &Certificate) -> Result<(), BundleError> {
+    if !root.is_ca().map_err(BundleError::InvalidRoot)? {
+        let subject = root.subject().unwrap_or_default();
+        return Err(BundleError::InvalidRoot(CaError::NotACa(format!(
+            "{subject} does not have basicConstraints CA:true"
+        ))));
+    }
+    jwks::json_web_key(root)?;
+    Ok(())
+}
+
+fn duplicate(root: &Certificate) -> BundleError {
+    match root.serial_hex() {
+        Ok(serial) => BundleError::DuplicateRoot { serial },
+        Err(error) => BundleError::InvalidRoot(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SignatureAlgorithm};
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const TRUST_DOMAIN: &str = "cluster.local";
+
+    /// A self-signed CA generated with rcgen, and its key pair.
+    fn ec_root(
+        name: &str,
+        algorithm: &'static SignatureAlgorithm,
+    ) -> Result<(Certificate, KeyPair), Box<dyn std::error::Error>> {
+        let key = KeyPair::generate_for(algorithm)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let certificate = params.self_signed(&key)?;
+        Ok((Certificate::from_der(certificate.der().to_vec())?, key))
+    }
+
+    fn p256_root(name: &str) -> Result<Certificate, Box<dyn std::error::Error>> {
+        Ok(ec_root(name, &rcgen::PKCS_ECDSA_P256_SHA256)?.0)
+    }
+
+    fn openssl(
+        directory: &std::path::Path,
+        arguments: &[&str],
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let output = Command::new("/usr/bin/openssl")
+            .args(arguments)
+            .current_dir(directory)
+            .output()?;
+        if !output.status.success() {
+            return Err(format!(
+                "openssl {arguments:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// A self-signed RSA CA generated with OpenSSL, and its modulus in hex
+    /// as OpenSSL prints it.
+    fn rsa_root() -> Result<(Certificate, String), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        openssl(
+            directory.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+                "-subj",
+                "/CN=rsa-root",
+                "-days",
+                "1",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+            ],
+        )?;
+        let modulus = openssl(
+            directory.path(),
+            &["x509", "-in", "cert.pem", "-noout", "-modulus"],
+        )?;
+        let modulus = modulus
+            .trim()
+            .strip_prefix("Modulus=")
+            .ok_or("no Modulus= line")?
+            .to_string();
+        let pem = std::fs::read_to_string(directory.path().join("cert.pem"))?;
+        Ok((Certificate::from_pem(&pem)?, modulus))
+    }
+
+    fn bundle_json(bundle: &TrustBundle) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let text = bundle.spiffe_bundle_json(Duration::from_secs(300))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn field<'a>(
+        value: &'a serde_json::Value,
+        name: &str,
+    ) -> Result<&'a str, Box<dyn std::error::Error>> {
+        Ok(value[name]
+            .as_str()
+            .ok_or(format!("{name} missing in {value}"))?)
+    }
+
+    #[test]
+    fn root_cert_pem_is_each_root_pem_in_order() -> TestResult {
+        let (first, second) = (p256_root("first")?, p256_root("second")?);
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 1, vec![first.clone(), second.clone()])?;
+        assert_eq!(
+            bundle.root_cert_pem(),
+            format!("{}{}", first.to_pem(), second.to_pem())
+        );
+        assert_eq!(
+            Certificate::parse_pem_chain(&bundle.root_cert_pem())?,
+            [first, second]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_root_keeps_the_same_bytes_in_every_version() -> TestResult {
+        let (old, new) = (p256_root("old")?, p256_root("new")?);
+        let original = TrustBundle::new(TRUST_DOMAIN, 1, vec![old.clone()])?;
+        let both = original.with_appended(new.clone())?;
+        let rebuilt = TrustBundle::new(TRUST_DOMAIN, 7, vec![old.clone()])?;
+        assert_eq!(original.root_cert_pem(), rebuilt.root_cert_pem());
+        assert!(both.root_cert_pem().starts_with(&old.to_pem()));
+        assert!(both.with_oldest_removed()?.root_cert_pem() == new.to_pem());
+        Ok(())
+    }
+
+    #[test]
+    fn rotation_steps_satisfy_istiods_substring_rule() -> TestResult {
+        let (a, b) = (p256_root("root A")?, p256_root("root B")?);
+        let stable = TrustBundle::new(TRUST_DOMAIN, 1, vec![a])?;
+        let trust_new = stable.with_appended(b)?;
+        let retire_old = trust_new.with_oldest_removed()?;
+        // istiod (<= 1.29) takes a new root-cert.pem only when one is a byte
+        // substring of the other.
+        for (before, after) in [(&stable, &trust_new), (&trust_new, &retire_old)] {
+            let (before, after) = (before.root_cert_pem(), after.root_cert_pem());
+            assert!(
+                after.contains(&before) || before.contains(&after),
+                "not substrings:\n{before}\n{after}"
+            );
+        }
+        assert_ne!(stable.root_cert_pem(), retire_old.root_cert_pem());
+        Ok(())
+    }
+
+    #[test]
+    fn appended_roots_go_last_and_the_order_never_changes() -> TestResult {
+        let roots = [p256_root("1")?, p256_root("2")?, p256_root("3")?];
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 1, vec![roots[0].clone()])?
+            .with_appended(roots[1].clone())?
+            .with_appended(roots[2].clone())?;
+        assert_eq!(bundle.roots(), roots);
+        assert_eq!(bundle.with_oldest_removed()?.roots(), &roots[1..]);
+        Ok(())
+    }
+
+    #[test]
+    fn every_change_increments_the_version_by_one() -> TestResult {
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 41, vec![p256_root("a")?])?;
+        assert_eq!(bundle.version(), 41);
+        let appended = bundle.with_appended(p256_root("b")?)?;
+        assert_eq!(appended.version(), 42);
+        let removed = appended.with_oldest_removed()?;
+        assert_eq!(removed.version(), 43);
+        assert_eq!(removed.trust_domain(), TRUST_DOMAIN);
+        Ok(())
+    }
+
+    #[test]
+    fn the_version_never_wraps() -> TestResult {
+        let bundle = TrustBundle::new(TRUST_DOMAIN, u64::MAX, vec![p256_root("a")?])?;
+        let result = bundle.with_appended(p256_root("b")?);
+        assert!(
+            matches!(result, Err(BundleError::VersionExhausted(u64::MAX))),
+            "{result:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_duplicate_root_is_rejected() -> TestResult {
+        let root = p256_root("a")?;
+        let serial = root.serial_hex()?;
+        let result = TrustBundle::new(TRUST_DOMAIN, 1, vec![root.clone(), root.clone()]);
+        assert!(
+            matches!(&result, Err(BundleError::DuplicateRoot { serial: found }) if *found == serial),
+            "{result:?}"
+        );
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 1, vec![root.clone()])?;
+        let result = bundle.with_appended(root);
+        assert!(
+            matches!(result, Err(BundleError::DuplicateRoot { .. })),
+            "{result:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_bundle_is_rejected() -> TestResult {
+        let result = TrustBundle::new(TRUST_DOMAIN, 1, Vec::new());
+        assert!(matches!(result, Err(BundleError::Empty)), "{result:?}");
+        let single = TrustBundle::new(TRUST_DOMAIN, 1, vec![p256_root("only")?])?;
+        let result = single.with_oldest_removed();
+        assert!(matches!(result, Err(BundleError::Empty)), "{result:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_certificate_that_is_not_a_ca_is_rejected() -> TestResult {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let leaf = CertificateParams::new(vec!["leaf.example".to_string()])?.self_signed(&key)?;
+        let leaf = Certificate::from_der(leaf.der().to_vec())?;
+        let result = TrustBundle::new(TRUST_DOMAIN, 1, vec![leaf]);
+        assert!(
+            matches!(result, Err(BundleError::InvalidRoot(CaError::NotACa(_)))),
+            "{result:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_digest_is_sha256_of_root_cert_pem_and_changes_with_content() -> TestResult {
+        let (a, b) = (p256_root("a")?, p256_root("b")?);
+        let one = TrustBundle::new(TRUST_DOMAIN, 1, vec![a.clone()])?;
+        let two = one.with_appended(b)?;
+
+        // Cross-checked with OpenSSL over the exact bytes.
+        let directory = tempfile::tempdir()?;
+        std::fs::write(directory.path().join("root-cert.pem"), one.root_cert_pem())?;
+        let openssl_digest = openssl(
+            directory.path(),
+            &["dgst", "-sha256", "-r", "root-cert.pem"],
+        )?;
+        assert_eq!(
+            openssl_digest.split_whitespace().next(),
+            Some(one.digest_hex().as_str())
+        );
+
+        assert_eq!(one.digest_hex().len(), 64);
+        assert_ne!(one.digest_hex(), two.digest_hex());
+        // Content, not version, determines the digest.
+        let same_content = TrustBundle::new(TRUST_DOMAIN, 9, vec![a])?;
+        assert_eq!(one.digest_hex(), same_content.digest_hex());
+        Ok(())
+    }
+
+    #[test]
+    fn spiffe_bundle_has_sequence_refresh_hint_and_one_key_per_root() -> TestResult {
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 5, vec![p256_root("a")?])?
+            .with_appended(p256_root("b")?)?;
+        let json = bundle_json(&bundle)?;
+        assert_eq!(json["spiffe_sequence"], 6);
+        assert_eq!(json["spiffe_refresh_hint"], 300);
+        let keys = json["keys"].as_array().ok_or("keys is not an array")?;
+        assert_eq!(keys.len(), 2);
+        for (key, root) in keys.iter().zip(bundle.roots()) {
+            assert_eq!(field(key, "use")?, "x509-svid");
+            let x5c = key["x5c"].as_array().ok_or("x5c is not an array")?;
+            assert_eq!(x5c.len(), 1);
+            let der = STANDARD.decode(x5c[0].as_str().ok_or("x5c[0] is not a string")?)?;
+            assert_eq!(der, root.der());
+        }
+        Ok(())
+    }
+
+    fn assert_ec_key(
+        algorithm: &'static SignatureAlgorithm,
+        curve: &str,
+        coordinate_length: usize,
+    ) -> TestResult {
+        let (root, key_pair) = ec_root("ec root", algorithm)?;
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 1, vec![root])?;
+        let json = bundle_json(&bundle)?;
+        let key = &json["keys"][0];
+        assert_eq!(field(key, "kty")?, "EC");
+        assert_eq!(field(key, "crv")?, curve);
+        assert!(key.get("n").is_none() && key.get("e").is_none(), "{key}");
+        // rcgen's raw public key is the uncompressed point 0x04 || x || y.
+        let point = key_pair.public_key_raw();
+        assert_eq!(point.len(), 1 + 2 * coordinate_length);
+        let x = URL_SAFE_NO_PAD.decode(field(key, "x")?)?;
+        let y = URL_SAFE_NO_PAD.decode(field(key, "y")?)?;
+        assert_eq!(x, point[1..=coordinate_length]);
+        assert_eq!(y, point[1 + coordinate_length..]);
+        Ok(())
+    }
+
+    #[test]
+    fn spiffe_bundle_expresses_a_p256_root_as_an_ec_key() -> TestResult {
+        assert_ec_key(&rcgen::PKCS_ECDSA_P256_SHA256, "P-256", 32)
+    }
+
+    #[test]
+    fn spiffe_bundle_expresses_a_p384_root_as_an_ec_key() -> TestResult {
+        assert_ec_key(&rcgen::PKCS_ECDSA_P384_SHA384, "P-384", 48)
+    }
+
+    #[test]
+    fn spiffe_bundle_expresses_an_rsa_root_as_an_rsa_key() -> TestResult {
+        let (root, modulus_hex) = rsa_root()?;
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 1, vec![root])?;
+        let json = bundle_json(&bundle)?;
+        let key = &json["keys"][0];
+        assert_eq!(field(key, "kty")?, "RSA");
+        assert!(key.get("crv").is_none() && key.get("x").is_none(), "{key}");
+        let modulus = URL_SAFE_NO_PAD.decode(field(key, "n")?)?;
+        assert_eq!(
+            modulus.len(),
+            256,
+            "no leading zero octet for a 2048-bit modulus"
+        );
+        assert_eq!(hex::encode_upper(&modulus), modulus_hex);
+        assert_eq!(field(key, "e")?, "AQAB");
+        Ok(())
     }
 }

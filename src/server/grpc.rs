@@ -32,6 +32,17 @@ fn require_cluster<T>(authority: &Authority, request: &Request<T>) -> Result<Str
     }
 }
 
+/// Refuses a request naming another cluster than the caller's.
+fn same_cluster(caller: &str, requested: &str) -> Result<(), ServerError> {
+    if requested.is_empty() || requested == caller {
+        Ok(())
+    } else {
+        Err(ServerError::PermissionDenied(format!(
+            "cluster {caller:?} may only act for itself, not for cluster {requested:?}"
+        )))
+    }
+}
+
 fn require_admin<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
     match caller(authority, request)? {
         Caller::Admin(name) => Ok(name),
@@ -126,6 +137,7 @@ impl IntermediateService for IntermediateApi {
     ) -> Result<Response<proto::SignIntermediateResponse>, Status> {
         let cluster = require_cluster(&self.authority, &request)?;
         let body = request.into_inner();
+        same_cluster(&cluster, &body.cluster)?;
         let response = self
             .authority
             .sign_intermediate(&cluster, &body.csr)
@@ -139,7 +151,9 @@ impl IntermediateService for IntermediateApi {
         request: Request<proto::ReportStatusRequest>,
     ) -> Result<Response<proto::ReportStatusResponse>, Status> {
         let cluster = require_cluster(&self.authority, &request)?;
-        self.authority.report_status(&cluster, request.into_inner())?;
+        let body = request.into_inner();
+        same_cluster(&cluster, &body.cluster)?;
+        self.authority.report_status(&cluster, body)?;
         Ok(Response::new(proto::ReportStatusResponse {}))
     }
 }

@@ -1,0 +1,161 @@
+//! Shared harness for in-process tests: a real trustplane server on
+//! 127.0.0.1:0 over TLS, on the embedded store in a temporary directory.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tempfile::TempDir;
+use tonic::transport::Channel;
+use trustplane::ca::{self, KeyAlgorithm, PrivateKey};
+use trustplane::cli::connect;
+use trustplane::proto;
+use trustplane::proto::admin_service_client::AdminServiceClient;
+use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
+use trustplane::server::{self, Authority, DataDir, InitOptions, RunningServer, SystemClock};
+use trustplane::signer::sealed::Kek;
+use trustplane::store::RedbStore;
+
+pub struct TestServer {
+    pub dir: TempDir,
+    pub data_dir: DataDir,
+    pub running: RunningServer,
+    pub control_plane_ca_pem: String,
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub async fn start_server() -> TestServer {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::new(dir.path().join("server"));
+    std::fs::create_dir_all(&data_dir.path).unwrap();
+    let store = Arc::new(RedbStore::open(&data_dir.store_path()).unwrap());
+    let kek = Kek::generate().unwrap();
+    let policy = trustplane::Policy::builtin_default().unwrap();
+    server::initialize(
+        store.as_ref(),
+        &kek,
+        &data_dir,
+        &InitOptions {
+            trust_domain: "cluster.local".into(),
+            organisation: None,
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            root_validity: Duration::from_secs(10 * 365 * 24 * 3600),
+            import: None,
+            policy: policy.clone(),
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
+    let authority = Arc::new(Authority::open(store, &kek, policy, Arc::new(SystemClock)).unwrap());
+    let running = server::start(
+        authority,
+        &server::ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            dns_names: vec![],
+            ip_addresses: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let control_plane_ca_pem = std::fs::read_to_string(data_dir.control_plane_ca_path()).unwrap();
+    TestServer {
+        dir,
+        data_dir,
+        running,
+        control_plane_ca_pem,
+    }
+}
+
+impl TestServer {
+    pub fn url(&self) -> String {
+        self.running.url()
+    }
+
+    pub fn authority(&self) -> &Arc<Authority> {
+        &self.running.authority
+    }
+
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        let certificate = std::fs::read_to_string(self.data_dir.admin_cert_path()).unwrap();
+        let key = std::fs::read_to_string(self.data_dir.admin_key_path()).unwrap();
+        let channel = connect(&self.url(), &self.control_plane_ca_pem, Some((&certificate, &key)))
+            .await
+            .unwrap();
+        AdminServiceClient::new(channel)
+    }
+
+    /// A channel without a client certificate.
+    pub async fn anonymous(&self) -> Channel {
+        connect(&self.url(), &self.control_plane_ca_pem, None).await.unwrap()
+    }
+
+    pub async fn add_cluster(&self, name: &str) -> String {
+        self.admin()
+            .await
+            .add_cluster(proto::AddClusterRequest {
+                name: name.into(),
+                token_ttl_seconds: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .join_token
+    }
+
+    /// Enrolls `name` with `token` and returns an mTLS channel as that cluster.
+    pub async fn enroll_with(&self, name: &str, token: &str) -> Result<Channel, tonic::Status> {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = ca::create_csr(&key, "test agent").unwrap();
+        let response = IntermediateServiceClient::new(self.anonymous().await)
+            .enroll(proto::EnrollRequest {
+                cluster: name.into(),
+                join_token: token.into(),
+                client_csr_pem: csr,
+            })
+            .await?
+            .into_inner();
+        let channel = connect(
+            &self.url(),
+            &response.control_plane_ca_pem,
+            Some((&response.client_cert_pem, &key.to_pkcs8_pem())),
+        )
+        .await
+        .unwrap();
+        Ok(channel)
+    }
+
+    /// Registers and enrolls `name`; returns its mTLS channel.
+    pub async fn enroll(&self, name: &str) -> Channel {
+        let token = self.add_cluster(name).await;
+        self.enroll_with(name, &token).await.unwrap()
+    }
+}
+
+/// Runs `openssl verify` and returns (success, output).
+pub fn openssl_verify(dir: &std::path::Path, root_pem: &str, untrusted: Option<&str>, certificate_pem: &str) -> (bool, String) {
+    let root = dir.join("openssl-root.pem");
+    let leaf = dir.join("openssl-leaf.pem");
+    std::fs::write(&root, root_pem).unwrap();
+    std::fs::write(&leaf, certificate_pem).unwrap();
+    let mut command = std::process::Command::new("openssl");
+    command.arg("verify").arg("-CAfile").arg(&root);
+    if let Some(untrusted) = untrusted {
+        let path = dir.join("openssl-untrusted.pem");
+        std::fs::write(&path, untrusted).unwrap();
+        command.arg("-untrusted").arg(path);
+    }
+    let output = command
+        .arg(&leaf)
+        .output()
+        .expect("openssl is required for these tests (apt-get install openssl)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

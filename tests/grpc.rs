@@ -1,0 +1,389 @@
+//! In-process gRPC tests: a real server on 127.0.0.1:0 over TLS, real
+//! clients. Enroll → sign → watch → report, authorisation, tokens, bundle
+//! watches, CSR rejection, and `openssl verify` on issued chains.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use tonic::Code;
+use trustplane::ca::{self, Certificate, KeyAlgorithm, PrivateKey};
+use trustplane::proto;
+use trustplane::proto::admin_service_client::AdminServiceClient;
+use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
+use trustplane::proto::trust_bundle_service_client::TrustBundleServiceClient;
+use trustplane::store::{RedbStore, Store, Table};
+
+fn intermediate_csr() -> (PrivateKey, String) {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = ca::create_csr(&key, "anything the cluster likes").unwrap();
+    (key, csr)
+}
+
+fn new_root(name: &str) -> Certificate {
+    ca::create_root(
+        &ca::RootRequest {
+            trust_domain: "cluster.local".into(),
+            organisation: name.into(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(3600 * 24 * 365),
+        },
+        SystemTime::now(),
+    )
+    .unwrap()
+    .0
+}
+
+#[tokio::test]
+async fn enroll_sign_watch_report_round_trip() {
+    let server = common::start_server().await;
+    let channel = server.enroll("east").await;
+
+    let (key, csr) = intermediate_csr();
+    let signed = IntermediateServiceClient::new(channel.clone())
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr.into_bytes(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let intermediate = Certificate::from_pem(&signed.certificate_pem).unwrap();
+    let chain = Certificate::parse_pem_chain(&signed.cert_chain_pem).unwrap();
+    assert_eq!(chain.len(), 2, "cert-chain.pem is intermediate then root");
+    assert_eq!(chain[0], intermediate);
+    assert_eq!(intermediate.serial_hex().unwrap(), signed.serial);
+    assert!(intermediate.subject().unwrap().contains("east intermediate CA"));
+    assert!(ca::key_matches_certificate(&intermediate, &key).unwrap());
+    let bundle = signed.bundle.clone().unwrap();
+    assert_eq!(bundle.version, 1);
+    let roots = Certificate::parse_pem_chain(&bundle.root_cert_pem).unwrap();
+    assert_eq!(roots, vec![chain[1].clone()]);
+    ca::probe_ca_key(&chain, &key, &roots, SystemTime::now()).unwrap();
+
+    let mut watch = TrustBundleServiceClient::new(channel.clone())
+        .watch_bundle(proto::WatchBundleRequest { known_version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.version, 1, "the watch starts with the current bundle");
+    assert_eq!(first.digest, bundle.digest);
+
+    IntermediateServiceClient::new(channel)
+        .report_status(proto::ReportStatusRequest {
+            applied_bundle_version: 1,
+            intermediate_serial: signed.serial.clone(),
+            intermediate_not_after_unix: signed.not_after_unix,
+            cert_chain_pem: signed.cert_chain_pem.clone(),
+            error: String::new(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap();
+    let listed = server
+        .admin()
+        .await
+        .list_clusters(proto::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let east = listed.clusters.iter().find(|cluster| cluster.name == "east").unwrap();
+    assert_eq!(east.state, "enrolled");
+    assert_eq!(east.applied_bundle_version, 1);
+    assert_eq!(east.intermediate_serial, signed.serial);
+    assert!(east.last_report_unix > 0);
+}
+
+#[tokio::test]
+async fn a_cluster_cannot_act_for_another_cluster() {
+    let server = common::start_server().await;
+    let east = server.enroll("east").await;
+    let _west = server.enroll("west").await;
+    let (_, csr) = intermediate_csr();
+    let refused = IntermediateServiceClient::new(east.clone())
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr.into_bytes(),
+            cluster: "west".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("may only act for itself"), "{}", refused.message());
+
+    let refused = IntermediateServiceClient::new(east.clone())
+        .report_status(proto::ReportStatusRequest {
+            cluster: "west".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let refused = AdminServiceClient::new(east)
+        .add_cluster(proto::AddClusterRequest {
+            name: "sneaky".into(),
+            token_ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("may not call AdminService"));
+}
+
+#[tokio::test]
+async fn calls_without_a_client_certificate_are_unauthenticated() {
+    let server = common::start_server().await;
+    let anonymous = server.anonymous().await;
+    let (_, csr) = intermediate_csr();
+    let refused = IntermediateServiceClient::new(anonymous.clone())
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr.into_bytes(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(
+        TrustBundleServiceClient::new(anonymous.clone())
+            .get_bundle(proto::GetBundleRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        AdminServiceClient::new(anonymous)
+            .list_clusters(proto::ListClustersRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn join_tokens_are_single_use_and_bound_to_their_cluster() {
+    let server = common::start_server().await;
+    let token = server.add_cluster("east").await;
+    let other = server.add_cluster("west").await;
+
+    let wrong_cluster = server.enroll_with("east", &other).await.unwrap_err();
+    assert_eq!(wrong_cluster.code(), Code::PermissionDenied);
+    assert!(wrong_cluster.message().contains("belongs to another cluster"), "{}", wrong_cluster.message());
+
+    server.enroll_with("east", &token).await.unwrap();
+    let replayed = server.enroll_with("east", &token).await.unwrap_err();
+    assert_eq!(replayed.code(), Code::PermissionDenied);
+    assert!(replayed.message().contains("already used"), "{}", replayed.message());
+    assert!(replayed.message().contains("trustplane cluster add east"));
+
+    let unknown = server.enroll_with("west", "tp1.west.not-a-real-token").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::PermissionDenied);
+    assert!(unknown.message().contains("unknown"), "{}", unknown.message());
+}
+
+#[tokio::test]
+async fn an_expired_join_token_is_refused() {
+    let server = common::start_server().await;
+    let token = server
+        .admin()
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: "east".into(),
+            token_ttl_seconds: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .join_token;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = server.enroll_with("east", &token).await.unwrap_err();
+    assert_eq!(expired.code(), Code::PermissionDenied);
+    assert!(expired.message().contains("expired"), "{}", expired.message());
+}
+
+#[tokio::test]
+async fn a_removed_cluster_is_refused() {
+    let server = common::start_server().await;
+    let channel = server.enroll("east").await;
+    server
+        .admin()
+        .await
+        .remove_cluster(proto::RemoveClusterRequest { name: "east".into() })
+        .await
+        .unwrap();
+    let (_, csr) = intermediate_csr();
+    let refused = IntermediateServiceClient::new(channel)
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr.into_bytes(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("not registered"), "{}", refused.message());
+}
+
+#[tokio::test]
+async fn a_watcher_receives_every_new_bundle_version() {
+    let server = common::start_server().await;
+    let channel = server.enroll("east").await;
+    let mut watch = TrustBundleServiceClient::new(channel)
+        .watch_bundle(proto::WatchBundleRequest { known_version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.version, 1);
+
+    let authority = server.authority().clone();
+    let next = authority.current_bundle().bundle.with_appended(new_root("second")).unwrap();
+    authority.publish_bundle(next).unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(Certificate::parse_pem_chain(&second.root_cert_pem).unwrap().len(), 2);
+    assert!(
+        second.root_cert_pem.starts_with(&first.root_cert_pem),
+        "the old root keeps its bytes at the front (istiod's substring rule)"
+    );
+    assert_ne!(second.digest, first.digest);
+}
+
+#[tokio::test]
+async fn a_slow_watcher_gets_the_latest_version_not_a_backlog() {
+    let server = common::start_server().await;
+    let channel = server.enroll("east").await;
+    let mut watch = TrustBundleServiceClient::new(channel)
+        .watch_bundle(proto::WatchBundleRequest { known_version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let authority = server.authority().clone();
+    for index in 0..20 {
+        let next = authority
+            .current_bundle()
+            .bundle
+            .with_appended(new_root(&format!("root {index}")))
+            .unwrap();
+        authority.publish_bundle(next).unwrap();
+    }
+    let mut seen = Vec::new();
+    loop {
+        let bundle = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(bundle.version);
+        if bundle.version == 21 {
+            break;
+        }
+    }
+    assert!(seen.len() <= 4, "a slow consumer must not receive the backlog: {seen:?}");
+    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "versions only go up: {seen:?}");
+}
+
+#[tokio::test]
+async fn bad_csrs_get_precise_invalid_argument_errors() {
+    let server = common::start_server().await;
+    let mut client = IntermediateServiceClient::new(server.enroll("east").await);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("garbage", b"this is not a CSR".to_vec(), "malformed"),
+        ("oversize", vec![b'A'; 70 * 1024], "limit is 65536 bytes"),
+        ("certificate instead of CSR", new_root("x").to_pem().into_bytes(), "malformed"),
+    ];
+    for (name, csr, expected) in cases {
+        let refused = client
+            .sign_intermediate(proto::SignIntermediateRequest {
+                csr,
+                cluster: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{name}: {}", refused.message());
+        assert!(
+            refused.message().to_lowercase().contains(expected),
+            "{name}: {:?} should mention {expected:?}",
+            refused.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_csr_stores_nothing() {
+    let server = common::start_server().await;
+    let mut client = IntermediateServiceClient::new(server.enroll("east").await);
+    let (_, good) = intermediate_csr();
+    client
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: good.into_bytes(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap();
+    let _ = client
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: b"garbage".to_vec(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap_err();
+    // Stop the server so the database can be opened and inspected.
+    let common::TestServer { dir: _dir, data_dir, running, .. } = server;
+    running.shutdown().await.unwrap();
+    let store_path = data_dir.store_path();
+    let store = RedbStore::open(&store_path).unwrap();
+    let intermediates = store
+        .list(Table::Certificates)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, value)| String::from_utf8_lossy(&value.value).contains("\"intermediate\""))
+        .count();
+    assert_eq!(intermediates, 1, "only the good CSR produced a certificate record");
+}
+
+#[tokio::test]
+async fn issued_chains_pass_openssl_verify() {
+    let server = common::start_server().await;
+    let mut client = IntermediateServiceClient::new(server.enroll("east").await);
+    let (key, csr) = intermediate_csr();
+    let signed = client
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr.into_bytes(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let root_pem = signed.bundle.unwrap().root_cert_pem;
+    let work = tempfile::tempdir().unwrap();
+    let (ok, output) = common::openssl_verify(work.path(), &root_pem, None, &signed.certificate_pem);
+    assert!(ok, "openssl verify intermediate: {output}");
+
+    let intermediate = Certificate::from_pem(&signed.certificate_pem).unwrap();
+    let workload_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let leaf = ca::sign_workload(
+        &workload_key.public_key_der().unwrap(),
+        "spiffe://cluster.local/ns/default/sa/x",
+        &intermediate,
+        &key,
+        Duration::from_secs(3600),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let (ok, output) = common::openssl_verify(work.path(), &root_pem, Some(&signed.certificate_pem), &leaf.to_pem());
+    assert!(ok, "openssl verify workload through intermediate: {output}");
+
+    let (ok, _) = common::openssl_verify(work.path(), &new_root("foreign").to_pem(), Some(&signed.certificate_pem), &leaf.to_pem());
+    assert!(!ok, "a foreign root must not verify the chain");
+}

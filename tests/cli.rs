@@ -1,0 +1,248 @@
+//! The `trustplane` binary end to end, as a user runs it: init, server,
+//! cluster add, agent, cluster list, bundle show, verify, issue, demo.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_trustplane");
+
+/// Kills the process when dropped, so a failing test leaves nothing behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn trustplane(args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .env_remove("TRUSTPLANE_KEK")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = trustplane(args);
+    assert!(output.status.success(), "trustplane {args:?} failed:\n{}", text(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn start_server(data_dir: &Path) -> (Guard, String) {
+    let mut child = Command::new(BINARY)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|word| word.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no URL in server output {line:?}"))
+        .to_string();
+    (Guard(child), url)
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let commands: &[&[&str]] = &[
+        &["init"],
+        &["server"],
+        &["agent"],
+        &["cluster", "add"],
+        &["cluster", "list"],
+        &["cluster", "remove"],
+        &["status"],
+        &["bundle", "show"],
+        &["issue"],
+        &["verify"],
+        &["demo"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = ok(&args);
+        assert!(help.contains("Example"), "`trustplane {}` --help has no example:\n{help}", command.join(" "));
+    }
+}
+
+#[test]
+fn init_server_enroll_agent_and_inspect_like_a_user() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let init = ok(&["init", "--data-dir", data_arg, "--trust-domain", "cluster.local"]);
+    assert!(init.contains("cluster.local root CA"), "{init}");
+    assert!(init.contains("Move it off this disk"), "init must tell the user to move the KEK:\n{init}");
+    use std::os::unix::fs::PermissionsExt;
+    for secret in ["kek", "admin/admin-key.pem", "trustplane.redb"] {
+        let mode = std::fs::metadata(data.join(secret)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{secret} must be 0600, is {mode:o}");
+    }
+    let again = trustplane(&["init", "--data-dir", data_arg]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already initialised"), "{}", text(&again));
+
+    let (_server, url) = start_server(&data);
+    let add = ok(&["cluster", "add", "east", "--server", &url, "--data-dir", data_arg, "-o", "json"]);
+    let add: serde_json::Value = serde_json::from_str(&add).unwrap();
+    let token = add["join_token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("tp1.east."));
+
+    let cacerts = work.path().join("east-cacerts");
+    let identity = work.path().join("east-identity");
+    let _agent = Guard(
+        Command::new(BINARY)
+            .args(["agent", "--server", &url, "--server-ca"])
+            .arg(data.join("control-plane-ca.pem"))
+            .arg("--join-token")
+            .arg(&token)
+            .arg("--identity-dir")
+            .arg(&identity)
+            .arg("--cacerts-dir")
+            .arg(&cacerts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = ok(&["cluster", "list", "--server", &url, "--data-dir", data_arg, "-o", "json"]);
+        let json: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        let east = &json["clusters"][0];
+        if east["applied_bundle_version"] == 1 && east["intermediate_serial"].as_str().is_some_and(|s| !s.is_empty()) {
+            break json;
+        }
+        assert!(Instant::now() < deadline, "agent never reported: {listed}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(listed["clusters"][0]["state"], "enrolled");
+
+    let table = ok(&["cluster", "list", "--server", &url, "--data-dir", data_arg]);
+    assert!(table.contains("east") && table.contains("v1 (current)"), "{table}");
+    let status = ok(&["status", "--server", &url, "--data-dir", data_arg]);
+    assert!(status.contains("signing root"), "{status}");
+
+    let pem = ok(&["bundle", "show", "-o", "pem", "--server", &url, "--data-dir", data_arg]);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap(), pem);
+    let spiffe = ok(&["bundle", "show", "-o", "spiffe", "--server", &url, "--data-dir", data_arg]);
+    let spiffe: serde_json::Value = serde_json::from_str(&spiffe).unwrap();
+    assert_eq!(spiffe["spiffe_sequence"], 1);
+    assert_eq!(spiffe["keys"][0]["use"], "x509-svid");
+
+    let verified = ok(&["verify", cacerts.to_str().unwrap()]);
+    assert!(verified.contains("istiod would accept"), "{verified}");
+    let mode = std::fs::metadata(cacerts.join("ca-key.pem")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A broken directory fails verification with a non-zero exit.
+    let broken = work.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for name in ["ca-cert.pem", "cert-chain.pem", "root-cert.pem"] {
+        std::fs::copy(cacerts.join(name), broken.join(name)).unwrap();
+    }
+    let failed = trustplane(&["verify", broken.to_str().unwrap()]);
+    assert!(!failed.status.success());
+    assert!(text(&failed).contains("ca-key.pem"), "{}", text(&failed));
+}
+
+#[test]
+fn issue_writes_cacerts_offline_that_verify_accepts() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    ok(&["init", "--data-dir", data_arg, "--key-algorithm", "ecdsa-p384"]);
+    let out = work.path().join("west");
+    let issued = ok(&["issue", "--cluster", "west", "--out", out.to_str().unwrap(), "--data-dir", data_arg]);
+    assert!(issued.contains("kubectl create secret generic cacerts"), "{issued}");
+    let verified = ok(&["verify", out.to_str().unwrap(), "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(json["passed"], true, "{verified}");
+
+    // With the server running, offline issuance refuses clearly.
+    let (_server, _url) = start_server(&data);
+    let refused = trustplane(&["issue", "--cluster", "x", "--out", work.path().join("x").to_str().unwrap(), "--data-dir", data_arg]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("in use by another trustplane process"), "{}", text(&refused));
+}
+
+#[test]
+fn init_imports_an_existing_rsa_root() {
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("root-key.pem");
+    let cert = work.path().join("root-cert.pem");
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/O=Istio/CN=Root CA"])
+        .args(["-addext", "basicConstraints=critical,CA:true", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Istio's tools/certs write PKCS#1 ("RSA PRIVATE KEY"): convert to that form.
+    let pkcs1 = work.path().join("root-key-pkcs1.pem");
+    let status = Command::new("openssl")
+        .args(["rsa", "-traditional", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&pkcs1)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let data = work.path().join("data");
+    let init = ok(&[
+        "init",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--import-root",
+        cert.to_str().unwrap(),
+        "--import-key",
+        pkcs1.to_str().unwrap(),
+    ]);
+    assert!(init.contains("root (imported)"), "{init}");
+    let out = work.path().join("east");
+    ok(&["issue", "--cluster", "east", "--out", out.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    let verified = ok(&["verify", out.to_str().unwrap()]);
+    assert!(verified.contains("istiod would accept"), "{verified}");
+    let openssl = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&cert)
+        .arg(out.join("ca-cert.pem"))
+        .output()
+        .unwrap();
+    assert!(openssl.status.success(), "{}", text(&openssl));
+}
+
+#[test]
+fn demo_proves_cross_cluster_trust_and_exits_zero() {
+    let output = trustplane(&["demo"]);
+    let printed = text(&output);
+    assert!(output.status.success(), "demo failed:\n{printed}");
+    assert!(printed.contains("trusted ✓"), "{printed}");
+    assert!(printed.contains("rejected ✓"), "{printed}");
+    assert!(printed.contains("OK: east and west"), "{printed}");
+}

@@ -17,11 +17,14 @@ use std::time::{Duration, SystemTime};
 pub use cacerts::{CacertsCheck, CacertsFiles, Finding, Severity, check_cacerts};
 pub use csr::{MAX_CSR_BYTES, create_csr, verify_csr};
 pub use issue::{
-    ControlPlaneRole, RootRequest, create_control_plane_ca, create_root, import_root,
-    issue_control_plane_cert, sign_intermediate, sign_workload,
+    BACKDATE, CONTROL_PLANE_CA_COMMON_NAME, ControlPlaneRole, RootRequest, create_control_plane_ca,
+    create_root, import_root, issue_control_plane_cert, sign_intermediate, sign_workload,
 };
 pub use key::PrivateKey;
-pub use verify::{key_matches_certificate, probe_ca_key, verify_issued, verify_leaf_path};
+pub use verify::{
+    has_uri_name_constraints, key_matches_certificate, probe_ca_key, verify_issued,
+    verify_leaf_path,
+};
 
 /// The key algorithms trustplane generates or accepts in CSRs.
 ///
@@ -200,8 +203,16 @@ impl Certificate {
     pub fn serial_hex(&self) -> Result<String, CaError> {
         let certificate = self.parsed()?;
         let bytes = certificate.tbs_certificate.raw_serial();
-        let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|byte| *byte == 0).collect();
-        Ok(hex::encode(if trimmed.is_empty() { vec![0] } else { trimmed }))
+        let trimmed: Vec<u8> = bytes
+            .iter()
+            .copied()
+            .skip_while(|byte| *byte == 0)
+            .collect();
+        Ok(hex::encode(if trimmed.is_empty() {
+            vec![0]
+        } else {
+            trimmed
+        }))
     }
 
     /// The subject distinguished name in RFC 4514-like text.
@@ -212,13 +223,17 @@ impl Certificate {
     /// Start of validity.
     pub fn not_before(&self) -> Result<SystemTime, CaError> {
         let certificate = self.parsed()?;
-        Ok(unix_to_system_time(certificate.validity().not_before.timestamp()))
+        Ok(unix_to_system_time(
+            certificate.validity().not_before.timestamp(),
+        ))
     }
 
     /// End of validity.
     pub fn not_after(&self) -> Result<SystemTime, CaError> {
         let certificate = self.parsed()?;
-        Ok(unix_to_system_time(certificate.validity().not_after.timestamp()))
+        Ok(unix_to_system_time(
+            certificate.validity().not_after.timestamp(),
+        ))
     }
 
     /// Whether basicConstraints says CA:true.
@@ -301,7 +316,9 @@ pub enum CaError {
     #[error("the private key does not match the certificate's public key")]
     KeyMismatch,
     /// A certificate outside its validity window at the given time.
-    #[error("certificate {subject} is not valid at the given time (valid {not_before} to {not_after})")]
+    #[error(
+        "certificate {subject} is not valid at the given time (valid {not_before} to {not_after})"
+    )]
     NotValidNow {
         /// Subject of the certificate.
         subject: String,

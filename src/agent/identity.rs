@@ -1,0 +1,357 @@
+//! The agent's control-plane identity: the files in the identity directory,
+//! join-token parsing, and the TLS channels built from them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::transport::{
+    Certificate as TlsCertificate, Channel, ClientTlsConfig, Endpoint, Identity,
+};
+use zeroize::Zeroizing;
+
+use super::AgentError;
+
+/// File holding the cluster name.
+pub(crate) const CLUSTER_FILE: &str = "cluster";
+/// File holding the control-plane CA (verifies the server).
+pub(crate) const SERVER_CA_FILE: &str = "server-ca.pem";
+/// File holding the agent's client certificate.
+pub(crate) const CLIENT_CERT_FILE: &str = "client.pem";
+/// File holding the agent's client key (mode 0600).
+pub(crate) const CLIENT_KEY_FILE: &str = "client-key.pem";
+
+/// The prefix of every join token this agent understands.
+const JOIN_TOKEN_PREFIX: &str = "tp1";
+/// How long to wait for a TCP + TLS connection to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings detect a dead server under a long-lived watch stream.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent's mTLS identity as stored in the identity directory.
+#[derive(Clone)]
+pub(crate) struct ClientIdentity {
+    /// The cluster this agent acts for.
+    pub(crate) cluster: String,
+    /// The control-plane CA, PEM.
+    pub(crate) server_ca_pem: String,
+    /// The client certificate, PEM.
+    pub(crate) client_cert_pem: String,
+    /// The client key, PKCS#8 PEM.
+    pub(crate) client_key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cluster", &self.cluster)
+            .field("client_key_pem", &format_args!("[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the identity directory holds.
+#[derive(Debug)]
+pub(crate) enum StoredIdentity {
+    /// All four files.
+    Complete(ClientIdentity),
+    /// None of them.
+    Absent,
+    /// Some but not all (e.g. an enrollment interrupted while saving);
+    /// the names of the missing files.
+    Incomplete(Vec<&'static str>),
+}
+
+/// The cluster named by a join token `tp1.<cluster>.<secret>`.
+///
+/// Errors: [`AgentError::InvalidJoinToken`] (never echoes the token).
+pub(crate) fn join_token_cluster(token: &str) -> Result<&str, AgentError> {
+    let mut parts = token.trim().splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(JOIN_TOKEN_PREFIX), Some(cluster), Some(secret))
+            if !cluster.is_empty() && !secret.is_empty() =>
+        {
+            Ok(cluster)
+        }
+        _ => Err(AgentError::InvalidJoinToken),
+    }
+}
+
+fn identity_io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AgentError {
+    let path = path.to_path_buf();
+    move |source| AgentError::IdentityIo {
+        action,
+        path,
+        source,
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, AgentError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(identity_io("read", path)(error)),
+    }
+}
+
+/// Reads the identity directory (blocking).
+pub(crate) fn load_identity(dir: &Path) -> Result<StoredIdentity, AgentError> {
+    let cluster = read_optional(&dir.join(CLUSTER_FILE))?;
+    let server_ca_pem = read_optional(&dir.join(SERVER_CA_FILE))?;
+    let client_cert_pem = read_optional(&dir.join(CLIENT_CERT_FILE))?;
+    let key_path = dir.join(CLIENT_KEY_FILE);
+    let client_key_pem = read_optional(&key_path)?.map(Zeroizing::new);
+    match (cluster, server_ca_pem, client_cert_pem, client_key_pem) {
+        (Some(cluster), Some(server_ca_pem), Some(client_cert_pem), Some(client_key_pem)) => {
+            if let Ok(metadata) = fs::metadata(&key_path) {
+                let mode = metadata.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %key_path.display(),
+                        mode = format_args!("{mode:o}"),
+                        "the client key is readable by other users; run chmod 600 on it"
+                    );
+                }
+            }
+            Ok(StoredIdentity::Complete(ClientIdentity {
+                cluster: cluster.trim().to_string(),
+                server_ca_pem,
+                client_cert_pem,
+                client_key_pem,
+            }))
+        }
+        (None, None, None, None) => Ok(StoredIdentity::Absent),
+        (cluster, server_ca, client_cert, client_key) => {
+            let mut missing = Vec::new();
+            if cluster.is_none() {
+                missing.push(CLUSTER_FILE);
+            }
+            if server_ca.is_none() {
+                missing.push(SERVER_CA_FILE);
+            }
+            if client_cert.is_none() {
+                missing.push(CLIENT_CERT_FILE);
+            }
+            if client_key.is_none() {
+                missing.push(CLIENT_KEY_FILE);
+            }
+            Ok(StoredIdentity::Incomplete(missing))
+        }
+    }
+}
+
+/// Creates the identity directory (0700 when new) and checks that files can
+/// be created in it, before a one-time join token is spent (blocking).
+pub(crate) fn prepare_identity_dir(dir: &Path) -> Result<(), AgentError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(identity_io("create directory", dir))?;
+    let probe = dir.join(format!(".write-probe-{:08x}", super::timing::random_u32()));
+    File::create(&probe).map_err(identity_io("create a file in", dir))?;
+    fs::remove_file(&probe).map_err(identity_io("remove", &probe))
+}
+
+/// Saves the identity: each file written to a temporary name and renamed,
+/// the key with mode 0600, the cluster name last so that a complete
+/// `cluster` file means a complete identity (blocking).
+pub(crate) fn save_identity(dir: &Path, identity: &ClientIdentity) -> Result<(), AgentError> {
+    prepare_identity_dir(dir)?;
+    write_atomically(
+        dir,
+        CLIENT_KEY_FILE,
+        identity.client_key_pem.as_bytes(),
+        0o600,
+    )?;
+    write_atomically(
+        dir,
+        CLIENT_CERT_FILE,
+        identity.client_cert_pem.as_bytes(),
+        0o644,
+    )?;
+    write_atomically(
+        dir,
+        SERVER_CA_FILE,
+        identity.server_ca_pem.as_bytes(),
+        0o644,
+    )?;
+    write_atomically(
+        dir,
+        CLUSTER_FILE,
+        format!("{}\n", identity.cluster).as_bytes(),
+        0o644,
+    )?;
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(identity_io("sync directory", dir))
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
+    let final_path = dir.join(name);
+    let staging: PathBuf = dir.join(format!(".{name}.{:08x}.tmp", super::timing::random_u32()));
+    let result = write_staged(&staging, bytes, mode)
+        .and_then(|()| fs::rename(&staging, &final_path).map_err(identity_io("rename", &staging)));
+    if result.is_err() {
+        // Best effort: a leftover temporary file is harmless.
+        let _ = fs::remove_file(&staging);
+    }
+    result
+}
+
+fn write_staged(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(identity_io("create", path))?;
+    // The umask may have removed bits from `mode`; set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(identity_io("set permissions on", path))?;
+    file.write_all(bytes).map_err(identity_io("write", path))?;
+    file.sync_all().map_err(identity_io("sync", path))
+}
+
+fn endpoint(server: &str) -> Result<Endpoint, AgentError> {
+    Endpoint::from_shared(server.to_string())
+        .map(|endpoint| {
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+        })
+        .map_err(|source| AgentError::Transport {
+            server: server.to_string(),
+            source,
+        })
+}
+
+/// A channel for `Enroll`: TLS verifying the server with `server_ca_pem`,
+/// no client certificate. Connects lazily (errors surface on the first call).
+pub(crate) fn enrollment_channel(server: &str, server_ca_pem: &str) -> Result<Channel, AgentError> {
+    let tls = ClientTlsConfig::new().ca_certificate(TlsCertificate::from_pem(server_ca_pem));
+    lazy_channel(server, tls)
+}
+
+/// A channel for every other call: mTLS with the cluster's client identity.
+/// Connects lazily and reconnects on its own.
+pub(crate) fn mtls_channel(server: &str, identity: &ClientIdentity) -> Result<Channel, AgentError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(TlsCertificate::from_pem(&identity.server_ca_pem))
+        .identity(Identity::from_pem(
+            &identity.client_cert_pem,
+            identity.client_key_pem.as_bytes(),
+        ));
+    lazy_channel(server, tls)
+}
+
+fn lazy_channel(server: &str, tls: ClientTlsConfig) -> Result<Channel, AgentError> {
+    let endpoint = endpoint(server)?
+        .tls_config(tls)
+        .map_err(|source| AgentError::Transport {
+            server: server.to_string(),
+            source,
+        })?;
+    Ok(endpoint.connect_lazy())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn identity() -> ClientIdentity {
+        ClientIdentity {
+            cluster: "east".into(),
+            server_ca_pem: "ca pem".into(),
+            client_cert_pem: "cert pem".into(),
+            client_key_pem: Zeroizing::new("key pem".into()),
+        }
+    }
+
+    #[test]
+    fn join_token_names_the_cluster_between_the_first_two_dots() {
+        assert_eq!(join_token_cluster("tp1.east.s3cr3t").unwrap(), "east");
+        assert_eq!(join_token_cluster("tp1.east.s3c.r3t").unwrap(), "east");
+        assert_eq!(join_token_cluster(" tp1.west-2.x\n").unwrap(), "west-2");
+    }
+
+    #[test]
+    fn malformed_join_tokens_are_refused_without_echo() {
+        for token in [
+            "",
+            "tp1",
+            "tp1.east",
+            "tp1..secret",
+            "tp1.east.",
+            "tp2.east.secret",
+        ] {
+            let error = join_token_cluster(token).unwrap_err();
+            assert!(matches!(error, AgentError::InvalidJoinToken), "{token:?}");
+        }
+        let text = join_token_cluster("tp2.east.very-secret")
+            .unwrap_err()
+            .to_string();
+        assert!(!text.contains("very-secret"));
+        assert!(text.contains("trustplane cluster add"));
+    }
+
+    #[test]
+    fn identity_round_trips_with_a_private_key_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("identity");
+        assert!(matches!(
+            load_identity(&dir).unwrap(),
+            StoredIdentity::Absent
+        ));
+        save_identity(&dir, &identity()).unwrap();
+        let StoredIdentity::Complete(loaded) = load_identity(&dir).unwrap() else {
+            panic!("identity not complete");
+        };
+        assert_eq!(loaded.cluster, "east");
+        assert_eq!(loaded.server_ca_pem, "ca pem");
+        assert_eq!(loaded.client_cert_pem, "cert pem");
+        assert_eq!(loaded.client_key_pem.as_str(), "key pem");
+        let mode = |name: &str| fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(CLIENT_KEY_FILE), 0o600);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_partial_identity_lists_the_missing_files() {
+        let temp = tempfile::tempdir().unwrap();
+        fs::write(temp.path().join(CLIENT_KEY_FILE), "key").unwrap();
+        fs::write(temp.path().join(CLIENT_CERT_FILE), "cert").unwrap();
+        let StoredIdentity::Incomplete(missing) = load_identity(temp.path()).unwrap() else {
+            panic!("expected an incomplete identity");
+        };
+        assert_eq!(missing, vec![CLUSTER_FILE, SERVER_CA_FILE]);
+    }
+
+    #[test]
+    fn identity_debug_redacts_the_key() {
+        let text = format!("{:?}", identity());
+        assert!(text.contains("east") && text.contains("[redacted]"));
+        assert!(!text.contains("key pem"));
+    }
+
+    #[tokio::test]
+    async fn bad_server_address_is_a_transport_error() {
+        let error = enrollment_channel("not a uri", "pem").unwrap_err();
+        assert!(matches!(error, AgentError::Transport { .. }), "{error:?}");
+    }
+}

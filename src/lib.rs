@@ -27,6 +27,10 @@ pub mod proto {
     tonic::include_proto!("trustplane.v1");
 }
 
+pub use agent::{
+    AgentConfig, AgentError, AgentHandle, AgentStatus, CacertsMaterial, ClusterSink, DirectorySink,
+    MemorySink, SinkError,
+};
 pub use bundle::TrustBundle;
 pub use ca::{
     CaError, Certificate, IntermediateProfile, KeyAlgorithm, PrivateKey, PublicKeyInfo,

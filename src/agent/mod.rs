@@ -961,6 +961,7 @@ impl Agent<'_> {
             .map_err(certificate_error("could not create the intermediate CSR"))?;
         let request = SignIntermediateRequest {
             csr: csr.into_bytes(),
+            cluster: self.cluster.clone(),
         };
         let response = call(
             "SignIntermediate",
@@ -1002,9 +1003,11 @@ impl Agent<'_> {
                 intermediate_not_after_unix: ca::system_time_to_unix(applied.not_after),
                 cert_chain_pem: applied.material.cert_chain_pem.clone(),
                 error: self.last_error.clone().unwrap_or_default(),
+                cluster: self.cluster.clone(),
             },
             None => ReportStatusRequest {
                 error: self.last_error.clone().unwrap_or_default(),
+                cluster: self.cluster.clone(),
                 ..ReportStatusRequest::default()
             },
         };

@@ -6,8 +6,8 @@
 //! Typed records live in [`records`]; this module never interprets them.
 
 mod memory;
-mod redb_store;
 pub mod records;
+mod redb_store;
 
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
@@ -126,20 +126,39 @@ impl Batch {
     }
 
     /// Adds a put.
-    pub fn put(mut self, table: Table, key: impl Into<String>, value: Vec<u8>, expect: Option<Expect>) -> Self {
-        self.operations.push(Operation::Put { table, key: key.into(), value, expect });
+    pub fn put(
+        mut self,
+        table: Table,
+        key: impl Into<String>,
+        value: Vec<u8>,
+        expect: Option<Expect>,
+    ) -> Self {
+        self.operations.push(Operation::Put {
+            table,
+            key: key.into(),
+            value,
+            expect,
+        });
         self
     }
 
     /// Adds a delete.
     pub fn delete(mut self, table: Table, key: impl Into<String>, expect: Option<Expect>) -> Self {
-        self.operations.push(Operation::Delete { table, key: key.into(), expect });
+        self.operations.push(Operation::Delete {
+            table,
+            key: key.into(),
+            expect,
+        });
         self
     }
 
     /// Adds a check.
     pub fn check(mut self, table: Table, key: impl Into<String>, expect: Expect) -> Self {
-        self.operations.push(Operation::Check { table, key: key.into(), expect });
+        self.operations.push(Operation::Check {
+            table,
+            key: key.into(),
+            expect,
+        });
         self
     }
 }
@@ -160,7 +179,9 @@ pub enum StoreError {
         found: String,
     },
     /// The data directory is locked by another process (a running server).
-    #[error("the data directory {path} is in use by another trustplane process; stop it or talk to it over gRPC")]
+    #[error(
+        "the data directory {path} is in use by another trustplane process; stop it or talk to it over gRPC"
+    )]
     Locked {
         /// Database path.
         path: String,
@@ -196,4 +217,468 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a batch atomically: every precondition is checked first; on
     /// any failure nothing is written ([`StoreError::Conflict`]).
     fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Absent => f.write_str("absent"),
+            Expect::Version(version) => write!(f, "version {version}"),
+            Expect::Present => f.write_str("present"),
+        }
+    }
+}
+
+impl Operation {
+    /// The table, key and precondition of this operation, if it has one.
+    fn precondition(&self) -> Option<(Table, &str, Expect)> {
+        match self {
+            Operation::Put {
+                table,
+                key,
+                expect: Some(expect),
+                ..
+            }
+            | Operation::Delete {
+                table,
+                key,
+                expect: Some(expect),
+            }
+            | Operation::Check { table, key, expect } => Some((*table, key.as_str(), *expect)),
+            Operation::Put { expect: None, .. } | Operation::Delete { expect: None, .. } => None,
+        }
+    }
+}
+
+/// Checks `expect` against the version currently stored under `table`/`key`
+/// (`None` when absent). Shared by every backend so that they agree on what
+/// a precondition means. Errors: [`StoreError::Conflict`].
+pub(crate) fn check_precondition(
+    table: Table,
+    key: &str,
+    expect: Expect,
+    found: Option<u64>,
+) -> Result<(), StoreError> {
+    let holds = match (expect, found) {
+        (Expect::Absent, None) | (Expect::Present, Some(_)) => true,
+        (Expect::Version(expected), Some(found)) => expected == found,
+        _ => false,
+    };
+    if holds {
+        return Ok(());
+    }
+    Err(StoreError::Conflict {
+        table: table.name(),
+        key: key.to_string(),
+        expected: expect.to_string(),
+        found: match found {
+            None => "absent".to_string(),
+            Some(version) => format!("version {version}"),
+        },
+    })
+}
+
+/// Checks every precondition of `batch` in order, reading versions through
+/// `version_of`, and stops at the first that fails. Preconditions are
+/// evaluated against the state before the batch, never against its own
+/// earlier operations.
+pub(crate) fn check_batch(
+    batch: &Batch,
+    mut version_of: impl FnMut(Table, &str) -> Result<Option<u64>, StoreError>,
+) -> Result<(), StoreError> {
+    for (table, key, expect) in batch.operations.iter().filter_map(Operation::precondition) {
+        let found = version_of(table, key)?;
+        check_precondition(table, key, expect, found)?;
+    }
+    Ok(())
+}
+
+/// The version a put gives a key whose current version is `previous`.
+/// Errors: [`StoreError::Backend`] if the version would overflow (never in
+/// practice: 2^64 writes to one key).
+pub(crate) fn next_version(
+    table: Table,
+    key: &str,
+    previous: Option<u64>,
+) -> Result<u64, StoreError> {
+    match previous {
+        None => Ok(1),
+        Some(version) => version.checked_add(1).ok_or_else(|| StoreError::Backend {
+            message: format!("version of {}/{key} overflows", table.name()),
+            source: None,
+        }),
+    }
+}
+
+/// Expands to one `#[test]` per [`conformance`] behaviour, each on a fresh
+/// store made by `$make`, an expression giving `(store, guard)`.
+#[cfg(test)]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        crate::store::store_conformance_tests!(
+            $make;
+            put_get_and_versions_increment,
+            absent_prevents_a_second_insert,
+            version_is_compare_and_swap,
+            a_failing_batch_writes_nothing,
+            preconditions_see_the_state_before_the_batch,
+            delete_removes_and_honours_preconditions,
+            list_is_ordered_by_key_within_one_table,
+            concurrent_compare_and_swap_loses_no_update,
+        );
+    };
+    ($make:expr; $($behaviour:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $behaviour() {
+                let (store, _guard) = $make;
+                crate::store::conformance::$behaviour(&store);
+            }
+        )+
+    };
+}
+#[cfg(test)]
+pub(crate) use store_conformance_tests;
+
+/// Behavioural tests every backend must pass, written once over `&dyn Store`.
+/// A backend's test module runs them all with
+/// `store_conformance_tests!((store, guard))`, where `guard` keeps whatever
+/// the store needs alive (e.g. its temporary directory).
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub(crate) mod conformance {
+    use super::{Batch, Expect, Store, StoreError, Table, Versioned};
+
+    fn value(store: &dyn Store, table: Table, key: &str) -> Option<Versioned> {
+        store.get(table, key).unwrap()
+    }
+
+    fn assert_conflict(
+        result: Result<(), StoreError>,
+        table: Table,
+        key: &str,
+        expected: &str,
+        found: &str,
+    ) {
+        match result {
+            Err(StoreError::Conflict {
+                table: t,
+                key: k,
+                expected: e,
+                found: f,
+            }) => {
+                assert_eq!(
+                    (t, k.as_str(), e.as_str(), f.as_str()),
+                    (table.name(), key, expected, found)
+                );
+            }
+            other => panic!(
+                "expected a conflict on {}/{key}, got {other:?}",
+                table.name()
+            ),
+        }
+    }
+
+    pub(crate) fn put_get_and_versions_increment(store: &dyn Store) {
+        assert_eq!(value(store, Table::Roots, "a"), None);
+        store
+            .commit(Batch::new().put(Table::Roots, "a", b"one".to_vec(), None))
+            .unwrap();
+        assert_eq!(
+            value(store, Table::Roots, "a"),
+            Some(Versioned {
+                value: b"one".to_vec(),
+                version: 1
+            })
+        );
+        store
+            .commit(Batch::new().put(Table::Roots, "a", b"two".to_vec(), None))
+            .unwrap();
+        assert_eq!(
+            value(store, Table::Roots, "a"),
+            Some(Versioned {
+                value: b"two".to_vec(),
+                version: 2
+            })
+        );
+        // Tables are separate namespaces.
+        assert_eq!(value(store, Table::Clusters, "a"), None);
+        // Two puts of one key in one batch: each counts.
+        store
+            .commit(Batch::new().put(Table::Meta, "k", b"x".to_vec(), None).put(
+                Table::Meta,
+                "k",
+                b"y".to_vec(),
+                None,
+            ))
+            .unwrap();
+        assert_eq!(
+            value(store, Table::Meta, "k"),
+            Some(Versioned {
+                value: b"y".to_vec(),
+                version: 2
+            })
+        );
+        // An empty value and an empty batch are fine.
+        store
+            .commit(Batch::new().put(Table::Meta, "empty", Vec::new(), None))
+            .unwrap();
+        assert_eq!(
+            value(store, Table::Meta, "empty").unwrap().value,
+            Vec::<u8>::new()
+        );
+        store.commit(Batch::new()).unwrap();
+    }
+
+    pub(crate) fn absent_prevents_a_second_insert(store: &dyn Store) {
+        let insert = |value: &[u8]| {
+            store.commit(Batch::new().put(
+                Table::Certificates,
+                "0a1b",
+                value.to_vec(),
+                Some(Expect::Absent),
+            ))
+        };
+        insert(b"first").unwrap();
+        assert_conflict(
+            insert(b"second"),
+            Table::Certificates,
+            "0a1b",
+            "absent",
+            "version 1",
+        );
+        assert_eq!(
+            value(store, Table::Certificates, "0a1b"),
+            Some(Versioned {
+                value: b"first".to_vec(),
+                version: 1
+            })
+        );
+    }
+
+    pub(crate) fn version_is_compare_and_swap(store: &dyn Store) {
+        let put = |value: &[u8], expect| {
+            store.commit(Batch::new().put(Table::Clusters, "east", value.to_vec(), Some(expect)))
+        };
+        assert_conflict(
+            put(b"v", Expect::Version(1)),
+            Table::Clusters,
+            "east",
+            "version 1",
+            "absent",
+        );
+        assert_conflict(
+            put(b"v", Expect::Present),
+            Table::Clusters,
+            "east",
+            "present",
+            "absent",
+        );
+        put(b"v1", Expect::Absent).unwrap();
+        put(b"v2", Expect::Version(1)).unwrap();
+        // A writer that read version 1 loses.
+        assert_conflict(
+            put(b"stale", Expect::Version(1)),
+            Table::Clusters,
+            "east",
+            "version 1",
+            "version 2",
+        );
+        put(b"v3", Expect::Present).unwrap();
+        assert_eq!(
+            value(store, Table::Clusters, "east"),
+            Some(Versioned {
+                value: b"v3".to_vec(),
+                version: 3
+            })
+        );
+        // A check alone guards a batch without writing its key.
+        store
+            .commit(
+                Batch::new()
+                    .check(Table::Clusters, "east", Expect::Version(3))
+                    .put(Table::Meta, "m", b"m".to_vec(), None),
+            )
+            .unwrap();
+        assert_conflict(
+            store.commit(Batch::new().check(Table::Clusters, "east", Expect::Absent)),
+            Table::Clusters,
+            "east",
+            "absent",
+            "version 3",
+        );
+        assert_eq!(value(store, Table::Clusters, "east").unwrap().version, 3);
+    }
+
+    pub(crate) fn a_failing_batch_writes_nothing(store: &dyn Store) {
+        store
+            .commit(
+                Batch::new()
+                    .put(Table::Roots, "kept", b"old".to_vec(), None)
+                    .put(Table::Tokens, "t", b"t".to_vec(), None),
+            )
+            .unwrap();
+        let batch = Batch::new()
+            .put(Table::Roots, "new-1", b"n1".to_vec(), Some(Expect::Absent))
+            .put(Table::Bundles, "new-2", b"n2".to_vec(), None)
+            .put(
+                Table::Roots,
+                "kept",
+                b"changed".to_vec(),
+                Some(Expect::Version(1)),
+            )
+            .delete(Table::Tokens, "t", Some(Expect::Present))
+            .check(Table::Meta, "ca", Expect::Present);
+        assert_conflict(store.commit(batch), Table::Meta, "ca", "present", "absent");
+        assert_eq!(value(store, Table::Roots, "new-1"), None);
+        assert_eq!(value(store, Table::Bundles, "new-2"), None);
+        assert_eq!(
+            value(store, Table::Roots, "kept"),
+            Some(Versioned {
+                value: b"old".to_vec(),
+                version: 1
+            })
+        );
+        assert_eq!(
+            value(store, Table::Tokens, "t"),
+            Some(Versioned {
+                value: b"t".to_vec(),
+                version: 1
+            })
+        );
+        assert_eq!(store.list(Table::Roots).unwrap().len(), 1);
+    }
+
+    pub(crate) fn preconditions_see_the_state_before_the_batch(store: &dyn Store) {
+        // The second put's Absent is checked before the first put applies.
+        store
+            .commit(
+                Batch::new()
+                    .put(Table::Secrets, "s", b"1".to_vec(), Some(Expect::Absent))
+                    .put(Table::Secrets, "s", b"2".to_vec(), Some(Expect::Absent)),
+            )
+            .unwrap();
+        assert_eq!(
+            value(store, Table::Secrets, "s"),
+            Some(Versioned {
+                value: b"2".to_vec(),
+                version: 2
+            })
+        );
+    }
+
+    pub(crate) fn delete_removes_and_honours_preconditions(store: &dyn Store) {
+        store
+            .commit(Batch::new().put(Table::Tokens, "t", b"t".to_vec(), None))
+            .unwrap();
+        assert_conflict(
+            store.commit(Batch::new().delete(Table::Tokens, "t", Some(Expect::Version(7)))),
+            Table::Tokens,
+            "t",
+            "version 7",
+            "version 1",
+        );
+        store
+            .commit(Batch::new().delete(Table::Tokens, "t", Some(Expect::Version(1))))
+            .unwrap();
+        assert_eq!(value(store, Table::Tokens, "t"), None);
+        // Deleting what is not there is not an error, unless the batch says so.
+        store
+            .commit(Batch::new().delete(Table::Tokens, "t", None))
+            .unwrap();
+        assert_conflict(
+            store.commit(Batch::new().delete(Table::Tokens, "t", Some(Expect::Present))),
+            Table::Tokens,
+            "t",
+            "present",
+            "absent",
+        );
+        // A key written again after a delete starts over at version 1.
+        store
+            .commit(Batch::new().put(Table::Tokens, "t", b"again".to_vec(), Some(Expect::Absent)))
+            .unwrap();
+        assert_eq!(value(store, Table::Tokens, "t").unwrap().version, 1);
+    }
+
+    pub(crate) fn list_is_ordered_by_key_within_one_table(store: &dyn Store) {
+        assert!(store.list(Table::Bundles).unwrap().is_empty());
+        let mut batch = Batch::new();
+        for key in [
+            "td.b",
+            "td.a/00000000000000000002",
+            "td.a",
+            "td.a/00000000000000000001",
+            "Z",
+            "",
+        ] {
+            batch = batch.put(Table::Bundles, key, key.as_bytes().to_vec(), None);
+        }
+        batch = batch.put(Table::Roots, "td.0", b"other table".to_vec(), None);
+        batch = batch.put(Table::Tokens, "td.0", b"other table".to_vec(), None);
+        store.commit(batch).unwrap();
+        store
+            .commit(Batch::new().put(Table::Bundles, "td.b", b"td.b".to_vec(), None))
+            .unwrap();
+
+        let listed = store.list(Table::Bundles).unwrap();
+        let keys: Vec<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "",
+                "Z",
+                "td.a",
+                "td.a/00000000000000000001",
+                "td.a/00000000000000000002",
+                "td.b"
+            ]
+        );
+        for (key, stored) in &listed {
+            assert_eq!(stored.value, key.as_bytes());
+        }
+        assert_eq!(listed[5].1.version, 2);
+        assert_eq!(store.list(Table::Roots).unwrap().len(), 1);
+    }
+
+    pub(crate) fn concurrent_compare_and_swap_loses_no_update(store: &dyn Store) {
+        const WRITERS: u64 = 2;
+        const INCREMENTS: u64 = 50;
+        store
+            .commit(Batch::new().put(
+                Table::Meta,
+                "counter",
+                0u64.to_be_bytes().to_vec(),
+                Some(Expect::Absent),
+            ))
+            .unwrap();
+        std::thread::scope(|scope| {
+            for _ in 0..WRITERS {
+                scope.spawn(|| {
+                    let mut done = 0;
+                    while done < INCREMENTS {
+                        let current = value(store, Table::Meta, "counter").unwrap();
+                        let count =
+                            u64::from_be_bytes(current.value.as_slice().try_into().unwrap());
+                        let batch = Batch::new().put(
+                            Table::Meta,
+                            "counter",
+                            (count + 1).to_be_bytes().to_vec(),
+                            Some(Expect::Version(current.version)),
+                        );
+                        match store.commit(batch) {
+                            Ok(()) => done += 1,
+                            Err(StoreError::Conflict { .. }) => {}
+                            Err(other) => panic!("{other}"),
+                        }
+                    }
+                });
+            }
+        });
+        let stored = value(store, Table::Meta, "counter").unwrap();
+        assert_eq!(
+            u64::from_be_bytes(stored.value.as_slice().try_into().unwrap()),
+            WRITERS * INCREMENTS
+        );
+        assert_eq!(stored.version, WRITERS * INCREMENTS + 1);
+    }
 }

@@ -33,8 +33,7 @@ pub use agent::{
 };
 pub use bundle::TrustBundle;
 pub use ca::{
-    CaError, Certificate, IntermediateProfile, KeyAlgorithm, PrivateKey, PublicKeyInfo,
-    VerifiedCsr,
+    CaError, Certificate, IntermediateProfile, KeyAlgorithm, PrivateKey, PublicKeyInfo, VerifiedCsr,
 };
 pub use policy::{Policy, PolicyError, TrustDomainPolicy};
 pub use signer::{LocalSigner, RootSigner, SignerError};

@@ -37,7 +37,11 @@ fn text(output: &Output) -> String {
 
 fn ok(args: &[&str]) -> String {
     let output = trustplane(args);
-    assert!(output.status.success(), "trustplane {args:?} failed:\n{}", text(&output));
+    assert!(
+        output.status.success(),
+        "trustplane {args:?} failed:\n{}",
+        text(&output)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -79,7 +83,11 @@ fn every_command_has_help_with_an_example() {
         let mut args = command.to_vec();
         args.push("--help");
         let help = ok(&args);
-        assert!(help.contains("Example"), "`trustplane {}` --help has no example:\n{help}", command.join(" "));
+        assert!(
+            help.contains("Example"),
+            "`trustplane {}` --help has no example:\n{help}",
+            command.join(" ")
+        );
     }
 }
 
@@ -88,20 +96,47 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let data_arg = data.to_str().unwrap();
-    let init = ok(&["init", "--data-dir", data_arg, "--trust-domain", "cluster.local"]);
+    let init = ok(&[
+        "init",
+        "--data-dir",
+        data_arg,
+        "--trust-domain",
+        "cluster.local",
+    ]);
     assert!(init.contains("cluster.local root CA"), "{init}");
-    assert!(init.contains("Move it off this disk"), "init must tell the user to move the KEK:\n{init}");
+    assert!(
+        init.contains("Move it off this disk"),
+        "init must tell the user to move the KEK:\n{init}"
+    );
     use std::os::unix::fs::PermissionsExt;
     for secret in ["kek", "admin/admin-key.pem", "trustplane.redb"] {
-        let mode = std::fs::metadata(data.join(secret)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(data.join(secret))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{secret} must be 0600, is {mode:o}");
     }
     let again = trustplane(&["init", "--data-dir", data_arg]);
     assert!(!again.status.success());
-    assert!(text(&again).contains("already initialised"), "{}", text(&again));
+    assert!(
+        text(&again).contains("already initialised"),
+        "{}",
+        text(&again)
+    );
 
     let (_server, url) = start_server(&data);
-    let add = ok(&["cluster", "add", "east", "--server", &url, "--data-dir", data_arg, "-o", "json"]);
+    let add = ok(&[
+        "cluster",
+        "add",
+        "east",
+        "--server",
+        &url,
+        "--data-dir",
+        data_arg,
+        "-o",
+        "json",
+    ]);
     let add: serde_json::Value = serde_json::from_str(&add).unwrap();
     let token = add["join_token"].as_str().unwrap().to_string();
     assert!(token.starts_with("tp1.east."));
@@ -125,10 +160,23 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     let listed = loop {
-        let listed = ok(&["cluster", "list", "--server", &url, "--data-dir", data_arg, "-o", "json"]);
+        let listed = ok(&[
+            "cluster",
+            "list",
+            "--server",
+            &url,
+            "--data-dir",
+            data_arg,
+            "-o",
+            "json",
+        ]);
         let json: serde_json::Value = serde_json::from_str(&listed).unwrap();
         let east = &json["clusters"][0];
-        if east["applied_bundle_version"] == 1 && east["intermediate_serial"].as_str().is_some_and(|s| !s.is_empty()) {
+        if east["applied_bundle_version"] == 1
+            && east["intermediate_serial"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        {
             break json;
         }
         assert!(Instant::now() < deadline, "agent never reported: {listed}");
@@ -137,21 +185,49 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
     assert_eq!(listed["clusters"][0]["state"], "enrolled");
 
     let table = ok(&["cluster", "list", "--server", &url, "--data-dir", data_arg]);
-    assert!(table.contains("east") && table.contains("v1 (current)"), "{table}");
+    assert!(
+        table.contains("east") && table.contains("v1 (current)"),
+        "{table}"
+    );
     let status = ok(&["status", "--server", &url, "--data-dir", data_arg]);
     assert!(status.contains("signing root"), "{status}");
 
-    let pem = ok(&["bundle", "show", "-o", "pem", "--server", &url, "--data-dir", data_arg]);
+    let pem = ok(&[
+        "bundle",
+        "show",
+        "-o",
+        "pem",
+        "--server",
+        &url,
+        "--data-dir",
+        data_arg,
+    ]);
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
-    assert_eq!(std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap(), pem);
-    let spiffe = ok(&["bundle", "show", "-o", "spiffe", "--server", &url, "--data-dir", data_arg]);
+    assert_eq!(
+        std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap(),
+        pem
+    );
+    let spiffe = ok(&[
+        "bundle",
+        "show",
+        "-o",
+        "spiffe",
+        "--server",
+        &url,
+        "--data-dir",
+        data_arg,
+    ]);
     let spiffe: serde_json::Value = serde_json::from_str(&spiffe).unwrap();
     assert_eq!(spiffe["spiffe_sequence"], 1);
     assert_eq!(spiffe["keys"][0]["use"], "x509-svid");
 
     let verified = ok(&["verify", cacerts.to_str().unwrap()]);
     assert!(verified.contains("istiod would accept"), "{verified}");
-    let mode = std::fs::metadata(cacerts.join("ca-key.pem")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(cacerts.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 
     // A broken directory fails verification with a non-zero exit.
@@ -170,19 +246,48 @@ fn issue_writes_cacerts_offline_that_verify_accepts() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let data_arg = data.to_str().unwrap();
-    ok(&["init", "--data-dir", data_arg, "--key-algorithm", "ecdsa-p384"]);
+    ok(&[
+        "init",
+        "--data-dir",
+        data_arg,
+        "--key-algorithm",
+        "ecdsa-p384",
+    ]);
     let out = work.path().join("west");
-    let issued = ok(&["issue", "--cluster", "west", "--out", out.to_str().unwrap(), "--data-dir", data_arg]);
-    assert!(issued.contains("kubectl create secret generic cacerts"), "{issued}");
+    let issued = ok(&[
+        "issue",
+        "--cluster",
+        "west",
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(
+        issued.contains("kubectl create secret generic cacerts"),
+        "{issued}"
+    );
     let verified = ok(&["verify", out.to_str().unwrap(), "-o", "json"]);
     let json: serde_json::Value = serde_json::from_str(&verified).unwrap();
     assert_eq!(json["passed"], true, "{verified}");
 
     // With the server running, offline issuance refuses clearly.
     let (_server, _url) = start_server(&data);
-    let refused = trustplane(&["issue", "--cluster", "x", "--out", work.path().join("x").to_str().unwrap(), "--data-dir", data_arg]);
+    let refused = trustplane(&[
+        "issue",
+        "--cluster",
+        "x",
+        "--out",
+        work.path().join("x").to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+    ]);
     assert!(!refused.status.success());
-    assert!(text(&refused).contains("in use by another trustplane process"), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("in use by another trustplane process"),
+        "{}",
+        text(&refused)
+    );
 }
 
 #[test]
@@ -191,8 +296,23 @@ fn init_imports_an_existing_rsa_root() {
     let key = work.path().join("root-key.pem");
     let cert = work.path().join("root-cert.pem");
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/O=Istio/CN=Root CA"])
-        .args(["-addext", "basicConstraints=critical,CA:true", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/O=Istio/CN=Root CA",
+        ])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -224,7 +344,15 @@ fn init_imports_an_existing_rsa_root() {
     ]);
     assert!(init.contains("root (imported)"), "{init}");
     let out = work.path().join("east");
-    ok(&["issue", "--cluster", "east", "--out", out.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    ok(&[
+        "issue",
+        "--cluster",
+        "east",
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     let verified = ok(&["verify", out.to_str().unwrap()]);
     assert!(verified.contains("istiod would accept"), "{verified}");
     let openssl = Command::new("openssl")

@@ -54,7 +54,12 @@ async fn enroll_sign_watch_report_round_trip() {
     assert_eq!(chain.len(), 2, "cert-chain.pem is intermediate then root");
     assert_eq!(chain[0], intermediate);
     assert_eq!(intermediate.serial_hex().unwrap(), signed.serial);
-    assert!(intermediate.subject().unwrap().contains("east intermediate CA"));
+    assert!(
+        intermediate
+            .subject()
+            .unwrap()
+            .contains("east intermediate CA")
+    );
     assert!(ca::key_matches_certificate(&intermediate, &key).unwrap());
     let bundle = signed.bundle.clone().unwrap();
     assert_eq!(bundle.version, 1);
@@ -93,7 +98,11 @@ async fn enroll_sign_watch_report_round_trip() {
         .await
         .unwrap()
         .into_inner();
-    let east = listed.clusters.iter().find(|cluster| cluster.name == "east").unwrap();
+    let east = listed
+        .clusters
+        .iter()
+        .find(|cluster| cluster.name == "east")
+        .unwrap();
     assert_eq!(east.state, "enrolled");
     assert_eq!(east.applied_bundle_version, 1);
     assert_eq!(east.intermediate_serial, signed.serial);
@@ -114,7 +123,11 @@ async fn a_cluster_cannot_act_for_another_cluster() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
-    assert!(refused.message().contains("may only act for itself"), "{}", refused.message());
+    assert!(
+        refused.message().contains("may only act for itself"),
+        "{}",
+        refused.message()
+    );
 
     let refused = IntermediateServiceClient::new(east.clone())
         .report_status(proto::ReportStatusRequest {
@@ -175,17 +188,34 @@ async fn join_tokens_are_single_use_and_bound_to_their_cluster() {
 
     let wrong_cluster = server.enroll_with("east", &other).await.unwrap_err();
     assert_eq!(wrong_cluster.code(), Code::PermissionDenied);
-    assert!(wrong_cluster.message().contains("belongs to another cluster"), "{}", wrong_cluster.message());
+    assert!(
+        wrong_cluster
+            .message()
+            .contains("belongs to another cluster"),
+        "{}",
+        wrong_cluster.message()
+    );
 
     server.enroll_with("east", &token).await.unwrap();
     let replayed = server.enroll_with("east", &token).await.unwrap_err();
     assert_eq!(replayed.code(), Code::PermissionDenied);
-    assert!(replayed.message().contains("already used"), "{}", replayed.message());
+    assert!(
+        replayed.message().contains("already used"),
+        "{}",
+        replayed.message()
+    );
     assert!(replayed.message().contains("trustplane cluster add east"));
 
-    let unknown = server.enroll_with("west", "tp1.west.not-a-real-token").await.unwrap_err();
+    let unknown = server
+        .enroll_with("west", "tp1.west.not-a-real-token")
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::PermissionDenied);
-    assert!(unknown.message().contains("unknown"), "{}", unknown.message());
+    assert!(
+        unknown.message().contains("unknown"),
+        "{}",
+        unknown.message()
+    );
 }
 
 #[tokio::test]
@@ -205,7 +235,11 @@ async fn an_expired_join_token_is_refused() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let expired = server.enroll_with("east", &token).await.unwrap_err();
     assert_eq!(expired.code(), Code::PermissionDenied);
-    assert!(expired.message().contains("expired"), "{}", expired.message());
+    assert!(
+        expired.message().contains("expired"),
+        "{}",
+        expired.message()
+    );
 }
 
 #[tokio::test]
@@ -215,7 +249,9 @@ async fn a_removed_cluster_is_refused() {
     server
         .admin()
         .await
-        .remove_cluster(proto::RemoveClusterRequest { name: "east".into() })
+        .remove_cluster(proto::RemoveClusterRequest {
+            name: "east".into(),
+        })
         .await
         .unwrap();
     let (_, csr) = intermediate_csr();
@@ -227,7 +263,11 @@ async fn a_removed_cluster_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
-    assert!(refused.message().contains("not registered"), "{}", refused.message());
+    assert!(
+        refused.message().contains("not registered"),
+        "{}",
+        refused.message()
+    );
 }
 
 #[tokio::test]
@@ -243,7 +283,11 @@ async fn a_watcher_receives_every_new_bundle_version() {
     assert_eq!(first.version, 1);
 
     let authority = server.authority().clone();
-    let next = authority.current_bundle().bundle.with_appended(new_root("second")).unwrap();
+    let next = authority
+        .current_bundle()
+        .bundle
+        .with_appended(new_root("second"))
+        .unwrap();
     authority.publish_bundle(next).unwrap();
     let second = tokio::time::timeout(Duration::from_secs(5), watch.message())
         .await
@@ -251,7 +295,12 @@ async fn a_watcher_receives_every_new_bundle_version() {
         .unwrap()
         .unwrap();
     assert_eq!(second.version, 2);
-    assert_eq!(Certificate::parse_pem_chain(&second.root_cert_pem).unwrap().len(), 2);
+    assert_eq!(
+        Certificate::parse_pem_chain(&second.root_cert_pem)
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(
         second.root_cert_pem.starts_with(&first.root_cert_pem),
         "the old root keeps its bytes at the front (istiod's substring rule)"
@@ -289,8 +338,14 @@ async fn a_slow_watcher_gets_the_latest_version_not_a_backlog() {
             break;
         }
     }
-    assert!(seen.len() <= 4, "a slow consumer must not receive the backlog: {seen:?}");
-    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "versions only go up: {seen:?}");
+    assert!(
+        seen.len() <= 4,
+        "a slow consumer must not receive the backlog: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|pair| pair[0] < pair[1]),
+        "versions only go up: {seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -300,7 +355,11 @@ async fn bad_csrs_get_precise_invalid_argument_errors() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("garbage", b"this is not a CSR".to_vec(), "malformed"),
         ("oversize", vec![b'A'; 70 * 1024], "limit is 65536 bytes"),
-        ("certificate instead of CSR", new_root("x").to_pem().into_bytes(), "malformed"),
+        (
+            "certificate instead of CSR",
+            new_root("x").to_pem().into_bytes(),
+            "malformed",
+        ),
     ];
     for (name, csr, expected) in cases {
         let refused = client
@@ -310,7 +369,12 @@ async fn bad_csrs_get_precise_invalid_argument_errors() {
             })
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), Code::InvalidArgument, "{name}: {}", refused.message());
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{name}: {}",
+            refused.message()
+        );
         assert!(
             refused.message().to_lowercase().contains(expected),
             "{name}: {:?} should mention {expected:?}",
@@ -339,7 +403,12 @@ async fn a_refused_csr_stores_nothing() {
         .await
         .unwrap_err();
     // Stop the server so the database can be opened and inspected.
-    let common::TestServer { dir: _dir, data_dir, running, .. } = server;
+    let common::TestServer {
+        dir: _dir,
+        data_dir,
+        running,
+        ..
+    } = server;
     running.shutdown().await.unwrap();
     let store_path = data_dir.store_path();
     let store = RedbStore::open(&store_path).unwrap();
@@ -349,7 +418,10 @@ async fn a_refused_csr_stores_nothing() {
         .into_iter()
         .filter(|(_, value)| String::from_utf8_lossy(&value.value).contains("\"intermediate\""))
         .count();
-    assert_eq!(intermediates, 1, "only the good CSR produced a certificate record");
+    assert_eq!(
+        intermediates, 1,
+        "only the good CSR produced a certificate record"
+    );
 }
 
 #[tokio::test]
@@ -367,7 +439,8 @@ async fn issued_chains_pass_openssl_verify() {
         .into_inner();
     let root_pem = signed.bundle.unwrap().root_cert_pem;
     let work = tempfile::tempdir().unwrap();
-    let (ok, output) = common::openssl_verify(work.path(), &root_pem, None, &signed.certificate_pem);
+    let (ok, output) =
+        common::openssl_verify(work.path(), &root_pem, None, &signed.certificate_pem);
     assert!(ok, "openssl verify intermediate: {output}");
 
     let intermediate = Certificate::from_pem(&signed.certificate_pem).unwrap();
@@ -381,9 +454,19 @@ async fn issued_chains_pass_openssl_verify() {
         SystemTime::now(),
     )
     .unwrap();
-    let (ok, output) = common::openssl_verify(work.path(), &root_pem, Some(&signed.certificate_pem), &leaf.to_pem());
+    let (ok, output) = common::openssl_verify(
+        work.path(),
+        &root_pem,
+        Some(&signed.certificate_pem),
+        &leaf.to_pem(),
+    );
     assert!(ok, "openssl verify workload through intermediate: {output}");
 
-    let (ok, _) = common::openssl_verify(work.path(), &new_root("foreign").to_pem(), Some(&signed.certificate_pem), &leaf.to_pem());
+    let (ok, _) = common::openssl_verify(
+        work.path(),
+        &new_root("foreign").to_pem(),
+        Some(&signed.certificate_pem),
+        &leaf.to_pem(),
+    );
     assert!(!ok, "a foreign root must not verify the chain");
 }

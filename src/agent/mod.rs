@@ -654,12 +654,17 @@ impl Applied {
         let serial = certificate
             .serial_hex()
             .map_err(certificate_error("ca-cert.pem has no readable serial"))?;
-        let not_before = certificate
-            .not_before()
-            .map_err(certificate_error("ca-cert.pem has no readable validity"))?;
         let not_after = certificate
             .not_after()
             .map_err(certificate_error("ca-cert.pem has no readable validity"))?;
+        // The issuer backdates NotBefore for clock skew; that slack is not
+        // lifetime, so renewal is timed from the issuance moment.
+        let not_before = timing::issued_at(
+            certificate
+                .not_before()
+                .map_err(certificate_error("ca-cert.pem has no readable validity"))?,
+            not_after,
+        );
         let chain_root = chain_root(&material.cert_chain_pem)?;
         let renew_at =
             timing::renewal_time(not_before, not_after, renew_fraction, timing::random_unit());

@@ -47,6 +47,16 @@ pub(crate) fn renewal_time(
         .unwrap_or(not_after)
 }
 
+/// The moment a certificate was issued: its NotBefore plus the CA's
+/// clock-skew backdate ([`crate::ca::BACKDATE`]), never after NotAfter.
+/// Renewal is timed from here, so a short-lived certificate is not "due"
+/// the moment it arrives.
+pub(crate) fn issued_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    not_before
+        .checked_add(crate::ca::BACKDATE)
+        .map_or(not_after, |issued| issued.min(not_after))
+}
+
 /// Whether a certificate valid from `not_before` to `not_after` is past
 /// `fraction` of its lifetime at `now` (no jitter: used to decide whether an
 /// existing intermediate may be adopted).
@@ -213,6 +223,28 @@ mod tests {
             fraction,
             end + Duration::from_secs(1)
         ));
+    }
+
+    #[test]
+    fn renewal_is_timed_from_issuance_not_from_the_backdated_not_before() {
+        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let not_before = issued - crate::ca::BACKDATE;
+        let not_after = issued + Duration::from_secs(90);
+        let start = issued_at(not_before, not_after);
+        assert_eq!(start, issued);
+        let renew = renewal_time(start, not_after, 2.0 / 3.0, 0.5);
+        assert_eq!(renew, issued + Duration::from_secs(60));
+        assert!(!renewal_due(
+            start,
+            not_after,
+            2.0 / 3.0,
+            issued + Duration::from_secs(1)
+        ));
+        // A certificate shorter than the backdate starts and ends at NotAfter.
+        assert_eq!(
+            issued_at(not_before, not_before + Duration::from_secs(10)),
+            not_before + Duration::from_secs(10)
+        );
     }
 
     #[test]

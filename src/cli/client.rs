@@ -12,7 +12,11 @@ use crate::server::DataDir;
 #[derive(Clone, Debug, clap::Args)]
 pub struct AdminConnection {
     /// Server URL.
-    #[arg(long, env = "TRUSTPLANE_SERVER", default_value = "https://127.0.0.1:8443")]
+    #[arg(
+        long,
+        env = "TRUSTPLANE_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
     pub server: String,
     /// Data directory `init` wrote (for the default credential paths).
     #[arg(long, env = "TRUSTPLANE_DATA_DIR", default_value = "trustplane-data")]
@@ -42,9 +46,18 @@ impl AdminConnection {
     /// Opens a TLS channel with the admin credential.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let data_dir = DataDir::new(&self.data_dir);
-        let ca_path = self.ca_cert.clone().unwrap_or_else(|| data_dir.control_plane_ca_path());
-        let cert_path = self.admin_cert.clone().unwrap_or_else(|| data_dir.admin_cert_path());
-        let key_path = self.admin_key.clone().unwrap_or_else(|| data_dir.admin_key_path());
+        let ca_path = self
+            .ca_cert
+            .clone()
+            .unwrap_or_else(|| data_dir.control_plane_ca_path());
+        let cert_path = self
+            .admin_cert
+            .clone()
+            .unwrap_or_else(|| data_dir.admin_cert_path());
+        let key_path = self
+            .admin_key
+            .clone()
+            .unwrap_or_else(|| data_dir.admin_key_path());
         let ca = read(&ca_path, "ca cert")?;
         let certificate = read(&cert_path, "admin cert")?;
         let key = zeroize::Zeroizing::new(read(&key_path, "admin key")?);
@@ -64,7 +77,9 @@ pub async fn connect(
         tls = tls.identity(Identity::from_pem(certificate, key));
     }
     let endpoint = Channel::from_shared(server.to_string())
-        .with_context(|| format!("{server:?} is not a valid server URL (e.g. https://127.0.0.1:8443)"))?
+        .with_context(|| {
+            format!("{server:?} is not a valid server URL (e.g. https://127.0.0.1:8443)")
+        })?
         .tls_config(tls)
         .context("TLS configuration")?
         .connect_timeout(std::time::Duration::from_secs(10));

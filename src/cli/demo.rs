@@ -46,7 +46,11 @@ struct Step {
 
 impl Step {
     fn new(total: usize) -> Self {
-        Step { number: 0, total, started: Instant::now() }
+        Step {
+            number: 0,
+            total,
+            started: Instant::now(),
+        }
     }
     fn next(&mut self, what: &str) {
         self.number += 1;
@@ -80,8 +84,10 @@ pub fn cross_verify(
     let verifier = read_cacerts_dir(verifier_dir)?;
     let key_pem = signer.ca_key.context("ca-key.pem missing")?;
     let key = PrivateKey::from_pem(&key_pem)?;
-    let chain = Certificate::parse_pem_chain(&signer.cert_chain.context("cert-chain.pem missing")?)?;
-    let roots = Certificate::parse_pem_chain(&verifier.root_cert.context("root-cert.pem missing")?)?;
+    let chain =
+        Certificate::parse_pem_chain(&signer.cert_chain.context("cert-chain.pem missing")?)?;
+    let roots =
+        Certificate::parse_pem_chain(&verifier.root_cert.context("root-cert.pem missing")?)?;
     verify_workload(&chain, &key, &roots, spiffe_id, now)
 }
 
@@ -111,7 +117,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let temporary;
     let work_dir = match &args.dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             dir.clone()
         }
         None => {
@@ -122,7 +129,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let data_dir = DataDir::new(work_dir.join("server"));
     std::fs::create_dir_all(&data_dir.path)?;
 
-    step.next(&format!("creating the mesh root for {} in {}", args.trust_domain, data_dir.path.display()));
+    step.next(&format!(
+        "creating the mesh root for {} in {}",
+        args.trust_domain,
+        data_dir.path.display()
+    ));
     let store = Arc::new(RedbStore::open(&data_dir.store_path())?);
     let kek = if data_dir.kek_path().exists() {
         Kek::load(Some(&data_dir.kek_path()), None)?
@@ -132,8 +143,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         kek
     };
     let policy = super::load_policy(None)?;
-    if store.get(crate::store::Table::Meta, crate::store::records::CA_SETTINGS_KEY)?.is_some() {
-        println!("      reusing the existing root in {}", data_dir.path.display());
+    if store
+        .get(
+            crate::store::Table::Meta,
+            crate::store::records::CA_SETTINGS_KEY,
+        )?
+        .is_some()
+    {
+        println!(
+            "      reusing the existing root in {}",
+            data_dir.path.display()
+        );
     } else {
         server::initialize(
             store.as_ref(),
@@ -234,12 +254,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 let status = handle.status.borrow().clone();
                 println!("      agent {name}: {status:?}");
             }
-            bail!("the agents did not report within {}", humantime::format_duration(args.timeout));
+            bail!(
+                "the agents did not report within {}",
+                humantime::format_duration(args.timeout)
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let now = system_time_to_unix(SystemTime::now());
-    let mut table = output::table(&["CLUSTER", "BUNDLE", "INTERMEDIATE SERIAL", "EXPIRES", "REPORTED"]);
+    let mut table = output::table(&[
+        "CLUSTER",
+        "BUNDLE",
+        "INTERMEDIATE SERIAL",
+        "EXPIRES",
+        "REPORTED",
+    ]);
     for cluster in &clusters {
         table.add_row(vec![
             cluster.name.clone(),
@@ -255,11 +284,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let now = SystemTime::now();
     for cluster in CLUSTERS {
         let dir = work_dir.join(cluster).join("cacerts");
-        let check = ca::check_cacerts(&read_cacerts_dir(&dir)?, now, Duration::from_secs(30 * 24 * 3600));
+        let check = ca::check_cacerts(
+            &read_cacerts_dir(&dir)?,
+            now,
+            Duration::from_secs(30 * 24 * 3600),
+        );
         if !check.passed() {
             bail!("{}: {:?}", dir.display(), check.findings);
         }
-        println!("      {cluster}: {} checks passed ({})", check.findings.len(), dir.display());
+        println!(
+            "      {cluster}: {} checks passed ({})",
+            check.findings.len(),
+            dir.display()
+        );
     }
 
     step.next("proving cross-cluster trust with workload certificates");
@@ -302,7 +339,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         outcome: verify_workload(&[foreign_root], &foreign_key, &east_roots, &spiffe_id, now)?,
         expected_ok: false,
     });
-    let mut table = output::table(&["WORKLOAD SIGNED BY", "VERIFIED WITH ROOTS OF", "SPIFFE ID", "RESULT"]);
+    let mut table = output::table(&[
+        "WORKLOAD SIGNED BY",
+        "VERIFIED WITH ROOTS OF",
+        "SPIFFE ID",
+        "RESULT",
+    ]);
     let mut failures = 0;
     for check in &checks {
         let result = match (&check.outcome, check.expected_ok) {
@@ -317,7 +359,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 format!("REJECTED ✗ {error}")
             }
         };
-        table.add_row(vec![check.signer.clone(), check.verifier.clone(), check.spiffe_id.clone(), result]);
+        table.add_row(vec![
+            check.signer.clone(),
+            check.verifier.clone(),
+            check.spiffe_id.clone(),
+            result,
+        ]);
     }
     println!("{table}");
 

@@ -34,11 +34,13 @@ use crate::store::RedbStore;
 /// `cacerts` current.
 #[derive(Debug, Parser)]
 #[command(name = "trustplane", version, about, long_about = None)]
-#[command(after_help = "Quick start:\n  trustplane demo                 # everything end to end, in one process\n  trustplane init --trust-domain cluster.local\n  trustplane server &\n  trustplane cluster add east")]
+#[command(
+    after_help = "Quick start:\n  trustplane demo                 # everything end to end, in one process\n  trustplane init --trust-domain cluster.local\n  trustplane server &\n  trustplane cluster add east"
+)]
 pub struct Cli {
-    /// Log level (RUST_LOG overrides).
-    #[arg(long, global = true, env = "TRUSTPLANE_LOG", default_value = "info")]
-    pub log_level: String,
+    /// Log level [default: info; warn for `demo`] (RUST_LOG overrides).
+    #[arg(long, global = true, env = "TRUSTPLANE_LOG")]
+    pub log_level: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -48,13 +50,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the mesh root (or import one), the control-plane CA and the admin credential.
-    #[command(after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem")]
+    #[command(
+        after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem"
+    )]
     Init(InitArgs),
     /// Run the central server (gRPC over TLS).
-    #[command(after_help = "Example:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com")]
+    #[command(
+        after_help = "Example:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com"
+    )]
     Server(ServerArgs),
     /// Run a cluster agent that keeps a cacerts directory current.
-    #[command(after_help = "Examples:\n  # first start: enroll with the token from `trustplane cluster add east`\n  trustplane agent --server https://trustplane.example.com:8443 --server-ca control-plane-ca.pem \\\n      --join-token tp1.east.XXXX --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts\n  # later starts reuse the saved identity\n  trustplane agent --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts")]
+    #[command(
+        after_help = "Examples:\n  # first start: enroll with the token from `trustplane cluster add east`\n  trustplane agent --server https://trustplane.example.com:8443 --server-ca control-plane-ca.pem \\\n      --join-token tp1.east.XXXX --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts\n  # later starts reuse the saved identity\n  trustplane agent --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts"
+    )]
     Agent(AgentArgs),
     /// Manage clusters (admin).
     #[command(subcommand)]
@@ -66,13 +74,19 @@ pub enum Command {
     #[command(subcommand)]
     Bundle(BundleCommand),
     /// Offline: generate a cluster's key and sign its cacerts files locally (server must be stopped).
-    #[command(after_help = "Example (replaces Istio's tools/certs Makefiles):\n  trustplane issue --cluster east --out east/\n  kubectl create secret generic cacerts -n istio-system --from-file=east/")]
+    #[command(
+        after_help = "Example (replaces Istio's tools/certs Makefiles):\n  trustplane issue --cluster east --out east/\n  kubectl create secret generic cacerts -n istio-system --from-file=east/"
+    )]
     Issue(IssueArgs),
     /// Check a cacerts directory the way istiod loads it.
-    #[command(after_help = "Examples:\n  trustplane verify /etc/cacerts\n  trustplane verify east/ -o json")]
+    #[command(
+        after_help = "Examples:\n  trustplane verify /etc/cacerts\n  trustplane verify east/ -o json"
+    )]
     Verify(VerifyArgs),
     /// Run the whole flow in one process: server, two clusters, two agents, cross-cluster trust check.
-    #[command(after_help = "Examples:\n  trustplane demo\n  trustplane demo --keep-running --dir /tmp/trustplane-demo")]
+    #[command(
+        after_help = "Examples:\n  trustplane demo\n  trustplane demo --keep-running --dir /tmp/trustplane-demo"
+    )]
     Demo(demo::DemoArgs),
 }
 
@@ -121,7 +135,11 @@ pub struct ServerArgs {
     #[arg(long, env = "TRUSTPLANE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
     /// Extra DNS name or IP address for the server certificate (repeatable).
-    #[arg(long = "server-name", env = "TRUSTPLANE_SERVER_NAMES", value_delimiter = ',')]
+    #[arg(
+        long = "server-name",
+        env = "TRUSTPLANE_SERVER_NAMES",
+        value_delimiter = ','
+    )]
     pub server_names: Vec<String>,
     /// Issuance policy file [default: the built-in policies/default.yaml].
     #[arg(long, env = "TRUSTPLANE_POLICY")]
@@ -158,7 +176,9 @@ pub struct AgentArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Register a cluster and print its one-time join token.
-    #[command(after_help = "Examples:\n  trustplane cluster add east\n  trustplane cluster add west --token-ttl 15m -o json")]
+    #[command(
+        after_help = "Examples:\n  trustplane cluster add east\n  trustplane cluster add west --token-ttl 15m -o json"
+    )]
     Add {
         /// Cluster name (DNS label).
         name: String,
@@ -173,7 +193,9 @@ pub enum ClusterCommand {
         connection: AdminConnection,
     },
     /// List clusters with what they last reported.
-    #[command(after_help = "Examples:\n  trustplane cluster list\n  trustplane cluster list -o json")]
+    #[command(
+        after_help = "Examples:\n  trustplane cluster list\n  trustplane cluster list -o json"
+    )]
     List {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
@@ -222,7 +244,9 @@ pub enum BundleFormat {
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
     /// Show the current trust bundle.
-    #[command(after_help = "Examples:\n  trustplane bundle show\n  trustplane bundle show -o pem > root-cert.pem\n  trustplane bundle show -o spiffe")]
+    #[command(
+        after_help = "Examples:\n  trustplane bundle show\n  trustplane bundle show -o pem > root-cert.pem\n  trustplane bundle show -o spiffe"
+    )]
     Show {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
@@ -283,7 +307,12 @@ fn parse_generated_algorithm(text: &str) -> Result<KeyAlgorithm, String> {
 /// Parses the command line and runs the command.
 pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    crate::telemetry::init(&cli.log_level);
+    let default_level = match cli.command {
+        // The demo's own step output is the story; logs only for problems.
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    crate::telemetry::init(cli.log_level.as_deref().unwrap_or(default_level));
     run(cli.command).await
 }
 
@@ -295,7 +324,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Agent(args) => run_agent(args).await,
         Command::Cluster(command) => cluster(command).await,
         Command::Status(args) => status(args).await,
-        Command::Bundle(BundleCommand::Show { output, connection }) => bundle_show(output, connection).await,
+        Command::Bundle(BundleCommand::Show { output, connection }) => {
+            bundle_show(output, connection).await
+        }
         Command::Issue(args) => issue(args).await,
         Command::Verify(args) => verify(args).await,
         Command::Demo(args) => demo::run(args).await,
@@ -323,7 +354,10 @@ pub fn load_kek(kek_file: Option<&Path>, data_dir: &DataDir) -> anyhow::Result<K
         (None, Some(_)) => None,
         (None, None) => Some(default_path),
     };
-    Ok(Kek::load(file.as_deref(), env_value.as_deref().map(String::as_str))?)
+    Ok(Kek::load(
+        file.as_deref(),
+        env_value.as_deref().map(String::as_str),
+    )?)
 }
 
 /// Opens the embedded store under `data_dir` and loads the authority.
@@ -355,7 +389,8 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             std::fs::read_to_string(certificate)
                 .with_context(|| format!("cannot read {}", certificate.display()))?,
             Zeroizing::new(
-                std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?,
+                std::fs::read_to_string(key)
+                    .with_context(|| format!("cannot read {}", key.display()))?,
             ),
         )),
         _ => None,
@@ -403,7 +438,12 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     let mut table = output::table(&["", ""]);
     table.add_row(vec!["trust domain".to_string(), args.trust_domain.clone()]);
     table.add_row(vec![
-        if outcome.imported { "root (imported)" } else { "root (created)" }.to_string(),
+        if outcome.imported {
+            "root (imported)"
+        } else {
+            "root (created)"
+        }
+        .to_string(),
         root.subject()?,
     ]);
     table.add_row(vec!["root serial".to_string(), root.serial_hex()?]);
@@ -411,7 +451,10 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         "root expires".to_string(),
         output::time(system_time_to_unix(root.not_after()?)),
     ]);
-    table.add_row(vec!["store".to_string(), data_dir.store_path().display().to_string()]);
+    table.add_row(vec![
+        "store".to_string(),
+        data_dir.store_path().display().to_string(),
+    ]);
     table.add_row(vec![
         "control-plane CA".to_string(),
         data_dir.control_plane_ca_path().display().to_string(),
@@ -426,15 +469,24 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             "\nThe root key is sealed with the key-encryption key in {} (0600).\nMove it off this disk (e.g. into a secret manager) and start the server with\n  --kek-file <path>   or   TRUSTPLANE_KEK=<contents>\nAnyone with both the data directory and that file can sign as your mesh root.",
             path.display()
         ),
-        None => println!("\nThe root key is sealed with the key-encryption key from TRUSTPLANE_KEK."),
+        None => {
+            println!("\nThe root key is sealed with the key-encryption key from TRUSTPLANE_KEK.")
+        }
     }
-    println!("\nNext: trustplane server --data-dir {}", data_dir.path.display());
+    println!(
+        "\nNext: trustplane server --data-dir {}",
+        data_dir.path.display()
+    );
     Ok(())
 }
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = DataDir::new(&args.data_dir);
-    let authority = Arc::new(open_authority(&data_dir, args.kek_file.as_deref(), args.policy.as_deref())?);
+    let authority = Arc::new(open_authority(
+        &data_dir,
+        args.kek_file.as_deref(),
+        args.policy.as_deref(),
+    )?);
     let mut dns_names = Vec::new();
     let mut ip_addresses = Vec::new();
     for name in args.server_names {
@@ -484,7 +536,8 @@ pub async fn shutdown_signal() {
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let server_ca_pem = match &args.server_ca {
         Some(path) => Some(
-            std::fs::read_to_string(path).with_context(|| format!("cannot read --server-ca {}", path.display()))?,
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --server-ca {}", path.display()))?,
         ),
         None => None,
     };
@@ -492,7 +545,9 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let server = match (args.server, saved_server) {
         (Some(server), _) => server,
         (None, Some(saved)) => saved.trim().to_string(),
-        (None, None) => bail!("pass --server https://<trustplane>:8443 (no server saved in the identity directory yet)"),
+        (None, None) => bail!(
+            "pass --server https://<trustplane>:8443 (no server saved in the identity directory yet)"
+        ),
     };
     std::fs::create_dir_all(&args.identity_dir)
         .with_context(|| format!("cannot create {}", args.identity_dir.display()))?;
@@ -551,9 +606,17 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 let data_dir = DataDir::new(&connection.data_dir);
-                println!("cluster {name} registered; one-time join token (expires {}):\n", output::time(response.token_expires_unix));
+                println!(
+                    "cluster {name} registered; one-time join token (expires {}):\n",
+                    output::time(response.token_expires_unix)
+                );
                 println!("  {}\n", response.join_token);
-                println!("Run the agent in the cluster with:\n  trustplane agent --server {} --server-ca {} \\\n    --join-token {} --identity-dir <dir> --cacerts-dir <dir>", connection.server, data_dir.control_plane_ca_path().display(), response.join_token);
+                println!(
+                    "Run the agent in the cluster with:\n  trustplane agent --server {} --server-ca {} \\\n    --join-token {} --identity-dir <dir> --cacerts-dir <dir>",
+                    connection.server,
+                    data_dir.control_plane_ca_path().display(),
+                    response.join_token
+                );
             }
         }
         ClusterCommand::List { output, connection } => {
@@ -590,7 +653,11 @@ fn cluster_json(cluster: &proto::ClusterStatus) -> serde_json::Value {
     })
 }
 
-fn print_clusters(clusters: &[proto::ClusterStatus], bundle_version: u64, format: Format) -> anyhow::Result<()> {
+fn print_clusters(
+    clusters: &[proto::ClusterStatus],
+    bundle_version: u64,
+    format: Format,
+) -> anyhow::Result<()> {
     if format == Format::Json {
         let json = serde_json::json!({
             "bundle_version": bundle_version,
@@ -601,7 +668,13 @@ fn print_clusters(clusters: &[proto::ClusterStatus], bundle_version: u64, format
     }
     let now = system_time_to_unix(SystemTime::now());
     let mut table = output::table(&[
-        "CLUSTER", "STATE", "BUNDLE", "INTERMEDIATE", "EXPIRES", "LAST REPORT", "ERROR",
+        "CLUSTER",
+        "STATE",
+        "BUNDLE",
+        "INTERMEDIATE",
+        "EXPIRES",
+        "LAST REPORT",
+        "ERROR",
     ]);
     for cluster in clusters {
         let bundle = if cluster.last_report_unix == 0 {
@@ -609,7 +682,10 @@ fn print_clusters(clusters: &[proto::ClusterStatus], bundle_version: u64, format
         } else if cluster.applied_bundle_version == bundle_version {
             format!("v{} (current)", cluster.applied_bundle_version)
         } else {
-            format!("v{} (behind v{bundle_version})", cluster.applied_bundle_version)
+            format!(
+                "v{} (behind v{bundle_version})",
+                cluster.applied_bundle_version
+            )
         };
         let serial = if cluster.intermediate_serial.len() > 16 {
             format!("{}…", &cluster.intermediate_serial[..16])
@@ -620,10 +696,18 @@ fn print_clusters(clusters: &[proto::ClusterStatus], bundle_version: u64, format
             cluster.name.clone(),
             cluster.state.clone(),
             bundle,
-            if serial.is_empty() { "-".into() } else { serial },
+            if serial.is_empty() {
+                "-".into()
+            } else {
+                serial
+            },
             output::time(cluster.intermediate_not_after_unix),
             output::age(cluster.last_report_unix, now),
-            if cluster.last_error.is_empty() { "-".into() } else { cluster.last_error.clone() },
+            if cluster.last_error.is_empty() {
+                "-".into()
+            } else {
+                cluster.last_error.clone()
+            },
         ]);
     }
     if clusters.is_empty() {
@@ -656,10 +740,25 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut table = output::table(&["", ""]);
-    table.add_row(vec!["trust domain".to_string(), response.trust_domain.clone()]);
-    table.add_row(vec!["bundle".to_string(), format!("v{} sha256:{}", bundle.version, bundle.digest)]);
-    table.add_row(vec!["signing root".to_string(), format!("{} ({})", response.signing_root_subject, response.signing_root_serial)]);
-    table.add_row(vec!["root expires".to_string(), output::time(response.signing_root_not_after_unix)]);
+    table.add_row(vec![
+        "trust domain".to_string(),
+        response.trust_domain.clone(),
+    ]);
+    table.add_row(vec![
+        "bundle".to_string(),
+        format!("v{} sha256:{}", bundle.version, bundle.digest),
+    ]);
+    table.add_row(vec![
+        "signing root".to_string(),
+        format!(
+            "{} ({})",
+            response.signing_root_subject, response.signing_root_serial
+        ),
+    ]);
+    table.add_row(vec![
+        "root expires".to_string(),
+        output::time(response.signing_root_not_after_unix),
+    ]);
     println!("{table}");
     print_clusters(&response.clusters, bundle.version, Format::Table)
 }
@@ -686,7 +785,10 @@ async fn bundle_show(format: BundleFormat, connection: AdminConnection) -> anyho
         }
         BundleFormat::Table => {
             let roots = ca::Certificate::parse_pem_chain(&bundle.root_cert_pem)?;
-            println!("trust domain {}  version {}  sha256:{}", bundle.trust_domain, bundle.version, bundle.digest);
+            println!(
+                "trust domain {}  version {}  sha256:{}",
+                bundle.trust_domain, bundle.version, bundle.digest
+            );
             let mut table = output::table(&["#", "ROOT", "SERIAL", "EXPIRES"]);
             for (index, root) in roots.iter().enumerate() {
                 table.add_row(vec![
@@ -708,22 +810,29 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let issued = authority
         .issue_with_local_key(&args.cluster, args.key_algorithm, args.lifetime)
         .await?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let write = |name: &str, contents: &[u8], private: bool| -> anyhow::Result<()> {
         let path = args.out.join(name);
         if private {
             crate::signer::sealed::write_private_file(&path, contents)?;
         } else {
             let temporary = args.out.join(format!(".{name}.tmp"));
-            std::fs::write(&temporary, contents).with_context(|| format!("cannot write {}", temporary.display()))?;
-            std::fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&temporary, contents)
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
+            std::fs::rename(&temporary, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())
     };
     write("ca-key.pem", issued.key.to_pkcs8_pem().as_bytes(), true)?;
     write("ca-cert.pem", issued.certificate.to_pem().as_bytes(), false)?;
     write("cert-chain.pem", issued.cert_chain_pem.as_bytes(), false)?;
-    write("root-cert.pem", issued.bundle.message.root_cert_pem.as_bytes(), false)?;
+    write(
+        "root-cert.pem",
+        issued.bundle.message.root_cert_pem.as_bytes(),
+        false,
+    )?;
     println!(
         "wrote {}/{{ca-cert.pem, ca-key.pem (0600), cert-chain.pem, root-cert.pem}} for cluster {}\nintermediate {} expires {}\nload it into a cluster with:\n  kubectl create secret generic cacerts -n istio-system --from-file={}",
         args.out.display(),
@@ -774,13 +883,21 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 Severity::Warning => "WARNING",
                 Severity::Error => "ERROR",
             };
-            table.add_row(vec![finding.check.clone(), result.to_string(), finding.message.clone()]);
+            table.add_row(vec![
+                finding.check.clone(),
+                result.to_string(),
+                finding.message.clone(),
+            ]);
         }
         println!("{table}");
         println!(
             "{}: {}",
             args.dir.display(),
-            if check.passed() { "istiod would accept this cacerts set" } else { "istiod would NOT accept this cacerts set" }
+            if check.passed() {
+                "istiod would accept this cacerts set"
+            } else {
+                "istiod would NOT accept this cacerts set"
+            }
         );
     }
     if !check.passed() {
@@ -791,5 +908,9 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 
 /// Turns a gRPC status into a readable error.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("server refused the call ({:?}): {}", status.code(), status.message())
+    anyhow::anyhow!(
+        "server refused the call ({:?}): {}",
+        status.code(),
+        status.message()
+    )
 }

@@ -39,5 +39,8 @@ pub fn age(unix: i64, now_unix: i64) -> String {
         return "never".into();
     }
     let seconds = u64::try_from(now_unix.saturating_sub(unix)).unwrap_or(0);
-    format!("{} ago", humantime::format_duration(std::time::Duration::from_secs(seconds)))
+    format!(
+        "{} ago",
+        humantime::format_duration(std::time::Duration::from_secs(seconds))
+    )
 }

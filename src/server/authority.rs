@@ -111,7 +111,10 @@ pub fn validate_cluster_name(name: &str) -> Result<(), ServerError> {
 
 /// SHA-256 hex of a join token (tokens are stored by hash only).
 pub fn token_hash(token: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
 }
 
 /// The cluster name inside a join token (`tp1.<cluster>.<secret>`).
@@ -154,26 +157,34 @@ impl Authority {
                     )
                 })?;
         policy.trust_domain(&settings.trust_domain)?;
-        let (root_record, _) =
-            records::get_json::<RootRecord>(store.as_ref(), Table::Roots, &settings.signing_root_id)?
-                .ok_or_else(|| {
-                    ServerError::Setup(format!(
-                        "signing root {} is missing from the store",
-                        settings.signing_root_id
-                    ))
-                })?;
+        let (root_record, _) = records::get_json::<RootRecord>(
+            store.as_ref(),
+            Table::Roots,
+            &settings.signing_root_id,
+        )?
+        .ok_or_else(|| {
+            ServerError::Setup(format!(
+                "signing root {} is missing from the store",
+                settings.signing_root_id
+            ))
+        })?;
         let root = Certificate::from_pem(&root_record.certificate_pem)?;
         let key_name = root_record.key_secret.clone().ok_or_else(|| {
-            ServerError::Setup("the signing root has no local key (remote signers come later)".into())
+            ServerError::Setup(
+                "the signing root has no local key (remote signers come later)".into(),
+            )
         })?;
         let root_key = load_sealed_key(store.as_ref(), kek, &key_name)?;
         let signer: Arc<dyn RootSigner> = Arc::new(LocalSigner::new(root, root_key)?);
         let control_plane_ca = Certificate::from_pem(&settings.control_plane_ca_pem)?;
         let control_plane_key =
             load_sealed_key(store.as_ref(), kek, records::CONTROL_PLANE_KEY_SECRET)?;
-        let (bundle_record, _) =
-            records::get_json::<BundleRecord>(store.as_ref(), Table::Bundles, &settings.trust_domain)?
-                .ok_or_else(|| ServerError::Setup("no published trust bundle in the store".into()))?;
+        let (bundle_record, _) = records::get_json::<BundleRecord>(
+            store.as_ref(),
+            Table::Bundles,
+            &settings.trust_domain,
+        )?
+        .ok_or_else(|| ServerError::Setup("no published trust bundle in the store".into()))?;
         let bundle = bundle_from_record(&bundle_record)?;
         let (sender, _) = watch::channel(Arc::new(PublishedBundle::new(bundle)?));
         Ok(Authority {
@@ -228,7 +239,12 @@ impl Authority {
         )?
         .ok_or_else(|| ServerError::Setup("no published trust bundle in the store".into()))?;
         let batch = Batch::new()
-            .put_json(Table::Bundles, self.trust_domain(), &record, Some(Expect::Version(stored_version)))?
+            .put_json(
+                Table::Bundles,
+                self.trust_domain(),
+                &record,
+                Some(Expect::Version(stored_version)),
+            )?
             .put_json(
                 Table::Bundles,
                 records::bundle_history_key(self.trust_domain(), record.version),
@@ -343,7 +359,12 @@ impl Authority {
         };
         let batch = Batch::new()
             .put_json(Table::Clusters, name, &record, Some(expect))?
-            .put_json(Table::Tokens, token_hash(&token), &token_record, Some(Expect::Absent))?;
+            .put_json(
+                Table::Tokens,
+                token_hash(&token),
+                &token_record,
+                Some(Expect::Absent),
+            )?;
         self.store.commit(batch)?;
         tracing::info!(cluster = name, "cluster registered; join token issued");
         Ok((token, expires))
@@ -411,8 +432,18 @@ impl Authority {
             not_after_unix: system_time_to_unix(certificate.not_after()?),
         };
         let batch = Batch::new()
-            .put_json(Table::Tokens, &hash, &used, Some(Expect::Version(token_version)))?
-            .put_json(Table::Clusters, cluster, &cluster_record, Some(Expect::Version(cluster_version)))?
+            .put_json(
+                Table::Tokens,
+                &hash,
+                &used,
+                Some(Expect::Version(token_version)),
+            )?
+            .put_json(
+                Table::Clusters,
+                cluster,
+                &cluster_record,
+                Some(Expect::Version(cluster_version)),
+            )?
             .put_json(Table::Certificates, &serial, &issued, Some(Expect::Absent))?;
         self.store.commit(batch).map_err(|error| match error {
             StoreError::Conflict { .. } => refused("was used concurrently"),
@@ -432,7 +463,9 @@ impl Authority {
             Some(_) => Err(ServerError::PermissionDenied(format!(
                 "cluster {cluster:?} has not enrolled"
             ))),
-            None => Err(ServerError::NotFound(format!("cluster {cluster:?} is not registered"))),
+            None => Err(ServerError::NotFound(format!(
+                "cluster {cluster:?} is not registered"
+            ))),
         }
     }
 
@@ -462,8 +495,12 @@ impl Authority {
                 issued_unix: system_time_to_unix(now),
                 not_after_unix: system_time_to_unix(certificate.not_after()?),
             };
-            let batch =
-                Batch::new().put_json(Table::Certificates, &serial, &issued, Some(Expect::Absent))?;
+            let batch = Batch::new().put_json(
+                Table::Certificates,
+                &serial,
+                &issued,
+                Some(Expect::Absent),
+            )?;
             match self.store.commit(batch).map_err(ServerError::from) {
                 Ok(()) => break certificate,
                 Err(error) if is_conflict(&error) && attempts < 3 => {
@@ -526,19 +563,26 @@ impl Authority {
 
     /// Every registered cluster with its last report.
     pub fn list_clusters(&self) -> Result<Vec<proto::ClusterStatus>, ServerError> {
-        Ok(records::list_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters)?
-            .into_iter()
-            .map(|(_, record, _)| cluster_status(&record))
-            .collect())
+        Ok(
+            records::list_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters)?
+                .into_iter()
+                .map(|(_, record, _)| cluster_status(&record))
+                .collect(),
+        )
     }
 
     /// Removes a cluster; its client certificate is refused from then on.
     pub fn remove_cluster(&self, name: &str) -> Result<(), ServerError> {
         let (_, version) =
             records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, name)?
-                .ok_or_else(|| ServerError::NotFound(format!("cluster {name:?} is not registered")))?;
-        self.store
-            .commit(Batch::new().delete(Table::Clusters, name, Some(Expect::Version(version))))?;
+                .ok_or_else(|| {
+                    ServerError::NotFound(format!("cluster {name:?} is not registered"))
+                })?;
+        self.store.commit(Batch::new().delete(
+            Table::Clusters,
+            name,
+            Some(Expect::Version(version)),
+        ))?;
         tracing::info!(cluster = name, "cluster removed");
         Ok(())
     }
@@ -598,7 +642,12 @@ pub fn cluster_status(record: &ClusterRecord) -> proto::ClusterStatus {
     let report = record.report.clone().unwrap_or_default();
     proto::ClusterStatus {
         name: record.name.clone(),
-        state: if record.enrolled_unix.is_some() { "enrolled" } else { "pending" }.to_string(),
+        state: if record.enrolled_unix.is_some() {
+            "enrolled"
+        } else {
+            "pending"
+        }
+        .to_string(),
         created_unix: record.created_unix,
         applied_bundle_version: report.applied_bundle_version,
         intermediate_serial: report.intermediate_serial,
@@ -630,10 +679,14 @@ pub fn bundle_record(bundle: &TrustBundle, now: SystemTime) -> BundleRecord {
 }
 
 /// Reads and unseals a PKCS#8 key stored under `name` in the secrets table.
-pub fn load_sealed_key(store: &dyn Store, kek: &Kek, name: &str) -> Result<PrivateKey, ServerError> {
-    let sealed = store
-        .get(Table::Secrets, name)?
-        .ok_or_else(|| ServerError::Setup(format!("sealed key {name:?} is missing from the store")))?;
+pub fn load_sealed_key(
+    store: &dyn Store,
+    kek: &Kek,
+    name: &str,
+) -> Result<PrivateKey, ServerError> {
+    let sealed = store.get(Table::Secrets, name)?.ok_or_else(|| {
+        ServerError::Setup(format!("sealed key {name:?} is missing from the store"))
+    })?;
     let plain = unseal(kek, name, &sealed.value)?;
     Ok(PrivateKey::from_pkcs8_der(&plain)?)
 }

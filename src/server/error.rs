@@ -9,7 +9,9 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The call carried no client certificate.
-    #[error("this call needs a client certificate: enroll the agent with a join token, or use the admin credential from `trustplane init`")]
+    #[error(
+        "this call needs a client certificate: enroll the agent with a join token, or use the admin credential from `trustplane init`"
+    )]
     Unauthenticated,
     /// The caller is authenticated but may not do this.
     #[error("permission denied: {0}")]

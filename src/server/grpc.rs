@@ -17,9 +17,12 @@ use crate::proto::intermediate_service_server::IntermediateService;
 use crate::proto::trust_bundle_service_server::TrustBundleService;
 
 fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, ServerError> {
-    let chain: Option<Vec<Vec<u8>>> = request
-        .peer_certs()
-        .map(|certificates| certificates.iter().map(|certificate| certificate.to_vec()).collect());
+    let chain: Option<Vec<Vec<u8>>> = request.peer_certs().map(|certificates| {
+        certificates
+            .iter()
+            .map(|certificate| certificate.to_vec())
+            .collect()
+    });
     authority.identify(chain.as_deref())
 }
 
@@ -84,7 +87,9 @@ impl TrustBundleService for BundleApi {
         request: Request<proto::GetBundleRequest>,
     ) -> Result<Response<proto::Bundle>, Status> {
         caller(&self.authority, &request)?;
-        Ok(Response::new(self.authority.current_bundle().message.clone()))
+        Ok(Response::new(
+            self.authority.current_bundle().message.clone(),
+        ))
     }
 
     type WatchBundleStream = BundleStream;
@@ -114,7 +119,9 @@ impl TrustBundleService for BundleApi {
             }
             tracing::debug!(caller = ?who, "bundle watch ended");
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 }
 
@@ -125,9 +132,9 @@ impl IntermediateService for IntermediateApi {
         request: Request<proto::EnrollRequest>,
     ) -> Result<Response<proto::EnrollResponse>, Status> {
         let body = request.into_inner();
-        let response = self
-            .authority
-            .enroll(&body.cluster, &body.join_token, &body.client_csr_pem)?;
+        let response =
+            self.authority
+                .enroll(&body.cluster, &body.join_token, &body.client_csr_pem)?;
         Ok(Response::new(response))
     }
 

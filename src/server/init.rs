@@ -9,12 +9,12 @@ use zeroize::Zeroizing;
 use super::ServerError;
 use super::authority::{ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, bundle_record};
 use crate::bundle::TrustBundle;
-use crate::ca::{self, Certificate, ControlPlaneRole, KeyAlgorithm, PrivateKey, system_time_to_unix};
+use crate::ca::{
+    self, Certificate, ControlPlaneRole, KeyAlgorithm, PrivateKey, system_time_to_unix,
+};
 use crate::policy::Policy;
 use crate::signer::sealed::{Kek, seal, write_private_file};
-use crate::store::records::{
-    self, AdminRecord, CaSettings, IssuedKind, IssuedRecord, RootRecord,
-};
+use crate::store::records::{self, AdminRecord, CaSettings, IssuedKind, IssuedRecord, RootRecord};
 use crate::store::{Batch, Expect, Store, Table};
 
 /// Where things live under `--data-dir`.
@@ -83,7 +83,11 @@ fn io_error(path: &Path, error: std::io::Error) -> ServerError {
     ServerError::Setup(format!("{}: {error}", path.display()))
 }
 
-fn issued(certificate: &Certificate, kind: IssuedKind, now: SystemTime) -> Result<IssuedRecord, ServerError> {
+fn issued(
+    certificate: &Certificate,
+    kind: IssuedKind,
+    now: SystemTime,
+) -> Result<IssuedRecord, ServerError> {
     Ok(IssuedRecord {
         serial: certificate.serial_hex()?,
         kind,
@@ -176,8 +180,18 @@ pub fn initialize(
         created_unix: system_time_to_unix(now),
     };
     let batch = Batch::new()
-        .put_json(Table::Meta, records::CA_SETTINGS_KEY, &settings, Some(Expect::Absent))?
-        .put_json(Table::Meta, records::admin_key("admin"), &admin_record, None)?
+        .put_json(
+            Table::Meta,
+            records::CA_SETTINGS_KEY,
+            &settings,
+            Some(Expect::Absent),
+        )?
+        .put_json(
+            Table::Meta,
+            records::admin_key("admin"),
+            &admin_record,
+            None,
+        )?
         .put_json(Table::Roots, &root_id, &root_record, Some(Expect::Absent))?
         .put(
             Table::Secrets,
@@ -188,10 +202,19 @@ pub fn initialize(
         .put(
             Table::Secrets,
             records::CONTROL_PLANE_KEY_SECRET,
-            seal(kek, records::CONTROL_PLANE_KEY_SECRET, control_plane_key.pkcs8_der())?,
+            seal(
+                kek,
+                records::CONTROL_PLANE_KEY_SECRET,
+                control_plane_key.pkcs8_der(),
+            )?,
             Some(Expect::Absent),
         )
-        .put_json(Table::Bundles, &options.trust_domain, &bundle_record, Some(Expect::Absent))?
+        .put_json(
+            Table::Bundles,
+            &options.trust_domain,
+            &bundle_record,
+            Some(Expect::Absent),
+        )?
         .put_json(
             Table::Bundles,
             records::bundle_history_key(&options.trust_domain, 1),
@@ -220,10 +243,17 @@ pub fn initialize(
 
     let admin_dir = data_dir.path.join("admin");
     std::fs::create_dir_all(&admin_dir).map_err(|error| io_error(&admin_dir, error))?;
-    write_private_file(&data_dir.admin_key_path(), admin_key.to_pkcs8_pem().as_bytes())?;
-    write_private_file(&data_dir.admin_cert_path(), admin_certificate.to_pem().as_bytes())?;
+    write_private_file(
+        &data_dir.admin_key_path(),
+        admin_key.to_pkcs8_pem().as_bytes(),
+    )?;
+    write_private_file(
+        &data_dir.admin_cert_path(),
+        admin_certificate.to_pem().as_bytes(),
+    )?;
     let ca_path = data_dir.control_plane_ca_path();
-    std::fs::write(&ca_path, control_plane_ca.to_pem()).map_err(|error| io_error(&ca_path, error))?;
+    std::fs::write(&ca_path, control_plane_ca.to_pem())
+        .map_err(|error| io_error(&ca_path, error))?;
     Ok(InitOutcome {
         root,
         imported,

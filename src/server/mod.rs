@@ -94,7 +94,10 @@ impl RunningServer {
 /// control-plane CA, and serves the three services over TLS. Client
 /// certificates are optional at the TLS layer (enrollment has none) and
 /// required by every call except `Enroll`.
-pub async fn start(authority: Arc<Authority>, config: &ServerConfig) -> Result<RunningServer, ServerError> {
+pub async fn start(
+    authority: Arc<Authority>,
+    config: &ServerConfig,
+) -> Result<RunningServer, ServerError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| {
@@ -118,7 +121,10 @@ pub async fn start(authority: Arc<Authority>, config: &ServerConfig) -> Result<R
     }
     let (certificate, key) = authority.issue_server_identity(dns_names, ip_addresses)?;
     let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(certificate.to_pem(), key.to_pkcs8_pem().as_bytes()))
+        .identity(Identity::from_pem(
+            certificate.to_pem(),
+            key.to_pkcs8_pem().as_bytes(),
+        ))
         .client_ca_root(tonic::transport::Certificate::from_pem(
             authority.control_plane_ca().to_pem(),
         ))
@@ -137,11 +143,16 @@ pub async fn start(authority: Arc<Authority>, config: &ServerConfig) -> Result<R
     let router = tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|error| ServerError::Setup(format!("TLS configuration: {error}")))?
-        .add_service(TrustBundleServiceServer::new(bundle_api).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
-            IntermediateServiceServer::new(intermediate_api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            TrustBundleServiceServer::new(bundle_api).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(admin_api).max_decoding_message_size(MAX_MESSAGE_BYTES));
+        .add_service(
+            IntermediateServiceServer::new(intermediate_api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AdminServiceServer::new(admin_api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
     let mut stop = shutdown_receiver;
     let task = tokio::spawn(async move {
         router

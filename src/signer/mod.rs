@@ -20,7 +20,9 @@ pub enum SignerError {
     #[error("key-encryption key: {0}")]
     Kek(String),
     /// Sealed data that does not open with this key (wrong key or tampered).
-    #[error("sealed secret {name:?} does not open: wrong key-encryption key or the data was altered")]
+    #[error(
+        "sealed secret {name:?} does not open: wrong key-encryption key or the data was altered"
+    )]
     Unseal {
         /// Name of the secret.
         name: String,
@@ -87,6 +89,8 @@ impl RootSigner for LocalSigner {
         profile: &IntermediateProfile,
         now: SystemTime,
     ) -> Result<Certificate, SignerError> {
-        Ok(crate::ca::sign_intermediate(csr, profile, &self.root, &self.key, now)?)
+        Ok(crate::ca::sign_intermediate(
+            csr, profile, &self.root, &self.key, now,
+        )?)
     }
 }

@@ -170,11 +170,12 @@ pub fn get_json<T: DeserializeOwned>(
     match store.get(table, key)? {
         None => Ok(None),
         Some(stored) => {
-            let value = serde_json::from_slice(&stored.value).map_err(|error| StoreError::Corrupt {
-                table: table.name(),
-                key: key.to_string(),
-                message: error.to_string(),
-            })?;
+            let value =
+                serde_json::from_slice(&stored.value).map_err(|error| StoreError::Corrupt {
+                    table: table.name(),
+                    key: key.to_string(),
+                    message: error.to_string(),
+                })?;
             Ok(Some((value, stored.version)))
         }
     }
@@ -189,11 +190,12 @@ pub fn list_json<T: DeserializeOwned>(
         .list(table)?
         .into_iter()
         .map(|(key, stored)| {
-            let value = serde_json::from_slice(&stored.value).map_err(|error| StoreError::Corrupt {
-                table: table.name(),
-                key: key.clone(),
-                message: error.to_string(),
-            })?;
+            let value =
+                serde_json::from_slice(&stored.value).map_err(|error| StoreError::Corrupt {
+                    table: table.name(),
+                    key: key.clone(),
+                    message: error.to_string(),
+                })?;
             Ok((key, value, stored.version))
         })
         .collect()

@@ -21,6 +21,7 @@ pub struct TestServer {
     pub data_dir: DataDir,
     pub running: RunningServer,
     pub control_plane_ca_pem: String,
+    pub policy: trustplane::Policy,
 }
 
 pub fn install_crypto() {
@@ -28,13 +29,25 @@ pub fn install_crypto() {
 }
 
 pub async fn start_server() -> TestServer {
+    start_server_with_policy(trustplane::Policy::builtin_default().unwrap()).await
+}
+
+/// A policy for cluster.local with the given default intermediate lifetime.
+pub fn policy_with_lifetime(lifetime: &str) -> trustplane::Policy {
+    let yaml = format!(
+        "trust_domains:\n  cluster.local:\n    organisation: test\n    allowed_key_algorithms: [ecdsa-p256, ecdsa-p384]\n    default_intermediate_lifetime: {lifetime}\n    max_intermediate_lifetime: 365d\n"
+    );
+    trustplane::Policy::from_yaml("test-policy.yaml", &yaml).unwrap()
+}
+
+pub async fn start_server_with_policy(policy: trustplane::Policy) -> TestServer {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = DataDir::new(dir.path().join("server"));
     std::fs::create_dir_all(&data_dir.path).unwrap();
     let store = Arc::new(RedbStore::open(&data_dir.store_path()).unwrap());
     let kek = Kek::generate().unwrap();
-    let policy = trustplane::Policy::builtin_default().unwrap();
+    kek.write_new_file(&data_dir.kek_path()).unwrap();
     server::initialize(
         store.as_ref(),
         &kek,
@@ -50,27 +63,65 @@ pub async fn start_server() -> TestServer {
         SystemTime::now(),
     )
     .unwrap();
-    let authority = Arc::new(Authority::open(store, &kek, policy, Arc::new(SystemClock)).unwrap());
-    let running = server::start(
-        authority,
-        &server::ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            dns_names: vec![],
-            ip_addresses: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    let running = open_and_start(&data_dir, store, policy.clone(), "127.0.0.1:0").await;
     let control_plane_ca_pem = std::fs::read_to_string(data_dir.control_plane_ca_path()).unwrap();
     TestServer {
         dir,
         data_dir,
         running,
         control_plane_ca_pem,
+        policy,
     }
 }
 
+async fn open_and_start(
+    data_dir: &DataDir,
+    store: Arc<RedbStore>,
+    policy: trustplane::Policy,
+    listen: &str,
+) -> RunningServer {
+    let kek = Kek::load(Some(&data_dir.kek_path()), None).unwrap();
+    let authority = Arc::new(Authority::open(store, &kek, policy, Arc::new(SystemClock)).unwrap());
+    server::start(
+        authority,
+        &server::ServerConfig {
+            listen: listen.parse().unwrap(),
+            dns_names: vec![],
+            ip_addresses: vec![],
+        },
+    )
+    .await
+    .unwrap()
+}
+
 impl TestServer {
+    /// Stops the server (the port is then closed) and returns its address.
+    pub async fn stop(self) -> (TempDir, DataDir, trustplane::Policy, std::net::SocketAddr) {
+        let address = self.running.address;
+        self.running.shutdown().await.unwrap();
+        (self.dir, self.data_dir, self.policy, address)
+    }
+
+    /// Starts the server again on the same data and address.
+    pub async fn resume(
+        dir: TempDir,
+        data_dir: DataDir,
+        policy: trustplane::Policy,
+        address: std::net::SocketAddr,
+    ) -> TestServer {
+        let store = Arc::new(RedbStore::open(&data_dir.store_path()).unwrap());
+        let running = open_and_start(&data_dir, store, policy.clone(), &address.to_string()).await;
+        let control_plane_ca_pem =
+            std::fs::read_to_string(data_dir.control_plane_ca_path()).unwrap();
+        TestServer {
+            dir,
+            data_dir,
+            running,
+            control_plane_ca_pem,
+            policy,
+        }
+    }
+
     pub fn url(&self) -> String {
         self.running.url()
     }
@@ -82,15 +133,21 @@ impl TestServer {
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
         let certificate = std::fs::read_to_string(self.data_dir.admin_cert_path()).unwrap();
         let key = std::fs::read_to_string(self.data_dir.admin_key_path()).unwrap();
-        let channel = connect(&self.url(), &self.control_plane_ca_pem, Some((&certificate, &key)))
-            .await
-            .unwrap();
+        let channel = connect(
+            &self.url(),
+            &self.control_plane_ca_pem,
+            Some((&certificate, &key)),
+        )
+        .await
+        .unwrap();
         AdminServiceClient::new(channel)
     }
 
     /// A channel without a client certificate.
     pub async fn anonymous(&self) -> Channel {
-        connect(&self.url(), &self.control_plane_ca_pem, None).await.unwrap()
+        connect(&self.url(), &self.control_plane_ca_pem, None)
+            .await
+            .unwrap()
     }
 
     pub async fn add_cluster(&self, name: &str) -> String {
@@ -136,7 +193,12 @@ impl TestServer {
 }
 
 /// Runs `openssl verify` and returns (success, output).
-pub fn openssl_verify(dir: &std::path::Path, root_pem: &str, untrusted: Option<&str>, certificate_pem: &str) -> (bool, String) {
+pub fn openssl_verify(
+    dir: &std::path::Path,
+    root_pem: &str,
+    untrusted: Option<&str>,
+    certificate_pem: &str,
+) -> (bool, String) {
     let root = dir.join("openssl-root.pem");
     let leaf = dir.join("openssl-leaf.pem");
     std::fs::write(&root, root_pem).unwrap();

@@ -1,0 +1,254 @@
+//! The agent against a real in-process server: it writes Istio's cacerts
+//! that pass the same checks as `trustplane verify`, follows new bundle
+//! versions, renews at two thirds of the lifetime, adopts what it wrote
+//! before, and retries while the server is down.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use trustplane::agent::{self, AgentConfig, AgentHandle, AgentStatus, ClusterSink, DirectorySink};
+use trustplane::ca::{self, Certificate, KeyAlgorithm};
+use trustplane::cli::read_cacerts_dir;
+use trustplane::proto;
+
+fn spawn_agent(
+    server: &common::TestServer,
+    identity: &Path,
+    cacerts: &Path,
+    token: Option<String>,
+) -> AgentHandle {
+    let sink: Arc<dyn ClusterSink> = Arc::new(DirectorySink::new(cacerts.to_path_buf()));
+    agent::spawn(
+        AgentConfig {
+            server: server.url(),
+            server_ca_pem: Some(server.control_plane_ca_pem.clone()),
+            join_token: token.map(zeroize::Zeroizing::new),
+            identity_dir: identity.to_path_buf(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            renew_fraction: 2.0 / 3.0,
+            max_backoff: Duration::from_secs(1),
+        },
+        sink,
+    )
+}
+
+async fn wait_for(
+    handle: &AgentHandle,
+    what: &str,
+    condition: impl Fn(&AgentStatus) -> bool,
+) -> AgentStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = handle.status.borrow().clone();
+        if condition(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent never reached: {what}; last status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn new_root(name: &str) -> Certificate {
+    ca::create_root(
+        &ca::RootRequest {
+            trust_domain: "cluster.local".into(),
+            organisation: name.into(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(3600 * 24 * 365),
+        },
+        SystemTime::now(),
+    )
+    .unwrap()
+    .0
+}
+
+fn assert_verifies(cacerts: &Path) {
+    let check = ca::check_cacerts(
+        &read_cacerts_dir(cacerts).unwrap(),
+        SystemTime::now(),
+        Duration::from_secs(0),
+    );
+    assert!(
+        check.passed(),
+        "{}: {:?}",
+        cacerts.display(),
+        check.findings
+    );
+}
+
+async fn reported_version(server: &common::TestServer, cluster: &str) -> u64 {
+    let listed = server
+        .admin()
+        .await
+        .list_clusters(proto::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    listed
+        .clusters
+        .iter()
+        .find(|status| status.name == cluster)
+        .map(|status| status.applied_bundle_version)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn agent_writes_verifiable_cacerts_and_follows_new_bundle_versions() {
+    let server = common::start_server().await;
+    let work = tempfile::tempdir().unwrap();
+    let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
+    let token = server.add_cluster("east").await;
+    let handle = spawn_agent(&server, &identity, &cacerts, Some(token));
+    wait_for(&handle, "bundle v1 applied", |status| {
+        status.applied_bundle_version == 1
+    })
+    .await;
+    assert_verifies(&cacerts);
+    let v1 = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
+    let serial = std::fs::read_to_string(cacerts.join("ca-cert.pem")).unwrap();
+
+    let authority = server.authority().clone();
+    let next = authority
+        .current_bundle()
+        .bundle
+        .with_appended(new_root("second"))
+        .unwrap();
+    authority.publish_bundle(next).unwrap();
+    wait_for(&handle, "bundle v2 applied", |status| {
+        status.applied_bundle_version == 2
+    })
+    .await;
+    let v2 = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
+    assert_eq!(Certificate::parse_pem_chain(&v2).unwrap().len(), 2);
+    assert!(
+        v2.contains(&v1),
+        "istiod accepts the change only if the old bytes are kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cacerts.join("ca-cert.pem")).unwrap(),
+        serial,
+        "a new bundle that still holds our root keeps the intermediate"
+    );
+    assert_verifies(&cacerts);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reported_version(&server, "east").await != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never saw the v2 report"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn agent_renews_at_two_thirds_of_the_intermediate_lifetime() {
+    let server = common::start_server_with_policy(common::policy_with_lifetime("9s")).await;
+    let work = tempfile::tempdir().unwrap();
+    let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
+    let token = server.add_cluster("east").await;
+    let handle = spawn_agent(&server, &identity, &cacerts, Some(token));
+    let first = wait_for(&handle, "first intermediate", |status| {
+        !status.intermediate_serial.is_empty()
+    })
+    .await;
+    let issued = Instant::now();
+    let first_key = std::fs::read_to_string(cacerts.join("ca-key.pem")).unwrap();
+    let renewed = wait_for(&handle, "renewed intermediate", |status| {
+        !status.intermediate_serial.is_empty()
+            && status.intermediate_serial != first.intermediate_serial
+    })
+    .await;
+    let after = issued.elapsed();
+    // 2/3 of 9 s is 6 s, ±5 % of the lifetime as jitter.
+    assert!(
+        after >= Duration::from_millis(5000),
+        "renewed too early: {after:?}"
+    );
+    assert!(
+        after < Duration::from_millis(9000),
+        "renewed too late: {after:?}"
+    );
+    assert_ne!(
+        std::fs::read_to_string(cacerts.join("ca-key.pem")).unwrap(),
+        first_key,
+        "renewal uses a new key"
+    );
+    assert!(renewed.intermediate_not_after_unix > first.intermediate_not_after_unix);
+    assert_verifies(&cacerts);
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_agent_adopts_its_cacerts_without_a_token() {
+    let server = common::start_server().await;
+    let work = tempfile::tempdir().unwrap();
+    let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
+    let token = server.add_cluster("east").await;
+    let handle = spawn_agent(&server, &identity, &cacerts, Some(token));
+    let before = wait_for(&handle, "bundle v1 applied", |status| {
+        status.applied_bundle_version == 1
+    })
+    .await;
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+
+    let handle = spawn_agent(&server, &identity, &cacerts, None);
+    let after = wait_for(&handle, "bundle v1 applied again", |status| {
+        status.applied_bundle_version == 1
+    })
+    .await;
+    assert_eq!(
+        after.intermediate_serial, before.intermediate_serial,
+        "the existing intermediate is adopted, not re-issued"
+    );
+    assert_verifies(&cacerts);
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn agent_retries_while_the_server_is_down_and_catches_up() {
+    let server = common::start_server().await;
+    let work = tempfile::tempdir().unwrap();
+    let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
+    let token = server.add_cluster("east").await;
+    let handle = spawn_agent(&server, &identity, &cacerts, Some(token));
+    wait_for(&handle, "bundle v1 applied", |status| {
+        status.applied_bundle_version == 1
+    })
+    .await;
+
+    let (dir, data_dir, policy, address) = server.stop().await;
+    wait_for(&handle, "an error while the server is down", |status| {
+        status.last_error.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_verifies(&cacerts);
+
+    let server = common::TestServer::resume(dir, data_dir, policy, address).await;
+    let authority = server.authority().clone();
+    let next = authority
+        .current_bundle()
+        .bundle
+        .with_appended(new_root("while down"))
+        .unwrap();
+    authority.publish_bundle(next).unwrap();
+    let status = wait_for(&handle, "bundle v2 applied after the outage", |status| {
+        status.applied_bundle_version == 2 && status.last_error.is_none()
+    })
+    .await;
+    assert_eq!(status.applied_bundle_version, 2);
+    assert_verifies(&cacerts);
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+}

@@ -3,6 +3,8 @@
 //! versions, renews at two thirds of the lifetime, adopts what it wrote
 //! before, and retries while the server is down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::Path;

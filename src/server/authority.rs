@@ -32,6 +32,9 @@ pub const ADMIN_IDENTITY_PREFIX: &str = "spiffe://trustplane.control/admin/";
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Lifetime of control-plane client certificates.
 pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the server's TLS certificate, issued fresh at every start
+/// (no hot reload yet: restart the server within this time).
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often SPIFFE bundle consumers should refresh.
 pub const SPIFFE_REFRESH_HINT: Duration = Duration::from_secs(300);
 
@@ -616,7 +619,7 @@ impl Authority {
             },
             &self.control_plane_ca,
             &self.control_plane_key,
-            Duration::from_secs(30 * 24 * 3600),
+            SERVER_CERT_LIFETIME,
             now,
         )?;
         let serial = certificate.serial_hex()?;

@@ -13,8 +13,8 @@
 // signs it with IstioCA.Sign and writes what istiod's CA server returns to a
 // workload: the leaf, then cert-chain.pem.
 //
-// Exit codes: 0 success, 1 rejected / failed check (reason on stderr),
-// 2 usage error.
+// Exit codes: 0 success (one "OK ..." line on stdout), 1 rejected / failed
+// check ("error: <subcommand>: <reason>" on stderr), 2 usage error.
 package main
 
 import (
@@ -77,7 +77,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "error: %v\n", err)
 			os.Exit(2)
 		}
-		fmt.Fprintf(os.Stderr, "FAIL %s: %v\n", os.Args[1], err)
+		fmt.Fprintf(os.Stderr, "error: %s: %v\n", os.Args[1], err)
 		os.Exit(1)
 	}
 }
@@ -238,7 +238,8 @@ func runVerify(args []string) error {
 			KeyUsages:     []x509.ExtKeyUsage{usage.eku},
 		})
 		if err != nil {
-			return fmt.Errorf("x509 verify (%s) of %q against %d root(s): %v", usage.name, leaf.Subject.String(), len(roots), err)
+			return fmt.Errorf("x509 verify (%s) of leaf %s (issuer %q) against %d root(s) in %s: %v",
+				usage.name, leafName(leaf), leaf.Issuer.String(), len(roots), *rootsFile, err)
 		}
 		chainLen = len(chains[0])
 	}
@@ -252,12 +253,8 @@ func runVerify(args []string) error {
 			return fmt.Errorf("leaf URI SANs are %v, want exactly [%s]", uris, *id)
 		}
 	}
-	ids := make([]string, 0, len(leaf.URIs))
-	for _, u := range leaf.URIs {
-		ids = append(ids, u.String())
-	}
 	fmt.Printf("OK verified leaf %s (serverAuth+clientAuth) via %d-cert chain to a root in %s (%d root(s))\n",
-		strings.Join(ids, ","), chainLen, *rootsFile, len(roots))
+		leafName(leaf), chainLen, *rootsFile, len(roots))
 	return nil
 }
 
@@ -305,6 +302,18 @@ func readCerts(path string) ([]*x509.Certificate, error) {
 		certs = append(certs, c)
 	}
 	return certs, nil
+}
+
+// leafName names a leaf by its URI SANs (Istio leaves have an empty subject).
+func leafName(c *x509.Certificate) string {
+	var ids []string
+	for _, u := range c.URIs {
+		ids = append(ids, u.String())
+	}
+	if len(ids) == 0 {
+		return fmt.Sprintf("%q", c.Subject.String())
+	}
+	return strings.Join(ids, ",")
 }
 
 func countCerts(pemBytes []byte) int {

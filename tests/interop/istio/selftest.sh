@@ -96,14 +96,16 @@ mkcacerts cacertsA_rootB intA rootA rootB                  # root-cert.pem does 
 
 # --- checks ------------------------------------------------------------------
 failures=0
-# check NAME want(ok|fail) [grep-pattern-for-stderr-on-fail] -- command...
+# check NAME want(ok|fail) PATTERN -- command...
+#   passes when the exit status is as wanted and the output contains PATTERN
 check() {
   local name="$1" want="$2" pattern="$3"; shift 4
   local out rc=0
   out="$("$@" 2>&1)" || rc=$?
   local got=ok; [[ $rc -eq 0 ]] || got=fail
-  local line; line="$(printf '%s' "$out" | grep -v '^\s*$' | tail -n1)"
-  if [[ "$got" == "$want" && ( "$want" == ok || -z "$pattern" || "$out" == *"$pattern"* ) ]]; then
+  local line; line="$(printf '%s' "$out" | grep -v '^\s*$' | tail -n1 || true)"
+  [[ -n "$line" ]] || line="(no output)"
+  if [[ "$got" == "$want" && "$out" == *"$pattern"* ]]; then
     echo "PASS $name (expected $want): $line"
   else
     echo "FAIL $name (expected $want, got $got rc=$rc): $line"
@@ -111,13 +113,13 @@ check() {
   fi
 }
 
-check "version links the pinned Istio commit" ok "" -- "$BIN" version
+check "version links the pinned Istio commit" ok "istio 1." -- "$BIN" version
 
-check "sign: istiod loads cacerts A (no EKU intermediate)" ok "" -- \
+check "sign: istiod loads cacerts A (no EKU intermediate)" ok "OK " -- \
   "$BIN" sign --cacerts "$T/cacertsA" --spiffe-id "$ID" --out "$T/leafA.pem" --ttl 1h
-check "verify leaf A under root-cert.pem {A}" ok "" -- \
+check "verify leaf A under root-cert.pem {A}" ok "OK " -- \
   "$BIN" verify --chain "$T/leafA.pem" --roots "$T/cacertsA/root-cert.pem" --spiffe-id "$ID"
-check "verify leaf A under bundle {A,B}" ok "" -- \
+check "verify leaf A under bundle {A,B}" ok "OK " -- \
   "$BIN" verify --chain "$T/leafA.pem" --roots "$T/bundleAB.pem" --spiffe-id "$ID"
 check "verify leaf A under bundle {B} is rejected" fail "certificate signed by unknown authority" -- \
   "$BIN" verify --chain "$T/leafA.pem" --roots "$T/rootB.pem"
@@ -126,7 +128,7 @@ check "verify leaf A with another SPIFFE ID is rejected" fail "want exactly" -- 
 
 check "sign: intermediate with EKU clientAuth only is rejected by istiod" fail "incompatible key usage" -- \
   "$BIN" sign --cacerts "$T/cacertsA_eku_client" --spiffe-id "$ID" --out "$T/leaf_bad.pem"
-check "sign: intermediate with EKU serverAuth+clientAuth is accepted" ok "" -- \
+check "sign: intermediate with EKU serverAuth+clientAuth is accepted" ok "OK " -- \
   "$BIN" sign --cacerts "$T/cacertsA_eku_both" --spiffe-id "$ID" --out "$T/leaf_both.pem"
 check "sign: ca-key.pem not matching ca-cert.pem is rejected" fail "does not match" -- \
   "$BIN" sign --cacerts "$T/cacertsA_wrongkey" --spiffe-id "$ID" --out "$T/leaf_bad.pem"
@@ -134,15 +136,15 @@ check "sign: root-cert.pem without the issuing root is rejected" fail "unknown a
   "$BIN" sign --cacerts "$T/cacertsA_rootB" --spiffe-id "$ID" --out "$T/leaf_bad.pem"
 
 # Root rotation A -> B, as DESIGN.md's phases write cacerts.
-check "rotation trust-new: signed by A, root-cert.pem {A,B} accepted" ok "" -- \
+check "rotation trust-new: signed by A, root-cert.pem {A,B} accepted" ok "OK " -- \
   "$BIN" sign --cacerts "$T/cacertsA_trustB" --spiffe-id "$ID" --out "$T/leafA2.pem"
-check "rotation sign-new: signed by B, root-cert.pem {A,B} accepted" ok "" -- \
+check "rotation sign-new: signed by B, root-cert.pem {A,B} accepted" ok "OK " -- \
   "$BIN" sign --cacerts "$T/cacertsB_trustA" --spiffe-id "$ID" --out "$T/leafB.pem"
-check "rotation sign-new: leaf B verifies under {A,B}" ok "" -- \
+check "rotation sign-new: leaf B verifies under {A,B}" ok "OK " -- \
   "$BIN" verify --chain "$T/leafB.pem" --roots "$T/cacertsB_trustA/root-cert.pem" --spiffe-id "$ID"
-check "rotation sign-new: leaf A (trust-new) still verifies under {A,B}" ok "" -- \
+check "rotation sign-new: leaf A (trust-new) still verifies under {A,B}" ok "OK " -- \
   "$BIN" verify --chain "$T/leafA2.pem" --roots "$T/cacertsB_trustA/root-cert.pem" --spiffe-id "$ID"
-check "rotation retire-old: signed by B, root-cert.pem {B} accepted" ok "" -- \
+check "rotation retire-old: signed by B, root-cert.pem {B} accepted" ok "OK " -- \
   "$BIN" sign --cacerts "$T/cacertsB" --spiffe-id "$ID" --out "$T/leafB2.pem"
 check "rotation retire-old: leaf A rejected under {B}" fail "unknown authority" -- \
   "$BIN" verify --chain "$T/leafA2.pem" --roots "$T/cacertsB/root-cert.pem"

@@ -142,6 +142,7 @@ async fn a_cluster_cannot_act_for_another_cluster() {
         .add_cluster(proto::AddClusterRequest {
             name: "sneaky".into(),
             token_ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -227,6 +228,7 @@ async fn an_expired_join_token_is_refused() {
         .add_cluster(proto::AddClusterRequest {
             name: "east".into(),
             token_ttl_seconds: 1,
+            ..Default::default()
         })
         .await
         .unwrap()

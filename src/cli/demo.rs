@@ -206,6 +206,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .add_cluster(proto::AddClusterRequest {
                     name: cluster.to_string(),
                     token_ttl_seconds: 600,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?

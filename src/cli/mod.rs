@@ -175,9 +175,9 @@ pub struct AgentArgs {
 /// `cluster` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Register a cluster and print its one-time join token.
+    /// Register a cluster and print its one-time join token (or, with --kubeconfig, push mode).
     #[command(
-        after_help = "Examples:\n  trustplane cluster add east\n  trustplane cluster add west --token-ttl 15m -o json"
+        after_help = "Examples:\n  trustplane cluster add east\n  trustplane cluster add west --token-ttl 15m -o json\n  # push mode: no agent; the server writes the cluster's cacerts Secret itself\n  trustplane cluster add edge --kubeconfig edge.kubeconfig --namespace istio-system"
     )]
     Add {
         /// Cluster name (DNS label).
@@ -185,6 +185,15 @@ pub enum ClusterCommand {
         /// Join token lifetime.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         token_ttl: Duration,
+        /// Push mode: kubeconfig the server uses to write this cluster's cacerts (sealed at rest).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Push mode: namespace of the cacerts Secret.
+        #[arg(long, default_value = "istio-system")]
+        namespace: String,
+        /// Push mode: Secret format, istio (four cacerts keys) or tls (kubernetes.io/tls).
+        #[arg(long, default_value = "istio")]
+        secret_format: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
@@ -585,18 +594,42 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Add {
             name,
             token_ttl,
+            kubeconfig,
+            namespace,
+            secret_format,
             output,
             connection,
         } => {
+            let kubeconfig_text = match &kubeconfig {
+                Some(path) => Zeroizing::new(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?,
+                ),
+                None => Zeroizing::new(String::new()),
+            };
             let mut client = AdminServiceClient::new(connection.connect().await?);
             let response = client
                 .add_cluster(proto::AddClusterRequest {
                     name: name.clone(),
                     token_ttl_seconds: token_ttl.as_secs(),
+                    kubeconfig: kubeconfig_text.to_string(),
+                    namespace: namespace.clone(),
+                    secret_format: secret_format.clone(),
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if kubeconfig.is_some() {
+                if output == Format::Json {
+                    let json = serde_json::json!({"cluster": name, "mode": "push", "namespace": namespace, "secret_format": secret_format});
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                } else {
+                    println!(
+                        "cluster {name} registered in push mode: the server writes Secret {namespace}/cacerts ({secret_format} format) itself.\nWatch it with: trustplane cluster list"
+                    );
+                }
+                return Ok(());
+            }
             if output == Format::Json {
                 let json = serde_json::json!({
                     "cluster": name,

@@ -83,6 +83,8 @@ pub struct Authority {
     control_plane_key: PrivateKey,
     clock: Arc<dyn Clock>,
     bundle: watch::Sender<Arc<PublishedBundle>>,
+    kek: Kek,
+    clusters_changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Authority {
@@ -199,7 +201,117 @@ impl Authority {
             control_plane_key,
             clock,
             bundle: sender,
+            kek: kek.clone(),
+            clusters_changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The clock the authority reads.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// Resolves when a cluster was added or removed (push mode reacts).
+    pub async fn clusters_changed(&self) {
+        self.clusters_changed.notified().await;
+    }
+
+    /// Registers a push-mode cluster: the server writes its cacerts Secret
+    /// through `kubeconfig` (sealed at rest). No join token is issued.
+    pub fn add_push_cluster(
+        &self,
+        name: &str,
+        kubeconfig: &str,
+        namespace: &str,
+        secret_format: &str,
+    ) -> Result<(), ServerError> {
+        validate_cluster_name(name)?;
+        if kubeconfig.len() > 256 * 1024 {
+            return Err(ServerError::InvalidArgument(
+                "kubeconfig larger than 256 KiB".into(),
+            ));
+        }
+        kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|error| {
+            ServerError::InvalidArgument(format!("the kubeconfig does not parse: {error}"))
+        })?;
+        let namespace = if namespace.is_empty() {
+            "istio-system"
+        } else {
+            namespace
+        };
+        validate_cluster_name(namespace).map_err(|_| {
+            ServerError::InvalidArgument(format!(
+                "namespace {namespace:?} is not a valid Kubernetes namespace name"
+            ))
+        })?;
+        let secret_format = match secret_format {
+            "" | "istio" => "istio",
+            "tls" => "tls",
+            other => {
+                return Err(ServerError::InvalidArgument(format!(
+                    "secret format {other:?}: use \"istio\" (four cacerts keys) or \"tls\" (kubernetes.io/tls)"
+                )));
+            }
+        };
+        if records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, name)?.is_some()
+        {
+            return Err(ServerError::AlreadyExists(format!(
+                "cluster {name:?} already exists; remove it first with `trustplane cluster remove {name}`"
+            )));
+        }
+        let now = system_time_to_unix(self.clock.now());
+        let secret_name = records::kubeconfig_secret_name(name);
+        let record = ClusterRecord {
+            name: name.to_string(),
+            trust_domain: self.settings.trust_domain.clone(),
+            created_unix: now,
+            enrolled_unix: Some(now),
+            client_cert_serial: None,
+            report: None,
+            push: Some(records::PushTarget {
+                namespace: namespace.to_string(),
+                secret_format: secret_format.to_string(),
+                kubeconfig_secret: secret_name.clone(),
+            }),
+        };
+        let sealed = crate::signer::sealed::seal(&self.kek, &secret_name, kubeconfig.as_bytes())?;
+        let batch = Batch::new()
+            .put_json(Table::Clusters, name, &record, Some(Expect::Absent))?
+            .put(Table::Secrets, &secret_name, sealed, None);
+        self.store.commit(batch)?;
+        self.clusters_changed.notify_waiters();
+        tracing::info!(cluster = name, namespace, "push-mode cluster registered");
+        Ok(())
+    }
+
+    /// Every push-mode cluster with its target.
+    pub fn push_clusters(&self) -> Result<Vec<(String, records::PushTarget)>, ServerError> {
+        Ok(
+            records::list_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters)?
+                .into_iter()
+                .filter_map(|(name, record, _)| record.push.map(|push| (name, push)))
+                .collect(),
+        )
+    }
+
+    /// Unseals a push-mode cluster's kubeconfig.
+    pub fn push_kubeconfig(
+        &self,
+        target: &records::PushTarget,
+    ) -> Result<Zeroizing<String>, ServerError> {
+        let sealed = self
+            .store
+            .get(Table::Secrets, &target.kubeconfig_secret)?
+            .ok_or_else(|| {
+                ServerError::Setup(format!(
+                    "sealed kubeconfig {:?} is missing",
+                    target.kubeconfig_secret
+                ))
+            })?;
+        let plain = unseal(&self.kek, &target.kubeconfig_secret, &sealed.value)?;
+        String::from_utf8(plain.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| ServerError::Setup("sealed kubeconfig is not UTF-8".into()))
     }
 
     /// The trust domain served.
@@ -348,6 +460,7 @@ impl Authority {
                     enrolled_unix: None,
                     client_cert_serial: None,
                     report: None,
+                    push: None,
                 },
                 Expect::Absent,
             ),
@@ -581,11 +694,12 @@ impl Authority {
                 .ok_or_else(|| {
                     ServerError::NotFound(format!("cluster {name:?} is not registered"))
                 })?;
-        self.store.commit(Batch::new().delete(
-            Table::Clusters,
-            name,
-            Some(Expect::Version(version)),
-        ))?;
+        self.store.commit(
+            Batch::new()
+                .delete(Table::Clusters, name, Some(Expect::Version(version)))
+                .delete(Table::Secrets, records::kubeconfig_secret_name(name), None),
+        )?;
+        self.clusters_changed.notify_waiters();
         tracing::info!(cluster = name, "cluster removed");
         Ok(())
     }
@@ -657,6 +771,12 @@ pub fn cluster_status(record: &ClusterRecord) -> proto::ClusterStatus {
         intermediate_not_after_unix: report.intermediate_not_after_unix,
         last_report_unix: report.reported_unix,
         last_error: report.error,
+        mode: if record.push.is_some() {
+            "push"
+        } else {
+            "agent"
+        }
+        .to_string(),
     }
 }
 

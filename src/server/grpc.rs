@@ -173,6 +173,15 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::AddClusterResponse>, Status> {
         require_admin(&self.authority, &request)?;
         let body = request.into_inner();
+        if !body.kubeconfig.is_empty() {
+            self.authority.add_push_cluster(
+                &body.name,
+                &body.kubeconfig,
+                &body.namespace,
+                &body.secret_format,
+            )?;
+            return Ok(Response::new(proto::AddClusterResponse::default()));
+        }
         let ttl = (body.token_ttl_seconds > 0).then(|| Duration::from_secs(body.token_ttl_seconds));
         let (token, expires) = self.authority.add_cluster(&body.name, ttl)?;
         Ok(Response::new(proto::AddClusterResponse {

@@ -36,6 +36,9 @@ const KEK_HELP: &str = "a key-encryption key is 32 random bytes in standard base
     `head -c 32 /dev/urandom | base64`";
 
 /// A 256-bit key-encryption key; wiped on drop, `Debug` prints `[redacted]`.
+/// Cloning copies it into another wiped-on-drop buffer (the server keeps one
+/// to seal push-mode kubeconfigs).
+#[derive(Clone)]
 pub struct Kek(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for Kek {

@@ -76,6 +76,26 @@ pub struct ClusterRecord {
     pub client_cert_serial: Option<String>,
     /// Last status report.
     pub report: Option<ClusterReport>,
+    /// Push mode: the server writes this cluster's cacerts itself.
+    #[serde(default)]
+    pub push: Option<PushTarget>,
+}
+
+/// Where the server writes a push-mode cluster's cacerts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushTarget {
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Secret format: `istio` or `tls`.
+    pub secret_format: String,
+    /// Name of the sealed kubeconfig in [`Table::Secrets`].
+    pub kubeconfig_secret: String,
+}
+
+/// Name of a push-mode cluster's sealed kubeconfig in [`Table::Secrets`].
+pub fn kubeconfig_secret_name(cluster: &str) -> String {
+    format!("kubeconfig/{cluster}")
 }
 
 /// What an issued certificate is for.

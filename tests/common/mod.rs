@@ -156,6 +156,7 @@ impl TestServer {
             .add_cluster(proto::AddClusterRequest {
                 name: name.into(),
                 token_ttl_seconds: 0,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -43,6 +43,9 @@ pub enum ServerError {
     /// The server is not initialised or its state is inconsistent.
     #[error("{0}")]
     Setup(String),
+    /// Writing a push-mode cluster's cacerts failed.
+    #[error("push: {0}")]
+    Push(String),
 }
 
 impl From<CaError> for ServerError {
@@ -81,6 +84,7 @@ impl ServerError {
             ServerError::Store(_) => "store",
             ServerError::Signer(_) => "signer",
             ServerError::Setup(_) => "setup",
+            ServerError::Push(_) => "push",
         }
     }
 }
@@ -104,7 +108,10 @@ impl From<ServerError> for tonic::Status {
             ServerError::NotFound(_) => Code::NotFound,
             ServerError::AlreadyExists(_) => Code::AlreadyExists,
             ServerError::Store(StoreError::Conflict { .. }) => Code::Aborted,
-            ServerError::Store(_) | ServerError::Signer(_) | ServerError::Setup(_) => {
+            ServerError::Store(_)
+            | ServerError::Signer(_)
+            | ServerError::Setup(_)
+            | ServerError::Push(_) => {
                 Code::Internal
             }
         };

@@ -282,6 +282,7 @@ mod tests {
             root_cert_pem: format!(
                 "-----BEGIN CERTIFICATE-----\n{marker}\n-----END CERTIFICATE-----\nroot\n"
             ),
+            bundle_version: 1,
         }
     }
 

@@ -1,10 +1,12 @@
-//! The agent's control-plane identity: the files in the identity directory,
-//! join-token parsing, and the TLS channels built from them.
+//! The agent's control-plane identity: the [`IdentityStore`] seam (files in
+//! an identity directory here, a Kubernetes Secret in `kube.rs`, memory for
+//! tests), join-token parsing, and the TLS channels built from an identity.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tonic::transport::{
@@ -22,6 +24,8 @@ pub(crate) const SERVER_CA_FILE: &str = "server-ca.pem";
 pub(crate) const CLIENT_CERT_FILE: &str = "client.pem";
 /// File holding the agent's client key (mode 0600).
 pub(crate) const CLIENT_KEY_FILE: &str = "client-key.pem";
+/// File holding the server URL used at enrollment (optional).
+pub(crate) const SERVER_FILE: &str = "server";
 
 /// The prefix of every join token this agent understands.
 const JOIN_TOKEN_PREFIX: &str = "tp1";
@@ -31,38 +35,194 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The agent's mTLS identity as stored in the identity directory.
-#[derive(Clone)]
-pub(crate) struct ClientIdentity {
+/// The agent's enrollment identity: what it needs to talk mTLS to the
+/// server after the one-time join token is spent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
     /// The cluster this agent acts for.
-    pub(crate) cluster: String,
-    /// The control-plane CA, PEM.
-    pub(crate) server_ca_pem: String,
+    pub cluster: String,
+    /// The control-plane CA, PEM (verifies the server).
+    pub server_ca_pem: String,
     /// The client certificate, PEM.
-    pub(crate) client_cert_pem: String,
-    /// The client key, PKCS#8 PEM.
-    pub(crate) client_key_pem: Zeroizing<String>,
+    pub client_cert_pem: String,
+    /// The client key, PKCS#8 PEM (never printed).
+    pub client_key_pem: Zeroizing<String>,
+    /// The server URL used at enrollment (`None` for identities saved
+    /// before it was recorded); lets a restarted agent find its server.
+    pub server: Option<String>,
 }
 
 impl std::fmt::Debug for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientIdentity")
             .field("cluster", &self.cluster)
+            .field("server", &self.server)
             .field("client_key_pem", &format_args!("[redacted]"))
             .finish_non_exhaustive()
     }
 }
 
-/// What the identity directory holds.
+/// What an identity store holds.
 #[derive(Debug)]
-pub(crate) enum StoredIdentity {
-    /// All four files.
+pub enum StoredIdentity {
+    /// A whole identity.
     Complete(ClientIdentity),
-    /// None of them.
+    /// Nothing.
     Absent,
-    /// Some but not all (e.g. an enrollment interrupted while saving);
-    /// the names of the missing files.
+    /// Some parts but not all (e.g. an enrollment interrupted while saving);
+    /// the names of the missing parts (`cluster`, `server-ca.pem`,
+    /// `client.pem`, `client-key.pem`).
     Incomplete(Vec<&'static str>),
+}
+
+/// Where the agent keeps its enrollment identity: files in a directory
+/// ([`FileIdentityStore`]), a Kubernetes Secret
+/// ([`super::KubernetesIdentityStore`]), or memory for tests
+/// ([`MemoryIdentityStore`]). Implementations never log the client key.
+#[async_trait::async_trait]
+pub trait IdentityStore: Send + Sync {
+    /// Human-readable location, e.g. "directory /var/lib/trustplane".
+    fn describe(&self) -> String;
+
+    /// Problems with the store's own settings, reported together with the
+    /// rest of the agent configuration (none by default).
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// What the store holds now.
+    ///
+    /// Errors: the store cannot be read ([`AgentError::IdentityIo`],
+    /// [`AgentError::IdentitySecret`]).
+    async fn load(&self) -> Result<StoredIdentity, AgentError>;
+
+    /// Checks that [`IdentityStore::save`] can succeed, before a one-time
+    /// join token is spent on an identity that could not be kept.
+    ///
+    /// Errors: as for `save`.
+    async fn prepare(&self) -> Result<(), AgentError>;
+
+    /// Saves `identity` as a whole, replacing any earlier or partial one.
+    ///
+    /// Errors: the store cannot be written.
+    async fn save(&self, identity: &ClientIdentity) -> Result<(), AgentError>;
+}
+
+/// The identity as files in a directory: `cluster`, `server-ca.pem`,
+/// `client.pem`, `client-key.pem` (0600) and `server`.
+#[derive(Clone, Debug)]
+pub struct FileIdentityStore {
+    dir: PathBuf,
+}
+
+impl FileIdentityStore {
+    /// A store in `dir` (created 0700 on the first save if missing).
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(AgentError::Background)?
+}
+
+#[async_trait::async_trait]
+impl IdentityStore for FileIdentityStore {
+    fn describe(&self) -> String {
+        format!("directory {}", self.dir.display())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        if self.dir.as_os_str().is_empty() {
+            vec!["identity directory must be set".to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    async fn load(&self) -> Result<StoredIdentity, AgentError> {
+        let dir = self.dir.clone();
+        blocking(move || load_identity(&dir)).await
+    }
+
+    async fn prepare(&self) -> Result<(), AgentError> {
+        let dir = self.dir.clone();
+        blocking(move || prepare_identity_dir(&dir)).await
+    }
+
+    async fn save(&self, identity: &ClientIdentity) -> Result<(), AgentError> {
+        let dir = self.dir.clone();
+        let identity = identity.clone();
+        blocking(move || save_identity(&dir, &identity)).await
+    }
+}
+
+/// An identity kept in memory, for tests; counts saves.
+#[derive(Debug, Default)]
+pub struct MemoryIdentityStore {
+    state: Mutex<(Option<ClientIdentity>, usize)>,
+}
+
+impl MemoryIdentityStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store holding `identity` (not counted as a save).
+    pub fn with_identity(identity: ClientIdentity) -> Self {
+        Self {
+            state: Mutex::new((Some(identity), 0)),
+        }
+    }
+
+    /// The identity held now.
+    pub fn identity(&self) -> Option<ClientIdentity> {
+        self.lock().0.clone()
+    }
+
+    /// How many times [`IdentityStore::save`] was called.
+    pub fn saves(&self) -> usize {
+        self.lock().1
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<ClientIdentity>, usize)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl IdentityStore for MemoryIdentityStore {
+    fn describe(&self) -> String {
+        "memory".to_string()
+    }
+
+    async fn load(&self) -> Result<StoredIdentity, AgentError> {
+        Ok(match self.identity() {
+            Some(identity) => StoredIdentity::Complete(identity),
+            None => StoredIdentity::Absent,
+        })
+    }
+
+    async fn prepare(&self) -> Result<(), AgentError> {
+        Ok(())
+    }
+
+    async fn save(&self, identity: &ClientIdentity) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        state.0 = Some(identity.clone());
+        state.1 += 1;
+        Ok(())
+    }
 }
 
 /// The cluster named by a join token `tp1.<cluster>.<secret>`.
@@ -99,6 +259,9 @@ fn read_optional(path: &Path) -> Result<Option<String>, AgentError> {
 
 /// Reads the identity directory (blocking).
 pub(crate) fn load_identity(dir: &Path) -> Result<StoredIdentity, AgentError> {
+    let server = read_optional(&dir.join(SERVER_FILE))?
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty());
     let cluster = read_optional(&dir.join(CLUSTER_FILE))?;
     let server_ca_pem = read_optional(&dir.join(SERVER_CA_FILE))?;
     let client_cert_pem = read_optional(&dir.join(CLIENT_CERT_FILE))?;
@@ -121,6 +284,7 @@ pub(crate) fn load_identity(dir: &Path) -> Result<StoredIdentity, AgentError> {
                 server_ca_pem,
                 client_cert_pem,
                 client_key_pem,
+                server,
             }))
         }
         (None, None, None, None) => Ok(StoredIdentity::Absent),
@@ -161,6 +325,9 @@ pub(crate) fn prepare_identity_dir(dir: &Path) -> Result<(), AgentError> {
 /// `cluster` file means a complete identity (blocking).
 pub(crate) fn save_identity(dir: &Path, identity: &ClientIdentity) -> Result<(), AgentError> {
     prepare_identity_dir(dir)?;
+    if let Some(server) = &identity.server {
+        write_atomically(dir, SERVER_FILE, format!("{server}\n").as_bytes(), 0o644)?;
+    }
     write_atomically(
         dir,
         CLIENT_KEY_FILE,
@@ -271,6 +438,7 @@ mod tests {
             server_ca_pem: "ca pem".into(),
             client_cert_pem: "cert pem".into(),
             client_key_pem: Zeroizing::new("key pem".into()),
+            server: Some("https://trustplane.example:8443".into()),
         }
     }
 
@@ -317,6 +485,10 @@ mod tests {
         assert_eq!(loaded.server_ca_pem, "ca pem");
         assert_eq!(loaded.client_cert_pem, "cert pem");
         assert_eq!(loaded.client_key_pem.as_str(), "key pem");
+        assert_eq!(
+            loaded.server.as_deref(),
+            Some("https://trustplane.example:8443")
+        );
         let mode = |name: &str| fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(CLIENT_KEY_FILE), 0o600);
         assert_eq!(
@@ -347,6 +519,50 @@ mod tests {
         let text = format!("{:?}", identity());
         assert!(text.contains("east") && text.contains("[redacted]"));
         assert!(!text.contains("key pem"));
+    }
+
+    #[test]
+    fn an_identity_without_a_server_file_loads_without_a_server() {
+        let temp = tempfile::tempdir().unwrap();
+        let mut saved = identity();
+        saved.server = None;
+        save_identity(temp.path(), &saved).unwrap();
+        assert!(!temp.path().join(SERVER_FILE).exists());
+        let StoredIdentity::Complete(loaded) = load_identity(temp.path()).unwrap() else {
+            panic!("identity not complete");
+        };
+        assert_eq!(loaded, saved);
+    }
+
+    #[tokio::test]
+    async fn file_store_round_trips_and_reports_an_empty_path() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = FileIdentityStore::new(temp.path().join("identity"));
+        assert!(store.problems().is_empty());
+        assert!(matches!(
+            store.load().await.unwrap(),
+            StoredIdentity::Absent
+        ));
+        store.prepare().await.unwrap();
+        store.save(&identity()).await.unwrap();
+        let StoredIdentity::Complete(loaded) = store.load().await.unwrap() else {
+            panic!("identity not complete");
+        };
+        assert_eq!(loaded, identity());
+        let empty = FileIdentityStore::new(PathBuf::new());
+        assert_eq!(empty.problems(), vec!["identity directory must be set"]);
+    }
+
+    #[tokio::test]
+    async fn memory_store_counts_saves() {
+        let store = MemoryIdentityStore::new();
+        assert!(matches!(
+            store.load().await.unwrap(),
+            StoredIdentity::Absent
+        ));
+        store.save(&identity()).await.unwrap();
+        assert_eq!(store.saves(), 1);
+        assert_eq!(store.identity(), Some(identity()));
     }
 
     #[tokio::test]

@@ -4,12 +4,17 @@
 //! trust bundle, renews before expiry, and keeps Istio's `cacerts` current
 //! through a [`ClusterSink`] with one atomic write per change.
 //!
-//! It owns the loop and its I/O; certificate work is delegated to
-//! [`crate::ca`], and the server decides every certificate field.
-//! The intermediate key never leaves this process except into the sink.
+//! It owns the loop and its I/O: the sinks (directory, Kubernetes Secret),
+//! the identity stores (directory, Kubernetes Secret), leader election
+//! among replicas and the health endpoints. Certificate work is delegated
+//! to [`crate::ca`], and the server decides every certificate field. The
+//! intermediate key never leaves this process except into the sink.
 
 mod directory;
+mod health;
 mod identity;
+mod kube;
+mod leader;
 pub mod sink;
 mod timing;
 
@@ -27,9 +32,21 @@ use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
 use crate::proto::{
     Bundle, EnrollRequest, ReportStatusRequest, SignIntermediateRequest, WatchBundleRequest,
 };
-use identity::{ClientIdentity, StoredIdentity};
 use timing::Backoff;
 
+pub use self::kube::{
+    BUNDLE_VERSION_ANNOTATION, DEFAULT_NAMESPACE, DEFAULT_SECRET_NAME, IDENTITY_SECRET_NAME,
+    INTERMEDIATE_SERIAL_ANNOTATION, KubernetesError, KubernetesIdentityStore, KubernetesSink,
+    KubernetesSinkOptions, MANAGED_BY_LABEL, MANAGER, SecretFormat, connect,
+};
+pub use health::serve_health;
+pub use identity::{
+    ClientIdentity, FileIdentityStore, IdentityStore, MemoryIdentityStore, StoredIdentity,
+};
+pub use leader::{
+    DEFAULT_LEASE_DURATION, DEFAULT_LEASE_NAME, LeaseOptions, run_with_leader_election,
+    spawn_with_leader_election, unique_holder_id,
+};
 pub use sink::{CacertsMaterial, ClusterSink, DirectorySink, MemorySink, SinkError};
 
 /// How often the agent reports its state even when nothing changed.
@@ -47,13 +64,16 @@ pub struct AgentConfig {
     /// The trustplane server, e.g. `https://127.0.0.1:8443` (TLS only).
     pub server: String,
     /// The control-plane CA (PEM) that verifies the server. Required for the
-    /// first enrollment; afterwards read from the identity directory.
+    /// first enrollment; afterwards read from the identity store.
     pub server_ca_pem: Option<String>,
     /// One-time join token `tp1.<cluster>.<secret>`; only used when the
-    /// identity directory holds no identity yet. Never printed.
+    /// identity store holds no identity yet. Never printed.
     pub join_token: Option<zeroize::Zeroizing<String>>,
-    /// Directory holding `cluster`, `server-ca.pem`, `client.pem` and
-    /// `client-key.pem` (0600).
+    /// Directory holding `cluster`, `server-ca.pem`, `client.pem`,
+    /// `client-key.pem` (0600) and `server`: the identity store of [`spawn`]
+    /// and [`run`]. Ignored by the entry points that take an
+    /// [`IdentityStore`] ([`spawn_with_identity`], [`run_with_identity`],
+    /// [`run_with_leader_election`]).
     pub identity_dir: PathBuf,
     /// Algorithm of the intermediate CA key (ECDSA only: ring cannot
     /// generate RSA keys).
@@ -81,10 +101,20 @@ impl AgentConfig {
         }
     }
 
-    /// Checks the whole config and reports every problem at once.
+    /// Checks the whole config and reports every problem at once (the
+    /// identity store's own settings are checked when the agent starts).
     ///
     /// Errors: [`AgentError::InvalidConfig`].
     pub fn validate(&self) -> Result<(), AgentError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(AgentError::InvalidConfig(problems.join("; ")))
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if !self.server.starts_with("https://") {
             problems.push(format!(
@@ -114,14 +144,7 @@ impl AgentConfig {
                     .to_string(),
             );
         }
-        if self.identity_dir.as_os_str().is_empty() {
-            problems.push("identity directory must be set".to_string());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(AgentError::InvalidConfig(problems.join("; ")))
-        }
+        problems
     }
 }
 
@@ -158,6 +181,30 @@ pub struct AgentStatus {
     pub intermediate_not_after_unix: i64,
     /// The last error met, cleared by the next success.
     pub last_error: Option<String>,
+    /// With leader election: whether this replica leads (and runs the agent
+    /// loop). `None` without leader election.
+    pub leader: Option<bool>,
+}
+
+impl AgentStatus {
+    /// Whether the agent is ready: a replica that does not lead is; one that
+    /// runs the loop is once a trust bundle is applied and while no error is
+    /// current.
+    ///
+    /// Errors: the reason it is not ready (the current error's text, or that
+    /// nothing is applied yet).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.leader == Some(false) {
+            return Ok(());
+        }
+        if let Some(error) = &self.last_error {
+            return Err(error.clone());
+        }
+        if self.applied_bundle_version == 0 {
+            return Err("no trust bundle applied yet".to_string());
+        }
+        Ok(())
+    }
 }
 
 /// A running agent started by [`spawn`].
@@ -173,32 +220,74 @@ pub struct AgentHandle {
 
 impl AgentHandle {
     /// Asks the agent to stop. It ends promptly, also while waiting for a
-    /// retry or for the next bundle; a sink write already under way finishes.
+    /// retry or for the next bundle; a sink write already under way finishes
+    /// (a Kubernetes write may be abandoned: the API server applies a write
+    /// whole or not at all). With leader election the lease is released.
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// A receiver that becomes `true` once [`AgentHandle::stop`] is called,
+    /// e.g. for [`serve_health`] to end with the agent.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 }
 
 /// Starts the agent on the current Tokio runtime (must be called from
-/// within one).
+/// within one), with its identity in `config.identity_dir`.
 pub fn spawn(config: AgentConfig, sink: Arc<dyn ClusterSink>) -> AgentHandle {
+    let identity = Arc::new(FileIdentityStore::new(config.identity_dir.clone()));
+    spawn_with_identity(config, identity, sink)
+}
+
+/// Starts the agent on the current Tokio runtime (must be called from
+/// within one), with its identity in `identity`.
+pub fn spawn_with_identity(
+    config: AgentConfig,
+    identity: Arc<dyn IdentityStore>,
+    sink: Arc<dyn ClusterSink>,
+) -> AgentHandle {
     let (status_sender, status) = watch::channel(AgentStatus::default());
     let (stop, stop_receiver) = watch::channel(false);
-    let task = tokio::spawn(run(config, sink, status_sender, stop_receiver));
+    let task = tokio::spawn(run_with_identity(
+        config,
+        identity,
+        sink,
+        status_sender,
+        stop_receiver,
+    ));
     AgentHandle { status, task, stop }
 }
 
+/// Runs the agent, with its identity in `config.identity_dir`, until `stop`
+/// becomes `true` (then `Ok(())`) or a problem that retrying cannot fix;
+/// see [`run_with_identity`].
+///
+/// Errors: as [`run_with_identity`].
+pub async fn run(
+    config: AgentConfig,
+    sink: Arc<dyn ClusterSink>,
+    status: watch::Sender<AgentStatus>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let identity = Arc::new(FileIdentityStore::new(config.identity_dir.clone()));
+    run_with_identity(config, identity, sink, status, stop).await
+}
+
 /// Runs the agent until `stop` becomes `true` (then `Ok(())`) or a problem
-/// that retrying cannot fix. Network problems are retried with capped
-/// exponential backoff; `status` is updated after every change and error.
-/// If the `stop` sender is dropped without sending `true`, the agent runs on.
+/// that retrying cannot fix. Network, API server and sink problems (a
+/// foreign `cacerts` Secret included) are retried with capped exponential
+/// backoff; `status` is updated after every change and error. If the `stop`
+/// sender is dropped without sending `true`, the agent runs on.
 ///
 /// Errors: [`AgentError::InvalidConfig`], [`AgentError::NoIdentity`],
 /// [`AgentError::IncompleteIdentity`], [`AgentError::MissingServerCa`],
 /// [`AgentError::InvalidJoinToken`], [`AgentError::EnrollmentRefused`], and
-/// local failures while enrolling (identity directory, key generation).
-pub async fn run(
+/// failures of the identity store or key generation while enrolling.
+pub async fn run_with_identity(
     config: AgentConfig,
+    identity: Arc<dyn IdentityStore>,
     sink: Arc<dyn ClusterSink>,
     status: watch::Sender<AgentStatus>,
     mut stop: watch::Receiver<bool>,
@@ -209,14 +298,19 @@ pub async fn run(
             tracing::info!("agent stopped");
             Ok(())
         }
-        result = run_until_fatal(config, sink, &status) => result,
+        result = run_until_fatal(config, identity, sink, &status) => result,
     };
     if let Err(error) = &result {
-        let text = error_text(error);
-        tracing::error!(error = %text, "agent cannot continue");
-        status.send_modify(|current| current.last_error = Some(text));
+        record_fatal(&status, error);
     }
     result
+}
+
+/// Logs a fatal error and shows it in `status`.
+fn record_fatal(status: &watch::Sender<AgentStatus>, error: &AgentError) {
+    let text = error_text(error);
+    tracing::error!(error = %text, "agent cannot continue");
+    status.send_modify(|current| current.last_error = Some(text));
 }
 
 async fn stop_requested(stop: &mut watch::Receiver<bool>) {
@@ -233,16 +327,22 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
 
 async fn run_until_fatal(
     config: AgentConfig,
+    store: Arc<dyn IdentityStore>,
     sink: Arc<dyn ClusterSink>,
     status: &watch::Sender<AgentStatus>,
 ) -> Result<(), AgentError> {
-    config.validate()?;
-    let identity = obtain_identity(&config, status).await?;
+    let mut problems = config.problems();
+    problems.extend(store.problems());
+    if !problems.is_empty() {
+        return Err(AgentError::InvalidConfig(problems.join("; ")));
+    }
+    let identity = obtain_identity(&config, store.as_ref(), status).await?;
     status.send_modify(|current| current.cluster.clone_from(&identity.cluster));
     let channel = identity::mtls_channel(&config.server, &identity)?;
     tracing::info!(
         cluster = %identity.cluster,
         server = %config.server,
+        identity = %store.describe(),
         sink = %sink.describe(),
         "agent started"
     );
@@ -265,24 +365,22 @@ pub enum AgentError {
     /// The configuration cannot work; the message lists every problem.
     #[error("invalid agent configuration: {0}")]
     InvalidConfig(String),
-    /// No identity on disk and no join token to enroll with.
+    /// No identity stored and no join token to enroll with.
     #[error(
-        "no agent identity in {} and no join token: pass the join token printed by `trustplane cluster add <name>`",
-        dir.display()
+        "no agent identity in {location} and no join token: pass the join token printed by `trustplane cluster add <name>`"
     )]
     NoIdentity {
-        /// The identity directory.
-        dir: PathBuf,
+        /// Where the identity was looked for, e.g. "directory /var/lib/trustplane".
+        location: String,
     },
-    /// Some identity files exist but not all, and there is no join token.
+    /// Some parts of the identity exist but not all, and there is no join token.
     #[error(
-        "the agent identity in {} is incomplete (missing {missing}); {NEW_TOKEN_ADVICE} and pass it to enroll again",
-        dir.display()
+        "the agent identity in {location} is incomplete (missing {missing}); {NEW_TOKEN_ADVICE} and pass it to enroll again"
     )]
     IncompleteIdentity {
-        /// The identity directory.
-        dir: PathBuf,
-        /// The missing file names.
+        /// Where the identity is stored.
+        location: String,
+        /// The missing parts (file or Secret key names).
         missing: String,
     },
     /// Enrollment needs the control-plane CA to verify the server.
@@ -298,6 +396,19 @@ pub enum AgentError {
     EnrollmentRefused {
         /// The server's explanation.
         message: String,
+    },
+    /// Reading or writing the identity Secret failed.
+    #[error("could not {action} the identity Secret {namespace}/{name}")]
+    IdentitySecret {
+        /// What was being done, e.g. "read", "replace".
+        action: &'static str,
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// What the API said.
+        #[source]
+        source: KubernetesError,
     },
     /// Reading or writing the identity directory failed.
     #[error("could not {action} {}", path.display())]
@@ -394,14 +505,6 @@ async fn call<T>(
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
-) -> Result<T, AgentError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(AgentError::Background)?
-}
-
 /// Whether a gRPC code on `Enroll` means the token will never work.
 fn enrollment_refused(code: tonic::Code) -> bool {
     matches!(
@@ -413,14 +516,15 @@ fn enrollment_refused(code: tonic::Code) -> bool {
     )
 }
 
-/// Loads the identity, or enrolls with the join token and saves it.
+/// Loads the identity (recording a new server URL in it), or enrolls with
+/// the join token and saves it.
 async fn obtain_identity(
     config: &AgentConfig,
+    store: &dyn IdentityStore,
     status: &watch::Sender<AgentStatus>,
 ) -> Result<ClientIdentity, AgentError> {
-    let dir = config.identity_dir.clone();
-    match blocking(move || identity::load_identity(&dir)).await? {
-        StoredIdentity::Complete(identity) => {
+    match store.load().await? {
+        StoredIdentity::Complete(mut identity) => {
             if let Some(token) = &config.join_token
                 && identity::join_token_cluster(token)
                     .is_ok_and(|cluster| cluster != identity.cluster)
@@ -430,18 +534,29 @@ async fn obtain_identity(
                     "ignoring the join token: it names another cluster and an identity already exists"
                 );
             }
+            if identity.server.as_deref() != Some(config.server.as_str()) {
+                identity.server = Some(config.server.clone());
+                // Only a convenience for the next start: the identity works without it.
+                if let Err(error) = store.save(&identity).await {
+                    tracing::warn!(
+                        identity = %store.describe(),
+                        error = %error_text(&error),
+                        "could not record the server URL with the identity"
+                    );
+                }
+            }
             return Ok(identity);
         }
         StoredIdentity::Absent => {}
         StoredIdentity::Incomplete(missing) => {
             if config.join_token.is_none() {
                 return Err(AgentError::IncompleteIdentity {
-                    dir: config.identity_dir.clone(),
+                    location: store.describe(),
                     missing: missing.join(", "),
                 });
             }
             tracing::warn!(
-                dir = %config.identity_dir.display(),
+                identity = %store.describe(),
                 missing = %missing.join(", "),
                 "the identity is incomplete; enrolling again with the join token"
             );
@@ -451,7 +566,7 @@ async fn obtain_identity(
         .join_token
         .as_ref()
         .ok_or_else(|| AgentError::NoIdentity {
-            dir: config.identity_dir.clone(),
+            location: store.describe(),
         })?;
     let cluster = identity::join_token_cluster(token)?.to_string();
     let server_ca_pem = config
@@ -461,9 +576,8 @@ async fn obtain_identity(
     Certificate::parse_pem_chain(&server_ca_pem)
         .map_err(certificate_error("the server CA is not a PEM certificate"))?;
     status.send_modify(|current| current.cluster.clone_from(&cluster));
-    // Fail on an unwritable directory before the one-time token is spent.
-    let dir = config.identity_dir.clone();
-    blocking(move || identity::prepare_identity_dir(&dir)).await?;
+    // Fail on an unwritable store before the one-time token is spent.
+    store.prepare().await?;
 
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)
         .map_err(certificate_error("could not generate the client key"))?;
@@ -514,15 +628,14 @@ async fn obtain_identity(
         server_ca_pem,
         client_cert_pem: response.client_cert_pem,
         client_key_pem: key.to_pkcs8_pem(),
+        server: Some(config.server.clone()),
     };
-    let dir = config.identity_dir.clone();
-    let saved = identity.clone();
-    blocking(move || identity::save_identity(&dir, &saved)).await?;
+    store.save(&identity).await?;
     status.send_modify(|current| current.last_error = None);
     tracing::info!(
         cluster = %identity.cluster,
         trust_domain = %response.trust_domain,
-        dir = %config.identity_dir.display(),
+        identity = %store.describe(),
         "enrolled; identity saved"
     );
     Ok(identity)
@@ -904,6 +1017,7 @@ impl Agent<'_> {
             ca_key_pem,
             cert_chain_pem,
             root_cert_pem,
+            bundle_version: 0,
         };
         let applied = match Applied::new(material, 0, self.config.renew_fraction) {
             Ok(applied) => applied,
@@ -941,6 +1055,7 @@ impl Agent<'_> {
         if applied.material.root_cert_pem != bundle.root_cert_pem {
             let mut material = applied.material.clone();
             material.root_cert_pem.clone_from(&bundle.root_cert_pem);
+            material.bundle_version = bundle.version;
             check_and_write(self.sink.as_ref(), &material, now).await?;
             applied.material = material;
         }
@@ -985,6 +1100,7 @@ impl Agent<'_> {
             ca_key_pem: key.to_pkcs8_pem(),
             cert_chain_pem: response.cert_chain_pem,
             root_cert_pem,
+            bundle_version,
         };
         let applied = Applied::new(material, bundle_version, self.config.renew_fraction)?;
         check_and_write(self.sink.as_ref(), &applied.material, now).await?;
@@ -1030,7 +1146,7 @@ impl Agent<'_> {
     }
 
     fn publish_status(&self) {
-        let next = AgentStatus {
+        let mut next = AgentStatus {
             cluster: self.cluster.clone(),
             applied_bundle_version: self
                 .applied
@@ -1046,8 +1162,11 @@ impl Agent<'_> {
                 .as_ref()
                 .map_or(0, |applied| ca::system_time_to_unix(applied.not_after)),
             last_error: self.last_error.clone(),
+            leader: None,
         };
         self.status.send_if_modified(|current| {
+            // Leadership is the election's to publish.
+            next.leader = current.leader;
             if *current == next {
                 false
             } else {

@@ -1,8 +1,8 @@
 //! Where a cluster's `cacerts` go: the [`ClusterSink`] seam, the material
 //! written through it, and the in-memory sink used by tests.
 //!
-//! The directory sink lives in `directory.rs`; a Kubernetes Secret sink is
-//! next. Every sink writes the four files as one atomic change.
+//! The directory sink lives in `directory.rs`, the Kubernetes Secret sink in
+//! `kube.rs`. Every sink writes the four files as one atomic change.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::ca::CacertsFiles;
 
 pub use super::directory::DirectorySink;
+pub use super::kube::{KubernetesError, KubernetesSink};
 
 /// Istio's `ca-cert.pem`.
 pub const CA_CERT_FILE: &str = "ca-cert.pem";
@@ -33,6 +34,11 @@ pub struct CacertsMaterial {
     pub cert_chain_pem: String,
     /// `root-cert.pem`: every root the mesh trusts now.
     pub root_cert_pem: String,
+    /// The trust-bundle version `root_cert_pem` was taken from (0 when not
+    /// known, e.g. for a set adopted from the sink). Sinks may record it;
+    /// the Kubernetes sink writes it as the `trustplane.io/bundle-version`
+    /// annotation.
+    pub bundle_version: u64,
 }
 
 impl std::fmt::Debug for CacertsMaterial {
@@ -51,6 +57,7 @@ impl std::fmt::Debug for CacertsMaterial {
                 "root_cert_pem",
                 &format_args!("{} bytes", self.root_cert_pem.len()),
             )
+            .field("bundle_version", &self.bundle_version)
             .finish()
     }
 }
@@ -97,9 +104,47 @@ pub enum SinkError {
     /// A write was refused on purpose (used by [`MemorySink`] in tests).
     #[error("write refused: {0}")]
     Refused(String),
+    /// The Secret exists but trustplane does not manage it, and taking it
+    /// over was not allowed: neither read as ours nor written.
+    #[error(
+        "Secret {namespace}/{name} exists but is not managed by trustplane (no label {label}={manager}): left untouched; pass --adopt-existing to take it over",
+        label = super::kube::MANAGED_BY_LABEL,
+        manager = super::kube::MANAGER
+    )]
+    Foreign {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+    },
+    /// The existing Secret cannot hold what the sink must write (e.g. an
+    /// immutable Secret, or a `kubernetes.io/tls` Secret for the istio form).
+    #[error("Secret {namespace}/{name} cannot be updated: {reason}")]
+    Incompatible {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A Kubernetes API call failed (refused, unreachable, timed out, or
+    /// conflicting writers on every attempt).
+    #[error("could not {action} Secret {namespace}/{name}")]
+    Kubernetes {
+        /// What was being done, e.g. "read", "replace".
+        action: &'static str,
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// What the API said.
+        #[source]
+        source: KubernetesError,
+    },
 }
 
-/// Where a cluster's `cacerts` go. Directory now; Kubernetes Secret next.
+/// Where a cluster's `cacerts` go: a directory or a Kubernetes Secret.
 #[async_trait::async_trait]
 pub trait ClusterSink: Send + Sync {
     /// Human-readable target, e.g. "directory /etc/cacerts".
@@ -107,6 +152,10 @@ pub trait ClusterSink: Send + Sync {
 
     /// The current contents (`None` if nothing there yet). Files that are
     /// missing are `None` in the result; `check_cacerts` reports them.
+    ///
+    /// Errors: besides I/O, [`SinkError::Foreign`] when the target belongs to
+    /// someone else and may not be taken over (the agent then neither adopts
+    /// nor writes, and retries later).
     async fn read(&self) -> Result<Option<CacertsFiles>, SinkError>;
 
     /// Writes all four files as one atomic change: a reader sees either the
@@ -196,6 +245,7 @@ mod tests {
             ca_key_pem: Zeroizing::new(format!("key {marker}")),
             cert_chain_pem: format!("chain {marker}"),
             root_cert_pem: format!("root {marker}"),
+            bundle_version: 7,
         }
     }
 

@@ -86,6 +86,7 @@ fn write_identity(dir: &std::path::Path, pki: &Pki) {
             server_ca_pem: pki.ca_pem.clone(),
             client_cert_pem: pki.client_cert_pem.clone(),
             client_key_pem: Zeroizing::new(pki.client_key_pem.clone()),
+            server: None,
         },
     )
     .unwrap();
@@ -243,8 +244,8 @@ fn default_config_is_valid_and_debug_hides_the_token() {
     assert!(!text.contains("top-secret"), "{text}");
 }
 
-#[test]
-fn config_validation_reports_every_problem() {
+#[tokio::test]
+async fn config_validation_reports_every_problem() {
     let mut config = AgentConfig::new("http://plain", PathBuf::new());
     config.renew_fraction = 1.5;
     config.max_backoff = Duration::ZERO;
@@ -252,13 +253,18 @@ fn config_validation_reports_every_problem() {
     let Err(AgentError::InvalidConfig(text)) = config.validate() else {
         panic!("expected an invalid config");
     };
-    for needle in [
-        "https://",
-        "renew fraction",
-        "max backoff",
-        "rsa",
-        "identity directory",
-    ] {
+    for needle in ["https://", "renew fraction", "max backoff", "rsa"] {
+        assert!(text.contains(needle), "{needle:?} missing from {text}");
+    }
+    // The identity store's problems are reported with the config's.
+    let (status, _receiver) = watch::channel(AgentStatus::default());
+    let (_stop_sender, stop) = watch::channel(false);
+    let Err(AgentError::InvalidConfig(text)) =
+        run(config, Arc::new(MemorySink::new()), status, stop).await
+    else {
+        panic!("expected an invalid config");
+    };
+    for needle in ["https://", "rsa", "identity directory"] {
         assert!(text.contains(needle), "{needle:?} missing from {text}");
     }
 }

@@ -59,9 +59,9 @@ pub enum Command {
         after_help = "Example:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com"
     )]
     Server(ServerArgs),
-    /// Run a cluster agent that keeps a cacerts directory current.
+    /// Run a cluster agent that keeps Istio's cacerts (Secret or directory) current.
     #[command(
-        after_help = "Examples:\n  # first start: enroll with the token from `trustplane cluster add east`\n  trustplane agent --server https://trustplane.example.com:8443 --server-ca control-plane-ca.pem \\\n      --join-token tp1.east.XXXX --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts\n  # later starts reuse the saved identity\n  trustplane agent --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts"
+        after_help = "Examples:\n  # in a pod: keep the Secret istio-system/cacerts current; identity in a Secret too\n  trustplane agent --server https://trustplane.example.com:8443 --server-ca control-plane-ca.pem \\\n      --join-token tp1.east.XXXX --leader-elect --health-listen 0.0.0.0:8080\n  # Deckhouse: another namespace, kubernetes.io/tls form, take over an existing cacerts Secret\n  trustplane agent --namespace d8-istio --secret-format tls --adopt-existing \\\n      --kubeconfig ~/.kube/east\n  # outside Kubernetes: enroll with the token from `trustplane cluster add east`, write a directory\n  trustplane agent --server https://trustplane.example.com:8443 --server-ca control-plane-ca.pem \\\n      --join-token tp1.east.XXXX --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts\n  # later starts reuse the saved identity\n  trustplane agent --identity-dir /var/lib/trustplane --cacerts-dir /etc/cacerts"
     )]
     Agent(AgentArgs),
     /// Manage clusters (admin).
@@ -149,10 +149,19 @@ pub struct ServerArgs {
     pub kek_file: Option<PathBuf>,
 }
 
+/// Where the agent writes Istio's cacerts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentSink {
+    /// A directory istiod mounts (--cacerts-dir).
+    Directory,
+    /// The Secret <namespace>/cacerts istiod mounts.
+    Kubernetes,
+}
+
 /// `agent` flags.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Server URL [default: the one saved in the identity directory at enrollment].
+    /// Server URL [default: the one saved with the identity at enrollment].
     #[arg(long, env = "TRUSTPLANE_SERVER")]
     pub server: Option<String>,
     /// Control-plane CA certificate to verify the server (needed to enroll).
@@ -161,12 +170,39 @@ pub struct AgentArgs {
     /// One-time join token from `trustplane cluster add` (needed to enroll).
     #[arg(long, env = "TRUSTPLANE_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
-    /// Where the agent keeps its enrollment identity (client key 0600).
+    /// Where the agent keeps its enrollment identity (client key 0600) [default with --sink kubernetes: the Secret <namespace>/trustplane-agent-identity].
     #[arg(long, env = "TRUSTPLANE_IDENTITY_DIR")]
-    pub identity_dir: PathBuf,
-    /// The cacerts directory istiod mounts.
+    pub identity_dir: Option<PathBuf>,
+    /// Where to write the cacerts [default: directory if --cacerts-dir is given, else kubernetes].
+    #[arg(long, value_enum, env = "TRUSTPLANE_SINK")]
+    pub sink: Option<AgentSink>,
+    /// The cacerts directory istiod mounts (--sink directory).
     #[arg(long, env = "TRUSTPLANE_CACERTS_DIR")]
-    pub cacerts_dir: PathBuf,
+    pub cacerts_dir: Option<PathBuf>,
+    /// Namespace of the cacerts Secret, the identity Secret and the leader-election Lease.
+    #[arg(long, env = "TRUSTPLANE_NAMESPACE", default_value = agent::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Keys of the cacerts Secret: istio (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) or tls (tls.crt, tls.key, ca.crt).
+    #[arg(long, env = "TRUSTPLANE_SECRET_FORMAT", default_value = "istio")]
+    pub secret_format: agent::SecretFormat,
+    /// Take over a cacerts Secret that trustplane did not create (its other keys and labels are kept).
+    #[arg(long, env = "TRUSTPLANE_ADOPT_EXISTING")]
+    pub adopt_existing: bool,
+    /// Kubeconfig file [default: the pod's ServiceAccount, else KUBECONFIG or ~/.kube/config].
+    #[arg(long, env = "TRUSTPLANE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Run several replicas: only the holder of the Lease --lease-name works, the others wait.
+    #[arg(long, env = "TRUSTPLANE_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "TRUSTPLANE_LEASE_NAME", default_value = agent::DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// This replica's name in the Lease, a random suffix added [default: trustplane-agent].
+    #[arg(long, env = "POD_NAME")]
+    pub lease_holder: Option<String>,
+    /// Serve /healthz and /readyz on this address, e.g. 0.0.0.0:8080.
+    #[arg(long, env = "TRUSTPLANE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Intermediate key algorithm.
     #[arg(long, default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
     pub key_algorithm: KeyAlgorithm,
@@ -550,40 +586,117 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let saved_server = std::fs::read_to_string(args.identity_dir.join("server")).ok();
-    let server = match (args.server, saved_server) {
-        (Some(server), _) => server,
-        (None, Some(saved)) => saved.trim().to_string(),
-        (None, None) => bail!(
-            "pass --server https://<trustplane>:8443 (no server saved in the identity directory yet)"
-        ),
+    let sink_kind = args.sink.unwrap_or(if args.cacerts_dir.is_some() {
+        AgentSink::Directory
+    } else {
+        AgentSink::Kubernetes
+    });
+    if sink_kind == AgentSink::Directory && args.identity_dir.is_none() {
+        bail!("--sink directory needs --identity-dir <dir> (where the agent keeps its identity)");
+    }
+    let client = if sink_kind == AgentSink::Kubernetes || args.leader_elect {
+        Some(agent::connect(args.kubeconfig.as_deref()).await?)
+    } else {
+        None
     };
-    std::fs::create_dir_all(&args.identity_dir)
-        .with_context(|| format!("cannot create {}", args.identity_dir.display()))?;
-    std::fs::write(args.identity_dir.join("server"), &server)
-        .with_context(|| format!("cannot write {}", args.identity_dir.display()))?;
+    let identity: Arc<dyn agent::IdentityStore> = match (&args.identity_dir, &client) {
+        (Some(dir), _) => Arc::new(agent::FileIdentityStore::new(dir.clone())),
+        (None, Some(client)) => Arc::new(agent::KubernetesIdentityStore::new(
+            client.clone(),
+            &args.namespace,
+        )),
+        (None, None) => bail!("--identity-dir <dir> is needed without Kubernetes"),
+    };
+    let sink: Arc<dyn ClusterSink> = match (sink_kind, &args.cacerts_dir, &client) {
+        (AgentSink::Directory, Some(dir), _) => Arc::new(DirectorySink::new(dir.clone())),
+        (AgentSink::Directory, None, _) => {
+            bail!("--sink directory needs --cacerts-dir <dir> (the directory istiod mounts)")
+        }
+        (AgentSink::Kubernetes, Some(_), _) => {
+            bail!(
+                "--cacerts-dir is for --sink directory; with --sink kubernetes the agent writes the Secret <namespace>/cacerts"
+            )
+        }
+        (AgentSink::Kubernetes, None, Some(client)) => Arc::new(agent::KubernetesSink::new(
+            client.clone(),
+            agent::KubernetesSinkOptions {
+                namespace: args.namespace.clone(),
+                secret_name: agent::DEFAULT_SECRET_NAME.to_string(),
+                format: args.secret_format,
+                adopt_existing: args.adopt_existing,
+            },
+        )),
+        (AgentSink::Kubernetes, None, None) => bail!("no Kubernetes client"),
+    };
+    let saved_server = match &args.server {
+        Some(_) => None,
+        None => match identity.load().await? {
+            agent::StoredIdentity::Complete(saved) => saved.server,
+            _ => None,
+        },
+    };
+    let Some(server) = args.server.or(saved_server) else {
+        bail!(
+            "pass --server https://<trustplane>:8443 (no server saved with the identity in {} yet)",
+            identity.describe()
+        );
+    };
     let config = AgentConfig {
         server,
         server_ca_pem,
         join_token: args.join_token.map(Zeroizing::new),
-        identity_dir: args.identity_dir,
+        identity_dir: args.identity_dir.unwrap_or_default(),
         key_algorithm: args.key_algorithm,
         renew_fraction: 2.0 / 3.0,
         max_backoff: Duration::from_secs(30),
     };
-    let sink: Arc<dyn ClusterSink> = Arc::new(DirectorySink::new(args.cacerts_dir));
-    println!("trustplane agent writing {}", sink.describe());
-    let handle = agent::spawn(config, sink);
-    let mut task = handle.task;
-    tokio::select! {
-        result = &mut task => {
-            result.context("agent task failed")??;
+    println!(
+        "trustplane agent writing {} (identity in {})",
+        sink.describe(),
+        identity.describe()
+    );
+    let mut handle = match (args.leader_elect, client) {
+        (true, Some(client)) => {
+            let mut lease = agent::LeaseOptions::new(client, &args.namespace);
+            lease.name = args.lease_name;
+            if let Some(holder) = &args.lease_holder {
+                lease.holder_id = agent::unique_holder_id(holder);
+            }
+            println!(
+                "competing for the leader Lease {}/{} as {}",
+                lease.namespace, lease.name, lease.holder_id
+            );
+            agent::spawn_with_leader_election(config, identity, sink, lease)
         }
-        _ = shutdown_signal() => {
-            println!("stopping agent");
-            handle.status.has_changed().ok();
-            // The agent stops at its next await point; the task is then joined.
-            task.abort();
+        _ => agent::spawn_with_identity(config, identity, sink),
+    };
+    if let Some(address) = args.health_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on --health-listen {address}"))?;
+        println!("serving /healthz and /readyz on http://{address}");
+        tokio::spawn(agent::serve_health(
+            listener,
+            handle.status.clone(),
+            handle.stop_signal(),
+        ));
+    }
+    let signalled = tokio::select! {
+        result = &mut handle.task => {
+            result.context("agent task failed")??;
+            false
+        }
+        _ = shutdown_signal() => true,
+    };
+    if signalled {
+        println!("stopping agent");
+        handle.stop();
+        // Time to release the leader lease; then stop regardless.
+        if tokio::time::timeout(Duration::from_secs(10), &mut handle.task)
+            .await
+            .is_err()
+        {
+            handle.task.abort();
         }
     }
     Ok(())

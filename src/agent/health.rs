@@ -1,0 +1,99 @@
+//! The agent's health endpoints (axum): `/healthz` answers 200 while the
+//! process serves, `/readyz` follows [`AgentStatus::readiness`]. Kept next
+//! to the agent because readiness is a reading of its status.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::sync::watch;
+
+use super::{AgentStatus, stop_requested};
+
+/// Serves `GET /healthz` (200 `ok`) and `GET /readyz` (200 `ok`, or 503
+/// with the reason: the current error, or that nothing is applied yet) on
+/// `listener` until `stop` becomes `true`.
+///
+/// Errors: the listener fails.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    status: watch::Receiver<AgentStatus>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(status);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop_requested(&mut stop).await })
+        .await
+}
+
+async fn ready(State(status): State<watch::Receiver<AgentStatus>>) -> (StatusCode, String) {
+    let readiness = status.borrow().readiness();
+    match readiness {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get_path(address: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn healthz_is_ok_and_readyz_follows_the_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (status, status_receiver) = watch::channel(AgentStatus::default());
+        let (stop, stop_receiver) = watch::channel(false);
+        let server = tokio::spawn(serve_health(listener, status_receiver, stop_receiver));
+
+        assert!(
+            get_path(address, "/healthz")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        let not_yet = get_path(address, "/readyz").await;
+        assert!(not_yet.starts_with("HTTP/1.1 503"), "{not_yet}");
+        assert!(not_yet.contains("no trust bundle applied yet"), "{not_yet}");
+
+        status.send_modify(|current| current.applied_bundle_version = 2);
+        let ready = get_path(address, "/readyz").await;
+        assert!(
+            ready.starts_with("HTTP/1.1 200") && ready.ends_with("ok\n"),
+            "{ready}"
+        );
+
+        status.send_modify(|current| current.last_error = Some("Secret is foreign".into()));
+        let failing = get_path(address, "/readyz").await;
+        assert!(failing.starts_with("HTTP/1.1 503"), "{failing}");
+        assert!(failing.contains("Secret is foreign"), "{failing}");
+
+        status.send_modify(|current| current.leader = Some(false));
+        assert!(
+            get_path(address, "/readyz")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+
+        stop.send_replace(true);
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -29,7 +29,8 @@ pub mod proto {
 
 pub use agent::{
     AgentConfig, AgentError, AgentHandle, AgentStatus, CacertsMaterial, ClusterSink, DirectorySink,
-    MemorySink, SinkError,
+    IdentityStore, KubernetesIdentityStore, KubernetesSink, KubernetesSinkOptions, LeaseOptions,
+    MemorySink, SecretFormat, SinkError,
 };
 pub use bundle::TrustBundle;
 pub use ca::{

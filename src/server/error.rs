@@ -111,9 +111,7 @@ impl From<ServerError> for tonic::Status {
             ServerError::Store(_)
             | ServerError::Signer(_)
             | ServerError::Setup(_)
-            | ServerError::Push(_) => {
-                Code::Internal
-            }
+            | ServerError::Push(_) => Code::Internal,
         };
         if code == Code::Internal || code == Code::Aborted {
             tracing::error!(error = %error, kind = error.label(), "request failed");

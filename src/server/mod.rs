@@ -6,6 +6,7 @@ pub mod authority;
 mod error;
 mod grpc;
 pub mod init;
+pub mod push;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub struct RunningServer {
     pub authority: Arc<Authority>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    push: push::PushController,
 }
 
 impl RunningServer {
@@ -72,6 +74,7 @@ impl RunningServer {
 
     /// Stops accepting calls, ends watch streams and waits for the server.
     pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.push.shutdown().await;
         let _ = self.shutdown.send(true);
         match self.task.await {
             Ok(Ok(())) => Ok(()),
@@ -165,8 +168,10 @@ pub async fn start(
             .await
     });
     tracing::info!(%address, "trustplane server listening (TLS)");
+    let push = push::PushController::spawn(authority.clone());
     Ok(RunningServer {
         address,
+        push,
         authority,
         shutdown,
         task,

@@ -185,10 +185,12 @@ fn report(authority: &Authority, cluster: &str, applied: Option<&Applied>, error
 async fn kube_client(kubeconfig: &str) -> Result<kube::Client, ServerError> {
     let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
         .map_err(|error| ServerError::Push(format!("kubeconfig does not parse: {error}")))?;
-    let config = kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|error| ServerError::Push(format!("kubeconfig: {error}")))?;
-    kube::Client::try_from(config).map_err(|error| ServerError::Push(format!("Kubernetes client: {error}")))
+    let config =
+        kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|error| ServerError::Push(format!("kubeconfig: {error}")))?;
+    kube::Client::try_from(config)
+        .map_err(|error| ServerError::Push(format!("Kubernetes client: {error}")))
 }
 
 fn renew_at(certificate: &Certificate) -> Result<(SystemTime, SystemTime), ServerError> {
@@ -211,10 +213,9 @@ async fn push_once(
 ) -> Result<Applied, ServerError> {
     let kubeconfig = authority.push_kubeconfig(target)?;
     let client = kube_client(&kubeconfig).await?;
-    let format: SecretFormat = target
-        .secret_format
-        .parse()
-        .map_err(|_| ServerError::Push(format!("unknown secret format {:?}", target.secret_format)))?;
+    let format: SecretFormat = target.secret_format.parse().map_err(|_| {
+        ServerError::Push(format!("unknown secret format {:?}", target.secret_format))
+    })?;
     let sink = KubernetesSink::new(
         client,
         KubernetesSinkOptions {
@@ -228,7 +229,11 @@ async fn push_once(
     let roots = published.bundle.roots();
     let now = authority.now();
 
-    if let Some(files) = sink.read().await.map_err(|error| ServerError::Push(error.to_string()))? {
+    if let Some(files) = sink
+        .read()
+        .await
+        .map_err(|error| ServerError::Push(error.to_string()))?
+    {
         let check = ca::check_cacerts(&files, now, Duration::ZERO);
         let chain = files
             .cert_chain
@@ -236,7 +241,9 @@ async fn push_once(
             .and_then(|pem| Certificate::parse_pem_chain(pem).ok())
             .unwrap_or_default();
         let chain_root_trusted = chain.last().is_some_and(|root| roots.contains(root));
-        if let (true, true, Some(intermediate)) = (check.passed(), chain_root_trusted, chain.first()) {
+        if let (true, true, Some(intermediate)) =
+            (check.passed(), chain_root_trusted, chain.first())
+        {
             let (renew, not_after) = renew_at(intermediate)?;
             if now < renew {
                 let applied = Applied {
@@ -249,9 +256,11 @@ async fn push_once(
                 if files.root_cert.as_deref() == Some(bundle_pem.as_str()) {
                     return Ok(applied);
                 }
-                if let (Some(ca_cert), Some(ca_key), Some(cert_chain)) =
-                    (files.ca_cert.clone(), files.ca_key.clone(), files.cert_chain.clone())
-                {
+                if let (Some(ca_cert), Some(ca_key), Some(cert_chain)) = (
+                    files.ca_cert.clone(),
+                    files.ca_key.clone(),
+                    files.cert_chain.clone(),
+                ) {
                     sink.write(&CacertsMaterial {
                         ca_cert_pem: ca_cert,
                         ca_key_pem: ca_key,
@@ -261,7 +270,11 @@ async fn push_once(
                     })
                     .await
                     .map_err(|error| ServerError::Push(error.to_string()))?;
-                    tracing::info!(cluster, version = published.bundle.version(), "pushed the new trust bundle");
+                    tracing::info!(
+                        cluster,
+                        version = published.bundle.version(),
+                        "pushed the new trust bundle"
+                    );
                     return Ok(applied);
                 }
             }

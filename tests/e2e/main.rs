@@ -3,6 +3,9 @@
 //! tests the harness itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cluster_sync;
+#[path = "../common/mod.rs"]
+mod common;
 mod kube_cluster;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,653 @@
+//! Cluster sync end to end: two real kube-apiservers (each with its own
+//! etcd), agents in both (two leader-elected replicas in one), push mode for
+//! a third cluster name, and Istio's own CA code (`tests/interop/istio`)
+//! loading every `cacerts` Secret read back from its apiserver.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::PostParams;
+use trustplane::agent::{
+    self, AgentConfig, AgentHandle, AgentStatus, ClusterSink, IdentityStore,
+    KubernetesIdentityStore, KubernetesSink, KubernetesSinkOptions, LeaseOptions,
+};
+use trustplane::ca::{self, Certificate, KeyAlgorithm};
+use trustplane::proto;
+
+use crate::common;
+use crate::kube_cluster::{KubeCluster, skip_e2e};
+
+const WAIT: Duration = Duration::from_secs(90);
+const LEASE: Duration = Duration::from_secs(4);
+
+/// Builds (once) and returns Istio's CA interop program.
+fn istio_interop() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/istio/build.sh");
+        let output = Command::new(&script).output().unwrap();
+        assert!(
+            output.status.success(),
+            "cannot build Istio's CA interop program with {} (needs Go and the Go module proxy):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        PathBuf::from(stdout.lines().last().unwrap().trim())
+    })
+}
+
+fn run(binary: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(binary)
+        .args(args)
+        .output()
+        .map_err(|error| error.to_string())?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn data(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|value| String::from_utf8(value.0.clone()).unwrap())
+}
+
+/// Reads `namespace/cacerts` from a real apiserver into a directory, as
+/// istiod's /etc/cacerts mount would see it.
+async fn read_cacerts(cluster: &KubeCluster, namespace: &str, dir: &Path) -> Secret {
+    let secrets: Api<Secret> = Api::namespaced(cluster.admin_client().await.unwrap(), namespace);
+    let secret = secrets.get("cacerts").await.unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    for key in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ] {
+        let value =
+            data(&secret, key).unwrap_or_else(|| panic!("{namespace}/cacerts has no {key}"));
+        std::fs::write(dir.join(key), value).unwrap();
+    }
+    secret
+}
+
+/// One cluster's cacerts location: which apiserver, which namespace.
+struct Target<'a> {
+    name: &'static str,
+    cluster: &'a KubeCluster,
+    namespace: &'static str,
+}
+
+/// Signs a workload certificate in every cluster with Istio's CA code, and
+/// verifies each under every other cluster's root-cert.pem. Returns the
+/// number of checks made; panics on the first failure.
+async fn cross_cluster_checks(targets: &[Target<'_>], work: &Path, round: &str) -> usize {
+    let binary = istio_interop();
+    let spiffe = "spiffe://cluster.local/ns/default/sa/x";
+    let mut checks = 0;
+    for target in targets {
+        let dir = work.join(round).join(target.name);
+        read_cacerts(target.cluster, target.namespace, &dir).await;
+        let leaf = dir.join("leaf-chain.pem");
+        let signed = run(
+            binary,
+            &[
+                "sign",
+                "--cacerts",
+                dir.to_str().unwrap(),
+                "--spiffe-id",
+                spiffe,
+                "--out",
+                leaf.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            signed.is_ok(),
+            "{round}: istiod's CA code refused {}'s cacerts: {signed:?}",
+            target.name
+        );
+        checks += 1;
+    }
+    for signer in targets {
+        for verifier in targets {
+            if signer.name == verifier.name {
+                continue;
+            }
+            let chain = work.join(round).join(signer.name).join("leaf-chain.pem");
+            let roots = work.join(round).join(verifier.name).join("root-cert.pem");
+            let verified = run(
+                binary,
+                &[
+                    "verify",
+                    "--chain",
+                    chain.to_str().unwrap(),
+                    "--roots",
+                    roots.to_str().unwrap(),
+                    "--spiffe-id",
+                    spiffe,
+                ],
+            );
+            assert!(
+                verified.is_ok(),
+                "{round}: a workload of {} does not verify under {}'s root-cert.pem: {verified:?}",
+                signer.name,
+                verifier.name
+            );
+            checks += 1;
+        }
+    }
+    checks
+}
+
+fn targets<'a>(alpha: &'a KubeCluster, beta: &'a KubeCluster) -> [Target<'a>; 3] {
+    [
+        Target {
+            name: "alpha",
+            cluster: alpha,
+            namespace: "istio-system",
+        },
+        Target {
+            name: "beta",
+            cluster: beta,
+            namespace: "istio-system",
+        },
+        Target {
+            name: "gamma",
+            cluster: alpha,
+            namespace: "d8-istio",
+        },
+    ]
+}
+
+fn new_root(name: &str) -> (Certificate, ca::PrivateKey) {
+    ca::create_root(
+        &ca::RootRequest {
+            trust_domain: "cluster.local".into(),
+            organisation: name.into(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            validity: Duration::from_secs(3600 * 24 * 365),
+        },
+        SystemTime::now(),
+    )
+    .unwrap()
+}
+
+fn publish_new_root(server: &common::TestServer, name: &str) -> u64 {
+    let authority = server.authority();
+    let next = authority
+        .current_bundle()
+        .bundle
+        .with_appended(new_root(name).0)
+        .unwrap();
+    let version = next.version();
+    authority.publish_bundle(next).unwrap();
+    version
+}
+
+async fn wait_status(
+    handle: &AgentHandle,
+    what: &str,
+    condition: impl Fn(&AgentStatus) -> bool,
+) -> AgentStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = handle.status.borrow().clone();
+        if condition(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached: {what}; last status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the server has reports from every cluster for `version`.
+async fn wait_reported(
+    server: &common::TestServer,
+    clusters: &[&str],
+    version: u64,
+) -> Vec<proto::ClusterStatus> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listed = server
+            .admin()
+            .await
+            .list_clusters(proto::ListClustersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .clusters;
+        let done = clusters.iter().all(|name| {
+            listed.iter().any(|status| {
+                status.name == *name
+                    && status.applied_bundle_version == version
+                    && !status.intermediate_serial.is_empty()
+                    && status.last_error.is_empty()
+            })
+        });
+        if done {
+            return listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clusters {clusters:?} never all reported bundle v{version}: {listed:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn agent_config(server: &common::TestServer, token: Option<String>) -> AgentConfig {
+    let mut config = AgentConfig::new(server.url(), PathBuf::new());
+    config.server_ca_pem = Some(server.control_plane_ca_pem.clone());
+    config.join_token = token.map(zeroize::Zeroizing::new);
+    config.max_backoff = Duration::from_secs(2);
+    config
+}
+
+async fn kubernetes_parts(
+    cluster: &KubeCluster,
+    namespace: &str,
+) -> (kube::Client, Arc<dyn IdentityStore>, Arc<dyn ClusterSink>) {
+    // The agent's own ServiceAccount token: exactly deploy/kubernetes/agent-rbac.yaml.
+    let client = cluster.agent_client(namespace).await.unwrap();
+    let identity: Arc<dyn IdentityStore> =
+        Arc::new(KubernetesIdentityStore::new(client.clone(), namespace));
+    let sink: Arc<dyn ClusterSink> = Arc::new(KubernetesSink::new(
+        client.clone(),
+        KubernetesSinkOptions {
+            namespace: namespace.to_string(),
+            ..KubernetesSinkOptions::default()
+        },
+    ));
+    (client, identity, sink)
+}
+
+async fn leader_replica(
+    cluster: &KubeCluster,
+    server: &common::TestServer,
+    token: &str,
+    holder: &str,
+) -> AgentHandle {
+    let (client, identity, sink) = kubernetes_parts(cluster, "istio-system").await;
+    let mut lease = LeaseOptions::new(client, "istio-system");
+    lease.holder_id = holder.to_string();
+    lease.duration = LEASE;
+    agent::spawn_with_leader_election(
+        agent_config(server, Some(token.to_string())),
+        identity,
+        sink,
+        lease,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
+    if skip_e2e() {
+        return;
+    }
+    common::install_crypto();
+    let started = Instant::now();
+    let (alpha, beta) = tokio::join!(KubeCluster::start("alpha"), KubeCluster::start("beta"));
+    let (alpha, mut beta) = (alpha.unwrap(), beta.unwrap());
+    let istio_version = run(istio_interop(), &["version"]).unwrap();
+    println!(
+        "real components: {} ×2; Istio CA code: {}",
+        KubeCluster::versions(),
+        istio_version.trim()
+    );
+    let server = common::start_server().await;
+    let work = tempfile::tempdir().unwrap();
+
+    // alpha: two agent replicas competing for one Lease; beta: one agent;
+    // gamma: push mode into alpha's d8-istio namespace (no agent).
+    let alpha_token = server.add_cluster("alpha").await;
+    let replica_one = leader_replica(&alpha, &server, &alpha_token, "alpha-1").await;
+    let replica_two = leader_replica(&alpha, &server, &alpha_token, "alpha-2").await;
+    let beta_token = server.add_cluster("beta").await;
+    let (_, beta_identity, beta_sink) = kubernetes_parts(&beta, "istio-system").await;
+    let beta_agent = agent::spawn_with_identity(
+        agent_config(&server, Some(beta_token)),
+        beta_identity.clone(),
+        beta_sink.clone(),
+    );
+    let gamma_kubeconfig =
+        std::fs::read_to_string(alpha.agent_kubeconfig_path("d8-istio").await.unwrap()).unwrap();
+    server
+        .admin()
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: "gamma".into(),
+            kubeconfig: gamma_kubeconfig,
+            namespace: "d8-istio".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let all = ["alpha", "beta", "gamma"];
+    let listed = wait_reported(&server, &all, 1).await;
+    let gamma = listed.iter().find(|status| status.name == "gamma").unwrap();
+    assert_eq!(gamma.mode, "push");
+    println!(
+        "[{:.1}s] alpha (agent, 2 replicas), beta (agent), gamma (push) applied bundle v1",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut checks = cross_cluster_checks(&targets(&alpha, &beta), work.path(), "v1").await;
+
+    // Every Secret is managed, versioned, and never carries istio-generated.
+    for target in &targets(&alpha, &beta) {
+        let secret = read_cacerts(
+            target.cluster,
+            target.namespace,
+            &work.path().join("labels").join(target.name),
+        )
+        .await;
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("trustplane")
+        );
+        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations
+                .get("trustplane.io/bundle-version")
+                .map(String::as_str),
+            Some("1"),
+            "{}",
+            target.name
+        );
+        assert!(data(&secret, "istio-generated").is_none());
+    }
+
+    // A workload from an unrelated root is refused by every cluster's bundle.
+    let foreign = work.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let (foreign_root, foreign_key) = new_root("unrelated");
+    let foreign_intermediate = ca::sign_intermediate(
+        &ca::verify_csr(ca::create_csr(&foreign_key, "x").unwrap().as_bytes()).unwrap(),
+        &trustplane::IntermediateProfile {
+            trust_domain: "cluster.local".into(),
+            organisation: "unrelated".into(),
+            cluster: "foreign".into(),
+            lifetime: Duration::from_secs(3600),
+            name_constraints: false,
+        },
+        &foreign_root,
+        &foreign_key,
+        SystemTime::now(),
+    )
+    .unwrap();
+    std::fs::write(foreign.join("ca-cert.pem"), foreign_intermediate.to_pem()).unwrap();
+    std::fs::write(
+        foreign.join("ca-key.pem"),
+        foreign_key.to_pkcs8_pem().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        foreign.join("cert-chain.pem"),
+        foreign_intermediate.to_pem() + &foreign_root.to_pem(),
+    )
+    .unwrap();
+    std::fs::write(foreign.join("root-cert.pem"), foreign_root.to_pem()).unwrap();
+    let foreign_leaf = foreign.join("leaf-chain.pem");
+    run(
+        istio_interop(),
+        &[
+            "sign",
+            "--cacerts",
+            foreign.to_str().unwrap(),
+            "--spiffe-id",
+            "spiffe://cluster.local/ns/default/sa/x",
+            "--out",
+            foreign_leaf.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    for target in &targets(&alpha, &beta) {
+        let roots = work
+            .path()
+            .join("v1")
+            .join(target.name)
+            .join("root-cert.pem");
+        let refused = run(
+            istio_interop(),
+            &[
+                "verify",
+                "--chain",
+                foreign_leaf.to_str().unwrap(),
+                "--roots",
+                roots.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            refused.is_err(),
+            "a workload from an unrelated root verified under {}'s bundle",
+            target.name
+        );
+        checks += 1;
+    }
+
+    // Keys and labels trustplane does not own survive its next write.
+    let beta_secrets: Api<Secret> =
+        Api::namespaced(beta.admin_client().await.unwrap(), "istio-system");
+    let mut extra = beta_secrets.get("cacerts").await.unwrap();
+    extra
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("team".into(), "mesh".into());
+    extra
+        .data
+        .get_or_insert_with(BTreeMap::new)
+        .insert("unrelated.txt".into(), ByteString(b"keep me".to_vec()));
+    beta_secrets
+        .replace("cacerts", &PostParams::default(), &extra)
+        .await
+        .unwrap();
+    let v2 = publish_new_root(&server, "second");
+    wait_reported(&server, &all, v2).await;
+    let after = beta_secrets.get("cacerts").await.unwrap();
+    assert_eq!(data(&after, "unrelated.txt").as_deref(), Some("keep me"));
+    assert_eq!(
+        after
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("team")
+            .map(String::as_str),
+        Some("mesh")
+    );
+    let v1_pem = std::fs::read_to_string(work.path().join("v1/beta/root-cert.pem")).unwrap();
+    let v2_pem = data(&after, "root-cert.pem").unwrap();
+    assert!(
+        v2_pem.contains(&v1_pem),
+        "istiod's substring rule: the old bundle bytes stay in the new one"
+    );
+    assert_eq!(Certificate::parse_pem_chain(&v2_pem).unwrap().len(), 2);
+    println!(
+        "[{:.1}s] bundle v2 applied everywhere; unrelated key and label kept",
+        started.elapsed().as_secs_f64()
+    );
+    checks += cross_cluster_checks(&targets(&alpha, &beta), work.path(), "v2").await;
+
+    // Leader kill: the replica holding the Lease dies without releasing it;
+    // the other takes over within the lease duration and applies v3.
+    let leader_one = replica_one.status.borrow().leader == Some(true);
+    let (leader, follower) = if leader_one {
+        (replica_one, replica_two)
+    } else {
+        (replica_two, replica_one)
+    };
+    assert_eq!(
+        follower.status.borrow().leader,
+        Some(false),
+        "exactly one replica leads"
+    );
+    leader.task.abort();
+    let killed = Instant::now();
+    let v3 = publish_new_root(&server, "third");
+    wait_status(
+        &follower,
+        "the surviving replica leads and applies v3",
+        |status| status.leader == Some(true) && status.applied_bundle_version == v3,
+    )
+    .await;
+    let takeover = killed.elapsed();
+    println!(
+        "[{:.1}s] leader killed; the other replica took over and applied v3 in {:.1}s (lease {}s)",
+        started.elapsed().as_secs_f64(),
+        takeover.as_secs_f64(),
+        LEASE.as_secs()
+    );
+    assert!(
+        takeover < LEASE + Duration::from_secs(8),
+        "takeover took {takeover:?}"
+    );
+    wait_reported(&server, &all, v3).await;
+
+    // Apiserver restart in the middle of a bundle update.
+    beta.stop_apiserver().await.unwrap();
+    let v4 = publish_new_root(&server, "fourth");
+    let down = wait_status(
+        &beta_agent,
+        "beta reports the apiserver failure",
+        |status| status.last_error.is_some(),
+    )
+    .await;
+    println!(
+        "[{:.1}s] beta's apiserver is down during v4: agent reports {:?}",
+        started.elapsed().as_secs_f64(),
+        down.last_error.unwrap_or_default()
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listed = server
+            .admin()
+            .await
+            .list_clusters(proto::ListClustersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .clusters;
+        if listed
+            .iter()
+            .any(|status| status.name == "beta" && !status.last_error.is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never saw beta's error: {listed:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    beta.start_apiserver().await.unwrap();
+    wait_reported(&server, &all, v4).await;
+    let restored = read_cacerts(&beta, "istio-system", &work.path().join("restored")).await;
+    assert_eq!(
+        data(&restored, "root-cert.pem")
+            .map(|pem| Certificate::parse_pem_chain(&pem).unwrap().len()),
+        Some(4)
+    );
+    let check = ca::check_cacerts(
+        &trustplane::cli::read_cacerts_dir(&work.path().join("restored")).unwrap(),
+        SystemTime::now(),
+        Duration::ZERO,
+    );
+    assert!(
+        check.passed(),
+        "the Secret after the restart is a whole, valid set: {:?}",
+        check.findings
+    );
+    println!(
+        "[{:.1}s] beta's apiserver back; v4 written as one whole Secret",
+        started.elapsed().as_secs_f64()
+    );
+    checks += cross_cluster_checks(&targets(&alpha, &beta), work.path(), "v4").await;
+
+    // A restarted agent finds its identity in its Secret and adopts its
+    // cacerts: no join token, no new intermediate.
+    let before = beta_agent.status.borrow().intermediate_serial.clone();
+    beta_agent.stop();
+    beta_agent.task.await.unwrap().unwrap();
+    let restarted =
+        agent::spawn_with_identity(agent_config(&server, None), beta_identity, beta_sink);
+    let status = wait_status(&restarted, "the restarted agent applies v4", |status| {
+        status.applied_bundle_version == v4
+    })
+    .await;
+    assert_eq!(
+        status.intermediate_serial, before,
+        "a restarted agent adopts its own cacerts"
+    );
+
+    // A foreign cacerts is left untouched and the agent says so.
+    let delta_token = server.add_cluster("delta").await;
+    let d8_secrets: Api<Secret> = Api::namespaced(beta.admin_client().await.unwrap(), "d8-istio");
+    let mut foreign_secret = Secret::default();
+    foreign_secret.metadata.name = Some("cacerts".into());
+    foreign_secret.data = Some(BTreeMap::from([(
+        "ca-cert.pem".into(),
+        ByteString(b"not ours".to_vec()),
+    )]));
+    d8_secrets
+        .create(&PostParams::default(), &foreign_secret)
+        .await
+        .unwrap();
+    let (_, delta_identity, delta_sink) = kubernetes_parts(&beta, "d8-istio").await;
+    let delta = agent::spawn_with_identity(
+        agent_config(&server, Some(delta_token)),
+        delta_identity,
+        delta_sink,
+    );
+    let refused = wait_status(&delta, "delta reports the foreign cacerts", |status| {
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("--adopt-existing"))
+    })
+    .await;
+    println!(
+        "[{:.1}s] foreign cacerts left alone: {:?}",
+        started.elapsed().as_secs_f64(),
+        refused.last_error.unwrap_or_default()
+    );
+    let untouched = d8_secrets.get("cacerts").await.unwrap();
+    assert_eq!(data(&untouched, "ca-cert.pem").as_deref(), Some("not ours"));
+    assert!(
+        !untouched
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("app.kubernetes.io/managed-by")
+    );
+
+    for handle in [&follower, &restarted, &delta] {
+        handle.stop();
+    }
+    println!(
+        "cross-cluster checks with Istio's CA code: {checks}, failures: 0 ({:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -522,6 +522,16 @@ impl KubeCluster {
 
     /// e.g. "kube-apiserver v1.33.13, etcd 3.5.35" (as the binaries report); names the
     /// problem instead if the peers could not be built. Builds them if needed (blocking).
+    /// Validates a shipped manifest (namespace-less, multi-document) with a
+    /// server-side dry-run apply into `namespace`; returns the object count.
+    pub async fn dry_run_apply(&self, path: &str, namespace: &str) -> anyhow::Result<usize> {
+        let manifest = AgentRbac::load_from(path)?;
+        manifest
+            .apply_with(&self.admin_client().await?, namespace, true)
+            .await?;
+        Ok(manifest.objects.len())
+    }
+
     pub fn versions() -> String {
         match peers() {
             Ok(peers) => format!(
@@ -701,37 +711,49 @@ struct AgentRbac {
 
 impl AgentRbac {
     fn load() -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(AGENT_RBAC_PATH)
-            .with_context(|| format!("cannot read {AGENT_RBAC_PATH}"))?;
+        Self::load_from(AGENT_RBAC_PATH)
+    }
+
+    /// Loads every object of a namespace-less multi-document manifest.
+    fn load_from(path: &str) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
         let mut objects = Vec::new();
         for document in serde_yaml_ng::Deserializer::from_str(&text) {
             let value: Option<serde_json::Value> = serde::Deserialize::deserialize(document)
-                .with_context(|| format!("{AGENT_RBAC_PATH} is not valid YAML"))?;
+                .with_context(|| format!("{path} is not valid YAML"))?;
             let Some(value) = value else { continue };
             let object: DynamicObject = serde_json::from_value(value)
-                .with_context(|| format!("{AGENT_RBAC_PATH}: a document is not an object"))?;
+                .with_context(|| format!("{path}: a document is not an object"))?;
             let types = object
                 .types
                 .as_ref()
-                .with_context(|| format!("{AGENT_RBAC_PATH}: an object has no apiVersion/kind"))?;
-            let gvk = GroupVersionKind::try_from(types).with_context(|| {
-                format!("{AGENT_RBAC_PATH}: bad apiVersion {}", types.api_version)
-            })?;
+                .with_context(|| format!("{path}: an object has no apiVersion/kind"))?;
+            let gvk = GroupVersionKind::try_from(types)
+                .with_context(|| format!("{path}: bad apiVersion {}", types.api_version))?;
             if object.metadata.namespace.is_some() {
-                bail!(
-                    "{AGENT_RBAC_PATH}: objects must be namespace-less (applied into a namespace)"
-                );
+                bail!("{path}: objects must be namespace-less (applied into a namespace)");
             }
             objects.push((object, gvk));
         }
         if objects.is_empty() {
-            bail!("{AGENT_RBAC_PATH} holds no objects");
+            bail!("{path} holds no objects");
         }
         Ok(AgentRbac { objects })
     }
 
     /// Server-side apply of every object into `namespace`.
     async fn apply(&self, client: &Client, namespace: &str) -> anyhow::Result<()> {
+        self.apply_with(client, namespace, false).await
+    }
+
+    /// Server-side apply into `namespace`; with `dry_run` the apiserver
+    /// validates (schema, admission) without storing anything.
+    async fn apply_with(
+        &self,
+        client: &Client,
+        namespace: &str,
+        dry_run: bool,
+    ) -> anyhow::Result<()> {
         let mut resources: HashMap<String, ApiResource> = HashMap::new();
         for (object, gvk) in &self.objects {
             let key = format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind);
@@ -753,7 +775,14 @@ impl AgentRbac {
             Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
                 .patch(
                     name,
-                    &PatchParams::apply("trustplane-e2e").force(),
+                    &{
+                        let mut params = PatchParams::apply("trustplane-e2e").force();
+                        params.dry_run = dry_run;
+                        if dry_run {
+                            params.field_validation = Some(kube::api::ValidationDirective::Strict);
+                        }
+                        params
+                    },
                     &Patch::Apply(object),
                 )
                 .await

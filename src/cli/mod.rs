@@ -757,11 +757,12 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                     output::time(response.token_expires_unix)
                 );
                 println!("  {}\n", response.join_token);
+                let ca = data_dir.control_plane_ca_path();
                 println!(
-                    "Run the agent in the cluster with:\n  trustplane agent --server {} --server-ca {} \\\n    --join-token {} --identity-dir <dir> --cacerts-dir <dir>",
-                    connection.server,
-                    data_dir.control_plane_ca_path().display(),
-                    response.join_token
+                    "In the cluster (Secret istio-system/cacerts, see deploy/kubernetes/agent.yaml):\n  kubectl -n istio-system create configmap trustplane-server-ca --from-file=ca.pem={ca}\n  kubectl -n istio-system create secret generic trustplane-join-token --from-literal=token={token}\n  kubectl -n istio-system apply -f deploy/kubernetes/agent-rbac.yaml -f deploy/kubernetes/agent.yaml\n\nOr outside Kubernetes, writing a directory:\n  trustplane agent --server {server} --server-ca {ca} \\\n    --join-token {token} --identity-dir <dir> --cacerts-dir <dir>",
+                    ca = ca.display(),
+                    token = response.join_token,
+                    server = connection.server,
                 );
             }
         }

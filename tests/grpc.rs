@@ -472,3 +472,64 @@ async fn issued_chains_pass_openssl_verify() {
     );
     assert!(!ok, "a foreign root must not verify the chain");
 }
+
+#[tokio::test]
+async fn push_mode_registration_validates_its_input() {
+    let server = common::start_server().await;
+    let mut admin = server.admin().await;
+    let cases = [
+        ("not: [a kubeconfig", "istio", "does not parse"),
+        (
+            "apiVersion: v1\nkind: Config\nclusters: []\n",
+            "pkcs12",
+            "secret format",
+        ),
+    ];
+    for (kubeconfig, format, expected) in cases {
+        let refused = admin
+            .add_cluster(proto::AddClusterRequest {
+                name: "edge".into(),
+                kubeconfig: kubeconfig.into(),
+                secret_format: format.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused.message().contains(expected),
+            "{}",
+            refused.message()
+        );
+    }
+    let listed = admin
+        .list_clusters(proto::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.clusters.is_empty(),
+        "a refused registration stores nothing"
+    );
+
+    admin
+        .add_cluster(proto::AddClusterRequest {
+            name: "edge".into(),
+            kubeconfig: "apiVersion: v1\nkind: Config\nclusters: []\n".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed = admin
+        .list_clusters(proto::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.clusters[0].mode, "push");
+    assert_eq!(listed.clusters[0].state, "enrolled");
+}

@@ -7,6 +7,7 @@ mod cluster_sync;
 #[path = "../common/mod.rs"]
 mod common;
 mod kube_cluster;
+mod sink;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

@@ -662,6 +662,10 @@ enum IssueReason {
     Renewal,
     /// The new bundle no longer holds the root our chain ends in.
     RootRetired,
+    /// Another root signs intermediates now (root rotation).
+    SignerChanged,
+    /// An operator asked for a new intermediate (`cluster reissue`).
+    Requested,
 }
 
 impl std::fmt::Display for IssueReason {
@@ -670,6 +674,8 @@ impl std::fmt::Display for IssueReason {
             IssueReason::NoIntermediate => "no usable intermediate",
             IssueReason::Renewal => "renewal time reached",
             IssueReason::RootRetired => "the bundle no longer holds our root",
+            IssueReason::SignerChanged => "another root signs intermediates now (rotation)",
+            IssueReason::Requested => "a reissue was requested",
         })
     }
 }
@@ -694,6 +700,26 @@ fn decide(
         Action::RewriteRoot
     } else {
         Action::Issue(IssueReason::RootRetired)
+    }
+}
+
+/// Whether the intermediate in use must be replaced although it is valid:
+/// the server names another signing root (`signing_root_sha256`, empty for
+/// none) than the one our chain ends in, or asked for intermediates issued
+/// before `reissue_before_unix` (0 for none) to be replaced. `issued_unix`
+/// is when ours was issued.
+fn replacement_reason(
+    chain_root_sha256: &str,
+    signing_root_sha256: &str,
+    issued_unix: i64,
+    reissue_before_unix: i64,
+) -> Option<IssueReason> {
+    if !signing_root_sha256.is_empty() && chain_root_sha256 != signing_root_sha256 {
+        Some(IssueReason::SignerChanged)
+    } else if reissue_before_unix > 0 && issued_unix < reissue_before_unix {
+        Some(IssueReason::Requested)
+    } else {
+        None
     }
 }
 
@@ -973,7 +999,23 @@ impl Agent<'_> {
             .applied
             .as_ref()
             .map(|applied| (applied.bundle_version, applied.renew_at));
-        match decide(state, bundle.version, bundle_has_chain_root, now) {
+        let replacement = self.applied.as_ref().and_then(|applied| {
+            let issued = applied
+                .not_before
+                .checked_add(ca::BACKDATE)
+                .unwrap_or(applied.not_before);
+            replacement_reason(
+                &applied.chain_root.sha256_hex(),
+                &bundle.signing_root_sha256,
+                ca::system_time_to_unix(issued),
+                bundle.reissue_before_unix,
+            )
+        });
+        let action = match replacement {
+            Some(reason) => Action::Issue(reason),
+            None => decide(state, bundle.version, bundle_has_chain_root, now),
+        };
+        match action {
             Action::Keep => Ok(changed),
             Action::RewriteRoot => {
                 self.rewrite_root(bundle, now).await?;

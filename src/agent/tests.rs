@@ -481,3 +481,21 @@ async fn agent_watches_the_bundle_over_mutual_tls() {
     assert!(result.is_ok(), "{result:?}");
     server.abort();
 }
+
+#[test]
+fn a_new_signing_root_or_a_reissue_request_replaces_a_valid_intermediate() {
+    // No directive: keep.
+    assert_eq!(replacement_reason("aa", "", 100, 0), None);
+    assert_eq!(replacement_reason("aa", "aa", 100, 0), None);
+    // The server signs with another root now (rotation sign-new or abort).
+    assert_eq!(
+        replacement_reason("aa", "bb", 100, 0),
+        Some(IssueReason::SignerChanged)
+    );
+    // A reissue requested after ours was issued; not once we re-issued.
+    assert_eq!(
+        replacement_reason("aa", "aa", 100, 101),
+        Some(IssueReason::Requested)
+    );
+    assert_eq!(replacement_reason("aa", "aa", 101, 101), None);
+}

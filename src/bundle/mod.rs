@@ -8,6 +8,18 @@
 //! `root-cert.pem` only when the old bytes are a substring of the new or the
 //! other way round.
 //!
+//! Re-announcement: a rotation's sign-new phase must change the bytes of
+//! `root-cert.pem` without changing the set of roots, because istiod pushes
+//! roots to proxies only when those bytes change. The bundle then carries
+//! its newest root's PEM block a second time at the end
+//! ([`TrustBundle::with_newest_repeated`]): this is what Istio's own
+//! multi-root rotation test does, so istiod's substring rule is known to
+//! accept it in both directions ({A,B} ⊂ {A,B,B} and {B} ⊂ {A,B,B}); every
+//! X.509 consumer treats a repeated root as one (Go's `CertPool`, BoringSSL's
+//! store and rustls all de-duplicate), and unlike a whitespace or comment
+//! change it survives tooling that trims or re-flows PEM text. The SPIFFE
+//! form lists each root once (its `spiffe_sequence` changes anyway).
+//!
 //! Owns the bundle's forms; does not decide when roots change (that is
 //! `rotation`) nor where bundles are kept (that is `store`).
 
@@ -23,6 +35,7 @@ pub struct TrustBundle {
     trust_domain: String,
     version: u64,
     roots: Vec<Certificate>,
+    newest_repeated: bool,
 }
 
 /// Errors from bundle operations.
@@ -41,6 +54,12 @@ pub enum BundleError {
     /// that the SPIFFE form cannot express (only EC P-256, EC P-384 and RSA).
     #[error("invalid root: {0}")]
     InvalidRoot(#[source] crate::ca::CaError),
+    /// Appending to a bundle that repeats its newest root would break
+    /// istiod's substring rule.
+    #[error(
+        "a root cannot be appended while the newest root is repeated; publish the plain bundle first"
+    )]
+    Repeated,
     /// The version cannot be incremented any further.
     #[error("bundle version {0} cannot be incremented")]
     VersionExhausted(u64),
@@ -71,7 +90,21 @@ impl TrustBundle {
             trust_domain: trust_domain.to_string(),
             version,
             roots,
+            newest_repeated: false,
         })
+    }
+
+    /// The same bundle, with its newest root's PEM block repeated at the end
+    /// of [`Self::root_cert_pem`] when `repeated` (how a stored bundle is
+    /// rebuilt; see the module docs).
+    pub fn newest_repeated(mut self, repeated: bool) -> Self {
+        self.newest_repeated = repeated;
+        self
+    }
+
+    /// Whether [`Self::root_cert_pem`] repeats the newest root.
+    pub fn is_newest_repeated(&self) -> bool {
+        self.newest_repeated
     }
 
     /// The trust domain.
@@ -89,9 +122,16 @@ impl TrustBundle {
         &self.roots
     }
 
-    /// Istio's `root-cert.pem`: each root's PEM block, in order.
+    /// Istio's `root-cert.pem`: each root's PEM block, in order (and the
+    /// newest one again when it is repeated).
     pub fn root_cert_pem(&self) -> String {
-        self.roots.iter().map(Certificate::to_pem).collect()
+        let mut pem: String = self.roots.iter().map(Certificate::to_pem).collect();
+        if self.newest_repeated
+            && let Some(newest) = self.roots.last()
+        {
+            pem.push_str(&newest.to_pem());
+        }
+        pem
     }
 
     /// SHA-256 of [`Self::root_cert_pem`], lowercase hex.
@@ -122,12 +162,50 @@ impl TrustBundle {
         if self.contains(&root) {
             return Err(duplicate(&root));
         }
+        if self.newest_repeated {
+            return Err(BundleError::Repeated);
+        }
         let mut roots = self.roots.clone();
         roots.push(root);
         Ok(TrustBundle {
             trust_domain: self.trust_domain.clone(),
             version: self.next_version()?,
             roots,
+            newest_repeated: false,
+        })
+    }
+
+    /// The next version with the same roots, the newest one repeated or not
+    /// at the end of `root-cert.pem` (see the module docs). Either way the
+    /// old bytes are a substring of the new or the other way round.
+    ///
+    /// Errors: [`BundleError::VersionExhausted`].
+    pub fn with_newest_repeated(&self, repeated: bool) -> Result<TrustBundle, BundleError> {
+        Ok(TrustBundle {
+            trust_domain: self.trust_domain.clone(),
+            version: self.next_version()?,
+            roots: self.roots.clone(),
+            newest_repeated: repeated,
+        })
+    }
+
+    /// The next version without the newest root (undoing an append); the
+    /// other roots keep their order and bytes, and nothing is repeated.
+    ///
+    /// Errors: [`BundleError::Empty`] when it would be empty,
+    /// [`BundleError::VersionExhausted`].
+    pub fn with_newest_removed(&self) -> Result<TrustBundle, BundleError> {
+        let Some((_, rest)) = self.roots.split_last() else {
+            return Err(BundleError::Empty);
+        };
+        if rest.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        Ok(TrustBundle {
+            trust_domain: self.trust_domain.clone(),
+            version: self.next_version()?,
+            roots: rest.to_vec(),
+            newest_repeated: false,
         })
     }
 
@@ -147,6 +225,7 @@ impl TrustBundle {
             trust_domain: self.trust_domain.clone(),
             version: self.next_version()?,
             roots: rest.to_vec(),
+            newest_repeated: false,
         })
     }
 

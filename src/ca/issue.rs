@@ -54,15 +54,37 @@ pub fn create_root(
     request: &RootRequest,
     now: SystemTime,
 ) -> Result<(Certificate, PrivateKey), CaError> {
+    create_root_named(request, &format!("{} root CA", request.trust_domain), now)
+}
+
+/// Like [`create_root`], for the new root of a rotation: subject
+/// `CN=<td> root CA <label>`, so that the old and the new root have
+/// different names and tools (and people) can tell their chains apart.
+///
+/// Errors: as [`create_root`].
+pub fn create_successor_root(
+    request: &RootRequest,
+    label: &str,
+    now: SystemTime,
+) -> Result<(Certificate, PrivateKey), CaError> {
+    create_root_named(
+        request,
+        &format!("{} root CA {label}", request.trust_domain),
+        now,
+    )
+}
+
+fn create_root_named(
+    request: &RootRequest,
+    common_name: &str,
+    now: SystemTime,
+) -> Result<(Certificate, PrivateKey), CaError> {
     check_trust_domain(&request.trust_domain)?;
     let key = PrivateKey::generate(request.key_algorithm)?;
     let mut params = base_params(now, now.checked_add(request.validity), None)?;
     params.distinguished_name = distinguished_name(&[
         (DnType::OrganizationName, &request.organisation),
-        (
-            DnType::CommonName,
-            &format!("{} root CA", request.trust_domain),
-        ),
+        (DnType::CommonName, common_name),
     ]);
     params.subject_alt_names = vec![spiffe_trust_domain_san(&request.trust_domain)?];
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -18,12 +18,13 @@ pub use cacerts::{CacertsCheck, CacertsFiles, Finding, Severity, check_cacerts};
 pub use csr::{MAX_CSR_BYTES, create_csr, verify_csr};
 pub use issue::{
     BACKDATE, CONTROL_PLANE_CA_COMMON_NAME, ControlPlaneRole, RootRequest, create_control_plane_ca,
-    create_root, import_root, issue_control_plane_cert, sign_intermediate, sign_workload,
+    create_root, create_successor_root, import_root, issue_control_plane_cert, sign_intermediate,
+    sign_workload,
 };
 pub use key::PrivateKey;
 pub use verify::{
-    has_uri_name_constraints, key_matches_certificate, probe_ca_key, verify_issued,
-    verify_leaf_path,
+    has_uri_name_constraints, key_matches_certificate, probe_ca_key, verify_chain_to_roots,
+    verify_issued, verify_leaf_path,
 };
 
 /// The key algorithms trustplane generates or accepts in CSRs.
@@ -182,6 +183,11 @@ impl Certificate {
     /// The DER bytes.
     pub fn der(&self) -> &[u8] {
         &self.der
+    }
+
+    /// Lowercase hex SHA-256 of the DER (the certificate's fingerprint).
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &self.der))
     }
 
     /// The canonical PEM form (one block, trailing newline).

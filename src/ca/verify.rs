@@ -73,6 +73,53 @@ pub fn verify_issued(
     check_parsed_valid_at(&parsed, now)
 }
 
+/// Checks that `chain` (a CA first, then its issuers) verifies up to one of
+/// `roots` at `now`: each certificate is verified against the next one
+/// until a certificate is itself one of `roots` or is issued by one.
+///
+/// Errors: [`CaError::Verification`] naming the link that fails, or when the
+/// chain ends without reaching a trusted root.
+pub fn verify_chain_to_roots(
+    chain: &[Certificate],
+    roots: &[Certificate],
+    now: SystemTime,
+) -> Result<(), CaError> {
+    if chain.is_empty() {
+        return Err(CaError::Verification(
+            "the certificate chain is empty".into(),
+        ));
+    }
+    for (index, certificate) in chain.iter().enumerate() {
+        if roots.contains(certificate) {
+            return check_parsed_valid_at(&certificate.parsed()?, now);
+        }
+        if let Some(issuer) = chain.get(index + 1) {
+            verify_issued(certificate, issuer, now)?;
+            continue;
+        }
+        let mut failures = Vec::new();
+        for root in roots {
+            match verify_issued(certificate, root, now) {
+                Ok(()) => return Ok(()),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        return Err(CaError::Verification(format!(
+            "{} does not chain to any of the {} trusted root(s){}",
+            certificate.subject().unwrap_or_default(),
+            roots.len(),
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", failures.join("; "))
+            }
+        )));
+    }
+    Err(CaError::Verification(
+        "the chain does not reach a trusted root".into(),
+    ))
+}
+
 /// Verifies a leaf (end-entity) certificate through `intermediates` to one of
 /// `roots` with rustls-webpki, for client or server use.
 ///

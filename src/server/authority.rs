@@ -2,7 +2,9 @@
 //! tokens, enrollment, intermediate issuance, status and the published
 //! bundle. The gRPC layer (`grpc.rs`) only authenticates and translates.
 
-use std::sync::Arc;
+mod rotate;
+
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -57,8 +59,9 @@ pub struct PublishedBundle {
 }
 
 impl PublishedBundle {
-    /// Builds the wire form of `bundle`.
-    pub fn new(bundle: TrustBundle) -> Result<Self, ServerError> {
+    /// Builds the wire form of `bundle`, naming `signing_root` as the root
+    /// that signs new intermediates.
+    pub fn new(bundle: TrustBundle, signing_root: &Certificate) -> Result<Self, ServerError> {
         let spiffe_bundle_json = bundle
             .spiffe_bundle_json(SPIFFE_REFRESH_HINT)
             .map_err(|error| ServerError::Setup(format!("bundle: {error}")))?;
@@ -68,6 +71,8 @@ impl PublishedBundle {
             digest: bundle.digest_hex(),
             root_cert_pem: bundle.root_cert_pem(),
             spiffe_bundle_json,
+            signing_root_sha256: signing_root.sha256_hex(),
+            reissue_before_unix: 0,
         };
         Ok(PublishedBundle { bundle, message })
     }
@@ -76,7 +81,13 @@ impl PublishedBundle {
 /// The central CA's state and operations.
 pub struct Authority {
     store: Arc<dyn Store>,
-    signer: Arc<dyn RootSigner>,
+    /// Swapped only by a rotation step, after the step is persisted.
+    signer: RwLock<Arc<dyn RootSigner>>,
+    /// Serialises rotation steps and bundle publication.
+    rotation_lock: Mutex<()>,
+    /// Bumped when per-cluster directives (reissue) change, so watch
+    /// streams and push loops re-read them.
+    directives: watch::Sender<u64>,
     policy: Policy,
     settings: CaSettings,
     control_plane_ca: Certificate,
@@ -173,14 +184,7 @@ impl Authority {
                 settings.signing_root_id
             ))
         })?;
-        let root = Certificate::from_pem(&root_record.certificate_pem)?;
-        let key_name = root_record.key_secret.clone().ok_or_else(|| {
-            ServerError::Setup(
-                "the signing root has no local key (remote signers come later)".into(),
-            )
-        })?;
-        let root_key = load_sealed_key(store.as_ref(), kek, &key_name)?;
-        let signer: Arc<dyn RootSigner> = Arc::new(LocalSigner::new(root, root_key)?);
+        let signer = load_signer(store.as_ref(), kek, &root_record)?;
         let control_plane_ca = Certificate::from_pem(&settings.control_plane_ca_pem)?;
         let control_plane_key =
             load_sealed_key(store.as_ref(), kek, records::CONTROL_PLANE_KEY_SECRET)?;
@@ -191,10 +195,16 @@ impl Authority {
         )?
         .ok_or_else(|| ServerError::Setup("no published trust bundle in the store".into()))?;
         let bundle = bundle_from_record(&bundle_record)?;
-        let (sender, _) = watch::channel(Arc::new(PublishedBundle::new(bundle)?));
+        let (sender, _) = watch::channel(Arc::new(PublishedBundle::new(
+            bundle,
+            signer.signing_root(),
+        )?));
+        let (directives, _) = watch::channel(0);
         Ok(Authority {
             store,
-            signer,
+            signer: RwLock::new(signer),
+            rotation_lock: Mutex::new(()),
+            directives,
             policy,
             settings,
             control_plane_ca,
@@ -273,6 +283,7 @@ impl Authority {
                 secret_format: secret_format.to_string(),
                 kubeconfig_secret: secret_name.clone(),
             }),
+            reissue_before_unix: None,
         };
         let sealed = crate::signer::sealed::seal(&self.kek, &secret_name, kubeconfig.as_bytes())?;
         let batch = Batch::new()
@@ -334,10 +345,72 @@ impl Authority {
         self.bundle.subscribe()
     }
 
+    /// The signer in use now.
+    pub fn signer(&self) -> Arc<dyn RootSigner> {
+        self.signer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The root that signs new intermediates now.
+    pub fn signing_root(&self) -> Certificate {
+        self.signer().signing_root().clone()
+    }
+
+    /// A receiver that changes when per-cluster directives change.
+    pub fn subscribe_directives(&self) -> watch::Receiver<u64> {
+        self.directives.subscribe()
+    }
+
+    /// The bundle message for `cluster`: the published one with the
+    /// cluster's reissue request filled in.
+    pub fn bundle_for(&self, cluster: Option<&str>) -> proto::Bundle {
+        let mut message = self.current_bundle().message.clone();
+        if let Some(cluster) = cluster {
+            message.reissue_before_unix = self.reissue_before(cluster).unwrap_or(0);
+        }
+        message
+    }
+
+    /// When `cluster` asked to replace intermediates issued earlier.
+    pub fn reissue_before(&self, cluster: &str) -> Option<i64> {
+        records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, cluster)
+            .ok()
+            .flatten()
+            .and_then(|(record, _)| record.reissue_before_unix)
+    }
+
     /// Persists `bundle` as the next version, then publishes it to watchers.
     /// Errors when its version is not exactly current + 1.
     pub fn publish_bundle(&self, bundle: TrustBundle) -> Result<(), ServerError> {
+        let _guard = self
+            .rotation_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.commit_and_publish(Some(bundle), Batch::new(), None)
+    }
+
+    /// Commits `extra` together with `bundle` (when Some) in one store
+    /// transaction; only then switches to `signer` (when Some) and publishes
+    /// the bundle to watchers. Callers hold `rotation_lock`.
+    fn commit_and_publish(
+        &self,
+        bundle: Option<TrustBundle>,
+        extra: Batch,
+        signer: Option<Arc<dyn RootSigner>>,
+    ) -> Result<(), ServerError> {
         let current = self.current_bundle();
+        let Some(bundle) = bundle else {
+            self.store.commit(extra)?;
+            if let Some(signer) = signer {
+                *self
+                    .signer
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = signer;
+            }
+            return Ok(());
+        };
         if bundle.version() != current.bundle.version() + 1 {
             return Err(ServerError::Setup(format!(
                 "bundle version {} does not follow {}",
@@ -345,7 +418,11 @@ impl Authority {
                 current.bundle.version()
             )));
         }
-        let published = PublishedBundle::new(bundle)?;
+        let signing_root = match &signer {
+            Some(signer) => signer.signing_root().clone(),
+            None => self.signing_root(),
+        };
+        let published = PublishedBundle::new(bundle, &signing_root)?;
         let record = bundle_record(&published.bundle, self.clock.now());
         let (_, stored_version) = records::get_json::<BundleRecord>(
             self.store.as_ref(),
@@ -353,7 +430,7 @@ impl Authority {
             self.trust_domain(),
         )?
         .ok_or_else(|| ServerError::Setup("no published trust bundle in the store".into()))?;
-        let batch = Batch::new()
+        let batch = extra
             .put_json(
                 Table::Bundles,
                 self.trust_domain(),
@@ -367,6 +444,12 @@ impl Authority {
                 Some(Expect::Absent),
             )?;
         self.store.commit(batch)?;
+        if let Some(signer) = signer {
+            *self
+                .signer
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = signer;
+        }
         self.bundle.send_replace(Arc::new(published));
         Ok(())
     }
@@ -461,6 +544,7 @@ impl Authority {
                     client_cert_serial: None,
                     report: None,
                     push: None,
+                    reissue_before_unix: None,
                 },
                 Expect::Absent,
             ),
@@ -599,10 +683,11 @@ impl Authority {
             .policy
             .decide(&self.settings.trust_domain, cluster, &csr, None)?;
         let now = self.clock.now();
+        let signer = self.signer();
         let mut attempts = 0;
         let certificate = loop {
             attempts += 1;
-            let certificate = self.signer.sign_intermediate(&csr, &profile, now).await?;
+            let certificate = signer.sign_intermediate(&csr, &profile, now).await?;
             let serial = certificate.serial_hex()?;
             let issued = IssuedRecord {
                 serial: serial.clone(),
@@ -625,13 +710,13 @@ impl Authority {
                 Err(error) => return Err(error),
             }
         };
-        let root = self.signer.signing_root();
+        let root = signer.signing_root();
         let serial = certificate.serial_hex()?;
-        tracing::info!(cluster, serial = %serial, "intermediate issued");
+        tracing::info!(cluster, serial = %serial, root = %root.serial_hex().unwrap_or_default(), "intermediate issued");
         Ok(proto::SignIntermediateResponse {
             certificate_pem: certificate.to_pem(),
             cert_chain_pem: format!("{}{}", certificate.to_pem(), root.to_pem()),
-            bundle: Some(self.current_bundle().message.clone()),
+            bundle: Some(self.bundle_for(Some(cluster))),
             serial,
             not_after_unix: system_time_to_unix(certificate.not_after()?),
         })
@@ -651,13 +736,25 @@ impl Authority {
         let now = system_time_to_unix(self.clock.now());
         for _ in 0..5 {
             let (mut record, version) = self.enrolled_cluster(cluster)?;
-            record.report = Some(ClusterReport {
-                applied_bundle_version: report.applied_bundle_version,
-                intermediate_serial: report.intermediate_serial.clone(),
-                intermediate_not_after_unix: report.intermediate_not_after_unix,
-                cert_chain_pem: report.cert_chain_pem.clone(),
-                error: report.error.clone(),
-                reported_unix: now,
+            // An error-only report (nothing applied, no chain) keeps what the
+            // cluster applied before: the gates and pre-flight still need it.
+            let error_only = report.applied_bundle_version == 0
+                && report.cert_chain_pem.is_empty()
+                && !report.error.is_empty();
+            record.report = Some(match (&record.report, error_only) {
+                (Some(previous), true) => ClusterReport {
+                    error: report.error.clone(),
+                    reported_unix: now,
+                    ..previous.clone()
+                },
+                _ => ClusterReport {
+                    applied_bundle_version: report.applied_bundle_version,
+                    intermediate_serial: report.intermediate_serial.clone(),
+                    intermediate_not_after_unix: report.intermediate_not_after_unix,
+                    cert_chain_pem: report.cert_chain_pem.clone(),
+                    error: report.error.clone(),
+                    reported_unix: now,
+                },
             });
             let batch = Batch::new().put_json(
                 Table::Clusters,
@@ -666,7 +763,12 @@ impl Authority {
                 Some(Expect::Version(version)),
             )?;
             match self.store.commit(batch).map_err(ServerError::from) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Err(error) = self.rotation_tick() {
+                        tracing::warn!(error = %error, "rotation check after a status report failed");
+                    }
+                    return Ok(());
+                }
                 Err(error) if is_conflict(&error) => continue,
                 Err(error) => return Err(error),
             }
@@ -701,12 +803,16 @@ impl Authority {
         )?;
         self.clusters_changed.notify_waiters();
         tracing::info!(cluster = name, "cluster removed");
+        if let Err(error) = self.rotation_tick() {
+            tracing::warn!(error = %error, "rotation check after a removal failed");
+        }
         Ok(())
     }
 
     /// Server status: trust domain, bundle, signing root, clusters.
     pub fn status(&self) -> Result<proto::StatusResponse, ServerError> {
-        let root = self.signer.signing_root();
+        let signer = self.signer();
+        let root = signer.signing_root();
         Ok(proto::StatusResponse {
             trust_domain: self.settings.trust_domain.clone(),
             bundle: Some(self.current_bundle().message.clone()),
@@ -788,6 +894,7 @@ pub fn bundle_from_record(record: &BundleRecord) -> Result<TrustBundle, ServerEr
         .map(|pem| Certificate::from_pem(pem))
         .collect::<Result<Vec<_>, _>>()?;
     TrustBundle::new(&record.trust_domain, record.version, roots)
+        .map(|bundle| bundle.newest_repeated(record.newest_repeated))
         .map_err(|error| ServerError::Setup(format!("stored bundle: {error}")))
 }
 
@@ -797,8 +904,23 @@ pub fn bundle_record(bundle: &TrustBundle, now: SystemTime) -> BundleRecord {
         trust_domain: bundle.trust_domain().to_string(),
         version: bundle.version(),
         roots_pem: bundle.roots().iter().map(Certificate::to_pem).collect(),
+        newest_repeated: bundle.is_newest_repeated(),
         published_unix: system_time_to_unix(now),
     }
+}
+
+/// A local signer for a stored root (its key unsealed with `kek`).
+pub fn load_signer(
+    store: &dyn Store,
+    kek: &Kek,
+    root_record: &RootRecord,
+) -> Result<Arc<dyn RootSigner>, ServerError> {
+    let root = Certificate::from_pem(&root_record.certificate_pem)?;
+    let key_name = root_record.key_secret.clone().ok_or_else(|| {
+        ServerError::Setup("the signing root has no local key (remote signers come later)".into())
+    })?;
+    let root_key = load_sealed_key(store, kek, &key_name)?;
+    Ok(Arc::new(LocalSigner::new(root, root_key)?))
 }
 
 /// Reads and unseals a PKCS#8 key stored under `name` in the secrets table.
@@ -853,7 +975,8 @@ impl Authority {
             .policy
             .decide(&self.settings.trust_domain, cluster, &csr, lifetime)?;
         let now = self.clock.now();
-        let certificate = self.signer.sign_intermediate(&csr, &profile, now).await?;
+        let signer = self.signer();
+        let certificate = signer.sign_intermediate(&csr, &profile, now).await?;
         let serial = certificate.serial_hex()?;
         let issued = IssuedRecord {
             serial: serial.clone(),
@@ -868,7 +991,7 @@ impl Authority {
             &issued,
             Some(Expect::Absent),
         )?)?;
-        let root = self.signer.signing_root();
+        let root = signer.signing_root();
         let chain = vec![certificate.clone(), root.clone()];
         let bundle = self.current_bundle();
         ca::probe_ca_key(&chain, &key, bundle.bundle.roots(), now)?;

@@ -46,6 +46,10 @@ pub enum ServerError {
     /// Writing a push-mode cluster's cacerts failed.
     #[error("push: {0}")]
     Push(String),
+    /// A rotation step was refused (gate closed, would strand a cluster,
+    /// nothing in progress, …); the message says what to do.
+    #[error("rotation: {0}")]
+    Rotation(#[from] crate::rotation::RotationError),
 }
 
 impl From<CaError> for ServerError {
@@ -85,6 +89,7 @@ impl ServerError {
             ServerError::Signer(_) => "signer",
             ServerError::Setup(_) => "setup",
             ServerError::Push(_) => "push",
+            ServerError::Rotation(_) => "rotation",
         }
     }
 }
@@ -107,6 +112,11 @@ impl From<ServerError> for tonic::Status {
             ServerError::Policy(_) => Code::InvalidArgument,
             ServerError::NotFound(_) => Code::NotFound,
             ServerError::AlreadyExists(_) => Code::AlreadyExists,
+            ServerError::Rotation(crate::rotation::RotationError::Bundle(_)) => Code::Internal,
+            ServerError::Rotation(crate::rotation::RotationError::NewRoot(_)) => {
+                Code::InvalidArgument
+            }
+            ServerError::Rotation(_) => Code::FailedPrecondition,
             ServerError::Store(StoreError::Conflict { .. }) => Code::Aborted,
             ServerError::Store(_)
             | ServerError::Signer(_)

@@ -86,10 +86,11 @@ impl TrustBundleService for BundleApi {
         &self,
         request: Request<proto::GetBundleRequest>,
     ) -> Result<Response<proto::Bundle>, Status> {
-        caller(&self.authority, &request)?;
-        Ok(Response::new(
-            self.authority.current_bundle().message.clone(),
-        ))
+        let cluster = match caller(&self.authority, &request)? {
+            Caller::Cluster(name) => Some(name),
+            Caller::Admin(_) => None,
+        };
+        Ok(Response::new(self.authority.bundle_for(cluster.as_deref())))
     }
 
     type WatchBundleStream = BundleStream;
@@ -99,20 +100,33 @@ impl TrustBundleService for BundleApi {
         request: Request<proto::WatchBundleRequest>,
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
         let who = caller(&self.authority, &request)?;
+        let cluster = match &who {
+            Caller::Cluster(name) => Some(name.clone()),
+            Caller::Admin(_) => None,
+        };
+        let authority = self.authority.clone();
         let mut bundles = self.authority.subscribe();
+        let mut directives = self.authority.subscribe_directives();
         let mut shutdown = self.shutdown.clone();
         // Capacity 1: while the consumer is slow, newer versions overwrite
         // older ones in the watch channel, so it gets the latest, not a backlog.
         let (sender, receiver) = mpsc::channel(1);
         tokio::spawn(async move {
+            let mut last_sent: Option<proto::Bundle> = None;
             loop {
-                let latest = bundles.borrow_and_update().message.clone();
-                tokio::select! {
-                    sent = sender.send(Ok(latest)) => if sent.is_err() { break },
-                    _ = shutdown.changed() => break,
+                bundles.borrow_and_update();
+                directives.borrow_and_update();
+                let latest = authority.bundle_for(cluster.as_deref());
+                if last_sent.as_ref() != Some(&latest) {
+                    tokio::select! {
+                        sent = sender.send(Ok(latest.clone())) => if sent.is_err() { break },
+                        _ = shutdown.changed() => break,
+                    }
+                    last_sent = Some(latest);
                 }
                 tokio::select! {
                     changed = bundles.changed() => if changed.is_err() { break },
+                    changed = directives.changed() => if changed.is_err() { break },
                     _ = shutdown.changed() => break,
                     _ = sender.closed() => break,
                 }
@@ -216,5 +230,77 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::StatusResponse>, Status> {
         require_admin(&self.authority, &request)?;
         Ok(Response::new(self.authority.status()?))
+    }
+
+    async fn reissue_cluster(
+        &self,
+        request: Request<proto::ReissueClusterRequest>,
+    ) -> Result<Response<proto::ReissueClusterResponse>, Status> {
+        let admin = require_admin(&self.authority, &request)?;
+        self.authority
+            .reissue_cluster(&request.into_inner().name, &admin)?;
+        Ok(Response::new(proto::ReissueClusterResponse {}))
+    }
+
+    async fn rotate_plan(
+        &self,
+        request: Request<proto::RotatePlanRequest>,
+    ) -> Result<Response<proto::RotatePlanResponse>, Status> {
+        require_admin(&self.authority, &request)?;
+        let options = request.into_inner().options.unwrap_or_default();
+        Ok(Response::new(self.authority.rotate_plan(&options)?))
+    }
+
+    async fn rotate_start(
+        &self,
+        request: Request<proto::RotateStartRequest>,
+    ) -> Result<Response<proto::RotationStatus>, Status> {
+        let admin = require_admin(&self.authority, &request)?;
+        let options = request.into_inner().options.unwrap_or_default();
+        let authority = self.authority.clone();
+        // Root key generation and sealing are CPU work: keep them off the
+        // async workers.
+        let status = tokio::task::spawn_blocking(move || authority.rotate_start(&options, &admin))
+            .await
+            .map_err(|error| ServerError::Setup(format!("rotation task: {error}")))??;
+        Ok(Response::new(status))
+    }
+
+    async fn rotate_status(
+        &self,
+        request: Request<proto::RotateStatusRequest>,
+    ) -> Result<Response<proto::RotationStatus>, Status> {
+        require_admin(&self.authority, &request)?;
+        Ok(Response::new(self.authority.rotation_status()?))
+    }
+
+    async fn rotate_advance(
+        &self,
+        request: Request<proto::RotateAdvanceRequest>,
+    ) -> Result<Response<proto::RotationStatus>, Status> {
+        let admin = require_admin(&self.authority, &request)?;
+        Ok(Response::new(self.authority.rotate_advance(&admin)?))
+    }
+
+    async fn rotate_abort(
+        &self,
+        request: Request<proto::RotateAbortRequest>,
+    ) -> Result<Response<proto::RotationStatus>, Status> {
+        let admin = require_admin(&self.authority, &request)?;
+        Ok(Response::new(self.authority.rotate_abort(&admin)?))
+    }
+
+    async fn audit_log(
+        &self,
+        request: Request<proto::AuditLogRequest>,
+    ) -> Result<Response<proto::AuditLogResponse>, Status> {
+        require_admin(&self.authority, &request)?;
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            limit => limit as usize,
+        };
+        Ok(Response::new(proto::AuditLogResponse {
+            entries: self.authority.audit_log(limit)?,
+        }))
     }
 }

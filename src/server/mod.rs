@@ -169,6 +169,24 @@ pub async fn start(
     });
     tracing::info!(%address, "trustplane server listening (TLS)");
     let push = push::PushController::spawn(authority.clone());
+    // Notes acks and grace expiry and runs `--auto` rotation steps even
+    // when no cluster reports.
+    let ticker_authority = authority.clone();
+    let mut ticker_stop = shutdown.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = ticker_stop.changed() => break,
+            }
+            let authority = ticker_authority.clone();
+            match tokio::task::spawn_blocking(move || authority.rotation_tick()).await {
+                Ok(Err(error)) => tracing::warn!(error = %error, "rotation check failed"),
+                Err(error) => tracing::warn!(error = %error, "rotation check task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    });
     Ok(RunningServer {
         address,
         push,

@@ -122,9 +122,11 @@ async fn push_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut bundles = authority.subscribe();
+    let mut directives = authority.subscribe_directives();
     let mut failures: u32 = 0;
     loop {
         bundles.borrow_and_update();
+        directives.borrow_and_update();
         let wait = match push_once(&authority, &cluster, &target).await {
             Ok(applied) => {
                 failures = 0;
@@ -151,6 +153,7 @@ async fn push_loop(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = bundles.changed() => if changed.is_err() { return },
+            changed = directives.changed() => if changed.is_err() { return },
             _ = stopped.changed() => return,
         }
     }
@@ -241,11 +244,25 @@ async fn push_once(
             .and_then(|pem| Certificate::parse_pem_chain(pem).ok())
             .unwrap_or_default();
         let chain_root_trusted = chain.last().is_some_and(|root| roots.contains(root));
-        if let (true, true, Some(intermediate)) =
-            (check.passed(), chain_root_trusted, chain.first())
-        {
+        // A rotation (sign-new or its abort) switches the signing root: an
+        // intermediate from the other root is replaced even though valid.
+        let signing_root = authority.signing_root();
+        let from_signing_root = chain.last() == Some(&signing_root);
+        if let (true, true, true, Some(intermediate)) = (
+            check.passed(),
+            chain_root_trusted,
+            from_signing_root,
+            chain.first(),
+        ) {
             let (renew, not_after) = renew_at(intermediate)?;
-            if now < renew {
+            let issued = intermediate
+                .not_before()?
+                .checked_add(ca::BACKDATE)
+                .map_or(0, system_time_to_unix);
+            let reissue_requested = authority
+                .reissue_before(cluster)
+                .is_some_and(|before| issued < before);
+            if now < renew && !reissue_requested {
                 let applied = Applied {
                     bundle_version: published.bundle.version(),
                     serial: intermediate.serial_hex()?,

@@ -30,11 +30,14 @@ pub enum Table {
     Bundles,
     /// Join tokens, by SHA-256 hex of the token.
     Tokens,
+    /// Audit entries (rotation steps, exclusions, reissues), by
+    /// `<unix nanos, 20 digits>-<random>` so keys sort by time.
+    Audit,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Meta,
         Table::Secrets,
         Table::Roots,
@@ -42,6 +45,7 @@ impl Table {
         Table::Certificates,
         Table::Bundles,
         Table::Tokens,
+        Table::Audit,
     ];
 
     /// Stable name used by backends.
@@ -54,6 +58,7 @@ impl Table {
             Table::Certificates => "certificates",
             Table::Bundles => "bundles",
             Table::Tokens => "tokens",
+            Table::Audit => "audit",
         }
     }
 }

@@ -7,6 +7,8 @@ use super::{Batch, Expect, Store, StoreError, Table};
 
 /// Key of the CA settings singleton in [`Table::Meta`].
 pub const CA_SETTINGS_KEY: &str = "ca";
+/// Key of the root-rotation state in [`Table::Meta`].
+pub const ROTATION_KEY: &str = "rotation";
 /// Name of the sealed control-plane CA key in [`Table::Secrets`].
 pub const CONTROL_PLANE_KEY_SECRET: &str = "control-plane-ca-key";
 
@@ -79,6 +81,24 @@ pub struct ClusterRecord {
     /// Push mode: the server writes this cluster's cacerts itself.
     #[serde(default)]
     pub push: Option<PushTarget>,
+    /// An intermediate issued before this time (Unix seconds) is to be
+    /// replaced (`trustplane cluster reissue`).
+    #[serde(default)]
+    pub reissue_before_unix: Option<i64>,
+}
+
+/// One audit entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// When (Unix seconds).
+    pub unix: i64,
+    /// Who (admin name, or `server` for automatic steps).
+    pub actor: String,
+    /// What, e.g. `rotate-start`.
+    pub action: String,
+    /// Details in words.
+    pub detail: String,
 }
 
 /// Where the server writes a push-mode cluster's cacerts.
@@ -140,6 +160,9 @@ pub struct BundleRecord {
     pub version: u64,
     /// Each root's PEM, in bundle order.
     pub roots_pem: Vec<String>,
+    /// Whether `root-cert.pem` repeats the newest root (rotation sign-new).
+    #[serde(default)]
+    pub newest_repeated: bool,
     /// When it was published (Unix seconds).
     pub published_unix: i64,
 }

@@ -1,0 +1,717 @@
+//! The server side of root rotation and reissue: reads what the pure
+//! [`crate::rotation`] state machine needs from the store, persists each
+//! step (rotation state, new root, signing-root switch, bundle, audit entry)
+//! in one transaction, and only then swaps the signer and publishes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Authority, load_signer};
+use crate::ca::{self, Certificate, system_time_to_unix};
+use crate::proto;
+use crate::rotation::{self, ClusterView, Phase, Rotation, StartOptions, Step};
+use crate::server::ServerError;
+use crate::signer::sealed::seal;
+use crate::signer::{LocalSigner, RootSigner};
+use crate::store::records::{
+    self, AuditRecord, CaSettings, ClusterRecord, IssuedKind, IssuedRecord, RootRecord,
+};
+use crate::store::{Batch, Expect, Table};
+
+/// Default validity of a new root created by a rotation.
+const NEW_ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A new root made (or imported) for a rotation, not yet stored.
+struct NewRoot {
+    certificate: Certificate,
+    signer: Arc<dyn RootSigner>,
+    record: RootRecord,
+    sealed_key: (String, Vec<u8>),
+}
+
+impl Authority {
+    /// The rotation state and its store version, if a rotation was ever
+    /// started.
+    pub fn rotation(&self) -> Result<Option<(Rotation, u64)>, ServerError> {
+        Ok(records::get_json::<Rotation>(
+            self.store.as_ref(),
+            Table::Meta,
+            records::ROTATION_KEY,
+        )?)
+    }
+
+    fn root_certificate(&self, id: &str) -> Result<Certificate, ServerError> {
+        let (record, _) = records::get_json::<RootRecord>(self.store.as_ref(), Table::Roots, id)?
+            .ok_or_else(|| {
+            ServerError::Setup(format!("root {id} is missing from the store"))
+        })?;
+        Ok(Certificate::from_pem(&record.certificate_pem)?)
+    }
+
+    /// Every enrolled cluster with the view the gates need.
+    fn cluster_views(&self) -> Result<Vec<(ClusterRecord, ClusterView)>, ServerError> {
+        Ok(
+            records::list_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters)?
+                .into_iter()
+                .filter(|(_, record, _)| record.enrolled_unix.is_some())
+                .map(|(_, record, _)| {
+                    let report = record.report.clone().unwrap_or_default();
+                    let view = ClusterView {
+                        name: record.name.clone(),
+                        applied_version: report.applied_bundle_version,
+                        chain: Certificate::parse_pem_chain(&report.cert_chain_pem)
+                            .unwrap_or_default(),
+                        reported_unix: record.report.as_ref().map(|report| report.reported_unix),
+                    };
+                    (record, view)
+                })
+                .collect(),
+        )
+    }
+
+    fn views(&self) -> Result<Vec<ClusterView>, ServerError> {
+        Ok(self
+            .cluster_views()?
+            .into_iter()
+            .map(|(_, view)| view)
+            .collect())
+    }
+
+    fn lock_rotation(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rotation_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The rotation as `trustplane rotate status` shows it.
+    pub fn rotation_status(&self) -> Result<proto::RotationStatus, ServerError> {
+        let now = self.clock.now();
+        let signing_root = self.signing_root();
+        let rotation = self.rotation()?.map(|(rotation, _)| rotation);
+        let clusters = self.cluster_views()?;
+        let views: Vec<ClusterView> = clusters.iter().map(|(_, view)| view.clone()).collect();
+        let gate = rotation
+            .as_ref()
+            .map(|rotation| rotation.gate(&views, &signing_root, now));
+        let mut status = proto::RotationStatus {
+            phase: rotation
+                .as_ref()
+                .map_or(Phase::Stable, |rotation| rotation.phase)
+                .to_string(),
+            has_rotation: rotation.is_some(),
+            signing_root_serial: signing_root.serial_hex()?,
+            bundle: Some(self.current_bundle().message.clone()),
+            ..Default::default()
+        };
+        for (record, view) in &clusters {
+            let report = record.report.clone().unwrap_or_default();
+            let blocker = gate.as_ref().and_then(|gate| {
+                gate.blockers
+                    .iter()
+                    .find(|blocker| blocker.cluster == record.name)
+            });
+            let chain_root = view.chain.last();
+            status.clusters.push(proto::ClusterAck {
+                name: record.name.clone(),
+                mode: if record.push.is_some() {
+                    "push"
+                } else {
+                    "agent"
+                }
+                .to_string(),
+                applied_bundle_version: report.applied_bundle_version,
+                chain_root_subject: chain_root
+                    .and_then(|root| root.subject().ok())
+                    .unwrap_or_default(),
+                chain_root_serial: chain_root
+                    .and_then(|root| root.serial_hex().ok())
+                    .unwrap_or_default(),
+                last_report_unix: report.reported_unix,
+                acknowledged: blocker.is_none(),
+                blocking_reason: blocker
+                    .map(|blocker| blocker.reason.to_string())
+                    .unwrap_or_default(),
+                overdue: blocker.is_some_and(|blocker| blocker.overdue),
+                excluded: rotation
+                    .as_ref()
+                    .is_some_and(|rotation| rotation.excluded.contains(&record.name)),
+                last_error: report.error,
+            });
+        }
+        let Some(rotation) = rotation else {
+            status.gate_holds = true;
+            status.blocking = "nothing: no rotation in progress".into();
+            status.next_step =
+                "start a rotation with `trustplane rotate start` (see `rotate plan` first)".into();
+            return Ok(status);
+        };
+        let gate = gate.unwrap_or(rotation::Gate {
+            blockers: Vec::new(),
+            grace_left: Duration::ZERO,
+        });
+        let old_root = self.root_certificate(&rotation.old_root_id)?;
+        let new_root = self.root_certificate(&rotation.new_root_id)?;
+        status.old_root_serial = rotation.old_root_id.clone();
+        status.old_root_subject = old_root.subject()?;
+        status.new_root_serial = rotation.new_root_id.clone();
+        status.new_root_subject = new_root.subject()?;
+        status.phase_bundle_version = rotation.bundle_version;
+        status.started_unix = rotation.started_unix;
+        status.entered_unix = rotation.entered_unix;
+        status.acknowledged_unix = rotation.acknowledged_unix.unwrap_or(0);
+        status.grace_seconds = rotation.grace_seconds;
+        status.grace_left_seconds = gate.grace_left.as_secs();
+        status.ack_timeout_seconds = rotation.ack_timeout_seconds;
+        status.excluded = rotation.excluded.clone();
+        status.auto_advance = rotation.auto_advance;
+        status.outcome = rotation.outcome.clone().unwrap_or_default();
+        if rotation.in_progress() {
+            status.gate_holds = gate.holds();
+            status.blocking = gate.summary();
+            status.next_step = match rotation.phase {
+                Phase::TrustNew => "sign-new: intermediates re-issued from the new root; bundle bytes change (newest root repeated)",
+                Phase::SignNew => "retire-old: bundle holds only the new root",
+                Phase::RetireOld => "stable: the rotation is complete",
+                Phase::Stable => "",
+            }
+            .into();
+        } else {
+            status.gate_holds = true;
+            status.blocking = "nothing: no rotation in progress".into();
+            status.next_step =
+                "start a rotation with `trustplane rotate start` (see `rotate plan` first)".into();
+        }
+        Ok(status)
+    }
+
+    /// Makes (or imports) the new root for a rotation, in memory.
+    fn new_root(&self, options: &proto::RotationOptions) -> Result<NewRoot, ServerError> {
+        let now = self.clock.now();
+        let (certificate, key, imported) = if options.import_root_pem.is_empty() {
+            if !options.import_key_pem.is_empty() {
+                return Err(ServerError::InvalidArgument(
+                    "an imported root key needs its certificate too (--import-root)".into(),
+                ));
+            }
+            let key_algorithm = if options.key_algorithm.is_empty() {
+                ca::KeyAlgorithm::EcdsaP256
+            } else {
+                options.key_algorithm.parse::<ca::KeyAlgorithm>()?
+            };
+            let validity = if options.root_validity_seconds == 0 {
+                NEW_ROOT_VALIDITY
+            } else {
+                Duration::from_secs(options.root_validity_seconds)
+            };
+            let label = humantime::format_rfc3339_seconds(now).to_string();
+            let (certificate, key) = ca::create_successor_root(
+                &ca::RootRequest {
+                    trust_domain: self.settings.trust_domain.clone(),
+                    organisation: self.settings.organisation.clone(),
+                    key_algorithm,
+                    validity,
+                },
+                &label,
+                now,
+            )?;
+            (certificate, key, false)
+        } else {
+            let (certificate, key) =
+                ca::import_root(&options.import_root_pem, &options.import_key_pem, now)?;
+            (certificate, key, true)
+        };
+        let id = certificate.serial_hex()?;
+        let key_name = format!("root-key/{id}");
+        let sealed = seal(&self.kek, &key_name, key.pkcs8_der())?;
+        let signer: Arc<dyn RootSigner> = Arc::new(LocalSigner::new(certificate.clone(), key)?);
+        Ok(NewRoot {
+            record: RootRecord {
+                id,
+                certificate_pem: certificate.to_pem(),
+                key_secret: Some(key_name.clone()),
+                created_unix: system_time_to_unix(now),
+                imported,
+            },
+            certificate,
+            signer,
+            sealed_key: (key_name, sealed),
+        })
+    }
+
+    fn start_options(&self, options: &proto::RotationOptions) -> Result<StartOptions, ServerError> {
+        let registered: Vec<String> =
+            records::list_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters)?
+                .into_iter()
+                .map(|(name, _, _)| name)
+                .collect();
+        for name in &options.exclude_clusters {
+            if !registered.contains(name) {
+                return Err(ServerError::InvalidArgument(format!(
+                    "--exclude-cluster {name:?}: no such cluster (see `trustplane cluster list`)"
+                )));
+            }
+        }
+        Ok(StartOptions {
+            grace: if options.grace_seconds == 0 {
+                rotation::DEFAULT_GRACE
+            } else {
+                Duration::from_secs(options.grace_seconds)
+            },
+            ack_timeout: if options.ack_timeout_seconds == 0 {
+                rotation::DEFAULT_ACK_TIMEOUT
+            } else {
+                Duration::from_secs(options.ack_timeout_seconds)
+            },
+            excluded: options.exclude_clusters.clone(),
+            auto_advance: options.auto_advance,
+        })
+    }
+
+    fn audit(
+        &self,
+        batch: Batch,
+        actor: &str,
+        action: &str,
+        detail: String,
+    ) -> Result<Batch, ServerError> {
+        let now = self.clock.now();
+        let nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let mut random = [0u8; 4];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| ServerError::Setup("the system random generator failed".into()))?;
+        let key = format!("{nanos:020}-{}", hex::encode(random));
+        tracing::info!(actor, action, detail = %detail, "audit");
+        Ok(batch.put_json(
+            Table::Audit,
+            key,
+            &AuditRecord {
+                unix: system_time_to_unix(now),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                detail,
+            },
+            Some(Expect::Absent),
+        )?)
+    }
+
+    /// Persists `step` in one transaction (rotation state guarded by
+    /// `rotation_version`, the settings' signing root, a new root, the
+    /// bundle, an audit entry), then switches signer and publishes.
+    /// Callers hold `rotation_lock`.
+    fn apply_step(
+        &self,
+        step: Step,
+        rotation_version: Option<u64>,
+        new_root: Option<NewRoot>,
+        actor: &str,
+        action: &str,
+    ) -> Result<(), ServerError> {
+        let now = self.clock.now();
+        let detail = format!(
+            "phase {} (bundle v{}), signing root {}{}",
+            step.rotation.phase,
+            step.bundle
+                .as_ref()
+                .map_or(step.rotation.bundle_version, |bundle| bundle.version()),
+            step.signing_root_id,
+            step.rotation
+                .outcome
+                .as_ref()
+                .map(|outcome| format!(", rotation {outcome}"))
+                .unwrap_or_default()
+        );
+        let mut batch = Batch::new().put_json(
+            Table::Meta,
+            records::ROTATION_KEY,
+            &step.rotation,
+            Some(match rotation_version {
+                Some(version) => Expect::Version(version),
+                None => Expect::Absent,
+            }),
+        )?;
+        let current_signer_id = self.signing_root().serial_hex()?;
+        let mut signer = None;
+        if step.signing_root_id != current_signer_id {
+            let (mut settings, settings_version) = records::get_json::<CaSettings>(
+                self.store.as_ref(),
+                Table::Meta,
+                records::CA_SETTINGS_KEY,
+            )?
+            .ok_or_else(|| ServerError::Setup("CA settings are missing".into()))?;
+            settings.signing_root_id = step.signing_root_id.clone();
+            batch = batch.put_json(
+                Table::Meta,
+                records::CA_SETTINGS_KEY,
+                &settings,
+                Some(Expect::Version(settings_version)),
+            )?;
+            signer = Some(match &new_root {
+                Some(new_root) if new_root.record.id == step.signing_root_id => {
+                    new_root.signer.clone()
+                }
+                _ => {
+                    let (record, _) = records::get_json::<RootRecord>(
+                        self.store.as_ref(),
+                        Table::Roots,
+                        &step.signing_root_id,
+                    )?
+                    .ok_or_else(|| {
+                        ServerError::Setup(format!(
+                            "root {} is missing from the store",
+                            step.signing_root_id
+                        ))
+                    })?;
+                    load_signer(self.store.as_ref(), &self.kek, &record)?
+                }
+            });
+        }
+        if let Some(new_root) = new_root {
+            let (key_name, sealed) = new_root.sealed_key;
+            batch = batch
+                .put_json(
+                    Table::Roots,
+                    &new_root.record.id,
+                    &new_root.record,
+                    Some(Expect::Absent),
+                )?
+                .put(Table::Secrets, key_name, sealed, Some(Expect::Absent))
+                .put_json(
+                    Table::Certificates,
+                    &new_root.record.id,
+                    &IssuedRecord {
+                        serial: new_root.record.id.clone(),
+                        kind: IssuedKind::Root,
+                        cluster: None,
+                        issued_unix: system_time_to_unix(now),
+                        not_after_unix: system_time_to_unix(new_root.certificate.not_after()?),
+                    },
+                    Some(Expect::Absent),
+                )?;
+        }
+        batch = self.audit(batch, actor, action, detail)?;
+        self.commit_and_publish(step.bundle, batch, signer)?;
+        Ok(())
+    }
+
+    /// Every step of a rotation with the given options, and the pre-flight
+    /// of the step that would be taken next. Changes nothing.
+    pub fn rotate_plan(
+        &self,
+        options: &proto::RotationOptions,
+    ) -> Result<proto::RotatePlanResponse, ServerError> {
+        let now = self.clock.now();
+        let current = self.current_bundle();
+        let clusters = self.views()?;
+        let start_options = self.start_options(options)?;
+        let rotation = self.rotation()?.map(|(rotation, _)| rotation);
+        let signing_root = self.signing_root();
+        let describe = |root: &Certificate| {
+            format!(
+                "{} (serial {})",
+                root.subject().unwrap_or_default(),
+                root.serial_hex().unwrap_or_default()
+            )
+        };
+        let in_progress = rotation.as_ref().is_some_and(Rotation::in_progress);
+        let (old_root, new_root_name, preflight) = if in_progress {
+            let rotation = rotation
+                .as_ref()
+                .ok_or(ServerError::Setup("unreachable".into()))?;
+            let preflight =
+                match rotation::advance(rotation, &current.bundle, &signing_root, &clusters, now) {
+                    Ok(_) => Vec::new(),
+                    Err(rotation::RotationError::WouldStrand { stranded, .. }) => stranded
+                        .into_iter()
+                        .map(|stranded| format!("{}: {}", stranded.cluster, stranded.error))
+                        .collect(),
+                    Err(other) => vec![format!("next step: {other}")],
+                };
+            let new_root = self.root_certificate(&rotation.new_root_id)?;
+            (
+                self.root_certificate(&rotation.old_root_id)?,
+                describe(&new_root),
+                preflight,
+            )
+        } else {
+            // Trust-new keeps every root; a chain that does not verify under
+            // the current roots would not verify under {A, B} either.
+            let preflight = rotation::preflight(&current.bundle, &clusters, now)
+                .into_iter()
+                .filter(|stranded| !start_options.excluded.contains(&stranded.cluster))
+                .map(|stranded| format!("{}: {}", stranded.cluster, stranded.error))
+                .collect();
+            let new_root_name = if options.import_root_pem.is_empty() {
+                format!(
+                    "new {} root \"{} root CA <start time>\" (created by `rotate start`)",
+                    if options.key_algorithm.is_empty() {
+                        "ecdsa-p256"
+                    } else {
+                        options.key_algorithm.as_str()
+                    },
+                    self.settings.trust_domain
+                )
+            } else {
+                let certificate = Certificate::from_pem(&options.import_root_pem)?;
+                format!("imported {}", describe(&certificate))
+            };
+            (signing_root.clone(), new_root_name, preflight)
+        };
+        let old = describe(&old_root);
+        let base = if in_progress {
+            rotation
+                .as_ref()
+                .map_or(0, |rotation| rotation.bundle_version)
+        } else {
+            current.bundle.version()
+        };
+        let names: Vec<String> = clusters
+            .iter()
+            .filter(|cluster| !start_options.excluded.contains(&cluster.name))
+            .map(|cluster| cluster.name.clone())
+            .collect();
+        let all = if names.is_empty() {
+            "no enrolled cluster".to_string()
+        } else {
+            names.join(", ")
+        };
+        let grace = humantime::format_duration(start_options.grace).to_string();
+        let phases = [
+            (
+                Phase::TrustNew,
+                vec![old.clone(), new_root_name.clone()],
+                false,
+                old.clone(),
+                format!("every cluster applies the bundle ({all})"),
+            ),
+            (
+                Phase::SignNew,
+                vec![old.clone(), new_root_name.clone()],
+                true,
+                new_root_name.clone(),
+                format!(
+                    "every cluster serves an intermediate signed by the new root ({all}), then a grace of {grace}"
+                ),
+            ),
+            (
+                Phase::RetireOld,
+                vec![new_root_name.clone()],
+                false,
+                new_root_name.clone(),
+                format!("every cluster applies the bundle ({all}); then stable"),
+            ),
+        ];
+        let current_phase = rotation
+            .as_ref()
+            .filter(|rotation| rotation.in_progress())
+            .map(|rotation| rotation.phase);
+        let skip = match current_phase {
+            Some(Phase::TrustNew) => 1,
+            Some(Phase::SignNew) => 2,
+            Some(Phase::RetireOld) => 3,
+            _ => 0,
+        };
+        let steps = phases
+            .into_iter()
+            .skip(skip)
+            .enumerate()
+            .map(
+                |(index, (phase, roots, repeated, signer, gate))| proto::PlannedStep {
+                    phase: phase.to_string(),
+                    bundle_version: base + 1 + index as u64,
+                    bundle_roots: roots,
+                    newest_repeated: repeated,
+                    signing_root: signer,
+                    gate,
+                },
+            )
+            .collect();
+        Ok(proto::RotatePlanResponse {
+            steps,
+            preflight_ok: preflight.is_empty(),
+            preflight_failures: preflight,
+            current: Some(self.rotation_status()?),
+            clusters: names,
+        })
+    }
+
+    /// Creates or imports the new root and enters `trust-new`.
+    pub fn rotate_start(
+        &self,
+        options: &proto::RotationOptions,
+        actor: &str,
+    ) -> Result<proto::RotationStatus, ServerError> {
+        let _guard = self.lock_rotation();
+        let now = self.clock.now();
+        let start_options = self.start_options(options)?;
+        let previous = self.rotation()?;
+        if let Some((rotation, _)) = &previous
+            && rotation.in_progress()
+        {
+            return Err(rotation::RotationError::InProgress(rotation.phase).into());
+        }
+        let new_root = self.new_root(options)?;
+        let old_root = self.signing_root();
+        let current = self.current_bundle();
+        let step = rotation::start(
+            previous.as_ref().map(|(rotation, _)| rotation),
+            &current.bundle,
+            &old_root,
+            &new_root.certificate,
+            &self.views()?,
+            &start_options,
+            now,
+        )?;
+        if !start_options.excluded.is_empty() {
+            tracing::warn!(
+                excluded = ?start_options.excluded,
+                "rotation started with excluded clusters: they are not waited for and may lose trust in the new root"
+            );
+        }
+        self.apply_step(
+            step,
+            previous.map(|(_, version)| version),
+            Some(new_root),
+            actor,
+            if start_options.excluded.is_empty() {
+                "rotate-start".to_string()
+            } else {
+                format!(
+                    "rotate-start excluding {}",
+                    start_options.excluded.join(", ")
+                )
+            }
+            .as_str(),
+        )?;
+        drop(_guard);
+        self.rotation_status()
+    }
+
+    fn advance_locked(&self, actor: &str) -> Result<(), ServerError> {
+        let (rotation, version) = self
+            .rotation()?
+            .ok_or(rotation::RotationError::NotInProgress)?;
+        let now = self.clock.now();
+        let current = self.current_bundle();
+        let signing_root = self.signing_root();
+        let step = rotation::advance(
+            &rotation,
+            &current.bundle,
+            &signing_root,
+            &self.views()?,
+            now,
+        )?;
+        self.apply_step(step, Some(version), None, actor, "rotate-advance")
+    }
+
+    /// Enters the next phase if the gate holds.
+    pub fn rotate_advance(&self, actor: &str) -> Result<proto::RotationStatus, ServerError> {
+        {
+            let _guard = self.lock_rotation();
+            self.advance_locked(actor)?;
+        }
+        self.rotation_status()
+    }
+
+    /// Goes back to the last safe phase.
+    pub fn rotate_abort(&self, actor: &str) -> Result<proto::RotationStatus, ServerError> {
+        {
+            let _guard = self.lock_rotation();
+            let (rotation, version) = self
+                .rotation()?
+                .ok_or(rotation::RotationError::NotInProgress)?;
+            let now = self.clock.now();
+            let current = self.current_bundle();
+            let signing_root = self.signing_root();
+            let step = rotation::abort(
+                &rotation,
+                &current.bundle,
+                &signing_root,
+                &self.views()?,
+                now,
+            )?;
+            self.apply_step(step, Some(version), None, actor, "rotate-abort")?;
+        }
+        self.rotation_status()
+    }
+
+    /// Notes when every ack is in (the grace counts from then) and, with
+    /// `--auto`, advances when the gate holds. Called after every report,
+    /// removal, and once a second by the server.
+    pub fn rotation_tick(&self) -> Result<(), ServerError> {
+        let _guard = self.lock_rotation();
+        let Some((mut rotation, version)) = self.rotation()? else {
+            return Ok(());
+        };
+        if !rotation.in_progress() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let views = self.views()?;
+        let signing_root = self.signing_root();
+        let mut version = version;
+        if rotation.observe(&views, &signing_root, now) {
+            self.store.commit(Batch::new().put_json(
+                Table::Meta,
+                records::ROTATION_KEY,
+                &rotation,
+                Some(Expect::Version(version)),
+            )?)?;
+            version += 1;
+            if rotation.acknowledged_unix.is_some() {
+                tracing::info!(phase = %rotation.phase, "every cluster acknowledged the phase");
+            }
+        }
+        let _ = version;
+        if rotation.auto_advance && rotation.gate(&views, &signing_root, now).holds() {
+            if let Err(error) = self.advance_locked("server (--auto)") {
+                tracing::warn!(error = %error, "automatic rotation step refused");
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks `cluster` for a new intermediate from the current signing root
+    /// (agents see it on their bundle stream; push clusters are rewritten).
+    pub fn reissue_cluster(&self, name: &str, actor: &str) -> Result<(), ServerError> {
+        let now = system_time_to_unix(self.clock.now());
+        let (mut record, version) =
+            records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, name)?
+                .ok_or_else(|| {
+                    ServerError::NotFound(format!("cluster {name:?} is not registered"))
+                })?;
+        if record.enrolled_unix.is_none() {
+            return Err(ServerError::InvalidArgument(format!(
+                "cluster {name:?} has not enrolled yet: it has no intermediate to reissue"
+            )));
+        }
+        record.reissue_before_unix = Some(now);
+        let batch = Batch::new().put_json(
+            Table::Clusters,
+            name,
+            &record,
+            Some(Expect::Version(version)),
+        )?;
+        let batch = self.audit(batch, actor, "cluster-reissue", format!("cluster {name}"))?;
+        self.store.commit(batch)?;
+        self.directives.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<proto::AuditEntry>, ServerError> {
+        let entries = records::list_json::<AuditRecord>(self.store.as_ref(), Table::Audit)?;
+        let skip = entries.len().saturating_sub(limit.max(1));
+        Ok(entries
+            .into_iter()
+            .skip(skip)
+            .map(|(_, record, _)| proto::AuditEntry {
+                unix: record.unix,
+                actor: record.actor,
+                action: record.action,
+                detail: record.detail,
+            })
+            .collect())
+    }
+}

@@ -705,18 +705,18 @@ fn decide(
 
 /// Whether the intermediate in use must be replaced although it is valid:
 /// the server names another signing root (`signing_root_sha256`, empty for
-/// none) than the one our chain ends in, or asked for intermediates issued
-/// before `reissue_before_unix` (0 for none) to be replaced. `issued_unix`
-/// is when ours was issued.
+/// none) than the one our chain ends in, or asked for the intermediate with
+/// serial `reissue_serial` (empty for none) to be replaced and ours
+/// (`serial`) is that one.
 fn replacement_reason(
     chain_root_sha256: &str,
     signing_root_sha256: &str,
-    issued_unix: i64,
-    reissue_before_unix: i64,
+    serial: &str,
+    reissue_serial: &str,
 ) -> Option<IssueReason> {
     if !signing_root_sha256.is_empty() && chain_root_sha256 != signing_root_sha256 {
         Some(IssueReason::SignerChanged)
-    } else if reissue_before_unix > 0 && issued_unix < reissue_before_unix {
+    } else if !reissue_serial.is_empty() && serial == reissue_serial {
         Some(IssueReason::Requested)
     } else {
         None
@@ -1000,15 +1000,11 @@ impl Agent<'_> {
             .as_ref()
             .map(|applied| (applied.bundle_version, applied.renew_at));
         let replacement = self.applied.as_ref().and_then(|applied| {
-            let issued = applied
-                .not_before
-                .checked_add(ca::BACKDATE)
-                .unwrap_or(applied.not_before);
             replacement_reason(
                 &applied.chain_root.sha256_hex(),
                 &bundle.signing_root_sha256,
-                ca::system_time_to_unix(issued),
-                bundle.reissue_before_unix,
+                &applied.serial,
+                &bundle.reissue_intermediate_serial,
             )
         });
         let action = match replacement {

@@ -485,17 +485,17 @@ async fn agent_watches_the_bundle_over_mutual_tls() {
 #[test]
 fn a_new_signing_root_or_a_reissue_request_replaces_a_valid_intermediate() {
     // No directive: keep.
-    assert_eq!(replacement_reason("aa", "", 100, 0), None);
-    assert_eq!(replacement_reason("aa", "aa", 100, 0), None);
+    assert_eq!(replacement_reason("aa", "", "01", ""), None);
+    assert_eq!(replacement_reason("aa", "aa", "01", ""), None);
     // The server signs with another root now (rotation sign-new or abort).
     assert_eq!(
-        replacement_reason("aa", "bb", 100, 0),
+        replacement_reason("aa", "bb", "01", ""),
         Some(IssueReason::SignerChanged)
     );
-    // A reissue requested after ours was issued; not once we re-issued.
+    // A reissue of our intermediate was requested; not once we replaced it.
     assert_eq!(
-        replacement_reason("aa", "aa", 100, 101),
+        replacement_reason("aa", "aa", "01", "01"),
         Some(IssueReason::Requested)
     );
-    assert_eq!(replacement_reason("aa", "aa", 101, 101), None);
+    assert_eq!(replacement_reason("aa", "aa", "02", "01"), None);
 }

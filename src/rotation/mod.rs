@@ -385,9 +385,15 @@ impl Rotation {
             }
         }
         let grace_left = if blockers.is_empty() && self.needs_grace() {
+            // Certificate times are whole seconds and a certificate is still
+            // valid at its notAfter second: wait one second beyond the grace
+            // so that a workload certificate issued at the last ack with a
+            // lifetime equal to the grace has expired.
             let since = self.acknowledged_unix.unwrap_or(now_unix);
             let elapsed = u64::try_from(now_unix.saturating_sub(since)).unwrap_or(0);
-            self.grace().saturating_sub(Duration::from_secs(elapsed))
+            self.grace()
+                .saturating_add(Duration::from_secs(1))
+                .saturating_sub(Duration::from_secs(elapsed))
         } else {
             Duration::ZERO
         };
@@ -398,7 +404,8 @@ impl Rotation {
     }
 
     /// Records the moment every ack is first seen (the grace counts from
-    /// it); returns true when the state changed and must be persisted.
+    /// it, rounded up to the next second); returns true when the state
+    /// changed and must be persisted.
     /// Forgets it again when a cluster stops acknowledging (e.g. re-issue).
     pub fn observe(
         &mut self,
@@ -412,7 +419,7 @@ impl Rotation {
         let acknowledged = self.gate(clusters, signing_root, now).blockers.is_empty();
         match (acknowledged, self.acknowledged_unix) {
             (true, None) => {
-                self.acknowledged_unix = Some(system_time_to_unix(now));
+                self.acknowledged_unix = Some(system_time_to_unix(now).saturating_add(1));
                 true
             }
             (false, Some(_)) => {

@@ -72,7 +72,7 @@ impl PublishedBundle {
             root_cert_pem: bundle.root_cert_pem(),
             spiffe_bundle_json,
             signing_root_sha256: signing_root.sha256_hex(),
-            reissue_before_unix: 0,
+            reissue_intermediate_serial: String::new(),
         };
         Ok(PublishedBundle { bundle, message })
     }
@@ -283,7 +283,7 @@ impl Authority {
                 secret_format: secret_format.to_string(),
                 kubeconfig_secret: secret_name.clone(),
             }),
-            reissue_before_unix: None,
+            reissue_serial: None,
         };
         let sealed = crate::signer::sealed::seal(&self.kek, &secret_name, kubeconfig.as_bytes())?;
         let batch = Batch::new()
@@ -368,17 +368,17 @@ impl Authority {
     pub fn bundle_for(&self, cluster: Option<&str>) -> proto::Bundle {
         let mut message = self.current_bundle().message.clone();
         if let Some(cluster) = cluster {
-            message.reissue_before_unix = self.reissue_before(cluster).unwrap_or(0);
+            message.reissue_intermediate_serial = self.reissue_serial(cluster).unwrap_or_default();
         }
         message
     }
 
-    /// When `cluster` asked to replace intermediates issued earlier.
-    pub fn reissue_before(&self, cluster: &str) -> Option<i64> {
+    /// The intermediate serial `cluster` was asked to replace, if any.
+    pub fn reissue_serial(&self, cluster: &str) -> Option<String> {
         records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, cluster)
             .ok()
             .flatten()
-            .and_then(|(record, _)| record.reissue_before_unix)
+            .and_then(|(record, _)| record.reissue_serial)
     }
 
     /// Persists `bundle` as the next version, then publishes it to watchers.
@@ -544,7 +544,7 @@ impl Authority {
                     client_cert_serial: None,
                     report: None,
                     push: None,
-                    reissue_before_unix: None,
+                    reissue_serial: None,
                 },
                 Expect::Absent,
             ),

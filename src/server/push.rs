@@ -255,13 +255,10 @@ async fn push_once(
             chain.first(),
         ) {
             let (renew, not_after) = renew_at(intermediate)?;
-            let issued = intermediate
-                .not_before()?
-                .checked_add(ca::BACKDATE)
-                .map_or(0, system_time_to_unix);
+            let serial = intermediate.serial_hex()?;
             let reissue_requested = authority
-                .reissue_before(cluster)
-                .is_some_and(|before| issued < before);
+                .reissue_serial(cluster)
+                .is_some_and(|requested| requested == serial);
             if now < renew && !reissue_requested {
                 let applied = Applied {
                     bundle_version: published.bundle.version(),

@@ -81,10 +81,10 @@ pub struct ClusterRecord {
     /// Push mode: the server writes this cluster's cacerts itself.
     #[serde(default)]
     pub push: Option<PushTarget>,
-    /// An intermediate issued before this time (Unix seconds) is to be
-    /// replaced (`trustplane cluster reissue`).
+    /// The intermediate (hex serial) to be replaced, as asked by
+    /// `trustplane cluster reissue`.
     #[serde(default)]
-    pub reissue_before_unix: Option<i64>,
+    pub reissue_serial: Option<String>,
 }
 
 /// One audit entry.

@@ -2,6 +2,8 @@
 //! 127.0.0.1:0 over TLS, on the embedded store in a temporary directory.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod mesh;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +28,13 @@ pub struct TestServer {
 
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // RUST_LOG=trustplane=debug shows the server's and agents' logs.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 pub async fn start_server() -> TestServer {

@@ -675,7 +675,6 @@ impl Authority {
     /// Asks `cluster` for a new intermediate from the current signing root
     /// (agents see it on their bundle stream; push clusters are rewritten).
     pub fn reissue_cluster(&self, name: &str, actor: &str) -> Result<(), ServerError> {
-        let now = system_time_to_unix(self.clock.now());
         let (mut record, version) =
             records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, name)?
                 .ok_or_else(|| {
@@ -686,14 +685,29 @@ impl Authority {
                 "cluster {name:?} has not enrolled yet: it has no intermediate to reissue"
             )));
         }
-        record.reissue_before_unix = Some(now);
+        let serial = record
+            .report
+            .as_ref()
+            .map(|report| report.intermediate_serial.clone())
+            .filter(|serial| !serial.is_empty())
+            .ok_or_else(|| {
+                ServerError::InvalidArgument(format!(
+                    "cluster {name:?} has not reported an intermediate yet; nothing to reissue"
+                ))
+            })?;
+        record.reissue_serial = Some(serial.clone());
         let batch = Batch::new().put_json(
             Table::Clusters,
             name,
             &record,
             Some(Expect::Version(version)),
         )?;
-        let batch = self.audit(batch, actor, "cluster-reissue", format!("cluster {name}"))?;
+        let batch = self.audit(
+            batch,
+            actor,
+            "cluster-reissue",
+            format!("cluster {name}, intermediate {serial}"),
+        )?;
         self.store.commit(batch)?;
         self.directives.send_modify(|generation| *generation += 1);
         Ok(())

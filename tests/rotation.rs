@@ -1,0 +1,640 @@
+//! Root rotation across many clusters with real agents against a real
+//! server (in process on 127.0.0.1, and the `trustplane` binary for the
+//! SIGKILL tests). Every cluster's sink is a simulated istiod (see
+//! `common::mesh`): after each write it signs a workload certificate and
+//! checks every ordered pair of clusters that involves the writer, so the
+//! counts below cover every state the mesh passes through, not only the
+//! phase boundaries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::mesh::{CheckingSink, Mesh};
+use tonic::transport::Channel;
+use trustplane::agent::{self, AgentConfig, AgentHandle, ClusterSink};
+use trustplane::ca::{Certificate, KeyAlgorithm};
+use trustplane::cli::connect;
+use trustplane::proto;
+use trustplane::proto::admin_service_client::AdminServiceClient;
+
+/// Workload certificate lifetime in the simulated clusters, and the grace.
+const GRACE: u64 = 3;
+
+struct Cluster {
+    sink: Arc<CheckingSink>,
+    identity: PathBuf,
+    agent: Option<AgentHandle>,
+}
+
+struct Fleet {
+    url: String,
+    control_plane_ca_pem: String,
+    work: tempfile::TempDir,
+    clusters: BTreeMap<String, Cluster>,
+}
+
+impl Fleet {
+    fn new(url: String, control_plane_ca_pem: String) -> Self {
+        Fleet {
+            url,
+            control_plane_ca_pem,
+            work: tempfile::tempdir().unwrap(),
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    fn spawn(&self, cluster: &Cluster, token: Option<String>) -> AgentHandle {
+        let sink: Arc<dyn ClusterSink> = cluster.sink.clone();
+        agent::spawn(
+            AgentConfig {
+                server: self.url.clone(),
+                server_ca_pem: Some(self.control_plane_ca_pem.clone()),
+                join_token: token.map(zeroize::Zeroizing::new),
+                identity_dir: cluster.identity.clone(),
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                renew_fraction: 2.0 / 3.0,
+                max_backoff: Duration::from_millis(500),
+            },
+            sink,
+        )
+    }
+
+    /// Registers `name` through `admin` and starts its agent.
+    async fn add(&mut self, admin: &mut AdminServiceClient<Channel>, mesh: &Arc<Mesh>, name: &str) {
+        let token = admin
+            .add_cluster(proto::AddClusterRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .join_token;
+        let mut cluster = Cluster {
+            sink: mesh.sink(name),
+            identity: self.work.path().join(name),
+            agent: None,
+        };
+        cluster.agent = Some(self.spawn(&cluster, Some(token)));
+        self.clusters.insert(name.to_string(), cluster);
+    }
+
+    fn stop(&mut self, name: &str) {
+        if let Some(agent) = self
+            .clusters
+            .get_mut(name)
+            .and_then(|cluster| cluster.agent.take())
+        {
+            agent.stop();
+        }
+    }
+
+    /// Restarts `name`'s agent with its saved identity and its cacerts.
+    fn restart(&mut self, name: &str) {
+        let handle = self.spawn(&self.clusters[name], None);
+        self.clusters.get_mut(name).unwrap().agent = Some(handle);
+    }
+}
+
+async fn status(admin: &mut AdminServiceClient<Channel>) -> proto::RotationStatus {
+    admin
+        .rotate_status(proto::RotateStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until every cluster has applied bundle `version` (outside a rotation).
+async fn wait_applied(admin: &mut AdminServiceClient<Channel>, version: u64, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listed = admin
+            .list_clusters(proto::ListClustersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let applied = listed
+            .clusters
+            .iter()
+            .filter(|cluster| cluster.applied_bundle_version >= version)
+            .count();
+        if applied == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {applied}/{count} clusters applied bundle v{version}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the current phase's gate holds (every ack, and the grace).
+async fn wait_gate(admin: &mut AdminServiceClient<Channel>) -> proto::RotationStatus {
+    wait_until(admin, "the gate holds", |status| status.gate_holds).await
+}
+
+async fn wait_until(
+    admin: &mut AdminServiceClient<Channel>,
+    what: &str,
+    condition: impl Fn(&proto::RotationStatus) -> bool,
+) -> proto::RotationStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let current = status(admin).await;
+        if condition(&current) {
+            return current;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached: {what}; phase {} blocked by: {}",
+            current.phase,
+            current.blocking
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rotation_options() -> proto::RotationOptions {
+    proto::RotationOptions {
+        grace_seconds: GRACE,
+        ack_timeout_seconds: 60,
+        ..Default::default()
+    }
+}
+
+async fn start(admin: &mut AdminServiceClient<Channel>) -> proto::RotationStatus {
+    admin
+        .rotate_start(proto::RotateStartRequest {
+            options: Some(rotation_options()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn advance(
+    admin: &mut AdminServiceClient<Channel>,
+) -> Result<proto::RotationStatus, tonic::Status> {
+    admin
+        .rotate_advance(proto::RotateAdvanceRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn abort(
+    admin: &mut AdminServiceClient<Channel>,
+) -> Result<proto::RotationStatus, tonic::Status> {
+    admin
+        .rotate_abort(proto::RotateAbortRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn bundle_roots(status: &proto::RotationStatus) -> Vec<Certificate> {
+    Certificate::parse_pem_chain(&status.bundle.as_ref().unwrap().root_cert_pem).unwrap()
+}
+
+/// Asserts that every cluster holds exactly `root_cert_pem`.
+async fn assert_every_cluster_has(mesh: &Mesh, fleet: &Fleet, root_cert_pem: &str) {
+    for name in fleet.clusters.keys() {
+        assert_eq!(
+            mesh.root_cert_pem(name).await.as_deref(),
+            Some(root_cert_pem),
+            "{name} does not hold the published root-cert.pem"
+        );
+    }
+}
+
+async fn assert_no_failures(mesh: &Mesh) -> u64 {
+    let summary = mesh.summary().await;
+    assert!(
+        summary.failures.is_empty(),
+        "{} failed checks out of {}:\n{}",
+        summary.failures.len(),
+        summary.checks,
+        summary.failures.join("\n")
+    );
+    summary.checks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
+    const CLUSTERS: usize = 52;
+    let server = common::start_server().await;
+    let mut admin = server.admin().await;
+    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
+    for index in 0..CLUSTERS {
+        fleet.add(&mut admin, &mesh, &format!("c{index:02}")).await;
+    }
+    wait_applied(&mut admin, 1, CLUSTERS).await;
+    mesh.check_all("stable").await;
+    let old_root = server.authority().signing_root();
+
+    // One agent is down when the rotation starts: it must block trust-new.
+    fleet.stop("c07");
+    let started = start(&mut admin).await;
+    assert_eq!(started.phase, "trust-new");
+    let roots = bundle_roots(&started);
+    assert_eq!(roots.len(), 2);
+    assert_eq!(roots[0], old_root, "the old root keeps its place and bytes");
+    let new_root = roots[1].clone();
+    let blocked = wait_until(&mut admin, "only c07 blocks", |status| {
+        status
+            .clusters
+            .iter()
+            .filter(|ack| !ack.acknowledged)
+            .count()
+            == 1
+    })
+    .await;
+    assert!(!blocked.gate_holds);
+    assert!(blocked.blocking.contains("c07"), "{}", blocked.blocking);
+    let row = blocked
+        .clusters
+        .iter()
+        .find(|ack| ack.name == "c07")
+        .unwrap();
+    assert!(
+        !row.acknowledged && row.blocking_reason.contains("needs v"),
+        "{row:?}"
+    );
+    let refused = advance(&mut admin).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("c07"), "{}", refused.message());
+    fleet.restart("c07");
+    wait_gate(&mut admin).await;
+    assert_every_cluster_has(
+        &mesh,
+        &fleet,
+        &started.bundle.as_ref().unwrap().root_cert_pem,
+    )
+    .await;
+    mesh.check_all("trust-new acknowledged").await;
+
+    // sign-new: every cluster gets an intermediate from the new root.
+    let signing = advance(&mut admin).await.unwrap();
+    assert_eq!(signing.phase, "sign-new");
+    let signing_pem = signing.bundle.as_ref().unwrap().root_cert_pem.clone();
+    assert_ne!(signing_pem, started.bundle.as_ref().unwrap().root_cert_pem);
+    assert!(signing_pem.contains(&started.bundle.as_ref().unwrap().root_cert_pem));
+    let acknowledged = wait_until(
+        &mut admin,
+        "every cluster re-issued from the new root",
+        |status| status.clusters.iter().all(|ack| ack.acknowledged),
+    )
+    .await;
+    for ack in &acknowledged.clusters {
+        assert_eq!(
+            ack.chain_root_serial,
+            new_root.serial_hex().unwrap(),
+            "{ack:?}"
+        );
+    }
+    let refused = advance(&mut admin).await;
+    if let Err(refused) = refused {
+        assert!(refused.message().contains("grace"), "{}", refused.message());
+    } else {
+        panic!("retire-old was allowed before the grace period");
+    }
+    mesh.check_all("sign-new acknowledged, in grace").await;
+    wait_gate(&mut admin).await;
+    mesh.check_all("sign-new grace over").await;
+
+    // retire-old: only the new root.
+    let retiring = advance(&mut admin).await.unwrap();
+    assert_eq!(retiring.phase, "retire-old");
+    assert_eq!(bundle_roots(&retiring), vec![new_root.clone()]);
+    assert_eq!(
+        abort(&mut admin).await.unwrap_err().code(),
+        tonic::Code::FailedPrecondition
+    );
+    wait_gate(&mut admin).await;
+    assert_every_cluster_has(
+        &mesh,
+        &fleet,
+        &retiring.bundle.as_ref().unwrap().root_cert_pem,
+    )
+    .await;
+    mesh.check_all("retire-old acknowledged").await;
+    let done = advance(&mut admin).await.unwrap();
+    assert_eq!(done.phase, "stable");
+    assert_eq!(done.outcome, "completed");
+    assert_eq!(server.authority().signing_root(), new_root);
+    mesh.check_all("stable again").await;
+
+    let checks = assert_no_failures(&mesh).await;
+    let summary = mesh.summary().await;
+    println!(
+        "rotation over {CLUSTERS} clusters: {checks} cross-cluster workload checks, 0 failures; {} root-cert.pem transitions all within Istio's substring rule; {} distinct intermediate serials",
+        summary.root_transitions, summary.intermediates
+    );
+    assert!(
+        checks > (CLUSTERS * CLUSTERS * 4) as u64,
+        "too few checks: {checks}"
+    );
+    // Every cluster got one intermediate from each root, no serial twice.
+    assert!(summary.intermediates >= 2 * CLUSTERS, "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_from_each_phase_leaves_every_pair_verifying() {
+    const CLUSTERS: usize = 6;
+    let server = common::start_server().await;
+    let mut admin = server.admin().await;
+    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
+    for index in 0..CLUSTERS {
+        fleet.add(&mut admin, &mesh, &format!("a{index}")).await;
+    }
+    wait_applied(&mut admin, 1, CLUSTERS).await;
+    let old_root = server.authority().signing_root();
+    let stable_pem = server
+        .authority()
+        .current_bundle()
+        .message
+        .root_cert_pem
+        .clone();
+
+    // trust-new → abort: back to {A}.
+    start(&mut admin).await;
+    wait_gate(&mut admin).await;
+    let aborted = abort(&mut admin).await.unwrap();
+    assert_eq!(
+        (aborted.phase.as_str(), aborted.outcome.as_str()),
+        ("stable", "aborted")
+    );
+    assert_eq!(bundle_roots(&aborted), vec![old_root.clone()]);
+    assert_eq!(aborted.bundle.as_ref().unwrap().root_cert_pem, stable_pem);
+    wait_applied(
+        &mut admin,
+        aborted.bundle.as_ref().unwrap().version,
+        CLUSTERS,
+    )
+    .await;
+    assert_every_cluster_has(&mesh, &fleet, &stable_pem).await;
+    mesh.check_all("aborted from trust-new").await;
+
+    // sign-new → abort: back to trust-new, intermediates from A again.
+    start(&mut admin).await;
+    wait_gate(&mut admin).await;
+    advance(&mut admin).await.unwrap();
+    wait_until(&mut admin, "every cluster on the new root", |status| {
+        status.clusters.iter().all(|ack| ack.acknowledged)
+    })
+    .await;
+    mesh.check_all("sign-new").await;
+    let back = abort(&mut admin).await.unwrap();
+    assert_eq!(back.phase, "trust-new");
+    assert_eq!(back.signing_root_serial, old_root.serial_hex().unwrap());
+    assert_eq!(bundle_roots(&back).len(), 2);
+    let reissued = wait_until(&mut admin, "every cluster back on the old root", |status| {
+        status.clusters.iter().all(|ack| ack.acknowledged)
+    })
+    .await;
+    for ack in &reissued.clusters {
+        assert_eq!(
+            ack.chain_root_serial,
+            old_root.serial_hex().unwrap(),
+            "{ack:?}"
+        );
+    }
+    mesh.check_all("aborted from sign-new").await;
+    // Going back to {A} now would strand workload certificates from B:
+    // refused until the grace has passed.
+    let early = abort(&mut admin).await.unwrap_err();
+    assert_eq!(early.code(), tonic::Code::FailedPrecondition);
+    assert!(early.message().contains("grace"), "{}", early.message());
+    wait_gate(&mut admin).await;
+    let stable = abort(&mut admin).await.unwrap();
+    assert_eq!(stable.phase, "stable");
+    assert_eq!(bundle_roots(&stable), vec![old_root.clone()]);
+    wait_applied(
+        &mut admin,
+        stable.bundle.as_ref().unwrap().version,
+        CLUSTERS,
+    )
+    .await;
+    mesh.check_all("aborted twice").await;
+
+    // retire-old cannot be aborted; finishing works.
+    start(&mut admin).await;
+    wait_gate(&mut admin).await;
+    advance(&mut admin).await.unwrap();
+    wait_gate(&mut admin).await;
+    advance(&mut admin).await.unwrap();
+    let refused = abort(&mut admin).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("retire-old"),
+        "{}",
+        refused.message()
+    );
+    wait_gate(&mut admin).await;
+    assert_eq!(advance(&mut admin).await.unwrap().phase, "stable");
+    mesh.check_all("completed").await;
+    let checks = assert_no_failures(&mesh).await;
+    println!("aborts: {checks} cross-cluster workload checks, 0 failures");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_cluster_stops_blocking_and_reissue_replaces_an_intermediate() {
+    let server = common::start_server().await;
+    let mut admin = server.admin().await;
+    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
+    for name in ["r0", "r1", "r2"] {
+        fleet.add(&mut admin, &mesh, name).await;
+    }
+    wait_applied(&mut admin, 1, 3).await;
+
+    // cluster reissue: a new intermediate from the same root.
+    let before = mesh.intermediate_serial("r0").await.unwrap();
+    admin
+        .reissue_cluster(proto::ReissueClusterRequest { name: "r0".into() })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mesh.intermediate_serial("r0").await.as_deref() == Some(before.as_str()) {
+        assert!(Instant::now() < deadline, "r0 was never re-issued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let unknown = admin
+        .reissue_cluster(proto::ReissueClusterRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    // A cluster that is down blocks; once removed, it no longer does.
+    fleet.stop("r2");
+    start(&mut admin).await;
+    let blocked = wait_until(&mut admin, "r2 blocks", |status| {
+        status
+            .clusters
+            .iter()
+            .filter(|ack| !ack.acknowledged)
+            .count()
+            == 1
+    })
+    .await;
+    assert!(blocked.blocking.contains("r2"), "{}", blocked.blocking);
+    admin
+        .remove_cluster(proto::RemoveClusterRequest { name: "r2".into() })
+        .await
+        .unwrap();
+    mesh.remove("r2").await;
+    let open = wait_gate(&mut admin).await;
+    assert!(open.clusters.iter().all(|ack| ack.name != "r2"));
+    advance(&mut admin).await.unwrap();
+    let audit = admin
+        .audit_log(proto::AuditLogRequest { limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    let actions: Vec<&str> = audit
+        .entries
+        .iter()
+        .map(|entry| entry.action.as_str())
+        .collect();
+    assert!(
+        actions.contains(&"cluster-reissue")
+            && actions.contains(&"rotate-start")
+            && actions.contains(&"rotate-advance"),
+        "{actions:?}"
+    );
+    assert_no_failures(&mesh).await;
+}
+
+// ---- the server binary, killed with SIGKILL mid-rotation ----
+
+const BINARY: &str = env!("CARGO_BIN_EXE_trustplane");
+
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(data_dir: &Path, listen: &str) -> (ServerProcess, String) {
+    let mut child = Command::new(BINARY)
+        .args(["server", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .env_remove("TRUSTPLANE_KEK")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|word| word.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no URL in server output {line:?}"))
+        .to_string();
+    (ServerProcess(child), url)
+}
+
+fn sigkill(server: ServerProcess) {
+    let pid = server.0.id().to_string();
+    let killed = Command::new("kill").args(["-9", &pid]).status().unwrap();
+    assert!(killed.success());
+    drop(server);
+}
+
+async fn admin_for(data_dir: &Path, url: &str) -> AdminServiceClient<Channel> {
+    let read = |name: &str| std::fs::read_to_string(data_dir.join(name)).unwrap();
+    let channel = connect(
+        url,
+        &read("control-plane-ca.pem"),
+        Some((&read("admin/admin.pem"), &read("admin/admin-key.pem"))),
+    )
+    .await
+    .unwrap();
+    AdminServiceClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
+    common::install_crypto();
+    const CLUSTERS: usize = 5;
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let init = Command::new(BINARY)
+        .args(["init", "--trust-domain", "cluster.local", "--data-dir"])
+        .arg(&data)
+        .env_remove("TRUSTPLANE_KEK")
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let (server, url) = spawn_server(&data, "127.0.0.1:0");
+    let listen = url.trim_start_matches("https://").to_string();
+    let mut admin = admin_for(&data, &url).await;
+    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let control_plane_ca_pem = std::fs::read_to_string(data.join("control-plane-ca.pem")).unwrap();
+    let mut fleet = Fleet::new(url.clone(), control_plane_ca_pem);
+    for index in 0..CLUSTERS {
+        fleet.add(&mut admin, &mesh, &format!("k{index}")).await;
+    }
+    wait_applied(&mut admin, 1, CLUSTERS).await;
+
+    // Killed in trust-new.
+    let started = start(&mut admin).await;
+    let trust_new_version = started.bundle.as_ref().unwrap().version;
+    sigkill(server);
+    let (server, _) = spawn_server(&data, &listen);
+    let mut admin = admin_for(&data, &url).await;
+    let resumed = status(&mut admin).await;
+    assert_eq!(resumed.phase, "trust-new");
+    assert_eq!(resumed.bundle.as_ref().unwrap().version, trust_new_version);
+    assert_eq!(
+        resumed.bundle.as_ref().unwrap().root_cert_pem,
+        started.bundle.as_ref().unwrap().root_cert_pem
+    );
+    wait_gate(&mut admin).await;
+    let signing = advance(&mut admin).await.unwrap();
+    let sign_new_version = signing.bundle.as_ref().unwrap().version;
+
+    // Killed in sign-new, while agents are re-issuing.
+    sigkill(server);
+    let (server, _) = spawn_server(&data, &listen);
+    let mut admin = admin_for(&data, &url).await;
+    let resumed = status(&mut admin).await;
+    assert_eq!(resumed.phase, "sign-new");
+    assert_eq!(resumed.bundle.as_ref().unwrap().version, sign_new_version);
+    assert_eq!(resumed.signing_root_serial, signing.new_root_serial);
+    wait_gate(&mut admin).await;
+    advance(&mut admin).await.unwrap();
+    wait_gate(&mut admin).await;
+    let done = advance(&mut admin).await.unwrap();
+    assert_eq!(
+        (done.phase.as_str(), done.outcome.as_str()),
+        ("stable", "completed")
+    );
+    mesh.check_all("after two SIGKILLs").await;
+    let checks = assert_no_failures(&mesh).await;
+    let summary = mesh.summary().await;
+    assert!(summary.intermediates >= 2 * CLUSTERS, "{summary:?}");
+    println!(
+        "SIGKILL in trust-new and sign-new: rotation completed, {checks} checks, 0 failures, {} intermediates, no serial reused",
+        summary.intermediates
+    );
+    drop(server);
+}

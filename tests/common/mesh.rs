@@ -191,6 +191,60 @@ impl Mesh {
         checks
     }
 
+    /// Verifies every live workload certificate of every simulated cluster
+    /// under `roots` (another cluster's `root-cert.pem`, e.g. a real one).
+    pub async fn verify_all_under(
+        &self,
+        label: &str,
+        verifier: &str,
+        roots: &[Certificate],
+    ) -> u64 {
+        let now = SystemTime::now();
+        let mut state = self.state.lock().await;
+        let mut checks = 0;
+        let mut failures = Vec::new();
+        for (from, source) in &state.clusters {
+            for leaf in source.leaves.iter().filter(|leaf| leaf.not_after > now) {
+                checks += 1;
+                if let Some(failure) = verify(from, leaf, verifier, roots, now) {
+                    failures.push(format!("[{label}] {failure}"));
+                }
+            }
+        }
+        state.checks += checks;
+        state.failures.extend(failures);
+        checks
+    }
+
+    /// Verifies a workload certificate from outside (e.g. signed by a real
+    /// cluster's istiod code) under every simulated cluster's roots.
+    pub async fn verify_under_all(
+        &self,
+        label: &str,
+        signer: &str,
+        leaf: &Certificate,
+        chain: &[Certificate],
+    ) -> u64 {
+        let now = SystemTime::now();
+        let mut state = self.state.lock().await;
+        let external = Leaf {
+            leaf: leaf.clone(),
+            chain: chain.to_vec(),
+            not_after: now,
+        };
+        let mut checks = 0;
+        let mut failures = Vec::new();
+        for (to, target) in &state.clusters {
+            checks += 1;
+            if let Some(failure) = verify(signer, &external, to, &target.roots, now) {
+                failures.push(format!("[{label}] {failure}"));
+            }
+        }
+        state.checks += checks;
+        state.failures.extend(failures);
+        checks
+    }
+
     pub async fn summary(&self) -> Summary {
         let state = self.state.lock().await;
         Summary {

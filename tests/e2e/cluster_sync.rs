@@ -27,7 +27,7 @@ const WAIT: Duration = Duration::from_secs(90);
 const LEASE: Duration = Duration::from_secs(4);
 
 /// Builds (once) and returns Istio's CA interop program.
-fn istio_interop() -> &'static Path {
+pub(crate) fn istio_interop() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/istio/build.sh");
@@ -43,7 +43,7 @@ fn istio_interop() -> &'static Path {
     })
 }
 
-fn run(binary: &Path, args: &[&str]) -> Result<String, String> {
+pub(crate) fn run(binary: &Path, args: &[&str]) -> Result<String, String> {
     let output = Command::new(binary)
         .args(args)
         .output()
@@ -60,7 +60,7 @@ fn run(binary: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn data(secret: &Secret, key: &str) -> Option<String> {
+pub(crate) fn data(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()
@@ -70,7 +70,7 @@ fn data(secret: &Secret, key: &str) -> Option<String> {
 
 /// Reads `namespace/cacerts` from a real apiserver into a directory, as
 /// istiod's /etc/cacerts mount would see it.
-async fn read_cacerts(cluster: &KubeCluster, namespace: &str, dir: &Path) -> Secret {
+pub(crate) async fn read_cacerts(cluster: &KubeCluster, namespace: &str, dir: &Path) -> Secret {
     let secrets: Api<Secret> = Api::namespaced(cluster.admin_client().await.unwrap(), namespace);
     let secret = secrets.get("cacerts").await.unwrap();
     std::fs::create_dir_all(dir).unwrap();
@@ -88,10 +88,10 @@ async fn read_cacerts(cluster: &KubeCluster, namespace: &str, dir: &Path) -> Sec
 }
 
 /// One cluster's cacerts location: which apiserver, which namespace.
-struct Target<'a> {
-    name: &'static str,
-    cluster: &'a KubeCluster,
-    namespace: &'static str,
+pub(crate) struct Target<'a> {
+    pub(crate) name: &'static str,
+    pub(crate) cluster: &'a KubeCluster,
+    pub(crate) namespace: &'static str,
 }
 
 /// Signs a workload certificate in every cluster with Istio's CA code, and
@@ -254,7 +254,7 @@ async fn wait_reported(
     }
 }
 
-fn agent_config(server: &common::TestServer, token: Option<String>) -> AgentConfig {
+pub(crate) fn agent_config(server: &common::TestServer, token: Option<String>) -> AgentConfig {
     let mut config = AgentConfig::new(server.url(), PathBuf::new());
     config.server_ca_pem = Some(server.control_plane_ca_pem.clone());
     config.join_token = token.map(zeroize::Zeroizing::new);
@@ -262,7 +262,7 @@ fn agent_config(server: &common::TestServer, token: Option<String>) -> AgentConf
     config
 }
 
-async fn kubernetes_parts(
+pub(crate) async fn kubernetes_parts(
     cluster: &KubeCluster,
     namespace: &str,
 ) -> (kube::Client, Arc<dyn IdentityStore>, Arc<dyn ClusterSink>) {

@@ -7,6 +7,7 @@ mod cluster_sync;
 #[path = "../common/mod.rs"]
 mod common;
 mod kube_cluster;
+mod rotation;
 mod sink;
 
 use std::collections::BTreeMap;

@@ -638,3 +638,73 @@ async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
     );
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_changes_nothing_and_auto_rotation_completes_by_itself() {
+    const CLUSTERS: usize = 4;
+    let server = common::start_server().await;
+    let mut admin = server.admin().await;
+    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
+    for index in 0..CLUSTERS {
+        fleet.add(&mut admin, &mesh, &format!("p{index}")).await;
+    }
+    wait_applied(&mut admin, 1, CLUSTERS).await;
+    let before = server.authority().current_bundle().message.clone();
+
+    let plan = admin
+        .rotate_plan(proto::RotatePlanRequest {
+            options: Some(rotation_options()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let phases: Vec<&str> = plan.steps.iter().map(|step| step.phase.as_str()).collect();
+    assert_eq!(phases, ["trust-new", "sign-new", "retire-old"]);
+    assert_eq!(
+        plan.steps
+            .iter()
+            .map(|step| step.bundle_version)
+            .collect::<Vec<_>>(),
+        [before.version + 1, before.version + 2, before.version + 3]
+    );
+    assert!(plan.preflight_ok, "{:?}", plan.preflight_failures);
+    assert_eq!(plan.clusters.len(), CLUSTERS);
+    assert!(plan.steps[1].newest_repeated);
+    assert_eq!(
+        server.authority().current_bundle().message,
+        before,
+        "plan changed the bundle"
+    );
+    assert!(!status(&mut admin).await.has_rotation);
+    let excluded = admin
+        .rotate_plan(proto::RotatePlanRequest {
+            options: Some(proto::RotationOptions {
+                exclude_clusters: vec!["nope".into()],
+                ..rotation_options()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(excluded.code(), tonic::Code::InvalidArgument);
+
+    let started = admin
+        .rotate_start(proto::RotateStartRequest {
+            options: Some(proto::RotationOptions {
+                auto_advance: true,
+                ..rotation_options()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_until(&mut admin, "the automatic rotation completes", |status| {
+        status.phase == "stable" && status.outcome == "completed"
+    })
+    .await;
+    assert_eq!(done.signing_root_serial, started.new_root_serial);
+    wait_applied(&mut admin, done.bundle.as_ref().unwrap().version, CLUSTERS).await;
+    assert_every_cluster_has(&mesh, &fleet, &done.bundle.as_ref().unwrap().root_cert_pem).await;
+    mesh.check_all("auto").await;
+    assert_no_failures(&mesh).await;
+}

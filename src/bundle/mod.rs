@@ -409,6 +409,127 @@ mod tests {
         Ok(())
     }
 
+    /// istiod (<= 1.29) takes a new root-cert.pem only when one is a byte
+    /// substring of the other; it pushes it only when the bytes change.
+    fn assert_each_change_is_accepted_by_istio(bundles: &[&TrustBundle]) {
+        for pair in bundles.windows(2) {
+            let (before, after) = (pair[0].root_cert_pem(), pair[1].root_cert_pem());
+            assert_ne!(before, after, "v{} keeps the bytes", pair[1].version());
+            assert!(
+                after.contains(&before) || before.contains(&after),
+                "v{} to v{} breaks the substring rule:\n{before}\n{after}",
+                pair[0].version(),
+                pair[1].version()
+            );
+        }
+    }
+
+    #[test]
+    fn repeating_the_newest_root_changes_the_bytes_but_not_the_roots() -> TestResult {
+        let (a, b) = (p256_root("root A")?, p256_root("root B")?);
+        let plain = TrustBundle::new(TRUST_DOMAIN, 2, vec![a.clone(), b.clone()])?;
+        let repeated = plain.with_newest_repeated(true)?;
+        assert!(repeated.is_newest_repeated());
+        assert_eq!(repeated.version(), 3);
+        assert_eq!(repeated.roots(), plain.roots());
+        assert_eq!(
+            repeated.root_cert_pem(),
+            format!("{}{}{}", a.to_pem(), b.to_pem(), b.to_pem())
+        );
+        assert_ne!(repeated.digest_hex(), plain.digest_hex());
+        // Any PEM reader sees the repeated root, and nothing else, again.
+        assert_eq!(
+            Certificate::parse_pem_chain(&repeated.root_cert_pem())?,
+            [a.clone(), b.clone(), b.clone()]
+        );
+        // The SPIFFE form lists each root once.
+        let keys = bundle_json(&repeated)?["keys"]
+            .as_array()
+            .ok_or("keys is not an array")?
+            .len();
+        assert_eq!(keys, 2);
+
+        let back = repeated.with_newest_repeated(false)?;
+        assert!(!back.is_newest_repeated());
+        assert_eq!(back.version(), 4);
+        assert_eq!(back.roots(), plain.roots());
+        assert_eq!(back.root_cert_pem(), plain.root_cert_pem());
+
+        // Rebuilding a stored bundle gives the same bytes.
+        let rebuilt = TrustBundle::new(TRUST_DOMAIN, 3, vec![a, b])?.newest_repeated(true);
+        assert_eq!(rebuilt, repeated);
+        assert_eq!(rebuilt.root_cert_pem(), repeated.root_cert_pem());
+        Ok(())
+    }
+
+    #[test]
+    fn a_root_cannot_be_appended_while_the_newest_is_repeated() -> TestResult {
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 1, vec![p256_root("a")?])?
+            .with_appended(p256_root("b")?)?
+            .with_newest_repeated(true)?;
+        let result = bundle.with_appended(p256_root("c")?);
+        assert!(matches!(result, Err(BundleError::Repeated)), "{result:?}");
+        // The plain bundle takes it.
+        let plain = bundle.with_newest_repeated(false)?;
+        assert_eq!(plain.with_appended(p256_root("c")?)?.roots().len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn removing_the_newest_root_undoes_an_append() -> TestResult {
+        let (a, b) = (p256_root("root A")?, p256_root("root B")?);
+        let stable = TrustBundle::new(TRUST_DOMAIN, 1, vec![a.clone()])?;
+        let both = stable.with_appended(b)?;
+        let undone = both.with_newest_removed()?;
+        assert_eq!(undone.roots(), std::slice::from_ref(&a));
+        assert_eq!(undone.version(), 3);
+        assert_eq!(undone.root_cert_pem(), stable.root_cert_pem());
+        // From the repeated form too, and the result does not repeat.
+        let undone = both.with_newest_repeated(true)?.with_newest_removed()?;
+        assert_eq!(undone.roots(), [a]);
+        assert!(!undone.is_newest_repeated());
+        assert_eq!(undone.root_cert_pem(), stable.root_cert_pem());
+        // A single root cannot be removed.
+        let result = stable.with_newest_removed();
+        assert!(matches!(result, Err(BundleError::Empty)), "{result:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn removing_the_oldest_root_drops_the_repetition_too() -> TestResult {
+        let (a, b) = (p256_root("root A")?, p256_root("root B")?);
+        let repeated =
+            TrustBundle::new(TRUST_DOMAIN, 1, vec![a, b.clone()])?.with_newest_repeated(true)?;
+        let retired = repeated.with_oldest_removed()?;
+        assert_eq!(retired.roots(), std::slice::from_ref(&b));
+        assert!(!retired.is_newest_repeated());
+        assert_eq!(retired.root_cert_pem(), b.to_pem());
+        Ok(())
+    }
+
+    #[test]
+    fn a_whole_rotation_satisfies_istios_substring_rule() -> TestResult {
+        let (a, b) = (p256_root("root A")?, p256_root("root B")?);
+        let stable = TrustBundle::new(TRUST_DOMAIN, 1, vec![a])?;
+        let trust_new = stable.with_appended(b)?;
+        let sign_new = trust_new.with_newest_repeated(true)?;
+        let retire_old = sign_new.with_oldest_removed()?;
+        assert_each_change_is_accepted_by_istio(&[&stable, &trust_new, &sign_new, &retire_old]);
+        Ok(())
+    }
+
+    #[test]
+    fn aborting_a_rotation_satisfies_istios_substring_rule() -> TestResult {
+        let (a, b) = (p256_root("root A")?, p256_root("root B")?);
+        let stable = TrustBundle::new(TRUST_DOMAIN, 1, vec![a])?;
+        let sign_new = stable.with_appended(b)?.with_newest_repeated(true)?;
+        let trust_new_again = sign_new.with_newest_repeated(false)?;
+        let stable_again = trust_new_again.with_newest_removed()?;
+        assert_each_change_is_accepted_by_istio(&[&sign_new, &trust_new_again, &stable_again]);
+        assert_eq!(stable_again.root_cert_pem(), stable.root_cert_pem());
+        Ok(())
+    }
+
     #[test]
     fn appended_roots_go_last_and_the_order_never_changes() -> TestResult {
         let roots = [p256_root("1")?, p256_root("2")?, p256_root("3")?];

@@ -4,6 +4,7 @@
 mod client;
 mod demo;
 mod output;
+mod rotate;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use zeroize::Zeroizing;
 
 pub use client::{AdminConnection, connect};
 pub use output::Format;
+pub use rotate::{AuditArgs, RotateCommand, RotationFlags};
 
 use crate::agent::{self, AgentConfig, ClusterSink, DirectorySink};
 use crate::ca::{self, CacertsFiles, KeyAlgorithm, Severity, system_time_to_unix};
@@ -73,6 +75,15 @@ pub enum Command {
     /// Trust bundle commands.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Rotate the mesh root without a moment of broken trust: plan, start, status, advance, abort (admin).
+    #[command(
+        subcommand,
+        after_help = "Phases: stable {A} -> trust-new {A,B} -> sign-new (B signs; grace) -> retire-old {B} -> stable.\nEach step waits until every enrolled, non-excluded cluster has acknowledged it.\n\nExamples:\n  trustplane rotate plan\n  trustplane rotate start\n  trustplane rotate status\n  trustplane rotate advance --wait                 # trust-new -> sign-new\n  trustplane rotate advance --wait --timeout 30h   # sign-new -> retire-old, after the grace (24h)\n  trustplane rotate advance --wait                 # retire-old -> stable\n  trustplane rotate abort"
+    )]
+    Rotate(RotateCommand),
+    /// Show the audit log: rotation steps, exclusions, reissues (admin).
+    #[command(after_help = "Examples:\n  trustplane audit\n  trustplane audit --limit 200 -o json")]
+    Audit(AuditArgs),
     /// Offline: generate a cluster's key and sign its cacerts files locally (server must be stopped).
     #[command(
         after_help = "Example (replaces Istio's tools/certs Makefiles):\n  trustplane issue --cluster east --out east/\n  kubectl create secret generic cacerts -n istio-system --from-file=east/"
@@ -249,6 +260,17 @@ pub enum ClusterCommand {
         #[command(flatten)]
         connection: AdminConnection,
     },
+    /// Give a cluster a new intermediate from the current signing root (e.g. after a key compromise).
+    #[command(
+        after_help = "Examples:\n  trustplane cluster reissue east\n  trustplane cluster list    # INTERMEDIATE shows the new serial once it is applied"
+    )]
+    Reissue {
+        /// Cluster name.
+        name: String,
+        /// Connection.
+        #[command(flatten)]
+        connection: AdminConnection,
+    },
     /// Remove a cluster: its agent's certificate is refused from then on.
     #[command(after_help = "Example:\n  trustplane cluster remove east")]
     Remove {
@@ -372,6 +394,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Show { output, connection }) => {
             bundle_show(output, connection).await
         }
+        Command::Rotate(command) => rotate::run(command).await,
+        Command::Audit(args) => rotate::audit(args).await,
         Command::Issue(args) => issue(args).await,
         Command::Verify(args) => verify(args).await,
         Command::Demo(args) => demo::run(args).await,
@@ -775,6 +799,16 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 .into_inner();
             print_clusters(&response.clusters, response.bundle_version, output)?;
         }
+        ClusterCommand::Reissue { name, connection } => {
+            let mut client = AdminServiceClient::new(connection.connect().await?);
+            client
+                .reissue_cluster(proto::ReissueClusterRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?;
+            println!(
+                "cluster {name}: new intermediate requested; its agent (or the server, in push mode) replaces the intermediate from the current signing root shortly"
+            );
+        }
         ClusterCommand::Remove { name, connection } => {
             let mut client = AdminServiceClient::new(connection.connect().await?);
             client
@@ -834,20 +868,11 @@ fn print_clusters(
                 cluster.applied_bundle_version
             )
         };
-        let serial = if cluster.intermediate_serial.len() > 16 {
-            format!("{}…", &cluster.intermediate_serial[..16])
-        } else {
-            cluster.intermediate_serial.clone()
-        };
         table.add_row(vec![
             cluster.name.clone(),
             cluster.state.clone(),
             bundle,
-            if serial.is_empty() {
-                "-".into()
-            } else {
-                serial
-            },
+            output::short_hex(&cluster.intermediate_serial),
             output::time(cluster.intermediate_not_after_unix),
             output::age(cluster.last_report_unix, now),
             if cluster.last_error.is_empty() {

@@ -44,3 +44,12 @@ pub fn age(unix: i64, now_unix: i64) -> String {
         humantime::format_duration(std::time::Duration::from_secs(seconds))
     )
 }
+
+/// The first 16 digits of a hex serial or digest, `…` when longer, `-` when empty.
+pub fn short_hex(serial: &str) -> String {
+    match serial.get(..16) {
+        _ if serial.is_empty() => "-".into(),
+        Some(prefix) if serial.len() > 16 => format!("{prefix}…"),
+        _ => serial.to_string(),
+    }
+}

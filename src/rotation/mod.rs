@@ -138,6 +138,12 @@ pub enum BlockReason {
         /// Subject of the root its chain ends in.
         chain_root: String,
     },
+    /// Its chain ends in the signing root but does not verify (expired,
+    /// or a link is not signed by the next certificate).
+    InvalidChain {
+        /// The verification failure.
+        error: String,
+    },
 }
 
 impl std::fmt::Display for BlockReason {
@@ -146,6 +152,9 @@ impl std::fmt::Display for BlockReason {
             BlockReason::NeverReported => f.write_str("has never reported"),
             BlockReason::NotApplied { applied, wanted } => {
                 write!(f, "applied bundle v{applied}, needs v{wanted}")
+            }
+            BlockReason::InvalidChain { error } => {
+                write!(f, "its reported chain does not verify: {error}")
             }
             BlockReason::WrongSigner { chain_root } => {
                 write!(
@@ -255,6 +264,16 @@ pub enum RotationError {
         /// Who would break, and why.
         stranded: Vec<Stranded>,
     },
+    /// The caller expected another phase (someone else moved on).
+    #[error(
+        "the rotation is in phase {actual}, not {expected}: it moved on meanwhile; see `trustplane rotate status`"
+    )]
+    PhaseMoved {
+        /// What the caller expected.
+        expected: String,
+        /// The phase now.
+        actual: Phase,
+    },
     /// Abort from `retire-old`.
     #[error(
         "retire-old cannot be aborted: the old root is no longer in any published bundle; finish with `trustplane rotate advance`"
@@ -302,6 +321,10 @@ pub struct Step {
     pub bundle: Option<TrustBundle>,
     /// The root that signs intermediates after the step.
     pub signing_root_id: String,
+    /// Excluded clusters whose reported chain will not verify under the
+    /// published bundle: the operator accepted that they may lose trust;
+    /// the server warns and audits it.
+    pub excluded_stranded: Vec<Stranded>,
 }
 
 impl Rotation {
@@ -329,24 +352,46 @@ impl Rotation {
         Duration::from_secs(self.grace_seconds)
     }
 
-    /// Whether leaving the current phase waits for the grace period:
-    /// `sign-new` always; `trust-new` reached by abort when going back to
-    /// {A} (workload certificates under B must have expired).
-    fn needs_grace(&self) -> bool {
-        match self.phase {
-            Phase::SignNew => true,
-            Phase::TrustNew => self.new_root_signed,
-            Phase::Stable | Phase::RetireOld => false,
-        }
-    }
-
-    /// Evaluates the gate of the current phase. `signing_root` is the root
-    /// of [`Self::signing_root_id`].
+    /// Evaluates the gate for advancing from the current phase: every
+    /// enrolled, non-excluded cluster has applied the phase's bundle and
+    /// serves a chain that verifies to the phase's signing root; leaving
+    /// `sign-new` also waits for the grace. `signing_root` is the root of
+    /// [`Self::signing_root_id`].
     pub fn gate(
         &self,
         clusters: &[ClusterView],
         signing_root: &Certificate,
         now: SystemTime,
+    ) -> Gate {
+        self.gate_with_grace(clusters, signing_root, now, self.phase == Phase::SignNew)
+    }
+
+    /// The gate for aborting: only going back from `trust-new` to {A} after
+    /// the new root has signed intermediates waits, for every cluster to be
+    /// re-issued from A and then for the grace (workload certificates under
+    /// B must have expired). Every other abort may happen at once.
+    pub fn abort_gate(
+        &self,
+        clusters: &[ClusterView],
+        signing_root: &Certificate,
+        now: SystemTime,
+    ) -> Gate {
+        if self.phase == Phase::TrustNew && self.new_root_signed {
+            self.gate_with_grace(clusters, signing_root, now, true)
+        } else {
+            Gate {
+                blockers: Vec::new(),
+                grace_left: Duration::ZERO,
+            }
+        }
+    }
+
+    fn gate_with_grace(
+        &self,
+        clusters: &[ClusterView],
+        signing_root: &Certificate,
+        now: SystemTime,
+        needs_grace: bool,
     ) -> Gate {
         let now_unix = system_time_to_unix(now);
         let overdue = now_unix.saturating_sub(self.entered_unix)
@@ -366,7 +411,15 @@ impl Rotation {
                     })
                 } else {
                     match cluster.chain.last() {
-                        Some(root) if root == signing_root => None,
+                        Some(root) if root == signing_root => ca::verify_chain_to_roots(
+                            &cluster.chain,
+                            std::slice::from_ref(signing_root),
+                            now,
+                        )
+                        .err()
+                        .map(|error| BlockReason::InvalidChain {
+                            error: error.to_string(),
+                        }),
                         Some(root) => Some(BlockReason::WrongSigner {
                             chain_root: root.subject().unwrap_or_default(),
                         }),
@@ -384,7 +437,7 @@ impl Rotation {
                 }
             }
         }
-        let grace_left = if blockers.is_empty() && self.needs_grace() {
+        let grace_left = if blockers.is_empty() && needs_grace {
             // Certificate times are whole seconds and a certificate is still
             // valid at its notAfter second: wait one second beyond the grace
             // so that a workload certificate issued at the last ack with a
@@ -447,18 +500,21 @@ pub fn preflight(bundle: &TrustBundle, clusters: &[ClusterView], now: SystemTime
         .collect()
 }
 
+/// Pre-flight for a bundle about to be published: refuses it if a
+/// non-excluded cluster would be stranded; excluded clusters that would be
+/// stranded are returned so the step can say so loudly (and audit it).
 fn checked(
     bundle: TrustBundle,
     clusters: &[ClusterView],
     excluded: &[String],
     now: SystemTime,
-) -> Result<TrustBundle, RotationError> {
-    let stranded: Vec<Stranded> = preflight(&bundle, clusters, now)
-        .into_iter()
-        .filter(|stranded| !excluded.contains(&stranded.cluster))
-        .collect();
+) -> Result<(TrustBundle, Vec<Stranded>), RotationError> {
+    let (excluded_stranded, stranded): (Vec<Stranded>, Vec<Stranded>) =
+        preflight(&bundle, clusters, now)
+            .into_iter()
+            .partition(|stranded| excluded.contains(&stranded.cluster));
     if stranded.is_empty() {
-        Ok(bundle)
+        Ok((bundle, excluded_stranded))
     } else {
         Err(RotationError::WouldStrand {
             version: bundle.version(),
@@ -498,7 +554,7 @@ pub fn start(
     if not_after <= now {
         return Err(RotationError::NewRoot("it has expired".into()));
     }
-    let bundle = checked(
+    let (bundle, excluded_stranded) = checked(
         current.with_appended(new_root.clone())?,
         clusters,
         &options.excluded,
@@ -529,6 +585,7 @@ pub fn start(
         },
         bundle: Some(bundle),
         signing_root_id: old_root_id,
+        excluded_stranded,
     })
 }
 
@@ -567,7 +624,7 @@ pub fn advance(
     match rotation.phase {
         Phase::Stable => Err(RotationError::NotInProgress),
         Phase::TrustNew => {
-            let bundle = checked(
+            let (bundle, excluded_stranded) = checked(
                 current.with_newest_repeated(true)?,
                 clusters,
                 &rotation.excluded,
@@ -579,10 +636,11 @@ pub fn advance(
                 signing_root_id: next.new_root_id.clone(),
                 rotation: next,
                 bundle: Some(bundle),
+                excluded_stranded,
             })
         }
         Phase::SignNew => {
-            let bundle = checked(
+            let (bundle, excluded_stranded) = checked(
                 current.with_oldest_removed()?,
                 clusters,
                 &rotation.excluded,
@@ -593,6 +651,7 @@ pub fn advance(
                 signing_root_id: next.new_root_id.clone(),
                 rotation: next,
                 bundle: Some(bundle),
+                excluded_stranded,
             })
         }
         Phase::RetireOld => {
@@ -602,6 +661,7 @@ pub fn advance(
                 signing_root_id: next.new_root_id.clone(),
                 rotation: next,
                 bundle: None,
+                excluded_stranded: Vec::new(),
             })
         }
     }
@@ -624,7 +684,7 @@ pub fn abort(
         Phase::Stable => Err(RotationError::NotInProgress),
         Phase::RetireOld => Err(RotationError::CannotAbort),
         Phase::SignNew => {
-            let bundle = checked(
+            let (bundle, excluded_stranded) = checked(
                 current.with_newest_repeated(false)?,
                 clusters,
                 &rotation.excluded,
@@ -636,11 +696,12 @@ pub fn abort(
                 signing_root_id: next.old_root_id.clone(),
                 rotation: next,
                 bundle: Some(bundle),
+                excluded_stranded,
             })
         }
         Phase::TrustNew => {
             if rotation.new_root_signed {
-                let gate = rotation.gate(clusters, signing_root, now);
+                let gate = rotation.abort_gate(clusters, signing_root, now);
                 if !gate.holds() {
                     return Err(RotationError::GateClosed {
                         phase: rotation.phase,
@@ -651,7 +712,7 @@ pub fn abort(
                     });
                 }
             }
-            let bundle = checked(
+            let (bundle, excluded_stranded) = checked(
                 current.with_newest_removed()?,
                 clusters,
                 &rotation.excluded,
@@ -664,6 +725,7 @@ pub fn abort(
                 signing_root_id: next.old_root_id.clone(),
                 rotation: next,
                 bundle: Some(bundle),
+                excluded_stranded,
             })
         }
     }

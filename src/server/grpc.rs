@@ -279,7 +279,10 @@ impl AdminService for AdminApi {
         request: Request<proto::RotateAdvanceRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let admin = require_admin(&self.authority, &request)?;
-        Ok(Response::new(self.authority.rotate_advance(&admin)?))
+        let expected = request.into_inner().expected_phase;
+        Ok(Response::new(
+            self.authority.rotate_advance(&admin, &expected)?,
+        ))
     }
 
     async fn rotate_abort(
@@ -287,7 +290,10 @@ impl AdminService for AdminApi {
         request: Request<proto::RotateAbortRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let admin = require_admin(&self.authority, &request)?;
-        Ok(Response::new(self.authority.rotate_abort(&admin)?))
+        let expected = request.into_inner().expected_phase;
+        Ok(Response::new(
+            self.authority.rotate_abort(&admin, &expected)?,
+        ))
     }
 
     async fn audit_log(

@@ -118,12 +118,12 @@ impl Mesh {
             .clusters
             .get(cluster)
             .is_none_or(|entry| entry.intermediate_serial != serial);
-        if new_intermediate {
-            if let Some(previous) = state.serials.insert(serial.clone(), cluster.to_string()) {
-                failures.push(format!(
-                    "intermediate serial {serial} issued to {cluster} was already seen for {previous}"
-                ));
-            }
+        if new_intermediate
+            && let Some(previous) = state.serials.insert(serial.clone(), cluster.to_string())
+        {
+            failures.push(format!(
+                "intermediate serial {serial} issued to {cluster} was already seen for {previous}"
+            ));
         }
         // A workload certificate from the new intermediate, like istiod
         // signs after reloading cacerts.

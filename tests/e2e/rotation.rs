@@ -201,7 +201,7 @@ async fn drive(
 
 async fn advance(admin: &mut Admin) -> proto::RotationStatus {
     admin
-        .rotate_advance(proto::RotateAdvanceRequest {})
+        .rotate_advance(proto::RotateAdvanceRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -337,7 +337,7 @@ async fn rotation_over_real_apiservers_and_50_simulated_clusters_never_breaks_tr
     assert!(!beta_row.acknowledged, "{beta_row:?}");
     assert!(blocked.blocking.contains("beta"), "{}", blocked.blocking);
     let refused = admin
-        .rotate_advance(proto::RotateAdvanceRequest {})
+        .rotate_advance(proto::RotateAdvanceRequest::default())
         .await
         .unwrap_err();
     assert!(refused.message().contains("beta"), "{}", refused.message());

@@ -309,8 +309,17 @@ impl Authority {
         action: &str,
     ) -> Result<(), ServerError> {
         let now = self.clock.now();
+        if !step.excluded_stranded.is_empty() {
+            for stranded in &step.excluded_stranded {
+                tracing::warn!(
+                    cluster = %stranded.cluster,
+                    error = %stranded.error,
+                    "excluded cluster will not trust the published bundle"
+                );
+            }
+        }
         let detail = format!(
-            "phase {} (bundle v{}), signing root {}{}",
+            "phase {} (bundle v{}), signing root {}{}{}",
             step.rotation.phase,
             step.bundle
                 .as_ref()
@@ -320,7 +329,19 @@ impl Authority {
                 .outcome
                 .as_ref()
                 .map(|outcome| format!(", rotation {outcome}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if step.excluded_stranded.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; EXCLUDED clusters that lose trust: {}",
+                    step.excluded_stranded
+                        .iter()
+                        .map(|stranded| stranded.cluster.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
         );
         let mut batch = Batch::new().put_json(
             Table::Meta,
@@ -421,7 +442,16 @@ impl Authority {
                 .ok_or(ServerError::Setup("unreachable".into()))?;
             let preflight =
                 match rotation::advance(rotation, &current.bundle, &signing_root, &clusters, now) {
-                    Ok(_) => Vec::new(),
+                    Ok(step) => step
+                        .excluded_stranded
+                        .into_iter()
+                        .map(|stranded| {
+                            format!(
+                                "{} (excluded, will lose trust): {}",
+                                stranded.cluster, stranded.error
+                            )
+                        })
+                        .collect(),
                     Err(rotation::RotationError::WouldStrand { stranded, .. }) => stranded
                         .into_iter()
                         .map(|stranded| format!("{}: {}", stranded.cluster, stranded.error))
@@ -588,10 +618,11 @@ impl Authority {
         self.rotation_status()
     }
 
-    fn advance_locked(&self, actor: &str) -> Result<(), ServerError> {
+    fn advance_locked(&self, actor: &str, expected_phase: &str) -> Result<(), ServerError> {
         let (rotation, version) = self
             .rotation()?
             .ok_or(rotation::RotationError::NotInProgress)?;
+        check_expected_phase(&rotation, expected_phase)?;
         let now = self.clock.now();
         let current = self.current_bundle();
         let signing_root = self.signing_root();
@@ -605,22 +636,34 @@ impl Authority {
         self.apply_step(step, Some(version), None, actor, "rotate-advance")
     }
 
-    /// Enters the next phase if the gate holds.
-    pub fn rotate_advance(&self, actor: &str) -> Result<proto::RotationStatus, ServerError> {
+    /// Enters the next phase if the gate holds. A non-empty
+    /// `expected_phase` must be the current phase (so a step is never taken
+    /// twice when someone else, or `--auto`, moved on meanwhile).
+    pub fn rotate_advance(
+        &self,
+        actor: &str,
+        expected_phase: &str,
+    ) -> Result<proto::RotationStatus, ServerError> {
         {
             let _guard = self.lock_rotation();
-            self.advance_locked(actor)?;
+            self.advance_locked(actor, expected_phase)?;
         }
         self.rotation_status()
     }
 
-    /// Goes back to the last safe phase.
-    pub fn rotate_abort(&self, actor: &str) -> Result<proto::RotationStatus, ServerError> {
+    /// Goes back to the last safe phase (`expected_phase` as for
+    /// [`Self::rotate_advance`]).
+    pub fn rotate_abort(
+        &self,
+        actor: &str,
+        expected_phase: &str,
+    ) -> Result<proto::RotationStatus, ServerError> {
         {
             let _guard = self.lock_rotation();
             let (rotation, version) = self
                 .rotation()?
                 .ok_or(rotation::RotationError::NotInProgress)?;
+            check_expected_phase(&rotation, expected_phase)?;
             let now = self.clock.now();
             let current = self.current_bundle();
             let signing_root = self.signing_root();
@@ -664,10 +707,11 @@ impl Authority {
             }
         }
         let _ = version;
-        if rotation.auto_advance && rotation.gate(&views, &signing_root, now).holds() {
-            if let Err(error) = self.advance_locked("server (--auto)") {
-                tracing::warn!(error = %error, "automatic rotation step refused");
-            }
+        if rotation.auto_advance
+            && rotation.gate(&views, &signing_root, now).holds()
+            && let Err(error) = self.advance_locked("server (--auto)", "")
+        {
+            tracing::warn!(error = %error, "automatic rotation step refused");
         }
         Ok(())
     }
@@ -727,5 +771,17 @@ impl Authority {
                 detail: record.detail,
             })
             .collect())
+    }
+}
+
+fn check_expected_phase(rotation: &Rotation, expected_phase: &str) -> Result<(), ServerError> {
+    if expected_phase.is_empty() || expected_phase == rotation.phase.as_str() {
+        Ok(())
+    } else {
+        Err(rotation::RotationError::PhaseMoved {
+            expected: expected_phase.to_string(),
+            actual: rotation.phase,
+        }
+        .into())
     }
 }

@@ -73,7 +73,14 @@ fn every_command_has_help_with_an_example() {
         &["cluster", "add"],
         &["cluster", "list"],
         &["cluster", "remove"],
+        &["cluster", "reissue"],
         &["status"],
+        &["rotate", "plan"],
+        &["rotate", "start"],
+        &["rotate", "status"],
+        &["rotate", "advance"],
+        &["rotate", "abort"],
+        &["audit"],
         &["bundle", "show"],
         &["issue"],
         &["verify"],
@@ -373,4 +380,123 @@ fn demo_proves_cross_cluster_trust_and_exits_zero() {
     assert!(printed.contains("trusted ✓"), "{printed}");
     assert!(printed.contains("rejected ✓"), "{printed}");
     assert!(printed.contains("OK: east and west"), "{printed}");
+}
+
+#[test]
+fn rotate_commands_drive_a_rotation_like_a_user() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    ok(&[
+        "init",
+        "--data-dir",
+        data_arg,
+        "--trust-domain",
+        "cluster.local",
+    ]);
+    let (_server, url) = start_server(&data);
+    let connection = ["--server", url.as_str(), "--data-dir", data_arg];
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(connection.iter())
+            .map(|arg| (*arg).to_string())
+            .collect()
+    };
+    let run = |args: &[&str]| {
+        let args = with(args);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        trustplane(&refs)
+    };
+    let must = |args: &[&str]| {
+        let output = run(args);
+        assert!(
+            output.status.success(),
+            "trustplane {args:?} failed:\n{}",
+            text(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let add: serde_json::Value =
+        serde_json::from_str(&must(&["cluster", "add", "east", "-o", "json"])).unwrap();
+    let token = add["join_token"].as_str().unwrap().to_string();
+    let cacerts = work.path().join("east-cacerts");
+    let _agent = Guard(
+        Command::new(BINARY)
+            .args(["agent", "--server", &url, "--server-ca"])
+            .arg(data.join("control-plane-ca.pem"))
+            .arg("--join-token")
+            .arg(&token)
+            .arg("--identity-dir")
+            .arg(work.path().join("east-identity"))
+            .arg("--cacerts-dir")
+            .arg(&cacerts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let plan = must(&["rotate", "plan", "--grace", "2s"]);
+    for phase in ["trust-new", "sign-new", "retire-old"] {
+        assert!(plan.contains(phase), "{plan}");
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&must(&["rotate", "status", "-o", "json"])).unwrap();
+    assert_eq!(status["phase"], "stable");
+    let nothing = run(&["rotate", "abort"]);
+    assert!(!nothing.status.success());
+    assert!(text(&nothing).contains("no rotation"), "{}", text(&nothing));
+
+    must(&["rotate", "start", "--grace", "2s", "--ack-timeout", "1m"]);
+    let table = must(&["rotate", "status"]);
+    assert!(
+        table.contains("trust-new") && table.contains("east"),
+        "{table}"
+    );
+    for _ in 0..3 {
+        let advanced = run(&[
+            "rotate",
+            "advance",
+            "--wait",
+            "--timeout",
+            "2m",
+            "--poll",
+            "200ms",
+        ]);
+        assert!(advanced.status.success(), "{}", text(&advanced));
+    }
+    let done: serde_json::Value =
+        serde_json::from_str(&must(&["rotate", "status", "-o", "json"])).unwrap();
+    assert_eq!(done["phase"], "stable", "{done}");
+    assert_eq!(done["outcome"], "completed", "{done}");
+    let audit = must(&["audit"]);
+    assert!(
+        audit.contains("rotate-start") && audit.contains("rotate-advance"),
+        "{audit}"
+    );
+    // The agent follows: its cacerts verify and trust the new root only.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let roots = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap_or_default();
+        let pem = ok(&[
+            "bundle",
+            "show",
+            "-o",
+            "pem",
+            "--server",
+            &url,
+            "--data-dir",
+            data_arg,
+        ]);
+        if roots == pem {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never applied the final bundle"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let verified = ok(&["verify", cacerts.to_str().unwrap()]);
+    assert!(verified.contains("istiod would accept"), "{verified}");
 }

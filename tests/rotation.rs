@@ -726,3 +726,84 @@ async fn plan_changes_nothing_and_auto_rotation_completes_by_itself() {
     mesh.check_all("auto").await;
     assert_no_failures(&mesh).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotation_to_an_imported_root_and_refusals_of_bad_imports() {
+    let server = common::start_server().await;
+    let mut admin = server.admin().await;
+    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
+    fleet.add(&mut admin, &mesh, "i0").await;
+    wait_applied(&mut admin, 1, 1).await;
+    let request = |certificate: &str, key: &str| proto::RotateStartRequest {
+        options: Some(proto::RotationOptions {
+            import_root_pem: certificate.to_string(),
+            import_key_pem: key.to_string(),
+            ..rotation_options()
+        }),
+    };
+    let make = |organisation: &str| {
+        trustplane::ca::create_root(
+            &trustplane::ca::RootRequest {
+                trust_domain: "cluster.local".into(),
+                organisation: organisation.into(),
+                key_algorithm: KeyAlgorithm::EcdsaP384,
+                validity: Duration::from_secs(3 * 365 * 24 * 3600),
+            },
+            std::time::SystemTime::now(),
+        )
+        .unwrap()
+    };
+    let (imported, imported_key) = make("security team");
+    let (_, other_key) = make("someone else");
+
+    // A key that is not the certificate's, a certificate without its key,
+    // garbage: each refused with a clear error, nothing started.
+    let mismatch = admin
+        .rotate_start(request(&imported.to_pem(), &other_key.to_pkcs8_pem()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        mismatch.code(),
+        tonic::Code::InvalidArgument,
+        "{mismatch:?}"
+    );
+    let garbage = admin
+        .rotate_start(request("not a certificate", &imported_key.to_pkcs8_pem()))
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
+    let keyless = admin
+        .rotate_start(proto::RotateStartRequest {
+            options: Some(proto::RotationOptions {
+                import_key_pem: imported_key.to_pkcs8_pem().to_string(),
+                ..rotation_options()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(keyless.code(), tonic::Code::InvalidArgument, "{keyless:?}");
+    assert!(!status(&mut admin).await.has_rotation);
+    assert_eq!(server.authority().current_bundle().bundle.version(), 1);
+
+    // The imported root becomes B; its key is sealed in the store.
+    let started = admin
+        .rotate_start(request(&imported.to_pem(), &imported_key.to_pkcs8_pem()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.new_root_serial, imported.serial_hex().unwrap());
+    // A second start while one is under way is refused.
+    let again = admin
+        .rotate_start(request(&imported.to_pem(), &imported_key.to_pkcs8_pem()))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    for _ in 0..3 {
+        wait_gate(&mut admin).await;
+        advance(&mut admin).await.unwrap();
+    }
+    assert_eq!(server.authority().signing_root(), imported);
+    mesh.check_all("imported").await;
+    assert_no_failures(&mesh).await;
+}

@@ -279,6 +279,12 @@ pub enum RotationError {
         "retire-old cannot be aborted: the old root is no longer in any published bundle; finish with `trustplane rotate advance`"
     )]
     CannotAbort,
+    /// The current bundle is not {A} alone (the signing root): the old root
+    /// could not be retired from the front without reordering.
+    #[error(
+        "the trust bundle must hold exactly the signing root to start a rotation, but it holds {0} root(s)"
+    )]
+    UnexpectedBundle(usize),
     /// The new root is not usable.
     #[error("the new root: {0}")]
     NewRoot(String),
@@ -547,6 +553,9 @@ pub fn start(
         return Err(RotationError::NewRoot(
             "it is already in the trust bundle".into(),
         ));
+    }
+    if current.roots() != std::slice::from_ref(old_root) {
+        return Err(RotationError::UnexpectedBundle(current.roots().len()));
     }
     let not_after = new_root
         .not_after()

@@ -351,6 +351,33 @@ fn start_is_refused_when_the_new_root_is_already_in_the_bundle() {
 }
 
 #[test]
+fn start_is_refused_unless_the_bundle_is_the_signing_root_alone() {
+    // Retiring A removes the oldest root; with another root in front of A
+    // that would drop the wrong one, so rotation starts only from {A}.
+    let fixture = fixture();
+    let other = Root::successor("other");
+    let with_other = TrustBundle::new(
+        "cluster.local",
+        1,
+        vec![other.certificate.clone(), fixture.a.certificate.clone()],
+    )
+    .unwrap();
+    let result = start(
+        None,
+        &with_other,
+        &fixture.a.certificate,
+        &fixture.b.certificate,
+        &[],
+        &options(),
+        at(0),
+    );
+    assert!(
+        matches!(result, Err(RotationError::UnexpectedBundle(2))),
+        "{result:?}"
+    );
+}
+
+#[test]
 fn start_is_refused_when_the_new_root_has_expired() {
     let fixture = fixture();
     let after_expiry = fixture.b.certificate.not_after().unwrap() + Duration::from_secs(1);

@@ -82,7 +82,15 @@ mod tests {
         assert!(failing.starts_with("HTTP/1.1 503"), "{failing}");
         assert!(failing.contains("Secret is foreign"), "{failing}");
 
+        // A follower is ready while healthy, not while it cannot reach (or
+        // lost) its Lease: the apiserver may be down.
         status.send_modify(|current| current.leader = Some(false));
+        let follower_failing = get_path(address, "/readyz").await;
+        assert!(
+            follower_failing.starts_with("HTTP/1.1 503"),
+            "{follower_failing}"
+        );
+        status.send_modify(|current| current.last_error = None);
         assert!(
             get_path(address, "/readyz")
                 .await

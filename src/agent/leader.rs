@@ -192,6 +192,9 @@ pub async fn run_with_leader_election(
         let acquired = match joined {
             Err(text) => Err(text),
             Ok(manager) => {
+                // The Lease is reachable again: an earlier lease error or
+                // lost term no longer makes this follower unready.
+                status.send_modify(|current| current.last_error = None);
                 tracing::info!(
                     lease = %lease.describe(),
                     holder = %lease.holder_id,

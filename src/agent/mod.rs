@@ -187,18 +187,19 @@ pub struct AgentStatus {
 }
 
 impl AgentStatus {
-    /// Whether the agent is ready: a replica that does not lead is; one that
-    /// runs the loop is once a trust bundle is applied and while no error is
-    /// current.
+    /// Whether the agent is ready: never while an error is current (for a
+    /// replica that does not lead: it cannot reach its Lease, or lost it);
+    /// a replica that does not lead is ready otherwise; one that runs the
+    /// loop once a trust bundle is applied.
     ///
     /// Errors: the reason it is not ready (the current error's text, or that
     /// nothing is applied yet).
     pub fn readiness(&self) -> Result<(), String> {
-        if self.leader == Some(false) {
-            return Ok(());
-        }
         if let Some(error) = &self.last_error {
             return Err(error.clone());
+        }
+        if self.leader == Some(false) {
+            return Ok(());
         }
         if self.applied_bundle_version == 0 {
             return Err("no trust bundle applied yet".to_string());

@@ -518,6 +518,16 @@ fn sign_with_issuer(
         .map_err(|error| CaError::Generation(error.to_string()))?;
     let certificate = Certificate::from_der(signed.der().to_vec())?;
     verify_issued(&certificate, issuer, now)?;
+    // A second parser: rustls-webpki must accept the encoding (it rejects
+    // unknown critical extensions, for one). Its path check needs a leaf
+    // signed with the subject's key, which for CSR-signed intermediates
+    // only the cluster holds: the agent makes it before writing cacerts.
+    let der = rustls_pki_types::CertificateDer::from(certificate.der());
+    webpki::EndEntityCert::try_from(&der).map_err(|error| {
+        CaError::Verification(format!(
+            "rustls-webpki cannot parse the issued certificate: {error:?}"
+        ))
+    })?;
     Ok(certificate)
 }
 

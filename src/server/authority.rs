@@ -557,7 +557,8 @@ impl Authority {
             expires_unix: system_time_to_unix(expires),
             used_unix: None,
         };
-        let batch = Batch::new()
+        // A new token replaces every earlier one of this cluster.
+        let batch = self.without_tokens_of(name, Batch::new())?
             .put_json(Table::Clusters, name, &record, Some(expect))?
             .put_json(
                 Table::Tokens,
@@ -779,6 +780,18 @@ impl Authority {
         }))
     }
 
+    /// Adds to `batch` the deletion of every join token of `cluster`.
+    fn without_tokens_of(&self, cluster: &str, batch: Batch) -> Result<Batch, ServerError> {
+        Ok(
+            records::list_json::<TokenRecord>(self.store.as_ref(), Table::Tokens)?
+                .into_iter()
+                .filter(|(_, record, _)| record.cluster == cluster)
+                .fold(batch, |batch, (hash, _, version)| {
+                    batch.delete(Table::Tokens, hash, Some(Expect::Version(version)))
+                }),
+        )
+    }
+
     /// Every registered cluster with its last report.
     pub fn list_clusters(&self) -> Result<Vec<proto::ClusterStatus>, ServerError> {
         Ok(
@@ -796,11 +809,12 @@ impl Authority {
                 .ok_or_else(|| {
                     ServerError::NotFound(format!("cluster {name:?} is not registered"))
                 })?;
-        self.store.commit(
-            Batch::new()
-                .delete(Table::Clusters, name, Some(Expect::Version(version)))
-                .delete(Table::Secrets, records::kubeconfig_secret_name(name), None),
-        )?;
+        let batch = Batch::new()
+            .delete(Table::Clusters, name, Some(Expect::Version(version)))
+            .delete(Table::Secrets, records::kubeconfig_secret_name(name), None);
+        // Its unused join tokens die with it: a cluster added again under
+        // the same name must not be enrolled with an old token.
+        self.store.commit(self.without_tokens_of(name, batch)?)?;
         self.clusters_changed.notify_waiters();
         tracing::info!(cluster = name, "cluster removed");
         if let Err(error) = self.rotation_tick() {

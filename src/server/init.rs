@@ -239,8 +239,10 @@ pub fn initialize(
             &issued(&admin_certificate, IssuedKind::ControlPlaneClient, now)?,
             Some(Expect::Absent),
         )?;
-    store.commit(batch)?;
-
+    // The files first, the store last: a crash before the commit leaves an
+    // uninitialised store (running `init` again overwrites the files); once
+    // the commit is done, the admin credential is already on disk. Only one
+    // process can hold the store open, so no other `init` races this one.
     let admin_dir = data_dir.path.join("admin");
     std::fs::create_dir_all(&admin_dir).map_err(|error| io_error(&admin_dir, error))?;
     write_private_file(
@@ -254,6 +256,7 @@ pub fn initialize(
     let ca_path = data_dir.control_plane_ca_path();
     std::fs::write(&ca_path, control_plane_ca.to_pem())
         .map_err(|error| io_error(&ca_path, error))?;
+    store.commit(batch)?;
     Ok(InitOutcome {
         root,
         imported,

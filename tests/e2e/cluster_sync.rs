@@ -439,10 +439,13 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
                 roots.to_str().unwrap(),
             ],
         );
-        assert!(
-            refused.is_err(),
+        let refusal = refused.expect_err(&format!(
             "a workload from an unrelated root verified under {}'s bundle",
             target.name
+        ));
+        assert!(
+            refusal.contains("unknown authority"),
+            "refused for another reason than an unknown issuer: {refusal}"
         );
         checks += 1;
     }
@@ -507,9 +510,18 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
     leader.task.abort();
     let killed = Instant::now();
     let v3 = publish_new_root(&server, "third");
+    wait_status(&follower, "the surviving replica leads", |status| {
+        status.leader == Some(true)
+    })
+    .await;
+    let leads_after = killed.elapsed();
+    assert!(
+        leads_after < LEASE + Duration::from_secs(2),
+        "the surviving replica took {leads_after:?} to lead (lease {LEASE:?})"
+    );
     wait_status(
         &follower,
-        "the surviving replica leads and applies v3",
+        "the surviving replica applies v3",
         |status| status.leader == Some(true) && status.applied_bundle_version == v3,
     )
     .await;

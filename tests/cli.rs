@@ -227,6 +227,27 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
     let spiffe: serde_json::Value = serde_json::from_str(&spiffe).unwrap();
     assert_eq!(spiffe["spiffe_sequence"], 1);
     assert_eq!(spiffe["keys"][0]["use"], "x509-svid");
+    let bundle = ok(&[
+        "bundle",
+        "show",
+        "-o",
+        "json",
+        "--server",
+        &url,
+        "--data-dir",
+        data_arg,
+    ]);
+    let bundle: serde_json::Value = serde_json::from_str(&bundle).unwrap();
+    assert_eq!(bundle["trust_domain"], "cluster.local", "{bundle}");
+    assert_eq!(bundle["version"], 1, "{bundle}");
+    assert_eq!(bundle["root_cert_pem"], pem.as_str(), "{bundle}");
+    assert!(
+        bundle["digest"]
+            .as_str()
+            .is_some_and(|digest| digest.len() == 64),
+        "{bundle}"
+    );
+    assert_eq!(bundle["spiffe_bundle"], spiffe, "{bundle}");
 
     let verified = ok(&["verify", cacerts.to_str().unwrap()]);
     assert!(verified.contains("istiod would accept"), "{verified}");
@@ -246,6 +267,32 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
     let failed = trustplane(&["verify", broken.to_str().unwrap()]);
     assert!(!failed.status.success());
     assert!(text(&failed).contains("ca-key.pem"), "{}", text(&failed));
+
+    let removed = ok(&[
+        "cluster",
+        "remove",
+        "east",
+        "--server",
+        &url,
+        "--data-dir",
+        data_arg,
+        "-o",
+        "json",
+    ]);
+    let removed: serde_json::Value = serde_json::from_str(&removed).unwrap();
+    assert_eq!(removed, serde_json::json!({"removed": "east"}));
+    let listed = ok(&[
+        "cluster",
+        "list",
+        "--server",
+        &url,
+        "--data-dir",
+        data_arg,
+        "-o",
+        "json",
+    ]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["clusters"], serde_json::json!([]), "{listed}");
 }
 
 #[test]
@@ -275,6 +322,53 @@ fn issue_writes_cacerts_offline_that_verify_accepts() {
         "{issued}"
     );
     let verified = ok(&["verify", out.to_str().unwrap(), "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(json["passed"], true, "{verified}");
+
+    let north = work.path().join("north");
+    let issued = ok(&[
+        "issue",
+        "--cluster",
+        "north",
+        "--out",
+        north.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "-o",
+        "json",
+    ]);
+    let issued: serde_json::Value = serde_json::from_str(&issued).unwrap();
+    assert_eq!(issued["cluster"], "north", "{issued}");
+    assert_eq!(issued["out"], north.to_str().unwrap(), "{issued}");
+    let mut files: Vec<&str> = issued["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| file.as_str().unwrap())
+        .collect();
+    files.sort_unstable();
+    let expected: Vec<String> = [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ]
+    .iter()
+    .map(|name| north.join(name).to_str().unwrap().to_string())
+    .collect();
+    assert_eq!(files, expected, "{issued}");
+    for file in &files {
+        assert!(Path::new(file).is_file(), "{file} was not written");
+    }
+    let serial = issued["intermediate_serial"].as_str().unwrap();
+    assert!(
+        !serial.is_empty() && serial.chars().all(|c| c.is_ascii_hexdigit()),
+        "{issued}"
+    );
+    let not_after = issued["not_after"].as_str().unwrap();
+    let not_after = humantime::parse_rfc3339(not_after).unwrap();
+    assert!(not_after > std::time::SystemTime::now(), "{issued}");
+    let verified = ok(&["verify", north.to_str().unwrap(), "-o", "json"]);
     let json: serde_json::Value = serde_json::from_str(&verified).unwrap();
     assert_eq!(json["passed"], true, "{verified}");
 

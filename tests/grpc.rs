@@ -13,12 +13,49 @@ use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
 use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
 use trustplane::proto::trust_bundle_service_client::TrustBundleServiceClient;
+use trustplane::server::authority::token_hash;
 use trustplane::store::{RedbStore, Store, Table};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer;
 
 fn intermediate_csr() -> (PrivateKey, String) {
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let csr = ca::create_csr(&key, "anything the cluster likes").unwrap();
     (key, csr)
+}
+
+/// A valid CSR (as DER) with one byte of its signature flipped.
+fn csr_with_corrupted_signature() -> Vec<u8> {
+    let (_, csr) = intermediate_csr();
+    let mut der = pem::parse(csr).unwrap().into_contents();
+    let (_, request) = X509CertificationRequest::from_der(&der).unwrap();
+    let signature = request.signature_value.data.to_vec();
+    // The signature BIT STRING is the CSR's last element, so its last byte
+    // (the low byte of ECDSA's `s`) is the DER's last byte.
+    assert!(der.ends_with(&signature));
+    let last = der.len() - 1;
+    der[last] ^= 0x01;
+    der
+}
+
+/// An Ed25519 CSR (PEM) made by `openssl req`.
+fn ed25519_csr() -> Vec<u8> {
+    let work = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req", "-new", "-newkey", "ed25519", "-nodes", "-subj", "/CN=x", "-keyout",
+        ])
+        .arg(work.path().join("k"))
+        .arg("-out")
+        .arg(work.path().join("csr.pem"))
+        .output()
+        .expect("openssl is required for these tests (apt-get install openssl)");
+    assert!(
+        output.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::read(work.path().join("csr.pem")).unwrap()
 }
 
 fn new_root(name: &str) -> Certificate {
@@ -220,6 +257,94 @@ async fn join_tokens_are_single_use_and_bound_to_their_cluster() {
 }
 
 #[tokio::test]
+async fn a_new_token_or_a_removal_invalidates_earlier_join_tokens() {
+    let server = common::start_server().await;
+    // A second token for a pending cluster replaces the first.
+    let first = server.add_cluster("east").await;
+    let second = server.add_cluster("east").await;
+    let replaced = server.enroll_with("east", &first).await.unwrap_err();
+    assert_eq!(replaced.code(), Code::PermissionDenied);
+    assert!(
+        replaced.message().contains("unknown"),
+        "{}",
+        replaced.message()
+    );
+
+    // Removing the cluster kills its unused token: after the same name is
+    // added again, only the new token enrolls.
+    let mut admin = server.admin().await;
+    admin
+        .remove_cluster(proto::RemoveClusterRequest {
+            name: "east".into(),
+        })
+        .await
+        .unwrap();
+    let third = server.add_cluster("east").await;
+    let stale = server.enroll_with("east", &second).await.unwrap_err();
+    assert_eq!(stale.code(), Code::PermissionDenied);
+    server.enroll_with("east", &third).await.unwrap();
+}
+
+#[tokio::test]
+async fn join_tokens_are_stored_hashed_and_last_an_hour_by_default() {
+    let server = common::start_server().await;
+    let before = ca::system_time_to_unix(SystemTime::now());
+    let response = server
+        .admin()
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: "east".into(),
+            token_ttl_seconds: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let after = ca::system_time_to_unix(SystemTime::now());
+    assert!(
+        (before + 3600 - 2..=after + 3600 + 2).contains(&response.token_expires_unix),
+        "token_ttl_seconds 0 means 1 h: expires {} for a call between {before} and {after}",
+        response.token_expires_unix
+    );
+    let token = response.join_token;
+    let secret = token.splitn(3, '.').nth(2).unwrap().to_string();
+    assert!(
+        token.starts_with("tp1.east.") && secret.len() >= 40,
+        "{token}"
+    );
+
+    let (_dir, data_dir, _policy, _address) = server.stop().await;
+    let store_path = data_dir.store_path();
+    let store = RedbStore::open(&store_path).unwrap();
+    let tokens = store.list(Table::Tokens).unwrap();
+    assert_eq!(tokens.len(), 1, "one token record");
+    for (key, value) in &tokens {
+        let value = String::from_utf8_lossy(&value.value);
+        for plain in [token.as_str(), secret.as_str()] {
+            assert!(!key.contains(plain), "token key holds the token: {key}");
+            assert!(
+                !value.contains(plain),
+                "token record holds the token: {value}"
+            );
+        }
+    }
+    let (key, value) = &tokens[0];
+    assert_eq!(key, &token_hash(&token), "tokens are keyed by their hash");
+    let record: serde_json::Value = serde_json::from_slice(&value.value).unwrap();
+    assert_eq!(record["cluster"], "east");
+    assert_eq!(record["expires_unix"], response.token_expires_unix);
+    drop(store);
+    // Nor anywhere else in the database file.
+    let file = std::fs::read(&store_path).unwrap();
+    for plain in [token.as_bytes(), secret.as_bytes()] {
+        assert!(
+            !file.windows(plain.len()).any(|window| window == plain),
+            "the database file holds the join token in plain text"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_expired_join_token_is_refused() {
     let server = common::start_server().await;
     let token = server
@@ -354,13 +479,23 @@ async fn a_slow_watcher_gets_the_latest_version_not_a_backlog() {
 async fn bad_csrs_get_precise_invalid_argument_errors() {
     let server = common::start_server().await;
     let mut client = IntermediateServiceClient::new(server.enroll("east").await);
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("garbage", b"this is not a CSR".to_vec(), "malformed"),
-        ("oversize", vec![b'A'; 70 * 1024], "limit is 65536 bytes"),
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("garbage", b"this is not a CSR".to_vec(), &["malformed"]),
+        ("oversize", vec![b'A'; 70 * 1024], &["limit is 65536 bytes"]),
         (
             "certificate instead of CSR",
             new_root("x").to_pem().into_bytes(),
-            "malformed",
+            &["malformed"],
+        ),
+        (
+            "corrupted signature",
+            csr_with_corrupted_signature(),
+            &["csr signature does not verify"],
+        ),
+        (
+            "ed25519 key",
+            ed25519_csr(),
+            &["unsupported key", "ed25519"],
         ),
     ];
     for (name, csr, expected) in cases {
@@ -377,11 +512,13 @@ async fn bad_csrs_get_precise_invalid_argument_errors() {
             "{name}: {}",
             refused.message()
         );
-        assert!(
-            refused.message().to_lowercase().contains(expected),
-            "{name}: {:?} should mention {expected:?}",
-            refused.message()
-        );
+        for expected in expected {
+            assert!(
+                refused.message().to_lowercase().contains(expected),
+                "{name}: {:?} should mention {expected:?}",
+                refused.message()
+            );
+        }
     }
 }
 
@@ -397,13 +534,20 @@ async fn a_refused_csr_stores_nothing() {
         })
         .await
         .unwrap();
-    let _ = client
-        .sign_intermediate(proto::SignIntermediateRequest {
-            csr: b"garbage".to_vec(),
-            cluster: String::new(),
-        })
-        .await
-        .unwrap_err();
+    for refused in [
+        b"garbage".to_vec(),
+        csr_with_corrupted_signature(),
+        ed25519_csr(),
+    ] {
+        let status = client
+            .sign_intermediate(proto::SignIntermediateRequest {
+                csr: refused,
+                cluster: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    }
     // Stop the server so the database can be opened and inspected.
     let common::TestServer {
         dir: _dir,

@@ -86,7 +86,7 @@ pub enum Command {
     Audit(AuditArgs),
     /// Offline: generate a cluster's key and sign its cacerts files locally (server must be stopped).
     #[command(
-        after_help = "Example (replaces Istio's tools/certs Makefiles):\n  trustplane issue --cluster east --out east/\n  kubectl create secret generic cacerts -n istio-system --from-file=east/"
+        after_help = "Examples (replaces Istio's tools/certs Makefiles):\n  trustplane issue --cluster east --out east/\n  kubectl create secret generic cacerts -n istio-system --from-file=east/\n  trustplane issue --cluster west --out west/ -o json"
     )]
     Issue(IssueArgs),
     /// Check a cacerts directory the way istiod loads it.
@@ -272,10 +272,15 @@ pub enum ClusterCommand {
         connection: AdminConnection,
     },
     /// Remove a cluster: its agent's certificate is refused from then on.
-    #[command(after_help = "Example:\n  trustplane cluster remove east")]
+    #[command(
+        after_help = "Examples:\n  trustplane cluster remove east\n  trustplane cluster remove east -o json"
+    )]
     Remove {
         /// Cluster name.
         name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
         /// Connection.
         #[command(flatten)]
         connection: AdminConnection,
@@ -348,6 +353,9 @@ pub struct IssueArgs {
     /// Key-encryption key file [default: <data-dir>/kek unless TRUSTPLANE_KEK is set].
     #[arg(long, env = "TRUSTPLANE_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
 }
 
 /// `verify` flags.
@@ -809,13 +817,22 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 "cluster {name}: new intermediate requested; its agent (or the server, in push mode) replaces the intermediate from the current signing root shortly"
             );
         }
-        ClusterCommand::Remove { name, connection } => {
+        ClusterCommand::Remove {
+            name,
+            output,
+            connection,
+        } => {
             let mut client = AdminServiceClient::new(connection.connect().await?);
             client
                 .remove_cluster(proto::RemoveClusterRequest { name: name.clone() })
                 .await
                 .map_err(status_error)?;
-            println!("cluster {name} removed; its agent's certificate is refused from now on");
+            if output == Format::Json {
+                let json = serde_json::json!({ "removed": name });
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                println!("cluster {name} removed; its agent's certificate is refused from now on");
+            }
         }
     }
     Ok(())
@@ -984,7 +1001,8 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
         .await?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let write = |name: &str, contents: &[u8], private: bool| -> anyhow::Result<()> {
+    let mut written = Vec::new();
+    let mut write = |name: &str, contents: &[u8], private: bool| -> anyhow::Result<()> {
         let path = args.out.join(name);
         if private {
             crate::signer::sealed::write_private_file(&path, contents)?;
@@ -995,6 +1013,7 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
             std::fs::rename(&temporary, &path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        written.push(path.display().to_string());
         Ok(())
     };
     write("ca-key.pem", issued.key.to_pkcs8_pem().as_bytes(), true)?;
@@ -1005,14 +1024,25 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
         issued.bundle.message.root_cert_pem.as_bytes(),
         false,
     )?;
-    println!(
-        "wrote {}/{{ca-cert.pem, ca-key.pem (0600), cert-chain.pem, root-cert.pem}} for cluster {}\nintermediate {} expires {}\nload it into a cluster with:\n  kubectl create secret generic cacerts -n istio-system --from-file={}",
-        args.out.display(),
-        args.cluster,
-        issued.certificate.serial_hex()?,
-        output::time(system_time_to_unix(issued.certificate.not_after()?)),
-        args.out.display()
-    );
+    let serial = issued.certificate.serial_hex()?;
+    let not_after = output::time(system_time_to_unix(issued.certificate.not_after()?));
+    if args.output == Format::Json {
+        let json = serde_json::json!({
+            "cluster": args.cluster,
+            "out": args.out.display().to_string(),
+            "files": written,
+            "intermediate_serial": serial,
+            "not_after": not_after,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!(
+            "wrote {}/{{ca-cert.pem, ca-key.pem (0600), cert-chain.pem, root-cert.pem}} for cluster {}\nintermediate {serial} expires {not_after}\nload it into a cluster with:\n  kubectl create secret generic cacerts -n istio-system --from-file={}",
+            args.out.display(),
+            args.cluster,
+            args.out.display()
+        );
+    }
     Ok(())
 }
 

@@ -558,7 +558,8 @@ impl Authority {
             used_unix: None,
         };
         // A new token replaces every earlier one of this cluster.
-        let batch = self.without_tokens_of(name, Batch::new())?
+        let batch = self
+            .without_tokens_of(name, Batch::new())?
             .put_json(Table::Clusters, name, &record, Some(expect))?
             .put_json(
                 Table::Tokens,

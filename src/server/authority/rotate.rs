@@ -21,6 +21,16 @@ use crate::store::{Batch, Expect, Table};
 /// Default validity of a new root created by a rotation.
 const NEW_ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// A step of the pure state machine from the current rotation: its
+/// `advance` or its `abort`.
+type Decision = fn(
+    &Rotation,
+    &crate::bundle::TrustBundle,
+    &Certificate,
+    &[ClusterView],
+    std::time::SystemTime,
+) -> Result<Step, rotation::RotationError>;
+
 /// A new root made (or imported) for a rotation, not yet stored.
 struct NewRoot {
     certificate: Certificate,
@@ -618,22 +628,32 @@ impl Authority {
         self.rotation_status()
     }
 
-    fn advance_locked(&self, actor: &str, expected_phase: &str) -> Result<(), ServerError> {
+    /// Takes one step decided by `decide` (the pure `advance` or `abort`)
+    /// from the persisted rotation. Callers hold `rotation_lock`.
+    fn step_locked(
+        &self,
+        actor: &str,
+        expected_phase: &str,
+        action: &str,
+        decide: Decision,
+    ) -> Result<(), ServerError> {
         let (rotation, version) = self
             .rotation()?
             .ok_or(rotation::RotationError::NotInProgress)?;
         check_expected_phase(&rotation, expected_phase)?;
-        let now = self.clock.now();
         let current = self.current_bundle();
-        let signing_root = self.signing_root();
-        let step = rotation::advance(
+        let step = decide(
             &rotation,
             &current.bundle,
-            &signing_root,
+            &self.signing_root(),
             &self.views()?,
-            now,
+            self.clock.now(),
         )?;
-        self.apply_step(step, Some(version), None, actor, "rotate-advance")
+        self.apply_step(step, Some(version), None, actor, action)
+    }
+
+    fn advance_locked(&self, actor: &str, expected_phase: &str) -> Result<(), ServerError> {
+        self.step_locked(actor, expected_phase, "rotate-advance", rotation::advance)
     }
 
     /// Enters the next phase if the gate holds. A non-empty
@@ -660,21 +680,7 @@ impl Authority {
     ) -> Result<proto::RotationStatus, ServerError> {
         {
             let _guard = self.lock_rotation();
-            let (rotation, version) = self
-                .rotation()?
-                .ok_or(rotation::RotationError::NotInProgress)?;
-            check_expected_phase(&rotation, expected_phase)?;
-            let now = self.clock.now();
-            let current = self.current_bundle();
-            let signing_root = self.signing_root();
-            let step = rotation::abort(
-                &rotation,
-                &current.bundle,
-                &signing_root,
-                &self.views()?,
-                now,
-            )?;
-            self.apply_step(step, Some(version), None, actor, "rotate-abort")?;
+            self.step_locked(actor, expected_phase, "rotate-abort", rotation::abort)?;
         }
         self.rotation_status()
     }

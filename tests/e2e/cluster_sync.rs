@@ -1,7 +1,9 @@
 //! Cluster sync end to end: two real kube-apiservers (each with its own
 //! etcd), agents in both (two leader-elected replicas in one), push mode for
-//! a third cluster name, and Istio's own CA code (`tests/interop/istio`)
-//! loading every `cacerts` Secret read back from its apiserver.
+//! two more cluster names (one in the istio form, one in the
+//! `kubernetes.io/tls` form), and Istio's own CA code (`tests/interop/istio`)
+//! loading every `cacerts` Secret read back from its apiserver in the layout
+//! istiod would pick.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,9 +12,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
 use trustplane::agent::{
     self, AgentConfig, AgentHandle, AgentStatus, ClusterSink, IdentityStore,
     KubernetesIdentityStore, KubernetesSink, KubernetesSinkOptions, LeaseOptions,
@@ -21,7 +25,7 @@ use trustplane::ca::{self, Certificate, KeyAlgorithm};
 use trustplane::proto;
 
 use crate::common;
-use crate::kube_cluster::{KubeCluster, skip_e2e};
+use crate::kube_cluster::{AGENT_RBAC_PATH, KubeCluster, skip_e2e};
 
 const WAIT: Duration = Duration::from_secs(90);
 const LEASE: Duration = Duration::from_secs(4);
@@ -68,21 +72,94 @@ pub(crate) fn data(secret: &Secret, key: &str) -> Option<String> {
         .map(|value| String::from_utf8(value.0.clone()).unwrap())
 }
 
+/// The two layouts of a `cacerts` Secret that istiod reads from its mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `--secret-format istio`: `ca-cert.pem`, `ca-key.pem`,
+    /// `cert-chain.pem`, `root-cert.pem` in an `Opaque` Secret.
+    Istio,
+    /// `--secret-format tls`: `tls.crt`, `tls.key`, `ca.crt` in a
+    /// `kubernetes.io/tls` Secret.
+    Tls,
+}
+
+impl Layout {
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Layout::Istio => &[
+                "ca-cert.pem",
+                "ca-key.pem",
+                "cert-chain.pem",
+                "root-cert.pem",
+            ],
+            Layout::Tls => &["tls.crt", "tls.key", "ca.crt"],
+        }
+    }
+
+    fn other(self) -> Layout {
+        match self {
+            Layout::Istio => Layout::Tls,
+            Layout::Tls => Layout::Istio,
+        }
+    }
+
+    /// The key holding the trust bundle.
+    fn roots_key(self) -> &'static str {
+        match self {
+            Layout::Istio => "root-cert.pem",
+            Layout::Tls => "ca.crt",
+        }
+    }
+
+    fn secret_type(self) -> &'static str {
+        match self {
+            Layout::Istio => "Opaque",
+            Layout::Tls => "kubernetes.io/tls",
+        }
+    }
+
+    /// How `istio-interop sign` names the layout it loaded (`layout=...`).
+    fn interop_name(self) -> &'static str {
+        match self {
+            Layout::Istio => "istiod",
+            Layout::Tls => "tls",
+        }
+    }
+}
+
 /// Reads `namespace/cacerts` from a real apiserver into a directory, as
-/// istiod's /etc/cacerts mount would see it.
+/// istiod's /etc/cacerts mount would see it, requiring the istio layout.
 pub(crate) async fn read_cacerts(cluster: &KubeCluster, namespace: &str, dir: &Path) -> Secret {
+    read_cacerts_as(cluster, namespace, Layout::Istio, dir).await
+}
+
+/// Reads `namespace/cacerts` into `dir` as the kubelet mounts a Secret (one
+/// file per key, all keys), after checking that it holds every key of
+/// `layout` and none of the other one: a stray `tls.crt` would switch istiod
+/// to the tls layout.
+async fn read_cacerts_as(
+    cluster: &KubeCluster,
+    namespace: &str,
+    layout: Layout,
+    dir: &Path,
+) -> Secret {
     let secrets: Api<Secret> = Api::namespaced(cluster.admin_client().await.unwrap(), namespace);
     let secret = secrets.get("cacerts").await.unwrap();
+    for key in layout.keys() {
+        assert!(
+            data(&secret, key).is_some(),
+            "{namespace}/cacerts ({layout:?} layout) has no {key}"
+        );
+    }
+    for key in layout.other().keys() {
+        assert!(
+            data(&secret, key).is_none(),
+            "{namespace}/cacerts ({layout:?} layout) also has {key}"
+        );
+    }
     std::fs::create_dir_all(dir).unwrap();
-    for key in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "cert-chain.pem",
-        "root-cert.pem",
-    ] {
-        let value =
-            data(&secret, key).unwrap_or_else(|| panic!("{namespace}/cacerts has no {key}"));
-        std::fs::write(dir.join(key), value).unwrap();
+    for (key, value) in secret.data.iter().flatten() {
+        std::fs::write(dir.join(key), &value.0).unwrap();
     }
     secret
 }
@@ -94,16 +171,24 @@ pub(crate) struct Target<'a> {
     pub(crate) namespace: &'static str,
 }
 
-/// Signs a workload certificate in every cluster with Istio's CA code, and
-/// verifies each under every other cluster's root-cert.pem. Returns the
-/// number of checks made; panics on the first failure.
-async fn cross_cluster_checks(targets: &[Target<'_>], work: &Path, round: &str) -> usize {
+/// A cluster of the cross-cluster checks: where its cacerts is, and the
+/// layout it is written in.
+struct Member<'a> {
+    target: Target<'a>,
+    layout: Layout,
+}
+
+/// Signs a workload certificate in every cluster with Istio's CA code
+/// (loading the cacerts in the layout istiod picks, which must be the
+/// member's), and verifies each under every other cluster's trust bundle.
+/// Returns the number of checks made; panics on the first failure.
+async fn cross_cluster_checks(members: &[Member<'_>], work: &Path, round: &str) -> usize {
     let binary = istio_interop();
     let spiffe = "spiffe://cluster.local/ns/default/sa/x";
     let mut checks = 0;
-    for target in targets {
+    for Member { target, layout } in members {
         let dir = work.join(round).join(target.name);
-        read_cacerts(target.cluster, target.namespace, &dir).await;
+        read_cacerts_as(target.cluster, target.namespace, *layout, &dir).await;
         let leaf = dir.join("leaf-chain.pem");
         let signed = run(
             binary,
@@ -117,20 +202,32 @@ async fn cross_cluster_checks(targets: &[Target<'_>], work: &Path, round: &str) 
                 leaf.to_str().unwrap(),
             ],
         );
+        let signed = signed.unwrap_or_else(|error| {
+            panic!(
+                "{round}: istiod's CA code refused {}'s cacerts: {error}",
+                target.name
+            )
+        });
         assert!(
-            signed.is_ok(),
-            "{round}: istiod's CA code refused {}'s cacerts: {signed:?}",
+            signed.contains(&format!(" layout={} ", layout.interop_name())),
+            "{round}: istiod's CA code did not load {}'s cacerts in the {layout:?} layout: {signed}",
             target.name
         );
         checks += 1;
     }
-    for signer in targets {
-        for verifier in targets {
-            if signer.name == verifier.name {
+    for signer in members {
+        for verifier in members {
+            if signer.target.name == verifier.target.name {
                 continue;
             }
-            let chain = work.join(round).join(signer.name).join("leaf-chain.pem");
-            let roots = work.join(round).join(verifier.name).join("root-cert.pem");
+            let chain = work
+                .join(round)
+                .join(signer.target.name)
+                .join("leaf-chain.pem");
+            let roots = work
+                .join(round)
+                .join(verifier.target.name)
+                .join(verifier.layout.roots_key());
             let verified = run(
                 binary,
                 &[
@@ -145,9 +242,10 @@ async fn cross_cluster_checks(targets: &[Target<'_>], work: &Path, round: &str) 
             );
             assert!(
                 verified.is_ok(),
-                "{round}: a workload of {} does not verify under {}'s root-cert.pem: {verified:?}",
-                signer.name,
-                verifier.name
+                "{round}: a workload of {} does not verify under {}'s {}: {verified:?}",
+                signer.target.name,
+                verifier.target.name,
+                verifier.layout.roots_key()
             );
             checks += 1;
         }
@@ -155,24 +253,79 @@ async fn cross_cluster_checks(targets: &[Target<'_>], work: &Path, round: &str) 
     checks
 }
 
-fn targets<'a>(alpha: &'a KubeCluster, beta: &'a KubeCluster) -> [Target<'a>; 3] {
+/// The namespace of epsilon's `cacerts` (tls form, push mode) in beta.
+const TLS_NAMESPACE: &str = "istio-tls";
+
+fn targets<'a>(alpha: &'a KubeCluster, beta: &'a KubeCluster) -> [Member<'a>; 4] {
+    let istio = |name, cluster, namespace| Member {
+        target: Target {
+            name,
+            cluster,
+            namespace,
+        },
+        layout: Layout::Istio,
+    };
     [
-        Target {
-            name: "alpha",
-            cluster: alpha,
-            namespace: "istio-system",
-        },
-        Target {
-            name: "beta",
-            cluster: beta,
-            namespace: "istio-system",
-        },
-        Target {
-            name: "gamma",
-            cluster: alpha,
-            namespace: "d8-istio",
+        istio("alpha", alpha, "istio-system"),
+        istio("beta", beta, "istio-system"),
+        istio("gamma", alpha, "d8-istio"),
+        Member {
+            target: Target {
+                name: "epsilon",
+                cluster: beta,
+                namespace: TLS_NAMESPACE,
+            },
+            layout: Layout::Tls,
         },
     ]
+}
+
+/// Creates `namespace` in `cluster` and applies deploy/kubernetes/agent-rbac.yaml
+/// into it (server-side apply, as the harness does for its own namespaces),
+/// then waits until the agent's ServiceAccount may read Secrets there.
+async fn add_agent_namespace(cluster: &KubeCluster, namespace: &str) {
+    let admin = cluster.admin_client().await.unwrap();
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(namespace.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .unwrap();
+    let manifest = std::fs::read_to_string(AGENT_RBAC_PATH).unwrap();
+    for document in serde_yaml_ng::Deserializer::from_str(&manifest) {
+        let value: Option<serde_json::Value> = serde::Deserialize::deserialize(document).unwrap();
+        let Some(value) = value else { continue };
+        let object: DynamicObject = serde_json::from_value(value).unwrap();
+        let gvk = GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
+        let (resource, _) = kube::discovery::pinned_kind(&admin, &gvk).await.unwrap();
+        let name = object.metadata.name.clone().unwrap();
+        Api::<DynamicObject>::namespaced_with(admin.clone(), namespace, &resource)
+            .patch(
+                &name,
+                &PatchParams::apply("trustplane-e2e").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap();
+    }
+    // RBAC authorizes from informer caches: wait until the binding is seen.
+    let agent: Api<Secret> =
+        Api::namespaced(cluster.agent_client(namespace).await.unwrap(), namespace);
+    let deadline = Instant::now() + WAIT;
+    while let Err(error) = agent.get_opt("cacerts").await {
+        assert!(
+            Instant::now() < deadline,
+            "the agent RBAC in {namespace} never took effect: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn new_root(name: &str) -> (Certificate, ca::PrivateKey) {
@@ -317,7 +470,8 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
     let work = tempfile::tempdir().unwrap();
 
     // alpha: two agent replicas competing for one Lease; beta: one agent;
-    // gamma: push mode into alpha's d8-istio namespace (no agent).
+    // gamma: push mode into alpha's d8-istio namespace (no agent); epsilon:
+    // push mode in the kubernetes.io/tls form into beta's istio-tls namespace.
     let alpha_token = server.add_cluster("alpha").await;
     let replica_one = leader_replica(&alpha, &server, &alpha_token, "alpha-1").await;
     let replica_two = leader_replica(&alpha, &server, &alpha_token, "alpha-2").await;
@@ -341,25 +495,49 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
         })
         .await
         .unwrap();
-    let all = ["alpha", "beta", "gamma"];
+    add_agent_namespace(&beta, TLS_NAMESPACE).await;
+    let epsilon_kubeconfig =
+        std::fs::read_to_string(beta.agent_kubeconfig_path(TLS_NAMESPACE).await.unwrap()).unwrap();
+    server
+        .admin()
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: "epsilon".into(),
+            kubeconfig: epsilon_kubeconfig,
+            namespace: TLS_NAMESPACE.into(),
+            secret_format: "tls".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let all = ["alpha", "beta", "gamma", "epsilon"];
     let listed = wait_reported(&server, &all, 1).await;
-    let gamma = listed.iter().find(|status| status.name == "gamma").unwrap();
-    assert_eq!(gamma.mode, "push");
+    for push in ["gamma", "epsilon"] {
+        let status = listed.iter().find(|status| status.name == push).unwrap();
+        assert_eq!(status.mode, "push", "{push}");
+    }
     println!(
-        "[{:.1}s] alpha (agent, 2 replicas), beta (agent), gamma (push) applied bundle v1",
+        "[{:.1}s] alpha (agent, 2 replicas), beta (agent), gamma (push), epsilon (push, tls form) applied bundle v1",
         started.elapsed().as_secs_f64()
     );
 
     let mut checks = cross_cluster_checks(&targets(&alpha, &beta), work.path(), "v1").await;
 
     // Every Secret is managed, versioned, and never carries istio-generated.
-    for target in &targets(&alpha, &beta) {
-        let secret = read_cacerts(
+    for Member { target, layout } in &targets(&alpha, &beta) {
+        let secret = read_cacerts_as(
             target.cluster,
             target.namespace,
+            *layout,
             &work.path().join("labels").join(target.name),
         )
         .await;
+        assert_eq!(
+            secret.type_.as_deref(),
+            Some(layout.secret_type()),
+            "{}",
+            target.name
+        );
         let labels = secret.metadata.labels.clone().unwrap_or_default();
         assert_eq!(
             labels
@@ -377,6 +555,12 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
             target.name
         );
         assert!(data(&secret, "istio-generated").is_none());
+        if *layout == Layout::Tls {
+            // istiod appends ca.crt to tls.crt: with no CA between the
+            // intermediate and the root, tls.crt is the intermediate alone.
+            let chain = Certificate::parse_pem_chain(&data(&secret, "tls.crt").unwrap()).unwrap();
+            assert_eq!(chain.len(), 1, "{}: tls.crt repeats the root", target.name);
+        }
     }
 
     // A workload from an unrelated root is refused by every cluster's bundle.
@@ -423,12 +607,12 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
         ],
     )
     .unwrap();
-    for target in &targets(&alpha, &beta) {
+    for Member { target, layout } in &targets(&alpha, &beta) {
         let roots = work
             .path()
             .join("v1")
             .join(target.name)
-            .join("root-cert.pem");
+            .join(layout.roots_key());
         let refused = run(
             istio_interop(),
             &[
@@ -488,6 +672,21 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
         "istiod's substring rule: the old bundle bytes stay in the new one"
     );
     assert_eq!(Certificate::parse_pem_chain(&v2_pem).unwrap().len(), 2);
+    // The same rule for the tls form, whose bundle istiod reads from ca.crt.
+    let epsilon_v1 = std::fs::read_to_string(work.path().join("v1/epsilon/ca.crt")).unwrap();
+    let epsilon_v2 = data(
+        &Api::<Secret>::namespaced(beta.admin_client().await.unwrap(), TLS_NAMESPACE)
+            .get("cacerts")
+            .await
+            .unwrap(),
+        "ca.crt",
+    )
+    .unwrap();
+    assert!(
+        epsilon_v2.contains(&epsilon_v1),
+        "istiod's substring rule on epsilon's ca.crt"
+    );
+    assert_eq!(Certificate::parse_pem_chain(&epsilon_v2).unwrap().len(), 2);
     println!(
         "[{:.1}s] bundle v2 applied everywhere; unrelated key and label kept",
         started.elapsed().as_secs_f64()
@@ -519,11 +718,9 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
         leads_after < LEASE + Duration::from_secs(2),
         "the surviving replica took {leads_after:?} to lead (lease {LEASE:?})"
     );
-    wait_status(
-        &follower,
-        "the surviving replica applies v3",
-        |status| status.leader == Some(true) && status.applied_bundle_version == v3,
-    )
+    wait_status(&follower, "the surviving replica applies v3", |status| {
+        status.leader == Some(true) && status.applied_bundle_version == v3
+    })
     .await;
     let takeover = killed.elapsed();
     println!(

@@ -8,10 +8,12 @@
 //
 // `sign` loads DIR exactly as istiod does for a plugged-in CA
 // (pilot/pkg/bootstrap/istio_ca.go: detectSigningCABundleAndCRL +
-// ca.NewPluggedCertIstioCAOptions + ca.NewIstioCA), generates a workload key
-// and CSR the way istio-agent does (pkiutil.GenCSR with Host = SPIFFE ID),
-// signs it with IstioCA.Sign and writes what istiod's CA server returns to a
-// workload: the leaf, then cert-chain.pem.
+// ca.NewPluggedCertIstioCAOptions + ca.NewIstioCA), in whichever of its two
+// layouts istiod would pick (the kubernetes.io/tls one when DIR/tls.crt
+// exists, else the istiod one), generates a workload key and CSR the way
+// istio-agent does (pkiutil.GenCSR with Host = SPIFFE ID), signs it with
+// IstioCA.Sign and writes what istiod's CA server returns to a workload: the
+// leaf, then the CA's certificate chain. Its OK line names the layout used.
 //
 // Exit codes: 0 success (one "OK ..." line on stdout), 1 rejected / failed
 // check ("error: <subcommand>: <reason>" on stderr), 2 usage error.
@@ -97,9 +99,9 @@ func usage() {
 
 func runSign(args []string) error {
 	fs := flag.NewFlagSet("sign", flag.ContinueOnError)
-	dir := fs.String("cacerts", "", "directory holding ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem (istiod's /etc/cacerts)")
+	dir := fs.String("cacerts", "", "istiod's /etc/cacerts: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem, or the kubernetes.io/tls keys tls.crt, tls.key, ca.crt (used whenever tls.crt exists, as istiod does)")
 	id := fs.String("spiffe-id", "", "SPIFFE ID of the workload, e.g. spiffe://cluster.local/ns/default/sa/x")
-	out := fs.String("out", "", "where to write the leaf followed by cert-chain.pem (PEM)")
+	out := fs.String("out", "", "where to write the leaf followed by the CA chain (cert-chain.pem, or tls.crt then ca.crt) (PEM)")
 	keyOut := fs.String("key-out", "", "optional: where to write the workload private key (PEM)")
 	keyAlg := fs.String("key-alg", "rsa", "workload key: rsa (istio-agent's default, 2048 bit) or ec (P-256)")
 	ttl := fs.Duration("ttl", time.Hour, "requested workload certificate lifetime (istiod rejects > --max-ttl)")
@@ -115,16 +117,9 @@ func runSign(args []string) error {
 		return usageError{fmt.Sprintf("unexpected arguments: %v", fs.Args())}
 	}
 
-	// istiod's file layout for a `cacerts` Secret (detectSigningCABundleAndCRL,
-	// istiod file format; a ca-crl.pem is picked up as PILOT_ENABLE_CA_CRL=true, the default, does).
-	bundle := ca.SigningCAFileBundle{
-		RootCertFile:    filepath.Join(*dir, ca.RootCertFile),
-		CertChainFiles:  []string{filepath.Join(*dir, ca.CertChainFile)},
-		SigningCertFile: filepath.Join(*dir, ca.CACertFile),
-		SigningKeyFile:  filepath.Join(*dir, ca.CAPrivateKeyFile),
-	}
-	if _, err := os.Stat(filepath.Join(*dir, ca.CACRLFile)); err == nil {
-		bundle.CRLFile = filepath.Join(*dir, ca.CACRLFile)
+	bundle, layout, err := detectSigningCABundleAndCRL(*dir)
+	if err != nil {
+		return fmt.Errorf("istiod cannot tell the layout of %s: %v", *dir, err)
 	}
 	// caRSAKeySize: istiod passes CITADEL_SELF_SIGNED_CA_RSA_KEY_SIZE (default 2048).
 	opts, err := ca.NewPluggedCertIstioCAOptions(bundle, *defTTL, *maxTTL, 2048)
@@ -152,7 +147,8 @@ func runSign(args []string) error {
 	}
 
 	// As istiod's CA server (security/pkg/server/ca/server.go CreateCertificate)
-	// does with no custom cert signer: Sign, then append cert-chain.pem.
+	// does with no custom cert signer: Sign, then append the CA's chain
+	// (cert-chain.pem, or tls.crt followed by ca.crt).
 	leafPEM, err := istioCA.Sign(csrPEM, ca.CertOpts{SubjectIDs: []string{*id}, TTL: *ttl, ForCA: false})
 	if err != nil {
 		return fmt.Errorf("IstioCA.Sign: %v", err)
@@ -171,10 +167,47 @@ func runSign(args []string) error {
 	if err != nil {
 		return fmt.Errorf("parse issued leaf: %v", err)
 	}
-	fmt.Printf("OK signed %s serial=%x notAfter=%s issuer=%q chain=%d certs -> %s\n",
-		*id, leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.RFC3339), leaf.Issuer.String(),
+	fmt.Printf("OK signed %s layout=%s serial=%x notAfter=%s issuer=%q chain=%d certs -> %s\n",
+		*id, layout, leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.RFC3339), leaf.Issuer.String(),
 		countCerts(chain), *out)
 	return nil
+}
+
+// detectSigningCABundleAndCRL is istiod's function of that name
+// (pilot/pkg/bootstrap/istio_ca.go) with its LocalCertDir (env ROOT_CA_DIR)
+// set to dir and PILOT_ENABLE_CA_CRL at its default, true. It is copied rather
+// than called because istiod's is unexported and reads its directory from the
+// environment. Like istiod, it picks the layout from the files alone: the
+// kubernetes.io/tls one whenever tls.crt exists (even next to the istiod
+// files), else the istiod one. It also returns the layout's name for the OK
+// line: "tls" or "istiod".
+func detectSigningCABundleAndCRL(dir string) (ca.SigningCAFileBundle, string, error) {
+	tlsSigningFile := filepath.Join(dir, ca.TLSSecretCACertFile)
+	if _, err := os.Stat(tlsSigningFile); err == nil {
+		// The root bundle is ca.crt, and the chain is tls.crt followed by
+		// ca.crt, so tls.crt need not carry the root. No CRL in this layout.
+		return ca.SigningCAFileBundle{
+			RootCertFile: filepath.Join(dir, ca.TLSSecretRootCertFile),
+			CertChainFiles: []string{
+				tlsSigningFile,
+				filepath.Join(dir, ca.TLSSecretRootCertFile),
+			},
+			SigningCertFile: tlsSigningFile,
+			SigningKeyFile:  filepath.Join(dir, ca.TLSSecretCAPrivateKeyFile),
+		}, "tls", nil
+	} else if !os.IsNotExist(err) {
+		return ca.SigningCAFileBundle{}, "", err
+	}
+	bundle := ca.SigningCAFileBundle{
+		RootCertFile:    filepath.Join(dir, ca.RootCertFile),
+		CertChainFiles:  []string{filepath.Join(dir, ca.CertChainFile)},
+		SigningCertFile: filepath.Join(dir, ca.CACertFile),
+		SigningKeyFile:  filepath.Join(dir, ca.CAPrivateKeyFile),
+	}
+	if _, err := os.Stat(filepath.Join(dir, ca.CACRLFile)); err == nil {
+		bundle.CRLFile = filepath.Join(dir, ca.CACRLFile)
+	}
+	return bundle, "istiod", nil
 }
 
 func runVerify(args []string) error {

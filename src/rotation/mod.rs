@@ -318,15 +318,14 @@ impl Default for StartOptions {
 }
 
 /// One step decided by the state machine: persist `rotation`, and publish
-/// `bundle` (when Some) with `signing_root_id` signing from then on.
+/// `bundle` (when Some) with the root of `rotation.signing_root_id()`
+/// signing from then on.
 #[derive(Clone, Debug)]
 pub struct Step {
     /// The new state.
     pub rotation: Rotation,
     /// The bundle to publish, if the step publishes one.
     pub bundle: Option<TrustBundle>,
-    /// The root that signs intermediates after the step.
-    pub signing_root_id: String,
     /// Excluded clusters whose reported chain will not verify under the
     /// published bundle: the operator accepted that they may lose trust;
     /// the server warns and audits it.
@@ -574,11 +573,10 @@ pub fn start(
         root.serial_hex()
             .map_err(|error| RotationError::NewRoot(error.to_string()))
     };
-    let old_root_id = id(old_root)?;
     Ok(Step {
         rotation: Rotation {
             phase: Phase::TrustNew,
-            old_root_id: old_root_id.clone(),
+            old_root_id: id(old_root)?,
             new_root_id: id(new_root)?,
             bundle_version: bundle.version(),
             started_unix: now_unix,
@@ -593,7 +591,22 @@ pub fn start(
             outcome: None,
         },
         bundle: Some(bundle),
-        signing_root_id: old_root_id,
+        excluded_stranded,
+    })
+}
+
+/// The step that pre-flights `bundle` and enters `phase` publishing it.
+fn publishing(
+    rotation: &Rotation,
+    phase: Phase,
+    bundle: TrustBundle,
+    clusters: &[ClusterView],
+    now: SystemTime,
+) -> Result<Step, RotationError> {
+    let (bundle, excluded_stranded) = checked(bundle, clusters, &rotation.excluded, now)?;
+    Ok(Step {
+        rotation: enter(rotation, phase, bundle.version(), now),
+        bundle: Some(bundle),
         excluded_stranded,
     })
 }
@@ -633,41 +646,27 @@ pub fn advance(
     match rotation.phase {
         Phase::Stable => Err(RotationError::NotInProgress),
         Phase::TrustNew => {
-            let (bundle, excluded_stranded) = checked(
+            let mut step = publishing(
+                rotation,
+                Phase::SignNew,
                 current.with_newest_repeated(true)?,
                 clusters,
-                &rotation.excluded,
                 now,
             )?;
-            let mut next = enter(rotation, Phase::SignNew, bundle.version(), now);
-            next.new_root_signed = true;
-            Ok(Step {
-                signing_root_id: next.new_root_id.clone(),
-                rotation: next,
-                bundle: Some(bundle),
-                excluded_stranded,
-            })
+            step.rotation.new_root_signed = true;
+            Ok(step)
         }
-        Phase::SignNew => {
-            let (bundle, excluded_stranded) = checked(
-                current.with_oldest_removed()?,
-                clusters,
-                &rotation.excluded,
-                now,
-            )?;
-            let next = enter(rotation, Phase::RetireOld, bundle.version(), now);
-            Ok(Step {
-                signing_root_id: next.new_root_id.clone(),
-                rotation: next,
-                bundle: Some(bundle),
-                excluded_stranded,
-            })
-        }
+        Phase::SignNew => publishing(
+            rotation,
+            Phase::RetireOld,
+            current.with_oldest_removed()?,
+            clusters,
+            now,
+        ),
         Phase::RetireOld => {
             let mut next = enter(rotation, Phase::Stable, rotation.bundle_version, now);
             next.outcome = Some("completed".into());
             Ok(Step {
-                signing_root_id: next.new_root_id.clone(),
                 rotation: next,
                 bundle: None,
                 excluded_stranded: Vec::new(),
@@ -693,20 +692,15 @@ pub fn abort(
         Phase::Stable => Err(RotationError::NotInProgress),
         Phase::RetireOld => Err(RotationError::CannotAbort),
         Phase::SignNew => {
-            let (bundle, excluded_stranded) = checked(
+            let mut step = publishing(
+                rotation,
+                Phase::TrustNew,
                 current.with_newest_repeated(false)?,
                 clusters,
-                &rotation.excluded,
                 now,
             )?;
-            let mut next = enter(rotation, Phase::TrustNew, bundle.version(), now);
-            next.aborted = true;
-            Ok(Step {
-                signing_root_id: next.old_root_id.clone(),
-                rotation: next,
-                bundle: Some(bundle),
-                excluded_stranded,
-            })
+            step.rotation.aborted = true;
+            Ok(step)
         }
         Phase::TrustNew => {
             if rotation.new_root_signed {
@@ -721,21 +715,16 @@ pub fn abort(
                     });
                 }
             }
-            let (bundle, excluded_stranded) = checked(
+            let mut step = publishing(
+                rotation,
+                Phase::Stable,
                 current.with_newest_removed()?,
                 clusters,
-                &rotation.excluded,
                 now,
             )?;
-            let mut next = enter(rotation, Phase::Stable, bundle.version(), now);
-            next.aborted = true;
-            next.outcome = Some("aborted".into());
-            Ok(Step {
-                signing_root_id: next.old_root_id.clone(),
-                rotation: next,
-                bundle: Some(bundle),
-                excluded_stranded,
-            })
+            step.rotation.aborted = true;
+            step.rotation.outcome = Some("aborted".into());
+            Ok(step)
         }
     }
 }

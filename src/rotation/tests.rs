@@ -263,7 +263,7 @@ fn start_from_a_enters_trust_new_with_a_and_b_while_a_still_signs() {
     assert!(!bundle.is_newest_repeated());
     assert_eq!(bundle.version(), fixture.stable.version() + 1);
     assert_eq!(step.rotation.bundle_version, bundle.version());
-    assert_eq!(step.signing_root_id, fixture.a.id());
+    assert_eq!(step.rotation.signing_root_id(), fixture.a.id());
     assert_eq!(step.rotation.signing_root_id(), fixture.a.id());
     assert_eq!(step.rotation.old_root_id, fixture.a.id());
     assert_eq!(step.rotation.new_root_id, fixture.b.id());
@@ -679,7 +679,7 @@ fn advance_from_trust_new_repeats_b_so_the_bytes_change_and_b_signs() {
     );
     assert_eq!(after.version(), before.version() + 1);
     assert_eq!(step.rotation.bundle_version, after.version());
-    assert_eq!(step.signing_root_id, fixture.b.id());
+    assert_eq!(step.rotation.signing_root_id(), fixture.b.id());
     assert_eq!(step.rotation.signing_root_id(), fixture.b.id());
     assert!(step.rotation.new_root_signed);
     assert_eq!(step.rotation.entered_unix, T0 + 60);
@@ -825,7 +825,7 @@ fn advance_from_sign_new_publishes_b_alone() {
     assert_eq!(bundle.root_cert_pem(), fixture.b.certificate.to_pem());
     assert_eq!(bundle.version(), 4);
     assert_eq!(step.rotation.bundle_version, 4);
-    assert_eq!(step.signing_root_id, fixture.b.id());
+    assert_eq!(step.rotation.signing_root_id(), fixture.b.id());
     assert_eq!(step.rotation.signing_root_id(), fixture.b.id());
     assert_eq!(step.rotation.acknowledged_unix, None);
 }
@@ -953,7 +953,7 @@ fn advance_from_retire_old_completes_without_publishing() {
     assert_eq!(step.rotation.phase, Phase::Stable);
     assert!(!step.rotation.in_progress());
     assert_eq!(step.rotation.outcome.as_deref(), Some("completed"));
-    assert_eq!(step.signing_root_id, fixture.b.id());
+    assert_eq!(step.rotation.signing_root_id(), fixture.b.id());
     assert_eq!(step.rotation.signing_root_id(), fixture.b.id());
     assert_eq!(step.rotation.bundle_version, 4);
     assert!(!step.rotation.aborted);
@@ -996,7 +996,7 @@ fn abort_from_trust_new_returns_to_a_alone() {
     assert_eq!(bundle.version(), 3);
     assert_eq!(step.rotation.outcome.as_deref(), Some("aborted"));
     assert!(step.rotation.aborted);
-    assert_eq!(step.signing_root_id, fixture.a.id());
+    assert_eq!(step.rotation.signing_root_id(), fixture.a.id());
     assert_eq!(step.rotation.signing_root_id(), fixture.a.id());
 }
 
@@ -1033,7 +1033,7 @@ fn abort_from_sign_new_returns_to_plain_a_and_b_signed_by_a() {
     assert!(!bundle.is_newest_repeated());
     assert_eq!(bundle.version(), 4);
     assert_eq!(step.rotation.bundle_version, 4);
-    assert_eq!(step.signing_root_id, fixture.a.id());
+    assert_eq!(step.rotation.signing_root_id(), fixture.a.id());
     assert_eq!(step.rotation.signing_root_id(), fixture.a.id());
     assert!(step.rotation.aborted);
     assert!(step.rotation.new_root_signed);
@@ -1113,7 +1113,7 @@ fn abort_to_a_after_b_signed_waits_for_reissue_from_a_and_the_grace() {
         published(&stable).roots(),
         std::slice::from_ref(&fixture.a.certificate)
     );
-    assert_eq!(stable.signing_root_id, fixture.a.id());
+    assert_eq!(stable.rotation.signing_root_id(), fixture.a.id());
     assert_eq!(stable.rotation.signing_root_id(), fixture.a.id());
 }
 
@@ -1206,7 +1206,6 @@ fn aborting_from_sign_new_satisfies_istios_byte_rule() {
     let again = Step {
         rotation: again,
         bundle: back.bundle.clone(),
-        signing_root_id: back.signing_root_id.clone(),
         excluded_stranded: Vec::new(),
     };
     let sign_new_again = fixture.advance(&again, &[], after_grace(200));

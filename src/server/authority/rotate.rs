@@ -334,7 +334,7 @@ impl Authority {
             step.bundle
                 .as_ref()
                 .map_or(step.rotation.bundle_version, |bundle| bundle.version()),
-            step.signing_root_id,
+            step.rotation.signing_root_id(),
             step.rotation
                 .outcome
                 .as_ref()
@@ -364,14 +364,15 @@ impl Authority {
         )?;
         let current_signer_id = self.signing_root().serial_hex()?;
         let mut signer = None;
-        if step.signing_root_id != current_signer_id {
+        let signing_root_id = step.rotation.signing_root_id().to_string();
+        if signing_root_id != current_signer_id {
             let (mut settings, settings_version) = records::get_json::<CaSettings>(
                 self.store.as_ref(),
                 Table::Meta,
                 records::CA_SETTINGS_KEY,
             )?
             .ok_or_else(|| ServerError::Setup("CA settings are missing".into()))?;
-            settings.signing_root_id = step.signing_root_id.clone();
+            settings.signing_root_id.clone_from(&signing_root_id);
             batch = batch.put_json(
                 Table::Meta,
                 records::CA_SETTINGS_KEY,
@@ -379,19 +380,17 @@ impl Authority {
                 Some(Expect::Version(settings_version)),
             )?;
             signer = Some(match &new_root {
-                Some(new_root) if new_root.record.id == step.signing_root_id => {
-                    new_root.signer.clone()
-                }
+                Some(new_root) if new_root.record.id == signing_root_id => new_root.signer.clone(),
                 _ => {
                     let (record, _) = records::get_json::<RootRecord>(
                         self.store.as_ref(),
                         Table::Roots,
-                        &step.signing_root_id,
+                        &signing_root_id,
                     )?
                     .ok_or_else(|| {
                         ServerError::Setup(format!(
                             "root {} is missing from the store",
-                            step.signing_root_id
+                            signing_root_id
                         ))
                     })?;
                     load_signer(self.store.as_ref(), &self.kek, &record)?

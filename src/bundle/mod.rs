@@ -145,10 +145,24 @@ impl TrustBundle {
         self.roots.contains(certificate)
     }
 
-    fn next_version(&self) -> Result<u64, BundleError> {
-        self.version
-            .checked_add(1)
-            .ok_or(BundleError::VersionExhausted(self.version))
+    /// The next version of this bundle with `roots`.
+    fn successor(
+        &self,
+        roots: Vec<Certificate>,
+        newest_repeated: bool,
+    ) -> Result<TrustBundle, BundleError> {
+        if roots.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        Ok(TrustBundle {
+            trust_domain: self.trust_domain.clone(),
+            version: self
+                .version
+                .checked_add(1)
+                .ok_or(BundleError::VersionExhausted(self.version))?,
+            roots,
+            newest_repeated,
+        })
     }
 
     /// The next version with `root` appended at the end; the other roots
@@ -167,12 +181,7 @@ impl TrustBundle {
         }
         let mut roots = self.roots.clone();
         roots.push(root);
-        Ok(TrustBundle {
-            trust_domain: self.trust_domain.clone(),
-            version: self.next_version()?,
-            roots,
-            newest_repeated: false,
-        })
+        self.successor(roots, false)
     }
 
     /// The next version with the same roots, the newest one repeated or not
@@ -181,12 +190,7 @@ impl TrustBundle {
     ///
     /// Errors: [`BundleError::VersionExhausted`].
     pub fn with_newest_repeated(&self, repeated: bool) -> Result<TrustBundle, BundleError> {
-        Ok(TrustBundle {
-            trust_domain: self.trust_domain.clone(),
-            version: self.next_version()?,
-            roots: self.roots.clone(),
-            newest_repeated: repeated,
-        })
+        self.successor(self.roots.clone(), repeated)
     }
 
     /// The next version without the newest root (undoing an append); the
@@ -195,18 +199,8 @@ impl TrustBundle {
     /// Errors: [`BundleError::Empty`] when it would be empty,
     /// [`BundleError::VersionExhausted`].
     pub fn with_newest_removed(&self) -> Result<TrustBundle, BundleError> {
-        let Some((_, rest)) = self.roots.split_last() else {
-            return Err(BundleError::Empty);
-        };
-        if rest.is_empty() {
-            return Err(BundleError::Empty);
-        }
-        Ok(TrustBundle {
-            trust_domain: self.trust_domain.clone(),
-            version: self.next_version()?,
-            roots: rest.to_vec(),
-            newest_repeated: false,
-        })
+        let rest = self.roots.split_last().map_or(&[][..], |(_, rest)| rest);
+        self.successor(rest.to_vec(), false)
     }
 
     /// The next version without the oldest root; the other roots keep their
@@ -215,18 +209,8 @@ impl TrustBundle {
     /// Errors: [`BundleError::Empty`] when it would be empty,
     /// [`BundleError::VersionExhausted`].
     pub fn with_oldest_removed(&self) -> Result<TrustBundle, BundleError> {
-        let Some((_, rest)) = self.roots.split_first() else {
-            return Err(BundleError::Empty);
-        };
-        if rest.is_empty() {
-            return Err(BundleError::Empty);
-        }
-        Ok(TrustBundle {
-            trust_domain: self.trust_domain.clone(),
-            version: self.next_version()?,
-            roots: rest.to_vec(),
-            newest_repeated: false,
-        })
+        let rest = self.roots.split_first().map_or(&[][..], |(_, rest)| rest);
+        self.successor(rest.to_vec(), false)
     }
 
     /// The SPIFFE bundle (JWKS): one key per root with `use: x509-svid` and

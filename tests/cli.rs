@@ -2,22 +2,13 @@
 //! cluster add, agent, cluster list, bundle show, verify, issue, demo.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_trustplane");
-
-/// Kills the process when dropped, so a failing test leaves nothing behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::binary::{BINARY, Guard, start_server};
 
 fn trustplane(args: &[&str]) -> Output {
     Command::new(BINARY)
@@ -43,25 +34,6 @@ fn ok(args: &[&str]) -> String {
         text(&output)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn start_server(data_dir: &Path) -> (Guard, String) {
-    let mut child = Command::new(BINARY)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|word| word.starts_with("https://"))
-        .unwrap_or_else(|| panic!("no URL in server output {line:?}"))
-        .to_string();
-    (Guard(child), url)
 }
 
 #[test]
@@ -132,7 +104,7 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
         text(&again)
     );
 
-    let (_server, url) = start_server(&data);
+    let (_server, url) = start_server(&data, "127.0.0.1:0");
     let add = ok(&[
         "cluster",
         "add",
@@ -373,7 +345,7 @@ fn issue_writes_cacerts_offline_that_verify_accepts() {
     assert_eq!(json["passed"], true, "{verified}");
 
     // With the server running, offline issuance refuses clearly.
-    let (_server, _url) = start_server(&data);
+    let (_server, _url) = start_server(&data, "127.0.0.1:0");
     let refused = trustplane(&[
         "issue",
         "--cluster",
@@ -488,7 +460,7 @@ fn rotate_commands_drive_a_rotation_like_a_user() {
         "--trust-domain",
         "cluster.local",
     ]);
-    let (_server, url) = start_server(&data);
+    let (_server, url) = start_server(&data, "127.0.0.1:0");
     let connection = ["--server", url.as_str(), "--data-dir", data_arg];
     let with = |args: &[&str]| -> Vec<String> {
         args.iter()

@@ -10,12 +10,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::binary::{BINARY, Guard, start_server};
 use common::mesh::{CheckingSink, Mesh};
 use tonic::transport::Channel;
 use trustplane::agent::{self, AgentConfig, AgentHandle, ClusterSink};
@@ -535,38 +535,7 @@ async fn removed_cluster_stops_blocking_and_reissue_replaces_an_intermediate() {
 
 // ---- the server binary, killed with SIGKILL mid-rotation ----
 
-const BINARY: &str = env!("CARGO_BIN_EXE_trustplane");
-
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_server(data_dir: &Path, listen: &str) -> (ServerProcess, String) {
-    let mut child = Command::new(BINARY)
-        .args(["server", "--listen", listen, "--data-dir"])
-        .arg(data_dir)
-        .env_remove("TRUSTPLANE_KEK")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|word| word.starts_with("https://"))
-        .unwrap_or_else(|| panic!("no URL in server output {line:?}"))
-        .to_string();
-    (ServerProcess(child), url)
-}
-
-fn sigkill(server: ServerProcess) {
+fn sigkill(server: Guard) {
     let pid = server.0.id().to_string();
     let killed = Command::new("kill").args(["-9", &pid]).status().unwrap();
     assert!(killed.success());
@@ -602,7 +571,7 @@ async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let (server, url) = spawn_server(&data, "127.0.0.1:0");
+    let (server, url) = start_server(&data, "127.0.0.1:0");
     let listen = url.trim_start_matches("https://").to_string();
     let mut admin = admin_for(&data, &url).await;
     let mesh = Mesh::new(Duration::from_secs(GRACE));
@@ -617,7 +586,7 @@ async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
     let started = start(&mut admin).await;
     let trust_new_version = started.bundle.as_ref().unwrap().version;
     sigkill(server);
-    let (server, _) = spawn_server(&data, &listen);
+    let (server, _) = start_server(&data, &listen);
     let mut admin = admin_for(&data, &url).await;
     let resumed = status(&mut admin).await;
     assert_eq!(resumed.phase, "trust-new");
@@ -632,7 +601,7 @@ async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
 
     // Killed in sign-new, while agents are re-issuing.
     sigkill(server);
-    let (server, _) = spawn_server(&data, &listen);
+    let (server, _) = start_server(&data, &listen);
     let mut admin = admin_for(&data, &url).await;
     let resumed = status(&mut admin).await;
     assert_eq!(resumed.phase, "sign-new");

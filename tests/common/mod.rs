@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 over TLS, on the embedded store in a temporary directory.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod binary;
 pub mod mesh;
 
 use std::sync::Arc;

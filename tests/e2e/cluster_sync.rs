@@ -64,6 +64,47 @@ pub(crate) fn run(binary: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Istio's CA code loads `cacerts_dir` as istiod does and signs a workload
+/// certificate for `spiffe_id`, writing leaf + chain to `out`.
+pub(crate) fn istio_sign(
+    cacerts_dir: &Path,
+    spiffe_id: &str,
+    out: &Path,
+) -> Result<String, String> {
+    run(
+        istio_interop(),
+        &[
+            "sign",
+            "--cacerts",
+            cacerts_dir.to_str().unwrap(),
+            "--spiffe-id",
+            spiffe_id,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Go's `crypto/x509` verifies the leaf chain in `chain` under the roots in
+/// `roots` (and checks the leaf's SPIFFE ID when given).
+pub(crate) fn istio_verify(
+    chain: &Path,
+    roots: &Path,
+    spiffe_id: Option<&str>,
+) -> Result<String, String> {
+    let mut args = vec![
+        "verify",
+        "--chain",
+        chain.to_str().unwrap(),
+        "--roots",
+        roots.to_str().unwrap(),
+    ];
+    if let Some(spiffe_id) = spiffe_id {
+        args.extend(["--spiffe-id", spiffe_id]);
+    }
+    run(istio_interop(), &args)
+}
+
 pub(crate) fn data(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
@@ -183,26 +224,13 @@ struct Member<'a> {
 /// member's), and verifies each under every other cluster's trust bundle.
 /// Returns the number of checks made; panics on the first failure.
 async fn cross_cluster_checks(members: &[Member<'_>], work: &Path, round: &str) -> usize {
-    let binary = istio_interop();
     let spiffe = "spiffe://cluster.local/ns/default/sa/x";
     let mut checks = 0;
     for Member { target, layout } in members {
         let dir = work.join(round).join(target.name);
         read_cacerts_as(target.cluster, target.namespace, *layout, &dir).await;
         let leaf = dir.join("leaf-chain.pem");
-        let signed = run(
-            binary,
-            &[
-                "sign",
-                "--cacerts",
-                dir.to_str().unwrap(),
-                "--spiffe-id",
-                spiffe,
-                "--out",
-                leaf.to_str().unwrap(),
-            ],
-        );
-        let signed = signed.unwrap_or_else(|error| {
+        let signed = istio_sign(&dir, spiffe, &leaf).unwrap_or_else(|error| {
             panic!(
                 "{round}: istiod's CA code refused {}'s cacerts: {error}",
                 target.name
@@ -228,18 +256,7 @@ async fn cross_cluster_checks(members: &[Member<'_>], work: &Path, round: &str) 
                 .join(round)
                 .join(verifier.target.name)
                 .join(verifier.layout.roots_key());
-            let verified = run(
-                binary,
-                &[
-                    "verify",
-                    "--chain",
-                    chain.to_str().unwrap(),
-                    "--roots",
-                    roots.to_str().unwrap(),
-                    "--spiffe-id",
-                    spiffe,
-                ],
-            );
+            let verified = istio_verify(&chain, &roots, Some(spiffe));
             assert!(
                 verified.is_ok(),
                 "{round}: a workload of {} does not verify under {}'s {}: {verified:?}",
@@ -594,17 +611,10 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
     .unwrap();
     std::fs::write(foreign.join("root-cert.pem"), foreign_root.to_pem()).unwrap();
     let foreign_leaf = foreign.join("leaf-chain.pem");
-    run(
-        istio_interop(),
-        &[
-            "sign",
-            "--cacerts",
-            foreign.to_str().unwrap(),
-            "--spiffe-id",
-            "spiffe://cluster.local/ns/default/sa/x",
-            "--out",
-            foreign_leaf.to_str().unwrap(),
-        ],
+    istio_sign(
+        &foreign,
+        "spiffe://cluster.local/ns/default/sa/x",
+        &foreign_leaf,
     )
     .unwrap();
     for Member { target, layout } in &targets(&alpha, &beta) {
@@ -613,16 +623,7 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
             .join("v1")
             .join(target.name)
             .join(layout.roots_key());
-        let refused = run(
-            istio_interop(),
-            &[
-                "verify",
-                "--chain",
-                foreign_leaf.to_str().unwrap(),
-                "--roots",
-                roots.to_str().unwrap(),
-            ],
-        );
+        let refused = istio_verify(&foreign_leaf, &roots, None);
         let refusal = refused.expect_err(&format!(
             "a workload from an unrelated root verified under {}'s bundle",
             target.name

@@ -19,7 +19,8 @@ use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
 
 use crate::cluster_sync::{
-    Target, agent_config, data, istio_interop, kubernetes_parts, read_cacerts, run,
+    Target, agent_config, data, istio_interop, istio_sign, istio_verify, kubernetes_parts,
+    read_cacerts, run,
 };
 use crate::common::{self, mesh::Mesh};
 use crate::kube_cluster::{KubeCluster, skip_e2e};
@@ -48,7 +49,6 @@ impl Checker<'_> {
     async fn check(&mut self, label: &str) {
         self.rounds += 1;
         let round = format!("round-{:03}", self.rounds);
-        let binary = istio_interop();
         let spiffe = "spiffe://cluster.local/ns/default/sa/x";
         for target in &self.targets {
             let dir = self.work.join(&round).join(target.name);
@@ -66,18 +66,7 @@ impl Checker<'_> {
             }
             self.last_roots.insert(target.name, roots);
             let leaf = dir.join("leaf-chain.pem");
-            let signed = run(
-                binary,
-                &[
-                    "sign",
-                    "--cacerts",
-                    dir.to_str().unwrap(),
-                    "--spiffe-id",
-                    spiffe,
-                    "--out",
-                    leaf.to_str().unwrap(),
-                ],
-            );
+            let signed = istio_sign(&dir, spiffe, &leaf);
             assert!(
                 signed.is_ok(),
                 "[{label}] istiod's CA code refused {}'s cacerts: {signed:?}",
@@ -99,18 +88,7 @@ impl Checker<'_> {
                     .join(&round)
                     .join(verifier.name)
                     .join("root-cert.pem");
-                let verified = run(
-                    istio_interop(),
-                    &[
-                        "verify",
-                        "--chain",
-                        chain_path.to_str().unwrap(),
-                        "--roots",
-                        roots.to_str().unwrap(),
-                        "--spiffe-id",
-                        spiffe,
-                    ],
-                );
+                let verified = istio_verify(&chain_path, &roots, Some(spiffe));
                 assert!(
                     verified.is_ok(),
                     "[{label}] a workload of {} (Istio CA code) does not verify under {}'s root-cert.pem: {verified:?}",

@@ -39,6 +39,35 @@ struct MeshState {
     serials: HashMap<String, String>,
 }
 
+impl MeshState {
+    /// Verifies every live workload certificate of every cluster under
+    /// `roots` (those of cluster `to`); returns the checks and failures.
+    fn live_leaves_under(
+        &self,
+        label: &str,
+        to: &str,
+        roots: &[Certificate],
+        now: SystemTime,
+    ) -> (u64, Vec<String>) {
+        let mut checks = 0;
+        let mut failures = Vec::new();
+        for (from, source) in &self.clusters {
+            for leaf in source.leaves.iter().filter(|leaf| leaf.not_after > now) {
+                checks += 1;
+                if let Some(failure) = verify(from, leaf, to, roots, now) {
+                    failures.push(format!("[{label}] {failure}"));
+                }
+            }
+        }
+        (checks, failures)
+    }
+
+    fn record(&mut self, checks: u64, failures: Vec<String>) {
+        self.checks += checks;
+        self.failures.extend(failures);
+    }
+}
+
 /// The shared view of every simulated cluster.
 pub struct Mesh {
     state: tokio::sync::Mutex<MeshState>,
@@ -165,8 +194,7 @@ impl Mesh {
                 failures.extend(verify(name, leaf, cluster, &writer.roots, now));
             }
         }
-        state.checks += checks;
-        state.failures.extend(failures);
+        state.record(checks, failures);
     }
 
     /// Checks every ordered pair (every live workload certificate of X
@@ -174,20 +202,15 @@ impl Mesh {
     pub async fn check_all(&self, label: &str) -> u64 {
         let now = SystemTime::now();
         let mut state = self.state.lock().await;
-        let mut checks = 0;
-        let mut failures = Vec::new();
-        for (from, source) in &state.clusters {
-            for leaf in source.leaves.iter().filter(|leaf| leaf.not_after > now) {
-                for (to, target) in &state.clusters {
-                    checks += 1;
-                    if let Some(failure) = verify(from, leaf, to, &target.roots, now) {
-                        failures.push(format!("[{label}] {failure}"));
-                    }
-                }
-            }
-        }
-        state.checks += checks;
-        state.failures.extend(failures);
+        let (checks, failures) = state
+            .clusters
+            .iter()
+            .map(|(to, target)| state.live_leaves_under(label, to, &target.roots, now))
+            .fold((0, Vec::new()), |(checks, mut failures), (more, found)| {
+                failures.extend(found);
+                (checks + more, failures)
+            });
+        state.record(checks, failures);
         checks
     }
 
@@ -201,18 +224,8 @@ impl Mesh {
     ) -> u64 {
         let now = SystemTime::now();
         let mut state = self.state.lock().await;
-        let mut checks = 0;
-        let mut failures = Vec::new();
-        for (from, source) in &state.clusters {
-            for leaf in source.leaves.iter().filter(|leaf| leaf.not_after > now) {
-                checks += 1;
-                if let Some(failure) = verify(from, leaf, verifier, roots, now) {
-                    failures.push(format!("[{label}] {failure}"));
-                }
-            }
-        }
-        state.checks += checks;
-        state.failures.extend(failures);
+        let (checks, failures) = state.live_leaves_under(label, verifier, roots, now);
+        state.record(checks, failures);
         checks
     }
 
@@ -240,8 +253,7 @@ impl Mesh {
                 failures.push(format!("[{label}] {failure}"));
             }
         }
-        state.checks += checks;
-        state.failures.extend(failures);
+        state.record(checks, failures);
         checks
     }
 

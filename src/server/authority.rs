@@ -765,12 +765,7 @@ impl Authority {
                 Some(Expect::Version(version)),
             )?;
             match self.store.commit(batch).map_err(ServerError::from) {
-                Ok(()) => {
-                    if let Err(error) = self.rotation_tick() {
-                        tracing::warn!(error = %error, "rotation check after a status report failed");
-                    }
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(error) if is_conflict(&error) => continue,
                 Err(error) => return Err(error),
             }
@@ -818,9 +813,6 @@ impl Authority {
         self.store.commit(self.without_tokens_of(name, batch)?)?;
         self.clusters_changed.notify_waiters();
         tracing::info!(cluster = name, "cluster removed");
-        if let Err(error) = self.rotation_tick() {
-            tracing::warn!(error = %error, "rotation check after a removal failed");
-        }
         Ok(())
     }
 

@@ -169,8 +169,8 @@ pub async fn start(
     });
     tracing::info!(%address, "trustplane server listening (TLS)");
     let push = push::PushController::spawn(authority.clone());
-    // Notes acks and grace expiry and runs `--auto` rotation steps even
-    // when no cluster reports.
+    // Notes when every cluster acknowledged a rotation phase and runs
+    // `--auto` steps, once a second, off the request path.
     let ticker_authority = authority.clone();
     let mut ticker_stop = shutdown.subscribe();
     tokio::spawn(async move {

@@ -685,8 +685,8 @@ impl Authority {
     }
 
     /// Notes when every ack is in (the grace counts from then) and, with
-    /// `--auto`, advances when the gate holds. Called after every report,
-    /// removal, and once a second by the server.
+    /// `--auto`, advances when the gate holds. The server calls it once a
+    /// second (off the request path); a late note only lengthens the grace.
     pub fn rotation_tick(&self) -> Result<(), ServerError> {
         let _guard = self.lock_rotation();
         let Some((mut rotation, version)) = self.rotation()? else {

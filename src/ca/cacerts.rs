@@ -2,7 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::verify::{has_uri_name_constraints, probe_ca_key, verify_issued};
+use super::verify::{
+    ChainFailure, has_uri_name_constraints, probe_ca_key, trace_chain_to_roots, verify_issued,
+};
 use super::{Certificate, PrivateKey, key_matches_certificate};
 
 /// The contents of Istio's four `cacerts` files (any may be missing).
@@ -273,77 +275,72 @@ impl CacertsCheck {
         }
     }
 
-    /// Each link with `verify_issued`, then the last certificate to a root.
+    /// Each link with `verify_issued`, then the last certificate to a root
+    /// ([`trace_chain_to_roots`]).
     fn chain_verifies(
         &mut self,
         path: &[Certificate],
         roots: &[Certificate],
         now: SystemTime,
     ) -> bool {
-        for pair in path.windows(2) {
-            if let [certificate, issuer] = pair
-                && let Err(error) = verify_issued(certificate, issuer, now)
-            {
+        match trace_chain_to_roots(path, roots, now) {
+            Ok(root) if path.last() == Some(root) => {
+                self.ok(
+                    "chain-verifies",
+                    format!(
+                        "the chain ends at {}, which root-cert.pem trusts",
+                        describe(root)
+                    ),
+                );
+                true
+            }
+            Ok(root) => {
+                self.ok(
+                    "chain-verifies",
+                    format!(
+                        "the chain verifies to {} from root-cert.pem",
+                        describe(root)
+                    ),
+                );
+                true
+            }
+            Err(ChainFailure::Empty) => {
+                self.error("chain-verifies", "the chain is empty");
+                false
+            }
+            Err(ChainFailure::Link { certificate, error }) => {
                 self.error(
                     "chain-verifies",
                     format!(
                         "{} is not issued by the next certificate in cert-chain.pem ({error}): \
                          write the chain in order, leaf-most first",
-                        describe(certificate)
+                        describe(&certificate)
                     ),
                 );
-                return false;
+                false
             }
-        }
-        let Some(last) = path.last() else {
-            self.error("chain-verifies", "the chain is empty");
-            return false;
-        };
-        if let Some(root) = roots.iter().find(|root| *root == last) {
-            if let Err(error) = verify_issued(root, root, now) {
+            Err(ChainFailure::Root { root, error }) => {
                 self.error(
                     "chain-verifies",
-                    format!("the root {} does not verify: {error}", describe(root)),
+                    format!("the root {} does not verify: {error}", describe(&root)),
                 );
-                return false;
+                false
             }
-            self.ok(
-                "chain-verifies",
-                format!(
-                    "the chain ends at {}, which root-cert.pem trusts",
-                    describe(root)
-                ),
-            );
-            return true;
-        }
-        let mut last_error = None;
-        for root in roots {
-            match verify_issued(last, root, now) {
-                Ok(()) => {
-                    self.ok(
-                        "chain-verifies",
-                        format!(
-                            "the chain verifies to {} from root-cert.pem",
-                            describe(root)
-                        ),
-                    );
-                    return true;
-                }
-                Err(error) => last_error = Some(error),
+            Err(ChainFailure::Untrusted { last, error }) => {
+                self.error(
+                    "chain-verifies",
+                    format!(
+                        "the chain ends at {}, which no root in root-cert.pem issued{}: add its root to \
+                         root-cert.pem (the trust bundle) or reissue the intermediate under a trusted root",
+                        describe(&last),
+                        error
+                            .map(|error| format!(" (last error: {error})"))
+                            .unwrap_or_default()
+                    ),
+                );
+                false
             }
         }
-        self.error(
-            "chain-verifies",
-            format!(
-                "the chain ends at {}, which no root in root-cert.pem issued{}: add its root to \
-                 root-cert.pem (the trust bundle) or reissue the intermediate under a trusted root",
-                describe(last),
-                last_error
-                    .map(|error| format!(" (last error: {error})"))
-                    .unwrap_or_default()
-            ),
-        );
-        false
     }
 
     /// A workload certificate signed with the key verifies to the roots.

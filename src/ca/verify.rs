@@ -73,51 +73,112 @@ pub fn verify_issued(
     check_parsed_valid_at(&parsed, now)
 }
 
+/// Why a chain does not reach a trusted root ([`trace_chain_to_roots`]).
+#[derive(Debug)]
+pub enum ChainFailure {
+    /// The chain holds no certificate.
+    Empty,
+    /// `certificate` is not issued by the next certificate of the chain.
+    Link {
+        /// The certificate whose link fails.
+        certificate: Certificate,
+        /// Why.
+        error: CaError,
+    },
+    /// The chain ends at a trusted root that does not verify itself.
+    Root {
+        /// The root.
+        root: Certificate,
+        /// Why.
+        error: CaError,
+    },
+    /// The last certificate is neither a trusted root nor issued by one.
+    Untrusted {
+        /// The last certificate of the chain.
+        last: Certificate,
+        /// The error against the last root tried, if any root was given.
+        error: Option<CaError>,
+    },
+}
+
+/// Walks `chain` (a CA first, then its issuers) as istiod does: each
+/// certificate must be issued by the next ([`verify_issued`], at `now`),
+/// and the last must be one of `roots` (valid and self-signed) or issued
+/// by one. Returns the root it reaches.
+///
+/// Errors: the first [`ChainFailure`] met.
+pub fn trace_chain_to_roots<'roots>(
+    chain: &[Certificate],
+    roots: &'roots [Certificate],
+    now: SystemTime,
+) -> Result<&'roots Certificate, ChainFailure> {
+    for pair in chain.windows(2) {
+        if let [certificate, issuer] = pair
+            && let Err(error) = verify_issued(certificate, issuer, now)
+        {
+            return Err(ChainFailure::Link {
+                certificate: certificate.clone(),
+                error,
+            });
+        }
+    }
+    let last = chain.last().ok_or(ChainFailure::Empty)?;
+    if let Some(root) = roots.iter().find(|root| *root == last) {
+        return match verify_issued(root, root, now) {
+            Ok(()) => Ok(root),
+            Err(error) => Err(ChainFailure::Root {
+                root: root.clone(),
+                error,
+            }),
+        };
+    }
+    let mut last_error = None;
+    for root in roots {
+        match verify_issued(last, root, now) {
+            Ok(()) => return Ok(root),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(ChainFailure::Untrusted {
+        last: last.clone(),
+        error: last_error,
+    })
+}
+
 /// Checks that `chain` (a CA first, then its issuers) verifies up to one of
-/// `roots` at `now`: each certificate is verified against the next one
-/// until a certificate is itself one of `roots` or is issued by one.
+/// `roots` at `now` ([`trace_chain_to_roots`]).
 ///
 /// Errors: [`CaError::Verification`] naming the link that fails, or when the
-/// chain ends without reaching a trusted root.
+/// chain does not reach a trusted root.
 pub fn verify_chain_to_roots(
     chain: &[Certificate],
     roots: &[Certificate],
     now: SystemTime,
 ) -> Result<(), CaError> {
-    if chain.is_empty() {
-        return Err(CaError::Verification(
-            "the certificate chain is empty".into(),
-        ));
-    }
-    for (index, certificate) in chain.iter().enumerate() {
-        if roots.contains(certificate) {
-            return check_parsed_valid_at(&certificate.parsed()?, now);
-        }
-        if let Some(issuer) = chain.get(index + 1) {
-            verify_issued(certificate, issuer, now)?;
-            continue;
-        }
-        let mut failures = Vec::new();
-        for root in roots {
-            match verify_issued(certificate, root, now) {
-                Ok(()) => return Ok(()),
-                Err(error) => failures.push(error.to_string()),
-            }
-        }
-        return Err(CaError::Verification(format!(
-            "{} does not chain to any of the {} trusted root(s){}",
-            certificate.subject().unwrap_or_default(),
-            roots.len(),
-            if failures.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", failures.join("; "))
-            }
-        )));
-    }
-    Err(CaError::Verification(
-        "the chain does not reach a trusted root".into(),
-    ))
+    let subject = |certificate: &Certificate| certificate.subject().unwrap_or_default();
+    trace_chain_to_roots(chain, roots, now)
+        .map(|_| ())
+        .map_err(|failure| {
+            CaError::Verification(match failure {
+                ChainFailure::Empty => "the certificate chain is empty".into(),
+                ChainFailure::Link { certificate, error } => format!(
+                    "{} is not issued by the next certificate of the chain: {error}",
+                    subject(&certificate)
+                ),
+                ChainFailure::Root { root, error } => {
+                    format!(
+                        "the trusted root {} does not verify: {error}",
+                        subject(&root)
+                    )
+                }
+                ChainFailure::Untrusted { last, error } => format!(
+                    "{} does not chain to any of the {} trusted root(s){}",
+                    subject(&last),
+                    roots.len(),
+                    error.map(|error| format!(" ({error})")).unwrap_or_default()
+                ),
+            })
+        })
 }
 
 /// Verifies a leaf (end-entity) certificate through `intermediates` to one of

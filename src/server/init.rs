@@ -97,6 +97,43 @@ fn issued(
     })
 }
 
+/// Adds a mesh root to `batch`: its record, its key sealed with `kek`
+/// (as `root-key/<id>`) and its issued-certificate record, each only if
+/// absent. Returns the batch and the root's id (its hex serial).
+pub fn put_root(
+    batch: Batch,
+    kek: &Kek,
+    root: &Certificate,
+    key: &PrivateKey,
+    imported: bool,
+    now: SystemTime,
+) -> Result<(Batch, String), ServerError> {
+    let id = root.serial_hex()?;
+    let key_name = format!("root-key/{id}");
+    let record = RootRecord {
+        id: id.clone(),
+        certificate_pem: root.to_pem(),
+        key_secret: Some(key_name.clone()),
+        created_unix: system_time_to_unix(now),
+        imported,
+    };
+    let batch = batch
+        .put_json(Table::Roots, &id, &record, Some(Expect::Absent))?
+        .put(
+            Table::Secrets,
+            &key_name,
+            seal(kek, &key_name, key.pkcs8_der())?,
+            Some(Expect::Absent),
+        )
+        .put_json(
+            Table::Certificates,
+            &id,
+            &issued(root, IssuedKind::Root, now)?,
+            Some(Expect::Absent),
+        )?;
+    Ok((batch, id))
+}
+
 /// Creates (or imports) the mesh root, the control-plane CA and the admin
 /// credential, seals both CA keys with `kek`, and commits everything plus
 /// bundle version 1 in one store transaction. Files written: the
@@ -156,7 +193,6 @@ pub fn initialize(
     )?;
 
     let root_id = root.serial_hex()?;
-    let root_key_name = format!("root-key/{root_id}");
     let bundle = TrustBundle::new(&options.trust_domain, 1, vec![root.clone()])
         .map_err(|error| ServerError::Setup(format!("bundle: {error}")))?;
     let bundle_record = bundle_record(&bundle, now);
@@ -167,19 +203,13 @@ pub fn initialize(
         control_plane_ca_pem: control_plane_ca.to_pem(),
         signing_root_id: root_id.clone(),
     };
-    let root_record = RootRecord {
-        id: root_id.clone(),
-        certificate_pem: root.to_pem(),
-        key_secret: Some(root_key_name.clone()),
-        created_unix: system_time_to_unix(now),
-        imported,
-    };
     let admin_record = AdminRecord {
         name: "admin".into(),
         client_cert_serial: admin_certificate.serial_hex()?,
         created_unix: system_time_to_unix(now),
     };
-    let batch = Batch::new()
+    let (batch, _) = put_root(Batch::new(), kek, &root, &root_key, imported, now)?;
+    let batch = batch
         .put_json(
             Table::Meta,
             records::CA_SETTINGS_KEY,
@@ -192,13 +222,6 @@ pub fn initialize(
             &admin_record,
             None,
         )?
-        .put_json(Table::Roots, &root_id, &root_record, Some(Expect::Absent))?
-        .put(
-            Table::Secrets,
-            &root_key_name,
-            seal(kek, &root_key_name, root_key.pkcs8_der())?,
-            Some(Expect::Absent),
-        )
         .put(
             Table::Secrets,
             records::CONTROL_PLANE_KEY_SECRET,
@@ -219,12 +242,6 @@ pub fn initialize(
             Table::Bundles,
             records::bundle_history_key(&options.trust_domain, 1),
             &bundle_record,
-            Some(Expect::Absent),
-        )?
-        .put_json(
-            Table::Certificates,
-            &root_id,
-            &issued(&root, IssuedKind::Root, now)?,
             Some(Expect::Absent),
         )?
         .put_json(

@@ -3,7 +3,6 @@
 //! step (rotation state, new root, signing-root switch, bundle, audit entry)
 //! in one transaction, and only then swaps the signer and publishes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Authority, load_signer};
@@ -11,11 +10,8 @@ use crate::ca::{self, Certificate, system_time_to_unix};
 use crate::proto;
 use crate::rotation::{self, ClusterView, Phase, Rotation, StartOptions, Step};
 use crate::server::ServerError;
-use crate::signer::sealed::seal;
-use crate::signer::{LocalSigner, RootSigner};
-use crate::store::records::{
-    self, AuditRecord, CaSettings, ClusterRecord, IssuedKind, IssuedRecord, RootRecord,
-};
+use crate::server::init::put_root;
+use crate::store::records::{self, AuditRecord, CaSettings, ClusterRecord, RootRecord};
 use crate::store::{Batch, Expect, Table};
 
 /// Default validity of a new root created by a rotation.
@@ -34,9 +30,8 @@ type Decision = fn(
 /// A new root made (or imported) for a rotation, not yet stored.
 struct NewRoot {
     certificate: Certificate,
-    signer: Arc<dyn RootSigner>,
-    record: RootRecord,
-    sealed_key: (String, Vec<u8>),
+    key: ca::PrivateKey,
+    imported: bool,
 }
 
 impl Authority {
@@ -230,21 +225,10 @@ impl Authority {
                 ca::import_root(&options.import_root_pem, &options.import_key_pem, now)?;
             (certificate, key, true)
         };
-        let id = certificate.serial_hex()?;
-        let key_name = format!("root-key/{id}");
-        let sealed = seal(&self.kek, &key_name, key.pkcs8_der())?;
-        let signer: Arc<dyn RootSigner> = Arc::new(LocalSigner::new(certificate.clone(), key)?);
         Ok(NewRoot {
-            record: RootRecord {
-                id,
-                certificate_pem: certificate.to_pem(),
-                key_secret: Some(key_name.clone()),
-                created_unix: system_time_to_unix(now),
-                imported,
-            },
             certificate,
-            signer,
-            sealed_key: (key_name, sealed),
+            key,
+            imported,
         })
     }
 
@@ -379,46 +363,27 @@ impl Authority {
                 &settings,
                 Some(Expect::Version(settings_version)),
             )?;
-            signer = Some(match &new_root {
-                Some(new_root) if new_root.record.id == signing_root_id => new_root.signer.clone(),
-                _ => {
-                    let (record, _) = records::get_json::<RootRecord>(
-                        self.store.as_ref(),
-                        Table::Roots,
-                        &signing_root_id,
-                    )?
-                    .ok_or_else(|| {
-                        ServerError::Setup(format!(
-                            "root {} is missing from the store",
-                            signing_root_id
-                        ))
-                    })?;
-                    load_signer(self.store.as_ref(), &self.kek, &record)?
-                }
-            });
+            // A step only ever switches to a root already in the store: a
+            // new root is stored by `start`, which keeps the old one signing.
+            let (record, _) = records::get_json::<RootRecord>(
+                self.store.as_ref(),
+                Table::Roots,
+                &signing_root_id,
+            )?
+            .ok_or_else(|| {
+                ServerError::Setup(format!("root {signing_root_id} is missing from the store"))
+            })?;
+            signer = Some(load_signer(self.store.as_ref(), &self.kek, &record)?);
         }
         if let Some(new_root) = new_root {
-            let (key_name, sealed) = new_root.sealed_key;
-            batch = batch
-                .put_json(
-                    Table::Roots,
-                    &new_root.record.id,
-                    &new_root.record,
-                    Some(Expect::Absent),
-                )?
-                .put(Table::Secrets, key_name, sealed, Some(Expect::Absent))
-                .put_json(
-                    Table::Certificates,
-                    &new_root.record.id,
-                    &IssuedRecord {
-                        serial: new_root.record.id.clone(),
-                        kind: IssuedKind::Root,
-                        cluster: None,
-                        issued_unix: system_time_to_unix(now),
-                        not_after_unix: system_time_to_unix(new_root.certificate.not_after()?),
-                    },
-                    Some(Expect::Absent),
-                )?;
+            (batch, _) = put_root(
+                batch,
+                &self.kek,
+                &new_root.certificate,
+                &new_root.key,
+                new_root.imported,
+                now,
+            )?;
         }
         batch = self.audit(batch, actor, action, detail)?;
         self.commit_and_publish(step.bundle, batch, signer)?;

@@ -5,19 +5,25 @@
 //! made inside the cluster, publishes the federated trust bundle over gRPC,
 //! and keeps every cluster's Istio `cacerts` current through an agent.
 //!
-//! The crate has a pure core (`ca`, `policy`, `bundle`, `rotation`: values
-//! in, values out, no I/O, no clock) and I/O at the edges (`store`, `signer`,
-//! `server`, `agent`, `cli`, `telemetry`).
+//! The crate has a pure core (`ca`, `policy`, `bundle`, `rotation`,
+//! `reconcile`: values in, values out, no I/O, no clock) and I/O at the
+//! edges (`sink`, `store`, `signer`, `server`, `agent`, `cli`, `telemetry`).
+//! Time is read through one [`clock::Clock`], durable files are written
+//! through [`files`].
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod bundle;
 pub mod ca;
 pub mod cli;
+pub mod clock;
+pub mod files;
 pub mod policy;
+pub mod reconcile;
 pub mod rotation;
 pub mod server;
 pub mod signer;
+pub mod sink;
 pub mod store;
 pub mod telemetry;
 
@@ -28,14 +34,18 @@ pub mod proto {
 }
 
 pub use agent::{
-    AgentConfig, AgentError, AgentHandle, AgentStatus, CacertsMaterial, ClusterSink, DirectorySink,
-    IdentityStore, KubernetesIdentityStore, KubernetesSink, KubernetesSinkOptions, LeaseOptions,
-    MemorySink, SecretFormat, SinkError,
+    AgentConfig, AgentError, AgentHandle, AgentStatus, IdentityStore, KubernetesIdentityStore,
+    LeaseOptions,
 };
 pub use bundle::TrustBundle;
 pub use ca::{
     CaError, Certificate, IntermediateProfile, KeyAlgorithm, PrivateKey, PublicKeyInfo, VerifiedCsr,
 };
+pub use clock::{Clock, SystemClock, TestClock};
 pub use policy::{Policy, PolicyError, TrustDomainPolicy};
 pub use signer::{LocalSigner, RootSigner, SignerError};
+pub use sink::{
+    CacertsMaterial, ClusterSink, DirectorySink, KubernetesSink, KubernetesSinkOptions, MemorySink,
+    SecretFormat, SinkError,
+};
 pub use store::{MemoryStore, RedbStore, Store, StoreError};

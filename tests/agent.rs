@@ -11,10 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use trustplane::agent::{self, AgentConfig, AgentHandle, AgentStatus, ClusterSink, DirectorySink};
+use trustplane::agent::{self, AgentConfig, AgentHandle, AgentStatus};
 use trustplane::ca::{self, Certificate, KeyAlgorithm};
 use trustplane::cli::read_cacerts_dir;
 use trustplane::proto;
+use trustplane::sink::{ClusterSink, DirectorySink};
 
 fn spawn_agent(
     server: &common::TestServer,
@@ -25,13 +26,11 @@ fn spawn_agent(
     let sink: Arc<dyn ClusterSink> = Arc::new(DirectorySink::new(cacerts.to_path_buf()));
     agent::spawn(
         AgentConfig {
-            server: server.url(),
             server_ca_pem: Some(server.control_plane_ca_pem.clone()),
             join_token: token.map(zeroize::Zeroizing::new),
-            identity_dir: identity.to_path_buf(),
             key_algorithm: KeyAlgorithm::EcdsaP256,
-            renew_fraction: 2.0 / 3.0,
             max_backoff: Duration::from_secs(1),
+            ..AgentConfig::new(server.url(), identity.to_path_buf())
         },
         sink,
     )

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use common::binary::{BINARY, Guard, start_server};
 use common::mesh::{CheckingSink, Mesh};
 use tonic::transport::Channel;
-use trustplane::agent::{self, AgentConfig, AgentHandle, ClusterSink};
+use trustplane::agent::{self, AgentConfig, AgentHandle};
 use trustplane::ca::{Certificate, KeyAlgorithm};
 use trustplane::cli::connect;
 use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
+use trustplane::sink::ClusterSink;
 
 /// Workload certificate lifetime in the simulated clusters, and the grace.
 const GRACE: u64 = 3;
@@ -54,13 +55,11 @@ impl Fleet {
         let sink: Arc<dyn ClusterSink> = cluster.sink.clone();
         agent::spawn(
             AgentConfig {
-                server: self.url.clone(),
                 server_ca_pem: Some(self.control_plane_ca_pem.clone()),
                 join_token: token.map(zeroize::Zeroizing::new),
-                identity_dir: cluster.identity.clone(),
                 key_algorithm: KeyAlgorithm::EcdsaP256,
-                renew_fraction: 2.0 / 3.0,
                 max_backoff: Duration::from_millis(500),
+                ..AgentConfig::new(self.url.clone(), cluster.identity.clone())
             },
             sink,
         )

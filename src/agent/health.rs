@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::sync::watch;
 
-use super::{AgentStatus, stop_requested};
+use super::config::AgentStatus;
+use super::handle::stop_requested;
 
 /// Serves `GET /healthz` (200 `ok`) and `GET /readyz` (200 `ok`, or 503
 /// with the reason: the current error, or that nothing is applied yet) on

@@ -1,10 +1,10 @@
 //! The agent's control-plane identity: the [`IdentityStore`] seam (files in
-//! an identity directory here, a Kubernetes Secret in `kube.rs`, memory for
+//! an identity directory here, a Kubernetes Secret in `identity_secret.rs`, memory for
 //! tests), join-token parsing, and the TLS channels built from an identity.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -14,7 +14,8 @@ use tonic::transport::{
 };
 use zeroize::Zeroizing;
 
-use super::AgentError;
+use super::error::AgentError;
+use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
 
 /// File holding the cluster name.
 pub(crate) const CLUSTER_FILE: &str = "cluster";
@@ -315,7 +316,7 @@ pub(crate) fn prepare_identity_dir(dir: &Path) -> Result<(), AgentError> {
         .mode(0o700)
         .create(dir)
         .map_err(identity_io("create directory", dir))?;
-    let probe = dir.join(format!(".write-probe-{:08x}", super::timing::random_u32()));
+    let probe = dir.join(format!(".write-probe-{}", files::random_suffix()));
     File::create(&probe).map_err(identity_io("create a file in", dir))?;
     fs::remove_file(&probe).map_err(identity_io("remove", &probe))
 }
@@ -325,62 +326,37 @@ pub(crate) fn prepare_identity_dir(dir: &Path) -> Result<(), AgentError> {
 /// `cluster` file means a complete identity (blocking).
 pub(crate) fn save_identity(dir: &Path, identity: &ClientIdentity) -> Result<(), AgentError> {
     prepare_identity_dir(dir)?;
-    if let Some(server) = &identity.server {
-        write_atomically(dir, SERVER_FILE, format!("{server}\n").as_bytes(), 0o644)?;
+    let server = identity.server.as_ref().map(|server| format!("{server}\n"));
+    let cluster = format!("{}\n", identity.cluster);
+    let files: [(&str, Option<&[u8]>, u32); 5] = [
+        (
+            SERVER_FILE,
+            server.as_deref().map(str::as_bytes),
+            PUBLIC_MODE,
+        ),
+        (
+            CLIENT_KEY_FILE,
+            Some(identity.client_key_pem.as_bytes()),
+            PRIVATE_MODE,
+        ),
+        (
+            CLIENT_CERT_FILE,
+            Some(identity.client_cert_pem.as_bytes()),
+            PUBLIC_MODE,
+        ),
+        (
+            SERVER_CA_FILE,
+            Some(identity.server_ca_pem.as_bytes()),
+            PUBLIC_MODE,
+        ),
+        (CLUSTER_FILE, Some(cluster.as_bytes()), PUBLIC_MODE),
+    ];
+    for (name, bytes, mode) in files {
+        if let Some(bytes) = bytes {
+            files::replace_atomically(&dir.join(name), bytes, mode)?;
+        }
     }
-    write_atomically(
-        dir,
-        CLIENT_KEY_FILE,
-        identity.client_key_pem.as_bytes(),
-        0o600,
-    )?;
-    write_atomically(
-        dir,
-        CLIENT_CERT_FILE,
-        identity.client_cert_pem.as_bytes(),
-        0o644,
-    )?;
-    write_atomically(
-        dir,
-        SERVER_CA_FILE,
-        identity.server_ca_pem.as_bytes(),
-        0o644,
-    )?;
-    write_atomically(
-        dir,
-        CLUSTER_FILE,
-        format!("{}\n", identity.cluster).as_bytes(),
-        0o644,
-    )?;
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(identity_io("sync directory", dir))
-}
-
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
-    let final_path = dir.join(name);
-    let staging: PathBuf = dir.join(format!(".{name}.{:08x}.tmp", super::timing::random_u32()));
-    let result = write_staged(&staging, bytes, mode)
-        .and_then(|()| fs::rename(&staging, &final_path).map_err(identity_io("rename", &staging)));
-    if result.is_err() {
-        // Best effort: a leftover temporary file is harmless.
-        let _ = fs::remove_file(&staging);
-    }
-    result
-}
-
-fn write_staged(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(identity_io("create", path))?;
-    // The umask may have removed bits from `mode`; set it exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(identity_io("set permissions on", path))?;
-    file.write_all(bytes).map_err(identity_io("write", path))?;
-    file.sync_all().map_err(identity_io("sync", path))
+    Ok(())
 }
 
 fn endpoint(server: &str) -> Result<Endpoint, AgentError> {

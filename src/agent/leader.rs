@@ -18,13 +18,15 @@ use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseManagerError, Lease
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::config::{AgentConfig, AgentStatus};
+use super::error::AgentError;
+use super::handle::{AgentHandle, record_fatal, run_until_fatal, stop_requested};
 use super::identity::IdentityStore;
-use super::kube::describe_kube_error;
-use super::timing::{Backoff, random_u32};
-use super::{
-    AgentConfig, AgentError, AgentHandle, AgentStatus, ClusterSink, error_text, record_fatal,
-    run_until_fatal, stop_requested,
-};
+use crate::files::random_suffix;
+use crate::reconcile::Backoff;
+use crate::sink::ClusterSink;
+use crate::sink::kube::describe_kube_error;
+use crate::telemetry::error_text;
 
 /// The Lease the agent replicas compete for, unless told otherwise.
 pub const DEFAULT_LEASE_NAME: &str = "trustplane-agent";
@@ -118,7 +120,7 @@ impl LeaseOptions {
 /// `<prefix>-<8 random hex digits>`: a holder id that differs between
 /// replicas and restarts (e.g. the pod name as prefix).
 pub fn unique_holder_id(prefix: &str) -> String {
-    format!("{prefix}-{:08x}", random_u32())
+    format!("{prefix}-{}", random_suffix())
 }
 
 /// Starts [`run_with_leader_election`] on the current Tokio runtime (must
@@ -520,8 +522,8 @@ mod tests {
         let config = AgentConfig::new("https://127.0.0.1:1", "/tmp/unused".into());
         let handle = spawn_with_leader_election(
             config,
-            Arc::new(super::super::MemoryIdentityStore::new()),
-            Arc::new(super::super::MemorySink::new()),
+            Arc::new(crate::agent::MemoryIdentityStore::new()),
+            Arc::new(crate::sink::MemorySink::new()),
             lease,
         );
         let result = tokio::time::timeout(Duration::from_secs(5), handle.task)

@@ -13,16 +13,22 @@ use tokio::sync::mpsc;
 use tonic::transport::{Certificate as TlsCertificate, Identity, Server, ServerTlsConfig};
 use zeroize::Zeroizing;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::enroll::enrollment_refused;
 use super::*;
-use crate::ca::Finding;
+use crate::ca::KeyAlgorithm;
 use crate::proto::GetBundleRequest;
 use crate::proto::trust_bundle_service_server::{TrustBundleService, TrustBundleServiceServer};
+use crate::proto::{Bundle, WatchBundleRequest};
+use crate::sink::{MemorySink, SinkError};
+use crate::telemetry::error_text;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn at(seconds: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
-}
 
 /// A control-plane CA, a server certificate for localhost/127.0.0.1 and a
 /// client certificate, all from rcgen.
@@ -42,11 +48,6 @@ fn ca_params(name: &str) -> CertificateParams {
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
-}
-
-fn self_signed_ca(name: &str) -> String {
-    let key = KeyPair::generate().unwrap();
-    ca_params(name).self_signed(&key).unwrap().pem()
 }
 
 fn pki() -> Pki {
@@ -112,90 +113,6 @@ async fn wait_for_status(
 async fn closed_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().port()
-}
-
-#[test]
-fn decide_issues_without_an_intermediate() {
-    assert_eq!(
-        decide(None, 3, false, at(100)),
-        Action::Issue(IssueReason::NoIntermediate)
-    );
-}
-
-#[test]
-fn decide_keeps_a_current_set() {
-    assert_eq!(decide(Some((3, at(200))), 3, true, at(100)), Action::Keep);
-    // An older version (e.g. a lagging stream) changes nothing either.
-    assert_eq!(decide(Some((3, at(200))), 2, false, at(100)), Action::Keep);
-}
-
-#[test]
-fn decide_rewrites_the_root_for_a_newer_bundle_that_holds_our_root() {
-    assert_eq!(
-        decide(Some((3, at(200))), 4, true, at(100)),
-        Action::RewriteRoot
-    );
-}
-
-#[test]
-fn decide_reissues_when_our_root_left_the_bundle() {
-    assert_eq!(
-        decide(Some((3, at(200))), 4, false, at(100)),
-        Action::Issue(IssueReason::RootRetired)
-    );
-}
-
-#[test]
-fn decide_renews_at_the_renewal_time() {
-    assert_eq!(
-        decide(Some((3, at(200))), 3, true, at(200)),
-        Action::Issue(IssueReason::Renewal)
-    );
-    assert_eq!(
-        decide(Some((3, at(200))), 4, true, at(250)),
-        Action::Issue(IssueReason::Renewal)
-    );
-}
-
-#[test]
-fn chain_root_and_bundle_membership_compare_certificates() {
-    let root_a = self_signed_ca("root A");
-    let root_b = self_signed_ca("root B");
-    let intermediate = self_signed_ca("intermediate");
-    let chain = format!("{intermediate}{root_a}");
-    let root = chain_root(&chain).unwrap();
-    assert_eq!(root, Certificate::from_pem(&root_a).unwrap());
-    assert!(bundle_contains(&root_a, &root).unwrap());
-    assert!(bundle_contains(&format!("{root_b}{root_a}"), &root).unwrap());
-    assert!(!bundle_contains(&root_b, &root).unwrap());
-    assert!(matches!(
-        bundle_contains("not pem", &root),
-        Err(AgentError::Certificate { .. })
-    ));
-}
-
-#[test]
-fn check_errors_lists_only_errors() {
-    let check = CacertsCheck {
-        findings: vec![
-            Finding {
-                check: "files-present".into(),
-                severity: Severity::Ok,
-                message: "all four files".into(),
-            },
-            Finding {
-                check: "key-matches".into(),
-                severity: Severity::Error,
-                message: "the key does not match".into(),
-            },
-            Finding {
-                check: "expiry".into(),
-                severity: Severity::Warning,
-                message: "expires soon".into(),
-            },
-        ],
-    };
-    assert_eq!(check_errors(&check), "key-matches: the key does not match");
 }
 
 #[test]
@@ -480,22 +397,4 @@ async fn agent_watches_the_bundle_over_mutual_tls() {
         .unwrap();
     assert!(result.is_ok(), "{result:?}");
     server.abort();
-}
-
-#[test]
-fn a_new_signing_root_or_a_reissue_request_replaces_a_valid_intermediate() {
-    // No directive: keep.
-    assert_eq!(replacement_reason("aa", "", "01", ""), None);
-    assert_eq!(replacement_reason("aa", "aa", "01", ""), None);
-    // The server signs with another root now (rotation sign-new or abort).
-    assert_eq!(
-        replacement_reason("aa", "bb", "01", ""),
-        Some(IssueReason::SignerChanged)
-    );
-    // A reissue of our intermediate was requested; not once we replaced it.
-    assert_eq!(
-        replacement_reason("aa", "aa", "01", "01"),
-        Some(IssueReason::Requested)
-    );
-    assert_eq!(replacement_reason("aa", "aa", "02", "01"), None);
 }

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 
 use super::{AdminConnection, output, read_cacerts_dir, status_error};
-use crate::agent::{self, AgentConfig, ClusterSink, DirectorySink};
+use crate::agent::{self, AgentConfig};
 use crate::ca::{self, Certificate, KeyAlgorithm, PrivateKey, system_time_to_unix};
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::server::{self, Authority, DataDir, InitOptions, SystemClock};
 use crate::signer::sealed::Kek;
+use crate::sink::{ClusterSink, DirectorySink};
 use crate::store::{RedbStore, Store as _};
 
 /// `demo` flags.
@@ -222,8 +223,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 join_token,
                 identity_dir,
                 key_algorithm: KeyAlgorithm::EcdsaP256,
-                renew_fraction: 2.0 / 3.0,
                 max_backoff: Duration::from_secs(5),
+                ..AgentConfig::new(running.url(), PathBuf::new())
             },
             sink,
         );

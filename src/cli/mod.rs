@@ -19,7 +19,7 @@ pub use client::{AdminConnection, connect};
 pub use output::Format;
 pub use rotate::{AuditArgs, RotateCommand, RotationFlags};
 
-use crate::agent::{self, AgentConfig, ClusterSink, DirectorySink};
+use crate::agent::{self, AgentConfig};
 use crate::ca::{self, CacertsFiles, KeyAlgorithm, Severity, system_time_to_unix};
 use crate::policy::Policy;
 use crate::proto;
@@ -27,6 +27,7 @@ use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
 use crate::server::{self, Authority, DataDir, InitOptions, SystemClock};
 use crate::signer::sealed::{KEK_ENV, Kek};
+use crate::sink::{self, ClusterSink, DirectorySink};
 use crate::store::RedbStore;
 
 /// trustplane: a CA and trust-bundle service for Istio multicluster meshes.
@@ -191,11 +192,11 @@ pub struct AgentArgs {
     #[arg(long, env = "TRUSTPLANE_CACERTS_DIR")]
     pub cacerts_dir: Option<PathBuf>,
     /// Namespace of the cacerts Secret, the identity Secret and the leader-election Lease.
-    #[arg(long, env = "TRUSTPLANE_NAMESPACE", default_value = agent::DEFAULT_NAMESPACE)]
+    #[arg(long, env = "TRUSTPLANE_NAMESPACE", default_value = sink::kube::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Keys of the cacerts Secret: istio (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) or tls (tls.crt, tls.key, ca.crt).
     #[arg(long, env = "TRUSTPLANE_SECRET_FORMAT", default_value = "istio")]
-    pub secret_format: agent::SecretFormat,
+    pub secret_format: sink::SecretFormat,
     /// Take over a cacerts Secret that trustplane did not create (its other keys and labels are kept).
     #[arg(long, env = "TRUSTPLANE_ADOPT_EXISTING")]
     pub adopt_existing: bool,
@@ -627,7 +628,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         bail!("--sink directory needs --identity-dir <dir> (where the agent keeps its identity)");
     }
     let client = if sink_kind == AgentSink::Kubernetes || args.leader_elect {
-        Some(agent::connect(args.kubeconfig.as_deref()).await?)
+        Some(sink::kube::connect(args.kubeconfig.as_deref()).await?)
     } else {
         None
     };
@@ -649,11 +650,11 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 "--cacerts-dir is for --sink directory; with --sink kubernetes the agent writes the Secret <namespace>/cacerts"
             )
         }
-        (AgentSink::Kubernetes, None, Some(client)) => Arc::new(agent::KubernetesSink::new(
+        (AgentSink::Kubernetes, None, Some(client)) => Arc::new(sink::KubernetesSink::new(
             client.clone(),
-            agent::KubernetesSinkOptions {
+            sink::KubernetesSinkOptions {
                 namespace: args.namespace.clone(),
-                secret_name: agent::DEFAULT_SECRET_NAME.to_string(),
+                secret_name: sink::kube::DEFAULT_SECRET_NAME.to_string(),
                 format: args.secret_format,
                 adopt_existing: args.adopt_existing,
             },
@@ -674,13 +675,10 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         );
     };
     let config = AgentConfig {
-        server,
         server_ca_pem,
         join_token: args.join_token.map(Zeroizing::new),
-        identity_dir: args.identity_dir.unwrap_or_default(),
         key_algorithm: args.key_algorithm,
-        renew_fraction: 2.0 / 3.0,
-        max_backoff: Duration::from_secs(30),
+        ..AgentConfig::new(server, args.identity_dir.unwrap_or_default())
     };
     println!(
         "trustplane agent writing {} (identity in {})",

@@ -18,8 +18,10 @@ use crate::ca::{
 };
 use crate::policy::Policy;
 use crate::proto;
+use crate::reconcile::StatusReport;
 use crate::signer::sealed::{Kek, unseal};
 use crate::signer::{LocalSigner, RootSigner};
+use crate::sink::SecretFormat;
 use crate::store::records::{
     self, AdminRecord, BundleRecord, CaSettings, ClusterRecord, ClusterReport, IssuedKind,
     IssuedRecord, RootRecord, TokenRecord,
@@ -221,6 +223,11 @@ impl Authority {
         self.clock.now()
     }
 
+    /// The time source itself (push loops sleep on it).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Resolves when a cluster was added or removed (push mode reacts).
     pub async fn clusters_changed(&self) {
         self.clusters_changed.notified().await;
@@ -233,7 +240,7 @@ impl Authority {
         name: &str,
         kubeconfig: &str,
         namespace: &str,
-        secret_format: &str,
+        secret_format: SecretFormat,
     ) -> Result<(), ServerError> {
         validate_cluster_name(name)?;
         if kubeconfig.len() > 256 * 1024 {
@@ -254,15 +261,6 @@ impl Authority {
                 "namespace {namespace:?} is not a valid Kubernetes namespace name"
             ))
         })?;
-        let secret_format = match secret_format {
-            "" | "istio" => "istio",
-            "tls" => "tls",
-            other => {
-                return Err(ServerError::InvalidArgument(format!(
-                    "secret format {other:?}: use \"istio\" (four cacerts keys) or \"tls\" (kubernetes.io/tls)"
-                )));
-            }
-        };
         if records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, name)?.is_some()
         {
             return Err(ServerError::AlreadyExists(format!(
@@ -280,7 +278,7 @@ impl Authority {
             report: None,
             push: Some(records::PushTarget {
                 namespace: namespace.to_string(),
-                secret_format: secret_format.to_string(),
+                secret_format,
                 kubeconfig_secret: secret_name.clone(),
             }),
             reissue_serial: None,
@@ -725,11 +723,7 @@ impl Authority {
     }
 
     /// Records what `cluster` has applied.
-    pub fn report_status(
-        &self,
-        cluster: &str,
-        report: proto::ReportStatusRequest,
-    ) -> Result<(), ServerError> {
+    pub fn report_status(&self, cluster: &str, report: StatusReport) -> Result<(), ServerError> {
         if report.cert_chain_pem.len() > 64 * 1024 || report.error.len() > 4096 {
             return Err(ServerError::InvalidArgument(
                 "status report too large (chain ≤ 64 KiB, error ≤ 4 KiB)".into(),

@@ -2,7 +2,9 @@
 
 use crate::ca::CaError;
 use crate::policy::PolicyError;
+use crate::reconcile::ReconcileError;
 use crate::signer::SignerError;
+use crate::sink::{KubernetesError, SinkError};
 use crate::store::StoreError;
 
 /// Everything a server operation can fail with.
@@ -43,9 +45,15 @@ pub enum ServerError {
     /// The server is not initialised or its state is inconsistent.
     #[error("{0}")]
     Setup(String),
-    /// Writing a push-mode cluster's cacerts failed.
+    /// Reading or writing a push-mode cluster's cacerts failed.
+    #[error("push: could not update the cacerts")]
+    Sink(#[from] SinkError),
+    /// A push-mode cluster's kubeconfig gives no usable client.
+    #[error("push: no Kubernetes client")]
+    Kubernetes(#[from] KubernetesError),
+    /// A push-mode cluster's cacerts set is unusable or istiod would reject it.
     #[error("push: {0}")]
-    Push(String),
+    Cacerts(#[from] ReconcileError),
     /// A rotation step was refused (gate closed, would strand a cluster,
     /// nothing in progress, …); the message says what to do.
     #[error("rotation: {0}")]
@@ -88,7 +96,7 @@ impl ServerError {
             ServerError::Store(_) => "store",
             ServerError::Signer(_) => "signer",
             ServerError::Setup(_) => "setup",
-            ServerError::Push(_) => "push",
+            ServerError::Sink(_) | ServerError::Kubernetes(_) | ServerError::Cacerts(_) => "push",
             ServerError::Rotation(_) => "rotation",
         }
     }
@@ -121,7 +129,9 @@ impl From<ServerError> for tonic::Status {
             ServerError::Store(_)
             | ServerError::Signer(_)
             | ServerError::Setup(_)
-            | ServerError::Push(_) => Code::Internal,
+            | ServerError::Sink(_)
+            | ServerError::Kubernetes(_)
+            | ServerError::Cacerts(_) => Code::Internal,
         };
         if code == Code::Internal || code == Code::Aborted {
             tracing::error!(error = %error, kind = error.label(), "request failed");

@@ -15,6 +15,8 @@ use crate::proto;
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::intermediate_service_server::IntermediateService;
 use crate::proto::trust_bundle_service_server::TrustBundleService;
+use crate::reconcile::StatusReport;
+use crate::sink::SecretFormat;
 
 fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, ServerError> {
     let chain: Option<Vec<Vec<u8>>> = request.peer_certs().map(|certificates| {
@@ -174,7 +176,14 @@ impl IntermediateService for IntermediateApi {
         let cluster = require_cluster(&self.authority, &request)?;
         let body = request.into_inner();
         same_cluster(&cluster, &body.cluster)?;
-        self.authority.report_status(&cluster, body)?;
+        let report = StatusReport {
+            applied_bundle_version: body.applied_bundle_version,
+            intermediate_serial: body.intermediate_serial,
+            intermediate_not_after_unix: body.intermediate_not_after_unix,
+            cert_chain_pem: body.cert_chain_pem,
+            error: body.error,
+        };
+        self.authority.report_status(&cluster, report)?;
         Ok(Response::new(proto::ReportStatusResponse {}))
     }
 }
@@ -188,11 +197,18 @@ impl AdminService for AdminApi {
         require_admin(&self.authority, &request)?;
         let body = request.into_inner();
         if !body.kubeconfig.is_empty() {
+            let secret_format = if body.secret_format.is_empty() {
+                SecretFormat::default()
+            } else {
+                body.secret_format
+                    .parse()
+                    .map_err(ServerError::InvalidArgument)?
+            };
             self.authority.add_push_cluster(
                 &body.name,
                 &body.kubeconfig,
                 &body.namespace,
-                &body.secret_format,
+                secret_format,
             )?;
             return Ok(Response::new(proto::AddClusterResponse::default()));
         }

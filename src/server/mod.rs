@@ -10,7 +10,6 @@ pub mod push;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::sync::watch;
 use tonic::transport::{Identity, ServerTlsConfig};
@@ -19,6 +18,7 @@ pub use authority::{Authority, Caller, PublishedBundle};
 pub use error::ServerError;
 pub use init::{DataDir, InitOptions, InitOutcome, initialize};
 
+pub use crate::clock::{Clock, SystemClock};
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::intermediate_service_server::IntermediateServiceServer;
 use crate::proto::trust_bundle_service_server::TrustBundleServiceServer;
@@ -26,22 +26,6 @@ use crate::proto::trust_bundle_service_server::TrustBundleServiceServer;
 /// The largest gRPC message the server decodes (CSRs are limited to 64 KiB
 /// separately, with a precise error).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-
-/// The time source (a seam so tests can move time).
-pub trait Clock: Send + Sync {
-    /// The current time.
-    fn now(&self) -> SystemTime;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
 
 /// Where and as what the server listens.
 #[derive(Clone, Debug)]

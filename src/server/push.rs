@@ -10,25 +10,25 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Authority, ServerError};
-use crate::agent::{
-    CacertsMaterial, ClusterSink, KubernetesSink, KubernetesSinkOptions, SecretFormat,
+use crate::ca::KeyAlgorithm;
+use crate::reconcile::{Backoff, BundleView, IssueReason, RENEW_FRACTION, StatusReport};
+use crate::sink::kube;
+use crate::sink::{
+    CacertsMaterial, IntermediateSource, Keeper, KubernetesSink, KubernetesSinkOptions,
 };
-use crate::ca::{self, Certificate, KeyAlgorithm, system_time_to_unix};
-use crate::proto;
 use crate::store::records::PushTarget;
+use crate::telemetry::error_text;
 
 /// How often a healthy push cluster is re-checked even without changes.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest wait between retries of a failing push.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Share of an intermediate's lifetime after which it is renewed.
-const RENEW_FRACTION: f64 = 2.0 / 3.0;
 
 /// Runs one push loop per push-mode cluster, starting and stopping loops
 /// as clusters are added and removed.
@@ -96,7 +96,7 @@ async fn supervise(authority: Arc<Authority>, mut stopped: watch::Receiver<bool>
         }
         tokio::select! {
             _ = authority.clusters_changed() => {}
-            _ = tokio::time::sleep(RECHECK_INTERVAL) => {}
+            () = authority.clock().sleep(RECHECK_INTERVAL) => {}
             _ = stopped.changed() => break,
         }
     }
@@ -106,13 +106,35 @@ async fn supervise(authority: Arc<Authority>, mut stopped: watch::Receiver<bool>
     }
 }
 
-/// What a successful push left in the cluster.
-struct Applied {
-    bundle_version: u64,
-    serial: String,
-    not_after: SystemTime,
-    renew_at: SystemTime,
-    cert_chain_pem: String,
+/// New intermediates for push mode: the key is generated in this process,
+/// signed by the server's own root signer, and only ever sent to the
+/// cluster's Secret.
+struct LocalKeySource<'a> {
+    authority: &'a Authority,
+    cluster: &'a str,
+}
+
+#[async_trait::async_trait]
+impl IntermediateSource for LocalKeySource<'_> {
+    type Error = ServerError;
+
+    async fn obtain(
+        &self,
+        _bundle: &BundleView<'_>,
+        _reason: IssueReason,
+    ) -> Result<CacertsMaterial, ServerError> {
+        let issued = self
+            .authority
+            .issue_with_local_key(self.cluster, KeyAlgorithm::EcdsaP256, None)
+            .await?;
+        Ok(CacertsMaterial {
+            ca_cert_pem: issued.certificate.to_pem(),
+            ca_key_pem: issued.key.to_pkcs8_pem(),
+            cert_chain_pem: issued.cert_chain_pem,
+            root_cert_pem: issued.bundle.message.root_cert_pem.clone(),
+            bundle_version: issued.bundle.bundle.version(),
+        })
+    }
 }
 
 async fn push_loop(
@@ -123,35 +145,37 @@ async fn push_loop(
 ) {
     let mut bundles = authority.subscribe();
     let mut directives = authority.subscribe_directives();
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(MAX_BACKOFF);
+    let mut keeper: Option<Keeper> = None;
     loop {
         bundles.borrow_and_update();
         directives.borrow_and_update();
-        let wait = match push_once(&authority, &cluster, &target).await {
-            Ok(applied) => {
-                failures = 0;
-                report(&authority, &cluster, Some(&applied), "");
-                let until_renewal = applied
-                    .renew_at
-                    .duration_since(authority.now())
+        let wait = match push_once(&authority, &cluster, &target, &mut keeper).await {
+            Ok(keeper) => {
+                backoff.reset();
+                record(&authority, &cluster, keeper.report(None));
+                let until_renewal = keeper
+                    .renew_at()
+                    .and_then(|renew_at| renew_at.duration_since(authority.now()).ok())
                     .unwrap_or(Duration::ZERO);
                 until_renewal.min(RECHECK_INTERVAL)
             }
             Err(error) => {
-                failures = failures.saturating_add(1);
-                let delay = backoff(failures);
+                let delay = backoff.next_delay();
+                let text = error_text(&error);
                 tracing::warn!(
                     cluster = %cluster,
-                    error = %error,
+                    error = %text,
                     "push to the cluster failed; retrying in {:.1} s",
                     delay.as_secs_f64()
                 );
-                report(&authority, &cluster, None, &error.to_string());
+                // Error only: the server keeps what was applied before.
+                record(&authority, &cluster, StatusReport::new(None, Some(&text)));
                 delay
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            () = authority.clock().sleep(wait) => {}
             changed = bundles.changed() => if changed.is_err() { return },
             changed = directives.changed() => if changed.is_err() { return },
             _ = stopped.changed() => return,
@@ -159,170 +183,47 @@ async fn push_loop(
     }
 }
 
-fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(8);
-    Duration::from_millis(500u64.saturating_mul(1 << exponent)).min(MAX_BACKOFF)
-}
-
-fn report(authority: &Authority, cluster: &str, applied: Option<&Applied>, error: &str) {
-    let request = match applied {
-        Some(applied) => proto::ReportStatusRequest {
-            applied_bundle_version: applied.bundle_version,
-            intermediate_serial: applied.serial.clone(),
-            intermediate_not_after_unix: system_time_to_unix(applied.not_after),
-            cert_chain_pem: applied.cert_chain_pem.clone(),
-            error: String::new(),
-            cluster: cluster.to_string(),
-        },
-        None => proto::ReportStatusRequest {
-            error: error.to_string(),
-            cluster: cluster.to_string(),
-            ..Default::default()
-        },
-    };
-    if let Err(report_error) = authority.report_status(cluster, request) {
-        tracing::warn!(cluster, error = %report_error, "cannot record push status");
+fn record(authority: &Authority, cluster: &str, report: StatusReport) {
+    if let Err(error) = authority.report_status(cluster, report) {
+        tracing::warn!(cluster, error = %error, "cannot record push status");
     }
 }
 
-async fn kube_client(kubeconfig: &str) -> Result<kube::Client, ServerError> {
-    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
-        .map_err(|error| ServerError::Push(format!("kubeconfig does not parse: {error}")))?;
-    let config =
-        kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|error| ServerError::Push(format!("kubeconfig: {error}")))?;
-    kube::Client::try_from(config)
-        .map_err(|error| ServerError::Push(format!("Kubernetes client: {error}")))
-}
-
-fn renew_at(certificate: &Certificate) -> Result<(SystemTime, SystemTime), ServerError> {
-    let not_after = certificate.not_after()?;
-    let issued = certificate
-        .not_before()?
-        .checked_add(ca::BACKDATE)
-        .map_or(not_after, |issued| issued.min(not_after));
-    let lifetime = not_after.duration_since(issued).unwrap_or(Duration::ZERO);
-    Ok((issued + lifetime.mul_f64(RENEW_FRACTION), not_after))
-}
-
-/// One reconciliation: keep a valid managed Secret, refresh only its
-/// `root-cert.pem` when the bundle changed but still holds its root, or
-/// issue a new intermediate (key generated here) and write all keys at once.
-async fn push_once(
+/// One reconciliation: connect on first use, read the Secret again (someone
+/// may have changed it), and let the keeper keep it, refresh its
+/// `root-cert.pem` or write a new intermediate.
+async fn push_once<'a>(
     authority: &Authority,
     cluster: &str,
     target: &PushTarget,
-) -> Result<Applied, ServerError> {
-    let kubeconfig = authority.push_kubeconfig(target)?;
-    let client = kube_client(&kubeconfig).await?;
-    let format: SecretFormat = target.secret_format.parse().map_err(|_| {
-        ServerError::Push(format!("unknown secret format {:?}", target.secret_format))
-    })?;
-    let sink = KubernetesSink::new(
-        client,
-        KubernetesSinkOptions {
-            namespace: target.namespace.clone(),
-            format,
-            ..KubernetesSinkOptions::default()
-        },
-    );
-    let published = authority.current_bundle();
-    let bundle_pem = published.message.root_cert_pem.clone();
-    let roots = published.bundle.roots();
-    let now = authority.now();
-
-    if let Some(files) = sink
-        .read()
-        .await
-        .map_err(|error| ServerError::Push(error.to_string()))?
-    {
-        let check = ca::check_cacerts(&files, now, Duration::ZERO);
-        let chain = files
-            .cert_chain
-            .as_deref()
-            .and_then(|pem| Certificate::parse_pem_chain(pem).ok())
-            .unwrap_or_default();
-        let chain_root_trusted = chain.last().is_some_and(|root| roots.contains(root));
-        // A rotation (sign-new or its abort) switches the signing root: an
-        // intermediate from the other root is replaced even though valid.
-        let signing_root = authority.signing_root();
-        let from_signing_root = chain.last() == Some(&signing_root);
-        if let (true, true, true, Some(intermediate)) = (
-            check.passed(),
-            chain_root_trusted,
-            from_signing_root,
-            chain.first(),
-        ) {
-            let (renew, not_after) = renew_at(intermediate)?;
-            let serial = intermediate.serial_hex()?;
-            let reissue_requested = authority
-                .reissue_serial(cluster)
-                .is_some_and(|requested| requested == serial);
-            if now < renew && !reissue_requested {
-                let applied = Applied {
-                    bundle_version: published.bundle.version(),
-                    serial: intermediate.serial_hex()?,
-                    not_after,
-                    renew_at: renew,
-                    cert_chain_pem: files.cert_chain.clone().unwrap_or_default(),
-                };
-                if files.root_cert.as_deref() == Some(bundle_pem.as_str()) {
-                    return Ok(applied);
-                }
-                if let (Some(ca_cert), Some(ca_key), Some(cert_chain)) = (
-                    files.ca_cert.clone(),
-                    files.ca_key.clone(),
-                    files.cert_chain.clone(),
-                ) {
-                    sink.write(&CacertsMaterial {
-                        ca_cert_pem: ca_cert,
-                        ca_key_pem: ca_key,
-                        cert_chain_pem: cert_chain,
-                        root_cert_pem: bundle_pem,
-                        bundle_version: published.bundle.version(),
-                    })
-                    .await
-                    .map_err(|error| ServerError::Push(error.to_string()))?;
-                    tracing::info!(
-                        cluster,
-                        version = published.bundle.version(),
-                        "pushed the new trust bundle"
-                    );
-                    return Ok(applied);
-                }
-            }
+    keeper: &'a mut Option<Keeper>,
+) -> Result<&'a Keeper, ServerError> {
+    let keeper = match keeper {
+        Some(keeper) => keeper,
+        None => {
+            let kubeconfig = authority.push_kubeconfig(target)?;
+            let client = kube::connect_with_kubeconfig(&kubeconfig).await?;
+            let sink = KubernetesSink::new(
+                client,
+                KubernetesSinkOptions {
+                    namespace: target.namespace.clone(),
+                    format: target.secret_format,
+                    ..KubernetesSinkOptions::default()
+                },
+            )
+            .with_clock(authority.clock().clone());
+            keeper.insert(Keeper::new(Arc::new(sink), RENEW_FRACTION))
         }
-    }
-
-    let issued = authority
-        .issue_with_local_key(cluster, KeyAlgorithm::EcdsaP256, None)
-        .await?;
-    let material = CacertsMaterial {
-        ca_cert_pem: issued.certificate.to_pem(),
-        ca_key_pem: issued.key.to_pkcs8_pem(),
-        cert_chain_pem: issued.cert_chain_pem.clone(),
-        root_cert_pem: issued.bundle.message.root_cert_pem.clone(),
-        bundle_version: issued.bundle.bundle.version(),
     };
-    let check = ca::check_cacerts(&material.to_files(), now, Duration::ZERO);
-    if !check.passed() {
-        return Err(ServerError::Push(format!(
-            "refusing to write a cacerts set istiod would reject: {:?}",
-            check.findings
-        )));
-    }
-    sink.write(&material)
-        .await
-        .map_err(|error| ServerError::Push(error.to_string()))?;
-    let (renew, not_after) = renew_at(&issued.certificate)?;
-    let serial = issued.certificate.serial_hex()?;
-    tracing::info!(cluster, serial = %serial, namespace = %target.namespace, "pushed a new intermediate");
-    Ok(Applied {
-        bundle_version: issued.bundle.bundle.version(),
-        serial,
-        not_after,
-        renew_at: renew,
-        cert_chain_pem: issued.cert_chain_pem,
-    })
+    keeper.forget();
+    let message = authority.bundle_for(Some(cluster));
+    let view = BundleView {
+        version: message.version,
+        root_cert_pem: &message.root_cert_pem,
+        signing_root_sha256: &message.signing_root_sha256,
+        reissue_serial: &message.reissue_intermediate_serial,
+    };
+    let source = LocalKeySource { authority, cluster };
+    keeper.reconcile(&source, &view, authority.now()).await?;
+    Ok(keeper)
 }

@@ -107,8 +107,8 @@ pub struct AuditRecord {
 pub struct PushTarget {
     /// Namespace of the Secret.
     pub namespace: String,
-    /// Secret format: `istio` or `tls`.
-    pub secret_format: String,
+    /// The Secret's keys (stored as `istio` or `tls`).
+    pub secret_format: crate::sink::SecretFormat,
     /// Name of the sealed kubeconfig in [`Table::Secrets`].
     pub kubeconfig_secret: String,
 }

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use trustplane::agent::{CacertsMaterial, ClusterSink, MemorySink, SinkError};
 use trustplane::ca::{self, CacertsFiles, Certificate, KeyAlgorithm, PrivateKey};
+use trustplane::sink::{CacertsMaterial, ClusterSink, MemorySink, SinkError};
 
 struct Leaf {
     leaf: Certificate,

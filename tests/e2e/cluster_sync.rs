@@ -18,11 +18,12 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use trustplane::agent::{
-    self, AgentConfig, AgentHandle, AgentStatus, ClusterSink, IdentityStore,
-    KubernetesIdentityStore, KubernetesSink, KubernetesSinkOptions, LeaseOptions,
+    self, AgentConfig, AgentHandle, AgentStatus, IdentityStore, KubernetesIdentityStore,
+    LeaseOptions,
 };
 use trustplane::ca::{self, Certificate, KeyAlgorithm};
 use trustplane::proto;
+use trustplane::sink::{ClusterSink, KubernetesSink, KubernetesSinkOptions};
 
 use crate::common;
 use crate::kube_cluster::{AGENT_RBAC_PATH, KubeCluster, skip_e2e};

@@ -13,10 +13,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use trustplane::agent::{self, AgentHandle, ClusterSink};
+use trustplane::agent::{self, AgentHandle};
 use trustplane::ca::Certificate;
 use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
+use trustplane::sink::ClusterSink;
 
 use crate::cluster_sync::{
     Target, agent_config, data, istio_interop, istio_sign, istio_verify, kubernetes_parts,

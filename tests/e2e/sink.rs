@@ -17,8 +17,8 @@ use kube::client::Body;
 // tower's `Service` trait (tonic re-exports it; tower is no direct dependency).
 use tokio_stream::StreamExt;
 use tonic::codegen::{Context, Future, Pin, Poll, Service};
-use trustplane::agent::{CacertsMaterial, ClusterSink, KubernetesSink, KubernetesSinkOptions};
 use trustplane::ca::{self, KeyAlgorithm};
+use trustplane::sink::{CacertsMaterial, ClusterSink, KubernetesSink, KubernetesSinkOptions};
 
 use crate::cluster_sync::data;
 use crate::kube_cluster::{KubeCluster, error_chain, skip_e2e};

@@ -1,5 +1,6 @@
-//! Istio's `cacerts` as a Kubernetes Secret ([`KubernetesSink`]) and the
-//! agent's enrollment identity as a Secret ([`KubernetesIdentityStore`]).
+//! Istio's `cacerts` as a Kubernetes Secret ([`KubernetesSink`]), and the
+//! Kubernetes client helpers the agent and push mode share ([`connect`],
+//! [`connect_with_kubeconfig`], the guarded read-modify-write of one Secret).
 //!
 //! Every write is one read-modify-write of the whole Secret, guarded by its
 //! `resourceVersion` (`replace`, or `create` when absent): a concurrent
@@ -14,7 +15,8 @@
 //! metadata are kept as found. A Secret without the managed-by label is
 //! someone else's and is left alone unless taking it over was allowed.
 //!
-//! Not here: leader election (`leader.rs`) and the agent loop.
+//! Not here: the agent's identity Secret (`agent::identity_secret`), leader
+//! election (`agent::leader`) and the loops that decide what to write.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,17 +27,15 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::AgentError;
-use super::identity::{
-    CLIENT_CERT_FILE, CLIENT_KEY_FILE, CLUSTER_FILE, ClientIdentity, IdentityStore, SERVER_CA_FILE,
-    SERVER_FILE, StoredIdentity,
-};
-use super::sink::{
+use std::sync::Arc;
+
+use super::contract::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, CacertsMaterial, ClusterSink, ROOT_CERT_FILE,
     SinkError,
 };
-use super::timing::Backoff;
 use crate::ca::{self, CacertsFiles, Certificate};
+use crate::clock::{Clock, SystemClock};
+use crate::reconcile::Backoff;
 
 /// The label that marks a Secret as written by trustplane.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -72,7 +72,7 @@ const OWNED_KEYS: [&str; 7] = [
     TLS_KEY_KEY,
     TLS_CA_KEY,
 ];
-const OPAQUE_TYPE: &str = "Opaque";
+pub(crate) const OPAQUE_TYPE: &str = "Opaque";
 const TLS_TYPE: &str = "kubernetes.io/tls";
 /// How long one API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,7 +84,10 @@ const CONFLICT_BACKOFF: Duration = Duration::from_secs(2);
 /// The form of the `cacerts` Secret; istiod reads either from its mount.
 ///
 /// Text form (flags): `istio`, `tls`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// Its text form is parsed in one place ([`std::str::FromStr`]); flags,
+/// stored records and the proto enum all go through it or map variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum SecretFormat {
     /// Istio's own keys `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`,
     /// `root-cert.pem`; type `Opaque` when created.
@@ -126,6 +129,20 @@ impl SecretFormat {
 impl std::fmt::Display for SecretFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl From<SecretFormat> for String {
+    fn from(format: SecretFormat) -> String {
+        format.as_str().to_string()
+    }
+}
+
+impl TryFrom<String> for SecretFormat {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
     }
 }
 
@@ -258,9 +275,34 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, Kubernet
     })
 }
 
+/// A Kubernetes client from the text of a kubeconfig (push mode keeps them
+/// sealed in the store), with the same 30 s response limit as [`connect`].
+///
+/// Errors: [`KubernetesError::Config`].
+pub async fn connect_with_kubeconfig(kubeconfig: &str) -> Result<kube::Client, KubernetesError> {
+    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|source| {
+        KubernetesError::Config {
+            context: "the kubeconfig does not parse".to_string(),
+            source: Box::new(source),
+        }
+    })?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|source| KubernetesError::Config {
+                context: "the kubeconfig is unusable".to_string(),
+                source: Box::new(source),
+            })?;
+    config.read_timeout = Some(CALL_TIMEOUT);
+    kube::Client::try_from(config).map_err(|source| KubernetesError::Config {
+        context: "cannot create a Kubernetes client from the kubeconfig".to_string(),
+        source: Box::new(source),
+    })
+}
+
 /// A Secret whose data is overwritten with zeros when dropped. Best effort:
 /// copies made while (de)serializing and by the HTTP stack are not reached.
-struct Scrubbed(Secret);
+pub(crate) struct Scrubbed(pub(crate) Secret);
 
 impl std::ops::Deref for Scrubbed {
     type Target = Secret;
@@ -290,7 +332,7 @@ fn scrub(secret: &mut Secret) {
 }
 
 /// Whether `secret` carries trustplane's managed-by label.
-fn is_managed(secret: &Secret) -> bool {
+pub(crate) fn is_managed(secret: &Secret) -> bool {
     secret
         .metadata
         .labels
@@ -300,7 +342,7 @@ fn is_managed(secret: &Secret) -> bool {
 }
 
 /// What one guarded write did.
-enum Written {
+pub(crate) enum Written {
     /// The API server took it.
     Stored,
     /// Someone else wrote first (409: resourceVersion changed, or created
@@ -330,7 +372,7 @@ pub(crate) fn describe_kube_error(error: &kube::Error) -> String {
             "{} (HTTP {} {})",
             status.message, status.code, status.reason
         ),
-        other => super::error_text(other),
+        other => crate::telemetry::error_text(other),
     }
 }
 
@@ -345,14 +387,15 @@ async fn timed<T>(
 }
 
 /// One named Secret and the guarded read-modify-write on it.
-struct SecretObject {
+pub(crate) struct SecretObject {
     api: Api<Secret>,
-    namespace: String,
-    name: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 impl SecretObject {
-    fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+    /// The Secret `name` in `namespace`, reached through `client`.
+    pub(crate) fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
@@ -360,11 +403,11 @@ impl SecretObject {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("Secret {}/{}", self.namespace, self.name)
     }
 
-    async fn get(&self) -> Result<Option<Scrubbed>, KubernetesError> {
+    pub(crate) async fn get(&self) -> Result<Option<Scrubbed>, KubernetesError> {
         match timed(self.api.get_opt(&self.name)).await? {
             Ok(secret) => Ok(secret.map(Scrubbed)),
             Err(error) => Err(classify(error)),
@@ -373,7 +416,7 @@ impl SecretObject {
 
     /// Creates `secret` (when `exists` is false) or replaces it with the
     /// resourceVersion it carries; `dry_run` only asks whether it would work.
-    async fn put(
+    pub(crate) async fn put(
         &self,
         secret: &Secret,
         exists: bool,
@@ -407,7 +450,7 @@ impl SecretObject {
     ///
     /// Returns whether something was written. `failure` turns an API error
     /// (with the action that failed) into the caller's error type.
-    async fn update<E>(
+    pub(crate) async fn update<E>(
         &self,
         failure: impl Fn(&'static str, KubernetesError) -> E,
         desired: impl Fn(Option<&Secret>) -> Result<Option<Secret>, E>,
@@ -455,6 +498,7 @@ impl SecretObject {
 pub struct KubernetesSink {
     secret: SecretObject,
     options: KubernetesSinkOptions,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for KubernetesSink {
@@ -472,7 +516,15 @@ impl KubernetesSink {
         Self {
             secret: SecretObject::new(client, &options.namespace, &options.secret_name),
             options,
+            clock: SystemClock::shared(),
         }
+    }
+
+    /// The same sink reading the time from `clock` (used to pick the root
+    /// that completes a `kubernetes.io/tls` chain).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The options it was created with.
@@ -480,10 +532,11 @@ impl KubernetesSink {
         &self.options
     }
 
-    fn foreign(&self) -> SinkError {
-        SinkError::Foreign {
-            namespace: self.options.namespace.clone(),
-            name: self.options.secret_name.clone(),
+    fn backend_error(&self) -> impl Fn(&'static str, KubernetesError) -> SinkError + '_ {
+        |action, source| SinkError::Backend {
+            action,
+            target: self.secret.describe(),
+            source: Box::new(source),
         }
     }
 }
@@ -503,18 +556,13 @@ impl ClusterSink for KubernetesSink {
             .secret
             .get()
             .await
-            .map_err(|source| SinkError::Kubernetes {
-                action: "read",
-                namespace: self.options.namespace.clone(),
-                name: self.options.secret_name.clone(),
-                source,
-            })?;
+            .map_err(|source| (self.backend_error())("read", source))?;
         let Some(secret) = secret else {
             return Ok(None);
         };
         if !is_managed(&secret) {
             if !self.options.adopt_existing {
-                return Err(self.foreign());
+                return Err(foreign(&self.options));
             }
             tracing::info!(
                 secret = %self.secret.describe(),
@@ -525,22 +573,16 @@ impl ClusterSink for KubernetesSink {
         Ok(cacerts_files(
             &secret,
             self.options.format,
-            SystemTime::now(),
+            self.clock.now(),
         ))
     }
 
     async fn write(&self, material: &CacertsMaterial) -> Result<(), SinkError> {
         let written = self
             .secret
-            .update(
-                |action, source| SinkError::Kubernetes {
-                    action,
-                    namespace: self.options.namespace.clone(),
-                    name: self.options.secret_name.clone(),
-                    source,
-                },
-                |existing| desired_cacerts_secret(existing, &self.options, material),
-            )
+            .update(self.backend_error(), |existing| {
+                desired_cacerts_secret(existing, &self.options, material)
+            })
             .await?;
         if !written {
             tracing::debug!(secret = %self.secret.describe(), "the Secret already holds this set");
@@ -563,17 +605,13 @@ pub(crate) fn desired_cacerts_secret(
     material: &CacertsMaterial,
 ) -> Result<Option<Secret>, SinkError> {
     let incompatible = |reason: &str| SinkError::Incompatible {
-        namespace: options.namespace.clone(),
-        name: options.secret_name.clone(),
+        target: secret_description(options),
         reason: reason.to_string(),
     };
     let mut secret = match existing {
         Some(existing) => {
             if !is_managed(existing) && !options.adopt_existing {
-                return Err(SinkError::Foreign {
-                    namespace: options.namespace.clone(),
-                    name: options.secret_name.clone(),
-                });
+                return Err(foreign(options));
             }
             if existing.immutable == Some(true) {
                 return Err(incompatible(
@@ -656,6 +694,19 @@ pub(crate) fn desired_cacerts_secret(
     Ok(Some(secret))
 }
 
+/// "Secret <namespace>/<name>" for the Secret `options` names.
+fn secret_description(options: &KubernetesSinkOptions) -> String {
+    format!("Secret {}/{}", options.namespace, options.secret_name)
+}
+
+/// The error for a Secret that trustplane does not manage and may not take over.
+fn foreign(options: &KubernetesSinkOptions) -> SinkError {
+    SinkError::Foreign {
+        target: secret_description(options),
+        marker: format!("no label {MANAGED_BY_LABEL}={MANAGER}"),
+    }
+}
+
 /// `tls.crt`: the intermediate followed by the CAs between it and the root
 /// (`cert-chain.pem` without its first and last entries). istiod appends
 /// `ca.crt` to build the chain, so the root is not repeated here.
@@ -679,7 +730,7 @@ fn tls_certificate_pem(material: &CacertsMaterial) -> String {
     text
 }
 
-fn data_text(secret: &Secret, key: &str) -> Option<String> {
+pub(crate) fn data_text(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone()).ok()
 }
@@ -753,188 +804,6 @@ fn istio_chain(tls_certificate: &str, roots: Option<&str>, now: SystemTime) -> S
         chain.push_str(&root.to_pem());
     }
     chain
-}
-
-/// The agent's enrollment identity in a Secret (default
-/// `trustplane-agent-identity` in the agent's namespace), so that a
-/// restarted or rescheduled pod needs no new join token. Keys: `cluster`,
-/// `server-ca.pem`, `client.pem`, `client-key.pem`, `server`.
-pub struct KubernetesIdentityStore {
-    secret: SecretObject,
-}
-
-impl std::fmt::Debug for KubernetesIdentityStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubernetesIdentityStore")
-            .field("secret", &self.secret.describe())
-            .finish_non_exhaustive()
-    }
-}
-
-impl KubernetesIdentityStore {
-    /// The Secret [`IDENTITY_SECRET_NAME`] in `namespace`.
-    pub fn new(client: kube::Client, namespace: &str) -> Self {
-        Self::with_name(client, namespace, IDENTITY_SECRET_NAME)
-    }
-
-    /// The Secret `name` in `namespace`.
-    pub fn with_name(client: kube::Client, namespace: &str, name: &str) -> Self {
-        Self {
-            secret: SecretObject::new(client, namespace, name),
-        }
-    }
-
-    fn failure(&self) -> impl Fn(&'static str, KubernetesError) -> AgentError + '_ {
-        |action, source| AgentError::IdentitySecret {
-            action,
-            namespace: self.secret.namespace.clone(),
-            name: self.secret.name.clone(),
-            source,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl IdentityStore for KubernetesIdentityStore {
-    fn describe(&self) -> String {
-        self.secret.describe()
-    }
-
-    async fn load(&self) -> Result<StoredIdentity, AgentError> {
-        let secret = self
-            .secret
-            .get()
-            .await
-            .map_err(|source| (self.failure())("read", source))?;
-        Ok(match secret {
-            None => StoredIdentity::Absent,
-            Some(secret) => stored_identity(&secret),
-        })
-    }
-
-    /// A dry-run write of the Secret: fails now, before the join token is
-    /// spent, if RBAC or admission would refuse the real one.
-    async fn prepare(&self) -> Result<(), AgentError> {
-        let existing = self
-            .secret
-            .get()
-            .await
-            .map_err(|source| (self.failure())("read", source))?;
-        let probe = Scrubbed(desired_identity_secret(
-            existing.as_deref(),
-            &self.secret,
-            None,
-        ));
-        let action = if existing.is_some() {
-            "check write access (dry-run replace) to"
-        } else {
-            "check write access (dry-run create) to"
-        };
-        // A conflict here only means someone wrote meanwhile: access is fine.
-        self.secret
-            .put(&probe, existing.is_some(), true)
-            .await
-            .map(|_| ())
-            .map_err(|source| (self.failure())(action, source))
-    }
-
-    async fn save(&self, identity: &ClientIdentity) -> Result<(), AgentError> {
-        self.secret
-            .update(self.failure(), |existing| {
-                Ok(Some(desired_identity_secret(
-                    existing,
-                    &self.secret,
-                    Some(identity),
-                )))
-            })
-            .await
-            .map(|_| ())
-    }
-}
-
-/// The identity Secret holding `identity` (only the managed-by label when
-/// `None`, for a dry run), keeping whatever else `existing` holds.
-fn desired_identity_secret(
-    existing: Option<&Secret>,
-    object: &SecretObject,
-    identity: Option<&ClientIdentity>,
-) -> Secret {
-    let mut secret = existing.cloned().unwrap_or_else(|| Secret {
-        metadata: ObjectMeta {
-            name: Some(object.name.clone()),
-            namespace: Some(object.namespace.clone()),
-            ..ObjectMeta::default()
-        },
-        type_: Some(OPAQUE_TYPE.to_string()),
-        ..Secret::default()
-    });
-    secret.string_data = None;
-    secret
-        .metadata
-        .labels
-        .get_or_insert_with(BTreeMap::new)
-        .insert(MANAGED_BY_LABEL.into(), MANAGER.into());
-    if let Some(identity) = identity {
-        let data = secret.data.get_or_insert_with(BTreeMap::new);
-        let text = |value: &str| ByteString(value.as_bytes().to_vec());
-        let entries = [
-            (CLUSTER_FILE, text(&identity.cluster)),
-            (SERVER_CA_FILE, text(&identity.server_ca_pem)),
-            (CLIENT_CERT_FILE, text(&identity.client_cert_pem)),
-            (CLIENT_KEY_FILE, text(&identity.client_key_pem)),
-        ];
-        for (key, value) in entries {
-            if let Some(mut old) = data.insert(key.to_string(), value) {
-                old.0.zeroize();
-            }
-        }
-        match &identity.server {
-            Some(server) => {
-                data.insert(SERVER_FILE.to_string(), text(server));
-            }
-            None => {
-                data.remove(SERVER_FILE);
-            }
-        }
-    }
-    secret
-}
-
-/// The identity in an identity Secret.
-fn stored_identity(secret: &Secret) -> StoredIdentity {
-    let cluster = data_text(secret, CLUSTER_FILE)
-        .map(|text| text.trim().to_string())
-        .filter(|text| !text.is_empty());
-    let server_ca_pem = data_text(secret, SERVER_CA_FILE);
-    let client_cert_pem = data_text(secret, CLIENT_CERT_FILE);
-    let client_key_pem = data_text(secret, CLIENT_KEY_FILE).map(Zeroizing::new);
-    let server = data_text(secret, SERVER_FILE)
-        .map(|text| text.trim().to_string())
-        .filter(|text| !text.is_empty());
-    match (cluster, server_ca_pem, client_cert_pem, client_key_pem) {
-        (Some(cluster), Some(server_ca_pem), Some(client_cert_pem), Some(client_key_pem)) => {
-            StoredIdentity::Complete(ClientIdentity {
-                cluster,
-                server_ca_pem,
-                client_cert_pem,
-                client_key_pem,
-                server,
-            })
-        }
-        (None, None, None, None) => StoredIdentity::Absent,
-        (cluster, server_ca_pem, client_cert_pem, client_key_pem) => {
-            let missing = [
-                (CLUSTER_FILE, cluster.is_none()),
-                (SERVER_CA_FILE, server_ca_pem.is_none()),
-                (CLIENT_CERT_FILE, client_cert_pem.is_none()),
-                (CLIENT_KEY_FILE, client_key_pem.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(name, absent)| absent.then_some(name))
-            .collect();
-            StoredIdentity::Incomplete(missing)
-        }
-    }
 }
 
 #[cfg(test)]

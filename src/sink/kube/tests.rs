@@ -1,4 +1,4 @@
-//! The pure parts of the Kubernetes sink and identity store: what Secret is
+//! The pure parts of the Kubernetes sink: what Secret is
 //! written for a given existing Secret and material, and what is read back.
 //! Writes against a real API server are exercised by the e2e tests.
 
@@ -418,83 +418,6 @@ fn secret_format_parses_its_text_form() {
     assert!(!defaults.adopt_existing);
 }
 
-fn identity() -> ClientIdentity {
-    ClientIdentity {
-        cluster: "east".into(),
-        server_ca_pem: "ca pem".into(),
-        client_cert_pem: "cert pem".into(),
-        client_key_pem: Zeroizing::new("key pem".into()),
-        server: Some("https://trustplane.example:8443".into()),
-    }
-}
-
-fn identity_object() -> SecretObject {
-    // Building an Api needs a client; none is contacted in these tests.
-    let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
-    SecretObject::new(
-        kube::Client::try_from(config).unwrap(),
-        "istio-system",
-        IDENTITY_SECRET_NAME,
-    )
-}
-
-#[tokio::test]
-async fn the_identity_secret_round_trips_and_keeps_other_keys() {
-    let object = identity_object();
-    let created = desired_identity_secret(None, &object, Some(&identity()));
-    assert_eq!(
-        created.metadata.name.as_deref(),
-        Some("trustplane-agent-identity")
-    );
-    let StoredIdentity::Complete(loaded) = stored_identity(&created) else {
-        panic!("identity not complete");
-    };
-    assert_eq!(loaded, identity());
-
-    let mut with_extra = created.clone();
-    with_extra
-        .data
-        .as_mut()
-        .unwrap()
-        .insert("note".into(), bytes("kept"));
-    with_extra.metadata.resource_version = Some("12".into());
-    let mut moved = identity();
-    moved.server = Some("https://elsewhere:8443".into());
-    let updated = desired_identity_secret(Some(&with_extra), &object, Some(&moved));
-    assert_eq!(text(&updated, "note").as_deref(), Some("kept"));
-    assert_eq!(
-        text(&updated, SERVER_FILE).as_deref(),
-        Some("https://elsewhere:8443")
-    );
-    assert_eq!(updated.metadata.resource_version.as_deref(), Some("12"));
-
-    let probe = desired_identity_secret(None, &object, None);
-    assert!(probe.data.is_none(), "a dry run carries no identity");
-}
-
-#[test]
-fn a_partial_identity_secret_lists_what_is_missing() {
-    let secret = Secret {
-        data: Some(
-            [
-                (CLIENT_CERT_FILE.to_string(), bytes("cert")),
-                (CLIENT_KEY_FILE.to_string(), bytes("key")),
-            ]
-            .into_iter()
-            .collect(),
-        ),
-        ..Secret::default()
-    };
-    let StoredIdentity::Incomplete(missing) = stored_identity(&secret) else {
-        panic!("expected an incomplete identity");
-    };
-    assert_eq!(missing, vec![CLUSTER_FILE, SERVER_CA_FILE]);
-    assert!(matches!(
-        stored_identity(&Secret::default()),
-        StoredIdentity::Absent
-    ));
-}
-
 #[test]
 fn scrubbing_zeroes_the_data() {
     let mut secret = existing(true);
@@ -516,18 +439,17 @@ fn kubernetes_errors_say_what_to_do_and_carry_no_data() {
     assert!(forbidden.to_string().contains("ServiceAccount"));
     let conflict = KubernetesError::Conflict { attempts: 5 };
     assert!(conflict.to_string().contains("409"));
-    let sink = SinkError::Kubernetes {
+    let sink = SinkError::Backend {
         action: "replace",
-        namespace: "istio-system".into(),
-        name: "cacerts".into(),
-        source: KubernetesError::Refused {
+        target: "Secret istio-system/cacerts".into(),
+        source: Box::new(KubernetesError::Refused {
             code: 500,
             reason: "InternalError".into(),
             message: "etcd is down".into(),
-        },
+        }),
     };
     assert_eq!(
-        super::super::error_text(&sink),
+        crate::telemetry::error_text(&sink),
         "could not replace Secret istio-system/cacerts: etcd is down (HTTP 500 InternalError)"
     );
 }

@@ -8,28 +8,23 @@
 //! DIR/ca-cert.pem  -> ..data/ca-cert.pem  (and the other three alike)
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
-use super::sink::{
+use super::contract::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, CacertsMaterial, ClusterSink, ROOT_CERT_FILE,
     SinkError,
 };
 use crate::ca::CacertsFiles;
+use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
 
 /// The symlink that names the current timestamped directory.
 const DATA_LINK: &str = "..data";
 /// The symlink created next to [`DATA_LINK`] and renamed over it.
 const DATA_LINK_STAGING: &str = "..data_tmp";
-/// Mode of the private key file.
-const KEY_MODE: u32 = 0o600;
-/// Mode of the certificate files.
-const CERTIFICATE_MODE: u32 = 0o644;
 
 /// A directory holding Istio's four `cacerts` files, written atomically.
 #[derive(Clone, Debug)]
@@ -127,15 +122,15 @@ fn write_files(dir: &Path, material: &CacertsMaterial) -> Result<(), SinkError> 
 
     let (generation_name, generation_dir) = create_generation_dir(dir)?;
     let contents: [(&str, &str, u32); 4] = [
-        (CA_CERT_FILE, &material.ca_cert_pem, CERTIFICATE_MODE),
-        (CA_KEY_FILE, &material.ca_key_pem, KEY_MODE),
-        (CERT_CHAIN_FILE, &material.cert_chain_pem, CERTIFICATE_MODE),
-        (ROOT_CERT_FILE, &material.root_cert_pem, CERTIFICATE_MODE),
+        (CA_CERT_FILE, &material.ca_cert_pem, PUBLIC_MODE),
+        (CA_KEY_FILE, &material.ca_key_pem, PRIVATE_MODE),
+        (CERT_CHAIN_FILE, &material.cert_chain_pem, PUBLIC_MODE),
+        (ROOT_CERT_FILE, &material.root_cert_pem, PUBLIC_MODE),
     ];
     for (name, text, mode) in contents {
-        write_new_file(&generation_dir.join(name), text.as_bytes(), mode)?;
+        files::write_new(&generation_dir.join(name), text.as_bytes(), mode)?;
     }
-    sync_directory(&generation_dir)?;
+    files::sync_directory(&generation_dir)?;
 
     // The atomic switch: a new symlink renamed over `..data`.
     let staging = dir.join(DATA_LINK_STAGING);
@@ -146,19 +141,15 @@ fn write_files(dir: &Path, material: &CacertsMaterial) -> Result<(), SinkError> 
     for (name, _, _) in contents {
         ensure_visible_link(dir, name)?;
     }
-    sync_directory(dir)?;
+    files::sync_directory(dir)?;
     remove_stale_generations(dir, &generation_name, previous.as_deref())
 }
 
-/// Creates `DIR/..<unix nanos>.<random>` and returns its name and path.
+/// Creates `DIR/..<random>` and returns its name and path.
 fn create_generation_dir(dir: &Path) -> Result<(String, PathBuf), SinkError> {
     let mut attempt = 0;
     loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos())
-            .unwrap_or_default();
-        let name = format!("..{nanos}.{:08x}", super::timing::random_u32());
+        let name = format!("..{}", files::random_suffix());
         let path = dir.join(&name);
         match fs::DirBuilder::new().create(&path) {
             Ok(()) => {
@@ -172,26 +163,6 @@ fn create_generation_dir(dir: &Path) -> Result<(String, PathBuf), SinkError> {
             Err(error) => return Err(io_error("create directory", &path)(error)),
         }
     }
-}
-
-fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SinkError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_error("create", path))?;
-    // The umask may have removed bits from `mode`; set it exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_error("set permissions on", path))?;
-    file.write_all(bytes).map_err(io_error("write", path))?;
-    file.sync_all().map_err(io_error("sync", path))
-}
-
-fn sync_directory(dir: &Path) -> Result<(), SinkError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error("sync directory", dir))
 }
 
 fn remove_if_present(path: &Path) -> Result<(), SinkError> {

@@ -1,0 +1,329 @@
+//! The agent's loop: (re)open the bundle stream, hand every bundle to the
+//! cluster's [`Keeper`] (the shared reconciler driver), renew on time and
+//! report. The agent's [`IntermediateSource`] generates the key here and
+//! sends a CSR to the server; the key never leaves this process except into
+//! the sink.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use super::config::{AgentConfig, AgentStatus};
+use super::error::{AgentError, call, certificate_error};
+use crate::ca::{self, KeyAlgorithm, PrivateKey};
+use crate::proto::intermediate_service_client::IntermediateServiceClient;
+use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
+use crate::proto::{Bundle, ReportStatusRequest, SignIntermediateRequest, WatchBundleRequest};
+use crate::reconcile::{Backoff, BundleView, IssueReason, StatusReport};
+use crate::sink::{CacertsMaterial, ClusterSink, IntermediateSource, Keeper};
+use crate::telemetry::error_text;
+
+/// How often the agent reports its state even when nothing changed.
+const REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The wire form of a bundle as the reconciler sees it.
+pub(crate) fn bundle_view(bundle: &Bundle) -> BundleView<'_> {
+    BundleView {
+        version: bundle.version,
+        root_cert_pem: &bundle.root_cert_pem,
+        signing_root_sha256: &bundle.signing_root_sha256,
+        reissue_serial: &bundle.reissue_intermediate_serial,
+    }
+}
+
+/// A status report in its wire form.
+pub(crate) fn report_request(cluster: &str, report: StatusReport) -> ReportStatusRequest {
+    ReportStatusRequest {
+        applied_bundle_version: report.applied_bundle_version,
+        intermediate_serial: report.intermediate_serial,
+        intermediate_not_after_unix: report.intermediate_not_after_unix,
+        cert_chain_pem: report.cert_chain_pem,
+        error: report.error,
+        cluster: cluster.to_string(),
+    }
+}
+
+/// New intermediates from a CSR sent to the server; the key is made here.
+struct CsrSource {
+    cluster: String,
+    key_algorithm: KeyAlgorithm,
+    intermediates: IntermediateServiceClient<Channel>,
+}
+
+#[async_trait::async_trait]
+impl IntermediateSource for CsrSource {
+    type Error = AgentError;
+
+    async fn obtain(
+        &self,
+        bundle: &BundleView<'_>,
+        reason: IssueReason,
+    ) -> Result<CacertsMaterial, AgentError> {
+        tracing::info!(cluster = %self.cluster, %reason, "requesting a new intermediate");
+        let key = PrivateKey::generate(self.key_algorithm)
+            .map_err(certificate_error("could not generate the intermediate key"))?;
+        let csr = ca::create_csr(&key, &format!("{} intermediate CA", self.cluster))
+            .map_err(certificate_error("could not create the intermediate CSR"))?;
+        let request = SignIntermediateRequest {
+            csr: csr.into_bytes(),
+            cluster: self.cluster.clone(),
+        };
+        let response = call(
+            "SignIntermediate",
+            self.intermediates.clone().sign_intermediate(request),
+        )
+        .await?;
+        // Use whichever bundle is newer: the one signed against or the watched one.
+        let (root_cert_pem, bundle_version) = match response.bundle {
+            Some(signed) if signed.version >= bundle.version => {
+                (signed.root_cert_pem, signed.version)
+            }
+            _ => (bundle.root_cert_pem.to_string(), bundle.version),
+        };
+        Ok(CacertsMaterial {
+            ca_cert_pem: response.certificate_pem,
+            ca_key_pem: key.to_pkcs8_pem(),
+            cert_chain_pem: response.cert_chain_pem,
+            root_cert_pem,
+            bundle_version,
+        })
+    }
+}
+
+/// One agent's loop state.
+pub(crate) struct Agent<'a> {
+    config: AgentConfig,
+    status: &'a watch::Sender<AgentStatus>,
+    cluster: String,
+    source: CsrSource,
+    intermediates: IntermediateServiceClient<Channel>,
+    bundles: TrustBundleServiceClient<Channel>,
+    keeper: Keeper,
+    last_error: Option<String>,
+}
+
+impl<'a> Agent<'a> {
+    /// An agent for `cluster` talking to the server over `channel` and
+    /// keeping `sink` current.
+    pub(crate) fn new(
+        config: AgentConfig,
+        cluster: String,
+        channel: Channel,
+        sink: Arc<dyn ClusterSink>,
+        status: &'a watch::Sender<AgentStatus>,
+    ) -> Self {
+        let intermediates = IntermediateServiceClient::new(channel.clone());
+        Self {
+            source: CsrSource {
+                cluster: cluster.clone(),
+                key_algorithm: config.key_algorithm,
+                intermediates: intermediates.clone(),
+            },
+            keeper: Keeper::new(sink, config.renew_fraction),
+            config,
+            status,
+            cluster,
+            intermediates,
+            bundles: TrustBundleServiceClient::new(channel),
+            last_error: None,
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.config.clock.now()
+    }
+
+    /// The main loop: (re)open the bundle stream, apply every new bundle,
+    /// renew on time, report periodically. Returns only on a fatal error
+    /// (none today: everything here is retried).
+    pub(crate) async fn watch_and_apply(&mut self) -> Result<(), AgentError> {
+        let max_backoff = self.config.max_backoff;
+        let mut stream_backoff = Backoff::new(max_backoff);
+        let mut apply_backoff = Backoff::new(max_backoff);
+        let mut report_backoff = Backoff::new(max_backoff);
+        let mut latest: Option<Bundle> = None;
+        // When to (re)try applying `latest`; `None` when it is applied.
+        let mut apply_at: Option<SystemTime> = None;
+        let mut report_at = self.now() + REPORT_INTERVAL;
+        loop {
+            let stream_error = match self.open_watch().await {
+                Err(error) => error,
+                Ok(mut stream) => loop {
+                    let wait = self.next_wake(apply_at, latest.is_some(), report_at);
+                    let clock = self.config.clock.clone();
+                    tokio::select! {
+                        message = stream.message() => match message {
+                            Ok(Some(bundle)) => {
+                                stream_backoff.reset();
+                                tracing::debug!(version = bundle.version, "received trust bundle");
+                                latest = Some(bundle);
+                                apply_at = Some(self.now());
+                            }
+                            Ok(None) => break AgentError::Rpc {
+                                call: "WatchBundle",
+                                source: tonic::Status::unavailable("the server closed the stream"),
+                            },
+                            Err(source) => break AgentError::Rpc { call: "WatchBundle", source },
+                        },
+                        () = clock.sleep(wait) => {}
+                    }
+                    if apply_at.is_none() && self.renewal_due() {
+                        apply_at = Some(self.now());
+                    }
+                    if let (Some(at), Some(bundle)) = (apply_at, &latest)
+                        && at <= self.now()
+                    {
+                        let report_now;
+                        (apply_at, report_now) = self.apply(bundle, &mut apply_backoff).await;
+                        if report_now {
+                            report_at = self.now();
+                        }
+                    }
+                    if report_at <= self.now() {
+                        report_at = self.report_and_schedule(&mut report_backoff).await;
+                    }
+                },
+            };
+            let delay = stream_backoff.next_delay();
+            let text = error_text(&stream_error);
+            tracing::warn!(
+                error = %text,
+                server = %self.config.server,
+                "watching the trust bundle failed; retrying in {:.1} s",
+                delay.as_secs_f64()
+            );
+            self.record_error(text);
+            self.config.clock.sleep(delay).await;
+        }
+    }
+
+    /// Applies `bundle`. Returns when to try again (`None` once applied)
+    /// and whether to report at once (something changed, or a new error).
+    async fn apply(
+        &mut self,
+        bundle: &Bundle,
+        backoff: &mut Backoff,
+    ) -> (Option<SystemTime>, bool) {
+        let now = self.now();
+        match self
+            .keeper
+            .reconcile(&self.source, &bundle_view(bundle), now)
+            .await
+        {
+            Ok(changed) => {
+                backoff.reset();
+                let recovered = self.last_error.take().is_some();
+                self.publish_status();
+                (None, changed || recovered)
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                let text = error_text(&error);
+                tracing::warn!(
+                    error = %text,
+                    sink = %self.keeper.describe(),
+                    "applying trust bundle {} failed; retrying in {:.1} s",
+                    bundle.version,
+                    delay.as_secs_f64()
+                );
+                let new_error = self.record_error(text);
+                (Some(self.now() + delay), new_error)
+            }
+        }
+    }
+
+    /// Reports the applied state; returns when to report next (sooner
+    /// after a failure).
+    async fn report_and_schedule(&mut self, backoff: &mut Backoff) -> SystemTime {
+        let report = self.keeper.report(self.last_error.as_deref());
+        let request = report_request(&self.cluster, report);
+        match call("ReportStatus", self.intermediates.report_status(request)).await {
+            Ok(_) => {
+                backoff.reset();
+                self.now() + REPORT_INTERVAL
+            }
+            Err(error) => {
+                let delay = backoff.next_delay().min(REPORT_INTERVAL);
+                tracing::warn!(
+                    error = %error_text(&error),
+                    "status report failed; retrying in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                self.now() + delay
+            }
+        }
+    }
+
+    async fn open_watch(&mut self) -> Result<tonic::Streaming<Bundle>, AgentError> {
+        let request = WatchBundleRequest {
+            known_version: self
+                .keeper
+                .applied()
+                .map_or(0, |applied| applied.bundle_version),
+        };
+        call("WatchBundle", self.bundles.watch_bundle(request)).await
+    }
+
+    /// How long to wait: until the earliest of the pending apply (only with
+    /// a bundle to apply), the renewal time (only when no apply is pending:
+    /// a failed renewal waits for its backoff) and the report, never longer
+    /// than one report interval.
+    fn next_wake(
+        &self,
+        apply_at: Option<SystemTime>,
+        has_bundle: bool,
+        report_at: SystemTime,
+    ) -> Duration {
+        let now = self.now();
+        let until = |at: SystemTime| at.duration_since(now).unwrap_or(Duration::ZERO);
+        let mut wait = until(report_at).min(REPORT_INTERVAL);
+        match (apply_at, self.keeper.renew_at()) {
+            (Some(apply_at), _) if has_bundle => wait = wait.min(until(apply_at)),
+            (Some(_), _) | (None, None) => {}
+            (None, Some(renew_at)) => wait = wait.min(until(renew_at)),
+        }
+        wait
+    }
+
+    fn renewal_due(&self) -> bool {
+        self.keeper
+            .renew_at()
+            .is_some_and(|renew_at| self.now() >= renew_at)
+    }
+
+    /// Records `text` as the last error; `true` when it differs from the
+    /// previous one (worth reporting at once).
+    fn record_error(&mut self, text: String) -> bool {
+        let new = self.last_error.as_deref() != Some(text.as_str());
+        self.last_error = Some(text);
+        self.publish_status();
+        new
+    }
+
+    fn publish_status(&self) {
+        let applied = self.keeper.applied();
+        let mut next = AgentStatus {
+            cluster: self.cluster.clone(),
+            applied_bundle_version: applied.map_or(0, |applied| applied.bundle_version),
+            intermediate_serial: applied
+                .map(|applied| applied.serial.clone())
+                .unwrap_or_default(),
+            intermediate_not_after_unix: applied
+                .map_or(0, |applied| ca::system_time_to_unix(applied.not_after)),
+            last_error: self.last_error.clone(),
+            leader: None,
+        };
+        self.status.send_if_modified(|current| {
+            // Leadership is the election's to publish.
+            next.leader = current.leader;
+            if *current == next {
+                false
+            } else {
+                *current = next;
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,153 @@
+//! Durable file writes, the one implementation every module uses: a new file
+//! created with an exact mode and synced, and a file replaced atomically
+//! (temporary file in the same directory, fsync, rename, fsync of the
+//! directory), so that a crash leaves the old contents or the new ones,
+//! never a mix. Files holding keys are created 0600 through here.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Mode of files holding private keys.
+pub const PRIVATE_MODE: u32 = 0o600;
+/// Mode of files holding certificates and other public data.
+pub const PUBLIC_MODE: u32 = 0o644;
+
+/// A file-system operation that failed, with what was done to which path.
+#[derive(Debug, thiserror::Error)]
+#[error("could not {action} {}", path.display())]
+pub struct FileError {
+    /// What was being done, e.g. "create", "rename".
+    pub action: &'static str,
+    /// The path it was done to.
+    pub path: PathBuf,
+    /// The operating system's error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// An error constructor for `action` on `path`, for `map_err`.
+pub fn failed(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
+    let path = path.to_path_buf();
+    move |source| FileError {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Creates `path` (it must not exist) with exactly `mode` whatever the umask,
+/// writes `bytes` and syncs the file.
+///
+/// Errors: [`FileError`] naming the step and the path.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(failed("create", path))?;
+    file.set_permissions(Permissions::from_mode(mode))
+        .map_err(failed("set permissions on", path))?;
+    file.write_all(bytes).map_err(failed("write", path))?;
+    file.sync_all().map_err(failed("sync", path))
+}
+
+/// Replaces `path` with `bytes` in one rename, the new file created with
+/// exactly `mode`; the directory is synced afterwards so that the rename is
+/// durable. A reader sees the old contents or the new ones, never a mix.
+///
+/// Errors: [`FileError`]; the temporary file is removed on failure.
+pub fn replace_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let directory = parent_directory(path);
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .ok_or_else(|| FileError {
+            action: "write",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+        })?;
+    let temporary = directory.join(format!(".{name}.{}.tmp", random_suffix()));
+    let result = write_new(&temporary, bytes, mode)
+        .and_then(|()| fs::rename(&temporary, path).map_err(failed("rename", &temporary)))
+        .and_then(|()| sync_directory(directory));
+    if result.is_err() {
+        // Best effort: the error being returned matters more than this one.
+        let _ = fs::remove_file(&temporary);
+    }
+    result
+}
+
+/// Makes a creation or rename in `directory` durable.
+///
+/// Errors: [`FileError`].
+pub fn sync_directory(directory: &Path) -> Result<(), FileError> {
+    File::open(directory)
+        .and_then(|handle| handle.sync_all())
+        .map_err(failed("sync directory", directory))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_directory(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// 16 random hex digits for a temporary name (uniqueness is also enforced
+/// by `create_new`, so a failing RNG only risks a clash that is refused).
+pub fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        bytes = u64::from(std::process::id()).to_le_bytes();
+    }
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_file_gets_exactly_its_mode_and_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        write_new(&path, b"secret", PRIVATE_MODE).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"secret");
+        let error = write_new(&path, b"other", PRIVATE_MODE).unwrap_err();
+        assert_eq!(error.action, "create");
+        assert_eq!(fs::read(&path).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn replacing_swaps_the_contents_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.pem");
+        replace_atomically(&path, b"one", PUBLIC_MODE).unwrap();
+        replace_atomically(&path, b"two", PRIVATE_MODE).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(mode(&path), 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_replacement_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir").join("file");
+        let error = replace_atomically(&path, b"x", PUBLIC_MODE).unwrap_err();
+        assert_eq!(error.action, "create");
+        assert!(error.to_string().contains("missing-dir"));
+    }
+}

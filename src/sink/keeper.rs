@@ -1,0 +1,215 @@
+//! The shared driver half of the `cacerts` loop: a [`Keeper`] applies the
+//! pure reconciler's decisions ([`crate::reconcile`]) to one sink. The agent
+//! and push mode each own one and differ only in their
+//! [`IntermediateSource`]: a CSR sent to the server, or the server's own key.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::reconcile::{
+    self, Action, Adoption, Applied, BundleView, IssueReason, ReconcileError, StatusReport,
+};
+
+use super::contract::{CacertsMaterial, ClusterSink, SinkError};
+
+/// Where a new intermediate (and its key) comes from.
+#[async_trait::async_trait]
+pub trait IntermediateSource: Send + Sync {
+    /// The driver's error type; sink and reconciler errors convert into it.
+    type Error: From<SinkError> + From<ReconcileError> + Send;
+
+    /// A new key and an intermediate for it, with the chain and the newest
+    /// bundle known (`bundle`, or a newer one the issuer answered with).
+    async fn obtain(
+        &self,
+        bundle: &BundleView<'_>,
+        reason: IssueReason,
+    ) -> Result<CacertsMaterial, Self::Error>;
+}
+
+/// Keeps one sink's `cacerts` in line with the bundle: remembers what it
+/// applied, adopts a usable set found in the sink, rewrites `root-cert.pem`
+/// or writes a new intermediate, each as one checked write.
+pub struct Keeper {
+    sink: Arc<dyn ClusterSink>,
+    renew_fraction: f64,
+    current: Option<(CacertsMaterial, Applied)>,
+}
+
+impl std::fmt::Debug for Keeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keeper")
+            .field("sink", &self.sink.describe())
+            .field("renew_fraction", &self.renew_fraction)
+            .field("applied", &self.applied())
+            .finish()
+    }
+}
+
+impl Keeper {
+    /// A keeper of `sink` renewing at `renew_fraction` of the lifetime; it
+    /// reads the sink on its first [`Keeper::reconcile`].
+    pub fn new(sink: Arc<dyn ClusterSink>, renew_fraction: f64) -> Self {
+        Self {
+            sink,
+            renew_fraction,
+            current: None,
+        }
+    }
+
+    /// The sink's description, for logs.
+    pub fn describe(&self) -> String {
+        self.sink.describe()
+    }
+
+    /// What is applied now, if anything.
+    pub fn applied(&self) -> Option<&Applied> {
+        self.current.as_ref().map(|(_, applied)| applied)
+    }
+
+    /// When the applied intermediate is due for renewal.
+    pub fn renew_at(&self) -> Option<SystemTime> {
+        self.applied().map(|applied| applied.renew_at)
+    }
+
+    /// Forgets what was applied, so that the next pass reads the sink again
+    /// (push mode does so every pass: someone may have changed the Secret).
+    pub fn forget(&mut self) {
+        self.current = None;
+    }
+
+    /// The status report for what is applied and the current `error`.
+    pub fn report(&self, error: Option<&str>) -> StatusReport {
+        StatusReport::new(self.applied(), error)
+    }
+
+    /// Brings the sink in line with `bundle` at `now`; `Ok(true)` when
+    /// something was applied (adopted, written, or a new version recorded).
+    ///
+    /// Errors: the source's, the sink's, or a set istiod would reject.
+    pub async fn reconcile<S: IntermediateSource>(
+        &mut self,
+        source: &S,
+        bundle: &BundleView<'_>,
+        now: SystemTime,
+    ) -> Result<bool, S::Error> {
+        let mut changed = false;
+        if self.current.is_none() {
+            self.current = self.adopt(bundle, now).await?;
+            changed = self.current.is_some();
+        }
+        match reconcile::decide(self.applied(), bundle, now)? {
+            Action::Keep => Ok(changed),
+            Action::RewriteRoot => {
+                self.rewrite_root::<S::Error>(bundle, now).await?;
+                Ok(true)
+            }
+            Action::Issue(reason) => {
+                tracing::info!(sink = %self.sink.describe(), %reason, "obtaining a new intermediate");
+                let material = source.obtain(bundle, reason).await?;
+                let applied = Applied::read(
+                    &material.ca_cert_pem,
+                    &material.cert_chain_pem,
+                    material.bundle_version,
+                    self.renew_fraction,
+                    reconcile::random_unit(),
+                )?;
+                self.check_and_write::<S::Error>(&material, now).await?;
+                tracing::info!(
+                    serial = %applied.serial,
+                    not_after = crate::ca::system_time_to_unix(applied.not_after),
+                    version = material.bundle_version,
+                    sink = %self.sink.describe(),
+                    "wrote a new intermediate"
+                );
+                self.current = Some((material, applied));
+                Ok(true)
+            }
+        }
+    }
+
+    /// The set already in the sink, if the reconciler may adopt it.
+    async fn adopt(
+        &self,
+        bundle: &BundleView<'_>,
+        now: SystemTime,
+    ) -> Result<Option<(CacertsMaterial, Applied)>, SinkError> {
+        let target = self.sink.describe();
+        let files = self.sink.read().await?;
+        let unit = reconcile::random_unit();
+        match reconcile::adopt(files.as_ref(), bundle, now, self.renew_fraction, unit) {
+            Adoption::Replace(reason) => {
+                tracing::info!(sink = %target, "{reason}; obtaining a new set");
+                Ok(None)
+            }
+            Adoption::Adopt(applied) => {
+                let Some(files) = files else { return Ok(None) };
+                let (
+                    Some(ca_cert_pem),
+                    Some(ca_key_pem),
+                    Some(cert_chain_pem),
+                    Some(root_cert_pem),
+                ) = (
+                    files.ca_cert,
+                    files.ca_key,
+                    files.cert_chain,
+                    files.root_cert,
+                )
+                else {
+                    return Ok(None);
+                };
+                tracing::info!(
+                    sink = %target,
+                    serial = %applied.serial,
+                    not_after = crate::ca::system_time_to_unix(applied.not_after),
+                    "adopting the existing intermediate"
+                );
+                let material = CacertsMaterial {
+                    ca_cert_pem,
+                    ca_key_pem,
+                    cert_chain_pem,
+                    root_cert_pem,
+                    bundle_version: 0,
+                };
+                Ok(Some((material, applied)))
+            }
+        }
+    }
+
+    async fn rewrite_root<E: From<SinkError> + From<ReconcileError>>(
+        &mut self,
+        bundle: &BundleView<'_>,
+        now: SystemTime,
+    ) -> Result<(), E> {
+        let Some((material, _)) = self.current.as_ref() else {
+            return Ok(());
+        };
+        if material.root_cert_pem != bundle.root_cert_pem {
+            let mut next = material.clone();
+            next.root_cert_pem = bundle.root_cert_pem.to_string();
+            next.bundle_version = bundle.version;
+            self.check_and_write::<E>(&next, now).await?;
+            if let Some((material, _)) = self.current.as_mut() {
+                *material = next;
+            }
+        }
+        if let Some((_, applied)) = self.current.as_mut() {
+            applied.bundle_version = bundle.version;
+        }
+        tracing::info!(version = bundle.version, sink = %self.sink.describe(), "applied trust bundle");
+        Ok(())
+    }
+
+    /// Checks `material` like istiod would and writes it in one sink write.
+    async fn check_and_write<E: From<SinkError> + From<ReconcileError>>(
+        &self,
+        material: &CacertsMaterial,
+        now: SystemTime,
+    ) -> Result<(), E> {
+        for warning in reconcile::check_before_write(&material.to_files(), now)? {
+            tracing::warn!(sink = %self.sink.describe(), "{warning}");
+        }
+        self.sink.write(material).await?;
+        Ok(())
+    }
+}

@@ -2,29 +2,49 @@
 //! (mTLS) certificates, workload certificates for checks, CSR verification
 //! and chain verification.
 //!
+//! Files, each importing only the ones listed before it (and this one):
+//! - `key.rs`: private keys in zeroizing wrappers ([`PrivateKey`]).
+//! - `csr.rs`: CSR creation and verification, public-key classification.
+//! - `verify.rs`: signature, validity and path checks ([`verify_issued`],
+//!   [`verify_chain_to_roots`], [`verify_leaf_path`]).
+//! - `issue.rs`: roots, intermediates, control-plane and workload
+//!   certificates; each verified against its issuer before it is returned.
+//! - `probe.rs`: the one probe, a throw-away workload certificate signed with
+//!   a CA's key and verified through the chain to the roots ([`probe_ca_key`]).
+//! - `import.rs`: the checks for importing an existing root ([`import_root`]).
+//! - `cacerts.rs`: checking an Istio `cacerts` set as istiod loads it.
+//!
+//! This file holds the shared types ([`Certificate`], [`CaError`], …) and
+//! the CA-flag checks (basicConstraints, keyUsage) every file uses.
+//!
 //! Pure: no I/O, no clock (callers pass `now`), no environment. Randomness
 //! (keys, serials) comes from ring's system RNG. Owns nothing persistent; the
 //! store and the signer decide where keys live.
 
 mod cacerts;
 mod csr;
+mod import;
 mod issue;
 mod key;
+mod probe;
 mod verify;
+#[cfg(test)]
+mod verify_tests;
 
 use std::time::{Duration, SystemTime};
 
 pub use cacerts::{CacertsCheck, CacertsFiles, Finding, Severity, check_cacerts};
 pub use csr::{MAX_CSR_BYTES, create_csr, verify_csr};
+pub use import::import_root;
 pub use issue::{
     BACKDATE, CONTROL_PLANE_CA_COMMON_NAME, ControlPlaneRole, RootRequest, create_control_plane_ca,
-    create_root, create_successor_root, import_root, issue_control_plane_cert, sign_intermediate,
-    sign_workload,
+    create_root, create_successor_root, issue_control_plane_cert, sign_intermediate, sign_workload,
 };
 pub use key::PrivateKey;
+pub use probe::probe_ca_key;
 pub use verify::{
-    has_uri_name_constraints, key_matches_certificate, probe_ca_key, verify_chain_to_roots,
-    verify_issued, verify_leaf_path,
+    has_uri_name_constraints, key_matches_certificate, verify_chain_to_roots, verify_issued,
+    verify_leaf_path,
 };
 
 /// The key algorithms trustplane generates or accepts in CSRs.
@@ -243,12 +263,20 @@ impl Certificate {
     }
 
     /// Whether basicConstraints says CA:true.
+    ///
+    /// Errors: [`CaError::Malformed`] when the certificate or its
+    /// basicConstraints does not parse.
     pub fn is_ca(&self) -> Result<bool, CaError> {
-        let certificate = self.parsed()?;
-        Ok(certificate
-            .basic_constraints()
-            .map_err(|error| CaError::Malformed(format!("basicConstraints: {error}")))?
-            .is_some_and(|extension| extension.value.ca))
+        Ok(basic_constraint(&self.parsed()?)?.is_ca())
+    }
+
+    /// Checks that basicConstraints says CA:true and returns its
+    /// pathLenConstraint.
+    ///
+    /// Errors: [`CaError::NotACa`] when it does not, [`CaError::Malformed`]
+    /// when the certificate or its basicConstraints does not parse.
+    pub fn require_ca(&self) -> Result<Option<u32>, CaError> {
+        require_ca(&self.parsed()?)
     }
 
     /// The DER SubjectPublicKeyInfo.
@@ -272,6 +300,73 @@ impl Certificate {
         }
         Ok(uris)
     }
+}
+
+/// What a certificate's basicConstraints says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BasicConstraint {
+    /// No basicConstraints, or CA:false.
+    EndEntity,
+    /// CA:true, with its pathLenConstraint if any.
+    Ca {
+        /// How many intermediates may follow below this CA.
+        path_length: Option<u32>,
+    },
+}
+
+impl BasicConstraint {
+    /// Whether it says CA:true.
+    pub(crate) fn is_ca(self) -> bool {
+        matches!(self, BasicConstraint::Ca { .. })
+    }
+}
+
+/// The basicConstraints of a parsed certificate: the one reading of the CA
+/// flag and pathLen.
+///
+/// Errors: [`CaError::Malformed`] when the extension does not parse or is
+/// present twice.
+pub(crate) fn basic_constraint(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<BasicConstraint, CaError> {
+    let extension = certificate
+        .basic_constraints()
+        .map_err(|error| CaError::Malformed(format!("basicConstraints: {error}")))?;
+    Ok(match extension.map(|extension| extension.value) {
+        Some(value) if value.ca => BasicConstraint::Ca {
+            path_length: value.path_len_constraint,
+        },
+        _ => BasicConstraint::EndEntity,
+    })
+}
+
+/// [`basic_constraint`] as a requirement: the pathLenConstraint of a CA.
+///
+/// Errors: [`CaError::NotACa`] unless CA:true, and those of
+/// [`basic_constraint`].
+pub(crate) fn require_ca(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<Option<u32>, CaError> {
+    match basic_constraint(certificate)? {
+        BasicConstraint::Ca { path_length } => Ok(path_length),
+        BasicConstraint::EndEntity => Err(CaError::NotACa(
+            "basicConstraints does not say CA:true".into(),
+        )),
+    }
+}
+
+/// Whether keyUsage lets a parsed certificate sign certificates: it is
+/// absent or includes keyCertSign.
+///
+/// Errors: [`CaError::Malformed`] when the extension does not parse or is
+/// present twice.
+pub(crate) fn may_sign_certificates(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<bool, CaError> {
+    let key_usage = certificate
+        .key_usage()
+        .map_err(|error| CaError::Malformed(format!("keyUsage: {error}")))?;
+    Ok(key_usage.is_none_or(|extension| extension.value.key_cert_sign()))
 }
 
 /// Seconds since the Unix epoch (negative before it) to `SystemTime`.

@@ -10,11 +10,10 @@ use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::issue::sign_workload;
-use super::{CaError, Certificate, KeyAlgorithm, PrivateKey, system_time_to_unix};
-
-/// Lifetime of the throwaway certificate signed by [`probe_ca_key`].
-const PROBE_LIFETIME: Duration = Duration::from_secs(10 * 60);
+use super::{
+    CaError, Certificate, KeyAlgorithm, PrivateKey, basic_constraint, may_sign_certificates,
+    system_time_to_unix,
+};
 
 /// Checks that `issuer` signed `certificate` (x509-parser), that the issuer
 /// is a CA, that the names chain (issuer DN = certificate's issuer DN, AKI =
@@ -31,16 +30,13 @@ pub fn verify_issued(
     let issuer_parsed = issuer.parsed()?;
     let subject = parsed.subject().to_string();
     let issuer_subject = issuer_parsed.subject().to_string();
-    if !issuer_parsed.is_ca() {
+    // A basicConstraints that does not parse counts as "not a CA" here.
+    if !basic_constraint(&issuer_parsed).is_ok_and(|constraint| constraint.is_ca()) {
         return Err(CaError::Verification(format!(
             "issuer {issuer_subject} is not a CA (basicConstraints CA:true missing)"
         )));
     }
-    if let Some(key_usage) = issuer_parsed
-        .key_usage()
-        .map_err(|error| CaError::Malformed(format!("keyUsage: {error}")))?
-        && !key_usage.value.key_cert_sign()
-    {
+    if !may_sign_certificates(&issuer_parsed)? {
         return Err(CaError::Verification(format!(
             "issuer {issuer_subject} may not sign certificates (keyUsage lacks keyCertSign)"
         )));
@@ -281,34 +277,6 @@ pub fn key_matches_certificate(
     Ok(true)
 }
 
-/// rustls-webpki cannot verify a CA certificate as an end entity, so a CA is
-/// path-checked by signing a throwaway workload certificate with its key and
-/// verifying that leaf through `chain` (the CA first, then up) to `roots`.
-///
-/// Errors: [`CaError::Verification`] (empty chain, the probe does not
-/// verify; note that rustls-webpki rejects every chain carrying URI name
-/// constraints), or the errors of [`sign_workload`].
-pub fn probe_ca_key(
-    chain: &[Certificate],
-    key: &PrivateKey,
-    roots: &[Certificate],
-    now: SystemTime,
-) -> Result<(), CaError> {
-    let certificate_authority = chain
-        .first()
-        .ok_or_else(|| CaError::Verification("the CA chain is empty".into()))?;
-    let probe_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
-    let leaf = sign_workload(
-        &probe_key.public_key_der()?,
-        &probe_identity(certificate_authority),
-        certificate_authority,
-        key,
-        PROBE_LIFETIME,
-        now,
-    )?;
-    verify_leaf_path(&leaf, chain, roots, now)
-}
-
 /// Whether any certificate carries a nameConstraints extension with a URI
 /// subtree (rustls-webpki refuses those chains; Go and OpenSSL accept them).
 pub fn has_uri_name_constraints(certificate: &Certificate) -> Result<bool, CaError> {
@@ -324,22 +292,6 @@ pub fn has_uri_name_constraints(certificate: &Certificate) -> Result<bool, CaErr
             .flatten()
             .any(|subtree| matches!(subtree.base, GeneralName::URI(_)))
     }))
-}
-
-/// The SPIFFE ID of a probe workload under `certificate_authority`: inside
-/// its trust domain when it has one.
-pub(crate) fn probe_identity(certificate_authority: &Certificate) -> String {
-    let trust_domain = certificate_authority
-        .uri_sans()
-        .ok()
-        .and_then(|uris| {
-            uris.into_iter()
-                .find_map(|uri| uri.strip_prefix("spiffe://").map(str::to_string))
-        })
-        .map(|rest| rest.trim_end_matches('/').to_string())
-        .filter(|trust_domain| !trust_domain.is_empty() && !trust_domain.contains('/'))
-        .unwrap_or_else(|| "trustplane.probe".into());
-    format!("spiffe://{trust_domain}/ns/trustplane-probe/sa/probe")
 }
 
 /// [`CaError::NotValidNow`] unless `certificate` is valid at `now`.
@@ -393,138 +345,4 @@ fn authority_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
                 .map(|key_identifier| key_identifier.0.to_vec()),
             _ => None,
         })
-}
-
-#[cfg(test)]
-#[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-mod tests {
-    use super::*;
-    use crate::ca::issue::tests::{root_and_intermediate, root_request, test_now};
-    use crate::ca::issue::{create_root, sign_workload};
-
-    const HOUR: Duration = Duration::from_secs(3600);
-
-    #[test]
-    fn verify_issued_accepts_the_chain_and_rejects_the_wrong_issuer() {
-        let now = test_now();
-        let (root, _root_key, intermediate, _cluster_key) = root_and_intermediate(now);
-        verify_issued(&intermediate, &root, now).expect("intermediate");
-        verify_issued(&root, &root, now).expect("root");
-        let (other_root, _) = create_root(&root_request("cluster.local"), now).expect("root");
-        // Same subject DN, different key: the AKI (and signature) catch it.
-        let error = verify_issued(&intermediate, &other_root, now).expect_err("other root");
-        assert!(matches!(error, CaError::Verification(_)), "{error}");
-        // The issuer's DN differs.
-        let (foreign_root, _) = create_root(&root_request("foreign.domain"), now).expect("root");
-        let error = verify_issued(&intermediate, &foreign_root, now).expect_err("foreign");
-        assert!(error.to_string().contains("names issuer"), "{error}");
-        // A leaf is not an issuer.
-        let leaf_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-        let (_, _, intermediate2, cluster_key2) = root_and_intermediate(now);
-        let leaf = sign_workload(
-            &leaf_key.public_key_der().expect("spki"),
-            "spiffe://cluster.local/ns/a/sa/b",
-            &intermediate2,
-            &cluster_key2,
-            HOUR,
-            now,
-        )
-        .expect("leaf");
-        let error = verify_issued(&intermediate2, &leaf, now).expect_err("leaf as issuer");
-        assert!(error.to_string().contains("not a CA"), "{error}");
-    }
-
-    #[test]
-    fn verify_issued_checks_validity() {
-        let now = test_now();
-        let (root, _, intermediate, _) = root_and_intermediate(now);
-        let error =
-            verify_issued(&intermediate, &root, now + 400 * 24 * HOUR).expect_err("expired");
-        assert!(matches!(error, CaError::NotValidNow { .. }), "{error}");
-        let error = verify_issued(&intermediate, &root, now - HOUR).expect_err("not yet");
-        match error {
-            CaError::NotValidNow { not_before, .. } => assert!(not_before.ends_with('Z')),
-            other => panic!("{other}"),
-        }
-    }
-
-    #[test]
-    fn verify_issued_detects_a_tampered_signature() {
-        let now = test_now();
-        let (root, _, intermediate, _) = root_and_intermediate(now);
-        let mut der = intermediate.der().to_vec();
-        let index = der.len() - 10;
-        der[index] ^= 0x01;
-        let tampered = Certificate::from_der(der).expect("still parses");
-        let error = verify_issued(&tampered, &root, now).expect_err("tampered");
-        assert!(error.to_string().contains("signature"), "{error}");
-    }
-
-    #[test]
-    fn leaf_path_and_probe() {
-        let now = test_now();
-        let (root, _, intermediate, cluster_key) = root_and_intermediate(now);
-        probe_ca_key(
-            std::slice::from_ref(&intermediate),
-            &cluster_key,
-            std::slice::from_ref(&root),
-            now,
-        )
-        .expect("probe");
-        // With the root included in the chain, as in cert-chain.pem.
-        probe_ca_key(
-            &[intermediate.clone(), root.clone()],
-            &cluster_key,
-            std::slice::from_ref(&root),
-            now,
-        )
-        .expect("probe with root in chain");
-        let (other_root, other_key) =
-            create_root(&root_request("cluster.local"), now).expect("root");
-        assert!(
-            probe_ca_key(
-                std::slice::from_ref(&intermediate),
-                &cluster_key,
-                std::slice::from_ref(&other_root),
-                now
-            )
-            .is_err()
-        );
-        // The wrong key for the CA: the probe leaf does not verify.
-        assert!(
-            probe_ca_key(
-                std::slice::from_ref(&intermediate),
-                &other_key,
-                std::slice::from_ref(&root),
-                now
-            )
-            .is_err()
-        );
-        assert!(probe_ca_key(&[], &cluster_key, std::slice::from_ref(&root), now).is_err());
-        assert_eq!(
-            probe_identity(&intermediate),
-            "spiffe://cluster.local/ns/trustplane-probe/sa/probe"
-        );
-        // Expired chain.
-        assert!(
-            probe_ca_key(
-                std::slice::from_ref(&intermediate),
-                &cluster_key,
-                std::slice::from_ref(&root),
-                now + 400 * 24 * HOUR
-            )
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn key_matching() {
-        let now = test_now();
-        let (root, root_key, intermediate, cluster_key) = root_and_intermediate(now);
-        assert!(key_matches_certificate(&root, &root_key).expect("match"));
-        assert!(key_matches_certificate(&intermediate, &cluster_key).expect("match"));
-        assert!(!key_matches_certificate(&root, &cluster_key).expect("match"));
-        let p384 = PrivateKey::generate(KeyAlgorithm::EcdsaP384).expect("key");
-        assert!(!key_matches_certificate(&root, &p384).expect("match"));
-    }
 }

@@ -379,7 +379,7 @@ impl CacertsCheck {
     ) {
         let result = match path.first() {
             Some(certificate_authority) => probe_ca_signature(certificate_authority, key, now),
-            None => Err(super::CaError::Verification("empty chain".into())),
+            None => Err(super::CaError::EmptyChain { what: "chain" }),
         };
         match result {
             Ok(()) => self.ok(

@@ -11,7 +11,9 @@ use super::{CaError, Certificate, PrivateKey, may_sign_certificates, require_ca}
 /// Checks an existing root for import: one certificate, CA:true, may sign
 /// certificates, key matches, valid at `now`. Errors name the failing check.
 ///
-/// Errors: [`CaError::Malformed`] (certificate or key does not parse),
+/// Errors: [`CaError::MalformedPem`], [`CaError::Unexpected`],
+/// [`CaError::MalformedDer`], [`CaError::MalformedKey`] (certificate or key
+/// does not parse),
 /// [`CaError::NotACa`] (not a CA, no keyCertSign, pathLen 0, cannot sign),
 /// [`CaError::UnsupportedKey`], [`CaError::KeyMismatch`],
 /// [`CaError::NotValidNow`].
@@ -25,16 +27,19 @@ pub fn import_root(
     {
         let parsed = certificate.parsed()?;
         if require_ca(&parsed)? == Some(0) {
-            return Err(CaError::NotACa(
-                "basicConstraints pathLenConstraint is 0, so it cannot sign cluster \
-                 intermediates"
-                    .into(),
-            ));
+            return Err(CaError::NotACa {
+                subject: parsed.subject().to_string(),
+                reason: "basicConstraints pathLenConstraint is 0, so it cannot sign cluster \
+                         intermediates",
+                source: None,
+            });
         }
         if !may_sign_certificates(&parsed)? {
-            return Err(CaError::NotACa(
-                "keyUsage does not include keyCertSign".into(),
-            ));
+            return Err(CaError::NotACa {
+                subject: parsed.subject().to_string(),
+                reason: "keyUsage does not include keyCertSign",
+                source: None,
+            });
         }
         public_key_info(parsed.public_key())?;
     }
@@ -44,10 +49,10 @@ pub fn import_root(
     check_valid_at(&certificate, now)?;
     // Prove that the key signs and that certificates issued under this root
     // chain to it (its subject must survive rcgen's re-encoding).
-    probe_ca_signature(&certificate, &key, now).map_err(|error| {
-        CaError::NotACa(format!(
-            "a test certificate signed with this root does not verify: {error}"
-        ))
+    probe_ca_signature(&certificate, &key, now).map_err(|error| CaError::NotACa {
+        subject: certificate.subject().unwrap_or_default(),
+        reason: "a test certificate signed with this root does not verify",
+        source: Some(Box::new(error)),
     })?;
     Ok((certificate, key))
 }
@@ -215,7 +220,7 @@ mod tests {
         let leaf_key = std::fs::read_to_string(path.join("leaf-key.pem")).expect("read");
         let error = import_root(&leaf, &leaf_key, now).expect_err("leaf");
         assert!(
-            matches!(&error, CaError::NotACa(message) if message.contains("CA:true")),
+            matches!(&error, CaError::NotACa { reason, .. } if reason.contains("CA:true")),
             "{error}"
         );
         // A CA without keyCertSign.
@@ -247,19 +252,19 @@ mod tests {
         let nosign_key = std::fs::read_to_string(path.join("nosign-key.pem")).expect("read");
         let error = import_root(&nosign, &nosign_key, now).expect_err("nosign");
         assert!(
-            matches!(&error, CaError::NotACa(message) if message.contains("keyCertSign")),
+            matches!(&error, CaError::NotACa { reason, .. } if reason.contains("keyCertSign")),
             "{error}"
         );
         // Two certificates where one is expected.
         let two = format!("{}{}", root.to_pem(), root.to_pem());
         assert!(matches!(
             import_root(&two, &root_key.to_pkcs8_pem(), now),
-            Err(CaError::Malformed(_))
+            Err(CaError::Unexpected { .. })
         ));
         // The key PEM in place of the certificate.
         assert!(matches!(
             import_root(&root_key.to_pkcs8_pem(), &root_key.to_pkcs8_pem(), now),
-            Err(CaError::Malformed(_))
+            Err(CaError::Unexpected { .. })
         ));
         // And the happy path for our own root.
         assert!(import_root(&root.to_pem(), &root_key.to_pkcs8_pem(), now).is_ok());

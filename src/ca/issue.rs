@@ -48,7 +48,7 @@ pub struct RootRequest {
 /// keyCertSign+cRLSign, SKI, random 128-bit positive serial.
 ///
 /// Errors: [`CaError::UnsupportedKey`] for RSA (ring cannot generate it),
-/// [`CaError::Malformed`] for an invalid trust domain,
+/// [`CaError::InvalidName`] for an invalid trust domain,
 /// [`CaError::Generation`] when signing fails.
 pub fn create_root(
     request: &RootRequest,
@@ -98,9 +98,9 @@ fn create_root_named(
 /// keyCertSign+cRLSign+digitalSignature, no EKU, AKI/SKI, random serial,
 /// NotBefore `now - 5 min`, NotAfter `min(now + lifetime, issuer expiry)`).
 ///
-/// Errors: [`CaError::Malformed`] (invalid profile names),
-/// [`CaError::UnsupportedKey`], [`CaError::Generation`],
-/// [`CaError::Verification`] / [`CaError::NotValidNow`] when the result does
+/// Errors: [`CaError::InvalidName`] (invalid profile names),
+/// [`CaError::UnsupportedKey`], [`CaError::Generation`], the errors of
+/// [`verify_issued`] (e.g. [`CaError::NotValidNow`]) when the result does
 /// not verify against `issuer` (e.g. an expired issuer).
 pub fn sign_intermediate(
     csr: &VerifiedCsr,
@@ -111,7 +111,12 @@ pub fn sign_intermediate(
 ) -> Result<Certificate, CaError> {
     check_trust_domain(&profile.trust_domain)?;
     if profile.cluster.trim().is_empty() {
-        return Err(CaError::Malformed("cluster name is empty".into()));
+        return Err(CaError::InvalidName {
+            kind: "cluster name",
+            name: profile.cluster.clone(),
+            requirement: "is empty",
+            source: None,
+        });
     }
     let mut params = issued_params(now, profile.lifetime, issuer)?;
     params.distinguished_name = distinguished_name(&[
@@ -141,7 +146,7 @@ pub fn sign_intermediate(
 /// `O=<organisation>, CN=trustplane control-plane CA`, ECDSA P-256, CA:true
 /// pathLen 0, keyUsage keyCertSign+cRLSign, valid from `now`.
 ///
-/// Errors: [`CaError::Generation`].
+/// Errors: [`CaError::Random`], [`CaError::Generation`].
 pub fn create_control_plane_ca(
     organisation: &str,
     validity: Duration,
@@ -181,9 +186,9 @@ pub enum ControlPlaneRole {
 /// `min(now + lifetime, issuer expiry)`; a server gets serverAuth and its DNS
 /// and IP SANs, a client gets clientAuth and its URI SAN.
 ///
-/// Errors: [`CaError::Malformed`] (no SAN, invalid names),
-/// [`CaError::UnsupportedKey`], [`CaError::Generation`],
-/// [`CaError::Verification`].
+/// Errors: [`CaError::InvalidName`] (no SAN, invalid names),
+/// [`CaError::MalformedDer`], [`CaError::UnsupportedKey`],
+/// [`CaError::Generation`], the errors of [`verify_issued`].
 pub fn issue_control_plane_cert(
     spki_der: &[u8],
     role: &ControlPlaneRole,
@@ -200,20 +205,29 @@ pub fn issue_control_plane_cert(
             ip_addresses,
         } => {
             if dns_names.is_empty() && ip_addresses.is_empty() {
-                return Err(CaError::Malformed(
-                    "a server certificate needs at least one DNS name or IP address".into(),
-                ));
+                return Err(CaError::InvalidName {
+                    kind: "server certificate name list",
+                    name: String::new(),
+                    requirement: "is empty: a server certificate needs at least one DNS name \
+                                  or IP address",
+                    source: None,
+                });
             }
             let common_name = dns_names
                 .first()
                 .map_or("trustplane server", String::as_str);
             params.distinguished_name = distinguished_name(&[(DnType::CommonName, common_name)]);
             for name in dns_names {
-                params.subject_alt_names.push(SanType::DnsName(
-                    name.as_str().try_into().map_err(|_| {
-                        CaError::Malformed(format!("DNS name {name:?} is not ASCII"))
-                    })?,
-                ));
+                params
+                    .subject_alt_names
+                    .push(SanType::DnsName(name.as_str().try_into().map_err(
+                        |source| CaError::InvalidName {
+                            kind: "DNS name",
+                            name: name.clone(),
+                            requirement: "is not ASCII",
+                            source: Some(source),
+                        },
+                    )?));
             }
             params
                 .subject_alt_names
@@ -248,8 +262,9 @@ pub fn issue_control_plane_cert(
 /// digitalSignature+keyEncipherment, AKI, random serial, NotBefore
 /// `now - 5 min`, NotAfter `min(now + lifetime, issuer expiry)`.
 ///
-/// Errors: [`CaError::Malformed`], [`CaError::UnsupportedKey`],
-/// [`CaError::Generation`], [`CaError::Verification`].
+/// Errors: [`CaError::InvalidName`], [`CaError::MalformedDer`],
+/// [`CaError::UnsupportedKey`], [`CaError::Generation`], the errors of
+/// [`verify_issued`].
 pub fn sign_workload(
     spki_der: &[u8],
     spiffe_id: &str,
@@ -259,9 +274,12 @@ pub fn sign_workload(
     now: SystemTime,
 ) -> Result<Certificate, CaError> {
     if !spiffe_id.starts_with("spiffe://") {
-        return Err(CaError::Malformed(format!(
-            "workload identity {spiffe_id:?} is not a spiffe:// URI"
-        )));
+        return Err(CaError::InvalidName {
+            kind: "workload identity",
+            name: spiffe_id.to_string(),
+            requirement: "is not a spiffe:// URI",
+            source: None,
+        });
     }
     let mut params = issued_params(now, lifetime, issuer)?;
     params.distinguished_name = DistinguishedName::new();
@@ -284,7 +302,10 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| CaError::Generation("system random number generator failed".into()))?;
+        .map_err(|source| CaError::Random {
+            purpose: "serial number",
+            source: source.into(),
+        })?;
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))
 }
@@ -292,8 +313,12 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 /// `SystemTime` to whole-second `OffsetDateTime` (certificates have no
 /// sub-second precision).
 fn offset_date_time(time: SystemTime) -> Result<OffsetDateTime, CaError> {
-    OffsetDateTime::from_unix_timestamp(system_time_to_unix(time))
-        .map_err(|error| CaError::Generation(format!("time out of range: {error}")))
+    OffsetDateTime::from_unix_timestamp(system_time_to_unix(time)).map_err(|source| {
+        CaError::TimeOutOfRange {
+            what: "a validity time",
+            source: Some(source),
+        }
+    })
 }
 
 /// Parameters with an explicit serial and validity and nothing else (rcgen's
@@ -303,8 +328,10 @@ fn base_params(
     not_after: Option<SystemTime>,
     clip_to: Option<SystemTime>,
 ) -> Result<CertificateParams, CaError> {
-    let not_after =
-        not_after.ok_or_else(|| CaError::Generation("validity end is out of range".into()))?;
+    let not_after = not_after.ok_or(CaError::TimeOutOfRange {
+        what: "the validity end",
+        source: None,
+    })?;
     let not_after = match clip_to {
         Some(limit) if limit < not_after => limit,
         _ => not_after,
@@ -352,16 +379,24 @@ fn check_trust_domain(trust_domain: &str) -> Result<(), CaError> {
     if valid {
         Ok(())
     } else {
-        Err(CaError::Malformed(format!(
-            "trust domain {trust_domain:?} is not a SPIFFE trust domain name \
-             (lowercase letters, digits, '.', '-', '_')"
-        )))
+        Err(CaError::InvalidName {
+            kind: "trust domain",
+            name: trust_domain.to_string(),
+            requirement: "is not a SPIFFE trust domain name (lowercase letters, digits, '.', \
+                          '-', '_')",
+            source: None,
+        })
     }
 }
 
 fn uri_san(uri: &str) -> Result<SanType, CaError> {
-    Ok(SanType::URI(uri.try_into().map_err(|_| {
-        CaError::Malformed(format!("URI {uri:?} is not ASCII"))
+    Ok(SanType::URI(uri.try_into().map_err(|source| {
+        CaError::InvalidName {
+            kind: "URI",
+            name: uri.to_string(),
+            requirement: "is not ASCII",
+            source: Some(source),
+        }
     })?))
 }
 
@@ -413,7 +448,10 @@ fn self_sign(
     let key_pair = key.key_pair()?;
     let signed = params
         .self_signed(&*key_pair)
-        .map_err(|error| CaError::Generation(error.to_string()))?;
+        .map_err(|source| CaError::Generation {
+            step: "self-sign",
+            source,
+        })?;
     let certificate = Certificate::from_der(signed.der().to_vec())?;
     verify_issued(&certificate, &certificate, now)?;
     Ok(certificate)
@@ -432,20 +470,30 @@ fn sign_with_issuer(
         '_,
         x509_parser::error::X509Error,
     >>::from_der(spki_der)
-    .map_err(|error| CaError::Malformed(format!("public key: {error}")))?;
+    .map_err(CaError::der("public key"))?;
     if !rest.is_empty() {
-        return Err(CaError::Malformed(
-            "public key: trailing bytes after the SubjectPublicKeyInfo".into(),
-        ));
+        return Err(CaError::Unexpected {
+            what: "public key",
+            expected: "one SubjectPublicKeyInfo",
+            found: format!("{} trailing bytes after it", rest.len()),
+        });
     }
     public_key_info(&spki)?;
-    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
-        .map_err(|error| CaError::UnsupportedKey(format!("public key: {error}")))?;
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|source| {
+        CaError::UnsupportedKey {
+            key: "public key".into(),
+            advice: "rcgen cannot read it",
+            source: Some(source),
+        }
+    })?;
     let key_pair = issuer_key.key_pair()?;
     let rcgen_issuer = issuer_from_certificate(issuer, &key_pair)?;
     let signed = params
         .signed_by(&public_key, &rcgen_issuer)
-        .map_err(|error| CaError::Generation(error.to_string()))?;
+        .map_err(|source| CaError::Generation {
+            step: "sign",
+            source,
+        })?;
     let certificate = Certificate::from_der(signed.der().to_vec())?;
     verify_issued(&certificate, issuer, now)?;
     // A second parser: rustls-webpki must accept the encoding (it rejects
@@ -453,10 +501,9 @@ fn sign_with_issuer(
     // signed with the subject's key, which for CSR-signed intermediates
     // only the cluster holds: the agent makes it before writing cacerts.
     let der = rustls_pki_types::CertificateDer::from(certificate.der());
-    webpki::EndEntityCert::try_from(&der).map_err(|error| {
-        CaError::Verification(format!(
-            "rustls-webpki cannot parse the issued certificate: {error:?}"
-        ))
+    webpki::EndEntityCert::try_from(&der).map_err(|source| CaError::Webpki {
+        what: "rustls-webpki cannot parse the issued certificate",
+        source,
     })?;
     Ok(certificate)
 }
@@ -475,14 +522,19 @@ fn issuer_from_certificate<'key>(
         .iter()
         .any(|relative_name| relative_name.iter().count() != 1)
     {
-        return Err(CaError::NotACa(
-            "the issuer's subject has a multi-valued or empty RDN, which trustplane cannot \
-             reproduce as an issuer name"
-                .into(),
-        ));
+        return Err(CaError::NotACa {
+            subject: parsed.subject().to_string(),
+            reason: "the issuer's subject has a multi-valued or empty RDN, which trustplane \
+                     cannot reproduce as an issuer name",
+            source: None,
+        });
     }
-    Issuer::from_ca_cert_der(&certificate.der().into(), key_pair)
-        .map_err(|error| CaError::Generation(format!("issuer: {error}")))
+    Issuer::from_ca_cert_der(&certificate.der().into(), key_pair).map_err(|source| {
+        CaError::Generation {
+            step: "issuer",
+            source,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -641,13 +693,13 @@ pub(crate) mod tests {
         request.key_algorithm = KeyAlgorithm::Rsa;
         assert!(matches!(
             create_root(&request, test_now()),
-            Err(CaError::UnsupportedKey(_))
+            Err(CaError::UnsupportedKey { .. })
         ));
         request.trust_domain = "Bad Domain".into();
         request.key_algorithm = KeyAlgorithm::EcdsaP256;
         assert!(matches!(
             create_root(&request, test_now()),
-            Err(CaError::Malformed(_))
+            Err(CaError::InvalidName { .. })
         ));
     }
 

@@ -18,9 +18,9 @@ const PROBE_LIFETIME: Duration = Duration::from_secs(10 * 60);
 /// path-checked by signing a throwaway workload certificate with its key and
 /// verifying that leaf through `chain` (the CA first, then up) to `roots`.
 ///
-/// Errors: [`CaError::Verification`] (empty chain, the probe does not
-/// verify; note that rustls-webpki rejects every chain carrying URI name
-/// constraints), or the errors of [`sign_workload`].
+/// Errors: [`CaError::EmptyChain`], the errors of [`verify_leaf_path`] when
+/// the probe does not verify (note that rustls-webpki rejects every chain
+/// carrying URI name constraints), or those of [`sign_workload`].
 pub fn probe_ca_key(
     chain: &[Certificate],
     key: &PrivateKey,
@@ -29,7 +29,7 @@ pub fn probe_ca_key(
 ) -> Result<(), CaError> {
     let certificate_authority = chain
         .first()
-        .ok_or_else(|| CaError::Verification("the CA chain is empty".into()))?;
+        .ok_or(CaError::EmptyChain { what: "CA chain" })?;
     let leaf = sign_probe_leaf(certificate_authority, key, now)?;
     verify_leaf_path(&leaf, chain, roots, now)
 }

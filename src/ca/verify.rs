@@ -19,8 +19,11 @@ use super::{
 /// is a CA, that the names chain (issuer DN = certificate's issuer DN, AKI =
 /// issuer SKI) and that `certificate` is valid at `now`.
 ///
-/// Errors: [`CaError::Verification`] naming the failed check,
-/// [`CaError::NotValidNow`], [`CaError::Malformed`].
+/// Errors: one variant per failed check ([`CaError::IssuerNotCa`],
+/// [`CaError::IssuerMayNotSign`], [`CaError::IssuerNameMismatch`],
+/// [`CaError::KeyIdentifierMismatch`], [`CaError::BadSignature`]),
+/// [`CaError::NotValidNow`], [`CaError::VerificationTime`],
+/// [`CaError::MalformedDer`] / [`CaError::MalformedField`].
 pub fn verify_issued(
     certificate: &Certificate,
     issuer: &Certificate,
@@ -32,39 +35,39 @@ pub fn verify_issued(
     let issuer_subject = issuer_parsed.subject().to_string();
     // A basicConstraints that does not parse counts as "not a CA" here.
     if !basic_constraint(&issuer_parsed).is_ok_and(|constraint| constraint.is_ca()) {
-        return Err(CaError::Verification(format!(
-            "issuer {issuer_subject} is not a CA (basicConstraints CA:true missing)"
-        )));
+        return Err(CaError::IssuerNotCa {
+            issuer: issuer_subject,
+        });
     }
     if !may_sign_certificates(&issuer_parsed)? {
-        return Err(CaError::Verification(format!(
-            "issuer {issuer_subject} may not sign certificates (keyUsage lacks keyCertSign)"
-        )));
+        return Err(CaError::IssuerMayNotSign {
+            issuer: issuer_subject,
+        });
     }
     if parsed.issuer().as_raw() != issuer_parsed.subject().as_raw() {
-        return Err(CaError::Verification(format!(
-            "{subject} names issuer {}, not {issuer_subject}",
-            parsed.issuer()
-        )));
+        return Err(CaError::IssuerNameMismatch {
+            subject,
+            named: parsed.issuer().to_string(),
+            issuer: issuer_subject,
+        });
     }
     if let (Some(authority), Some(subject_key)) = (
         authority_key_identifier(&parsed),
         subject_key_identifier(&issuer_parsed),
     ) && authority != subject_key
     {
-        return Err(CaError::Verification(format!(
-            "{subject}: authorityKeyIdentifier {} does not match the issuer's \
-             subjectKeyIdentifier {}",
-            hex::encode(authority),
-            hex::encode(subject_key)
-        )));
+        return Err(CaError::KeyIdentifierMismatch {
+            subject,
+            authority: hex::encode(authority),
+            issuer_subject_key: hex::encode(subject_key),
+        });
     }
     parsed
         .verify_signature(Some(issuer_parsed.public_key()))
-        .map_err(|error| {
-            CaError::Verification(format!(
-                "{subject}: signature does not verify with the key of {issuer_subject} ({error})"
-            ))
+        .map_err(|source| CaError::BadSignature {
+            subject,
+            issuer: issuer_subject,
+            source,
         })?;
     check_parsed_valid_at(&parsed, now)
 }
@@ -144,7 +147,8 @@ pub fn trace_chain_to_roots<'roots>(
 /// Checks that `chain` (a CA first, then its issuers) verifies up to one of
 /// `roots` at `now` ([`trace_chain_to_roots`]).
 ///
-/// Errors: [`CaError::Verification`] naming the link that fails, or when the
+/// Errors: [`CaError::EmptyChain`], [`CaError::BrokenLink`] naming the link
+/// that fails, [`CaError::InvalidRoot`], or [`CaError::Untrusted`] when the
 /// chain does not reach a trusted root.
 pub fn verify_chain_to_roots(
     chain: &[Certificate],
@@ -154,33 +158,32 @@ pub fn verify_chain_to_roots(
     let subject = |certificate: &Certificate| certificate.subject().unwrap_or_default();
     trace_chain_to_roots(chain, roots, now)
         .map(|_| ())
-        .map_err(|failure| {
-            CaError::Verification(match failure {
-                ChainFailure::Empty => "the certificate chain is empty".into(),
-                ChainFailure::Link { certificate, error } => format!(
-                    "{} is not issued by the next certificate of the chain: {error}",
-                    subject(&certificate)
-                ),
-                ChainFailure::Root { root, error } => {
-                    format!(
-                        "the trusted root {} does not verify: {error}",
-                        subject(&root)
-                    )
-                }
-                ChainFailure::Untrusted { last, error } => format!(
-                    "{} does not chain to any of the {} trusted root(s){}",
-                    subject(&last),
-                    roots.len(),
-                    error.map(|error| format!(" ({error})")).unwrap_or_default()
-                ),
-            })
+        .map_err(|failure| match failure {
+            ChainFailure::Empty => CaError::EmptyChain {
+                what: "certificate chain",
+            },
+            ChainFailure::Link { certificate, error } => CaError::BrokenLink {
+                subject: subject(&certificate),
+                source: Box::new(error),
+            },
+            ChainFailure::Root { root, error } => CaError::InvalidRoot {
+                root: subject(&root),
+                source: Box::new(error),
+            },
+            ChainFailure::Untrusted { last, error } => CaError::Untrusted {
+                subject: subject(&last),
+                roots: roots.len(),
+                source: error.map(Box::new),
+            },
         })
 }
 
 /// Verifies a leaf (end-entity) certificate through `intermediates` to one of
 /// `roots` with rustls-webpki, for client or server use.
 ///
-/// Errors: [`CaError::Verification`] with rustls-webpki's reason.
+/// Errors: [`CaError::LeafUntrusted`] with rustls-webpki's reasons,
+/// [`CaError::Webpki`] when it cannot read the leaf or a root,
+/// [`CaError::VerificationTime`].
 pub fn verify_leaf_path(
     leaf: &Certificate,
     intermediates: &[Certificate],
@@ -188,8 +191,11 @@ pub fn verify_leaf_path(
     now: SystemTime,
 ) -> Result<(), CaError> {
     let leaf_der = CertificateDer::from(leaf.der());
-    let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
-        .map_err(|error| CaError::Verification(format!("leaf certificate: {error}")))?;
+    let end_entity =
+        webpki::EndEntityCert::try_from(&leaf_der).map_err(|source| CaError::Webpki {
+            what: "leaf certificate",
+            source,
+        })?;
     let root_ders: Vec<CertificateDer<'_>> = roots
         .iter()
         .map(|root| CertificateDer::from(root.der()))
@@ -197,38 +203,45 @@ pub fn verify_leaf_path(
     let anchors = root_ders
         .iter()
         .map(|root| {
-            webpki::anchor_from_trusted_cert(root)
-                .map_err(|error| CaError::Verification(format!("trust anchor: {error}")))
+            webpki::anchor_from_trusted_cert(root).map_err(|source| CaError::Webpki {
+                what: "trust anchor",
+                source,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let intermediate_ders: Vec<CertificateDer<'_>> = intermediates
         .iter()
         .map(|intermediate| CertificateDer::from(intermediate.der()))
         .collect();
-    let seconds = u64::try_from(system_time_to_unix(now))
-        .map_err(|_| CaError::Verification("the verification time is before 1970".into()))?;
+    let unix_seconds = system_time_to_unix(now);
+    // Before 1970: nothing to keep from the integer conversion's error.
+    let seconds = u64::try_from(unix_seconds).map_err(|_| CaError::VerificationTime {
+        seconds: unix_seconds,
+        source: None,
+    })?;
     let time = UnixTime::since_unix_epoch(Duration::from_secs(seconds));
-    let mut failures = Vec::new();
-    for (usage_name, usage) in [
-        ("client", webpki::KeyUsage::client_auth()),
-        ("server", webpki::KeyUsage::server_auth()),
-    ] {
-        match end_entity.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            &intermediate_ders,
-            time,
-            usage,
-            None,
-            None,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(error) => failures.push(format!("as {usage_name}: {error:?}")),
-        }
-    }
-    Err(CaError::Verification(format!(
-        "{} does not chain to a trusted root ({})",
-        leaf.subject()
+    let verify = |usage| {
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &intermediate_ders,
+                time,
+                usage,
+                None,
+                None,
+            )
+            .map(|_| ())
+    };
+    let Err(client) = verify(webpki::KeyUsage::client_auth()) else {
+        return Ok(());
+    };
+    let Err(server) = verify(webpki::KeyUsage::server_auth()) else {
+        return Ok(());
+    };
+    Err(CaError::LeafUntrusted {
+        leaf: leaf
+            .subject()
             .ok()
             .filter(|subject| !subject.is_empty())
             .unwrap_or_else(|| {
@@ -237,13 +250,14 @@ pub fn verify_leaf_path(
                     .and_then(|uris| uris.into_iter().next())
                     .unwrap_or_else(|| "leaf certificate".into())
             }),
-        failures.join("; ")
-    )))
+        client: Box::new(client),
+        server,
+    })
 }
 
 /// Whether `key` is the private key of `certificate`.
 ///
-/// Errors: [`CaError::Malformed`] when either public key does not parse.
+/// Errors: [`CaError::MalformedDer`] when either public key does not parse.
 pub fn key_matches_certificate(
     certificate: &Certificate,
     key: &PrivateKey,
@@ -251,9 +265,9 @@ pub fn key_matches_certificate(
     let certificate_spki = certificate.public_key_der()?;
     let key_spki = key.public_key_der()?;
     let (_, from_certificate) = SubjectPublicKeyInfo::from_der(&certificate_spki)
-        .map_err(|error| CaError::Malformed(format!("certificate public key: {error}")))?;
+        .map_err(CaError::der("certificate public key"))?;
     let (_, from_key) = SubjectPublicKeyInfo::from_der(&key_spki)
-        .map_err(|error| CaError::Malformed(format!("private key's public key: {error}")))?;
+        .map_err(CaError::der("private key's public key"))?;
     if from_certificate.algorithm.algorithm != from_key.algorithm.algorithm
         || from_certificate.subject_public_key.data != from_key.subject_public_key.data
     {
@@ -283,7 +297,7 @@ pub fn has_uri_name_constraints(certificate: &Certificate) -> Result<bool, CaErr
     let parsed = certificate.parsed()?;
     let constraints = parsed
         .name_constraints()
-        .map_err(|error| CaError::Malformed(format!("nameConstraints: {error}")))?;
+        .map_err(CaError::field("nameConstraints"))?;
     Ok(constraints.is_some_and(|extension| {
         let value = extension.value;
         [&value.permitted_subtrees, &value.excluded_subtrees]
@@ -300,8 +314,11 @@ pub(crate) fn check_valid_at(certificate: &Certificate, now: SystemTime) -> Resu
 }
 
 fn check_parsed_valid_at(parsed: &X509Certificate<'_>, now: SystemTime) -> Result<(), CaError> {
-    let time = ASN1Time::from_timestamp(system_time_to_unix(now))
-        .map_err(|error| CaError::Verification(format!("verification time: {error}")))?;
+    let seconds = system_time_to_unix(now);
+    let time = ASN1Time::from_timestamp(seconds).map_err(|source| CaError::VerificationTime {
+        seconds,
+        source: Some(source),
+    })?;
     if parsed.validity().is_valid_at(time) {
         return Ok(());
     }

@@ -51,18 +51,21 @@ pub(super) fn spiffe_bundle_json(
         spiffe_refresh_hint: refresh_hint.as_secs(),
     };
     serde_json::to_string(&bundle).map_err(|error| {
-        BundleError::InvalidRoot(CaError::Malformed(format!("SPIFFE bundle JSON: {error}")))
+        BundleError::InvalidRoot(CaError::Json {
+            what: "SPIFFE bundle JSON",
+            source: error,
+        })
     })
 }
 
 /// The JWK for one root: EC (P-256, P-384) or RSA.
 pub(super) fn json_web_key(root: &Certificate) -> Result<JsonWebKey, BundleError> {
     let (_, certificate) = x509_parser::parse_x509_certificate(root.der())
-        .map_err(|error| invalid(CaError::Malformed(format!("certificate: {error}"))))?;
+        .map_err(|error| invalid(CaError::der("certificate")(error)))?;
     let public_key_info = &certificate.tbs_certificate.subject_pki;
     let public_key = public_key_info
         .parsed()
-        .map_err(|error| invalid(CaError::Malformed(format!("public key: {error}"))))?;
+        .map_err(|error| invalid(CaError::field("public key")(error)))?;
     let mut key = JsonWebKey {
         usage: "x509-svid",
         kty: "",
@@ -133,5 +136,9 @@ fn invalid(error: CaError) -> BundleError {
 }
 
 fn unsupported(message: String) -> BundleError {
-    BundleError::InvalidRoot(CaError::UnsupportedKey(message))
+    BundleError::InvalidRoot(CaError::UnsupportedKey {
+        key: message,
+        advice: "",
+        source: None,
+    })
 }

@@ -27,7 +27,7 @@ mod jwks;
 
 use std::time::Duration;
 
-use crate::ca::{CaError, Certificate};
+use crate::ca::Certificate;
 
 /// A versioned set of trusted roots for one trust domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,12 +230,7 @@ impl TrustBundle {
 
 /// A root must be a CA and have a key the SPIFFE form can express.
 fn check_root(root: &Certificate) -> Result<(), BundleError> {
-    if !root.is_ca().map_err(BundleError::InvalidRoot)? {
-        let subject = root.subject().unwrap_or_default();
-        return Err(BundleError::InvalidRoot(CaError::NotACa(format!(
-            "{subject} does not have basicConstraints CA:true"
-        ))));
-    }
+    root.require_ca().map_err(BundleError::InvalidRoot)?;
     jwks::json_web_key(root)?;
     Ok(())
 }
@@ -583,7 +578,10 @@ mod tests {
         let leaf = Certificate::from_der(leaf.der().to_vec())?;
         let result = TrustBundle::new(TRUST_DOMAIN, 1, vec![leaf]);
         assert!(
-            matches!(result, Err(BundleError::InvalidRoot(CaError::NotACa(_)))),
+            matches!(
+                result,
+                Err(BundleError::InvalidRoot(crate::ca::CaError::NotACa { .. }))
+            ),
             "{result:?}"
         );
         Ok(())

@@ -2,10 +2,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::verify::{
-    ChainFailure, has_uri_name_constraints, probe_ca_key, trace_chain_to_roots, verify_issued,
+use super::probe::{probe_ca_key, probe_ca_signature};
+use super::verify::{ChainFailure, has_uri_name_constraints, trace_chain_to_roots};
+use super::{
+    Certificate, PrivateKey, basic_constraint, key_matches_certificate, may_sign_certificates,
 };
-use super::{Certificate, PrivateKey, key_matches_certificate};
 
 /// The contents of Istio's four `cacerts` files (any may be missing).
 #[derive(Clone, Default)]
@@ -248,13 +249,10 @@ impl CacertsCheck {
     }
 
     fn is_ca(&mut self, certificate: &Certificate) {
+        // Like istiod, an extension that does not parse counts as absent.
         let result = certificate.parsed().map(|parsed| {
-            let ca = parsed.is_ca();
-            let signs = parsed
-                .key_usage()
-                .ok()
-                .flatten()
-                .is_none_or(|usage| usage.value.key_cert_sign());
+            let ca = basic_constraint(&parsed).is_ok_and(|constraint| constraint.is_ca());
+            let signs = may_sign_certificates(&parsed).unwrap_or(true);
             (ca, signs)
         });
         match result {
@@ -379,21 +377,10 @@ impl CacertsCheck {
         key: &PrivateKey,
         now: SystemTime,
     ) {
-        let result = (|| {
-            let certificate_authority = path
-                .first()
-                .ok_or_else(|| super::CaError::Verification("empty chain".into()))?;
-            let probe_key = PrivateKey::generate(super::KeyAlgorithm::EcdsaP256)?;
-            let leaf = super::sign_workload(
-                &probe_key.public_key_der()?,
-                &super::verify::probe_identity(certificate_authority),
-                certificate_authority,
-                key,
-                Duration::from_secs(600),
-                now,
-            )?;
-            verify_issued(&leaf, certificate_authority, now)
-        })();
+        let result = match path.first() {
+            Some(certificate_authority) => probe_ca_signature(certificate_authority, key, now),
+            None => Err(super::CaError::EmptyChain { what: "chain" }),
+        };
         match result {
             Ok(()) => self.ok(
                 "probe-workload",

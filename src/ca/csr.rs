@@ -23,8 +23,10 @@ pub const MAX_CSR_BYTES: usize = 64 * 1024;
 
 /// Parses a PEM or DER PKCS#10 CSR, verifies its self-signature, and checks
 /// its key: ECDSA P-256/P-384 or RSA 2048–8192. CSR extensions are ignored
-/// (never copied). Errors: [`CaError::CsrTooLarge`], [`CaError::Malformed`],
-/// [`CaError::CsrBadSignature`], [`CaError::UnsupportedKey`].
+/// (never copied). Errors: [`CaError::CsrTooLarge`],
+/// [`CaError::MalformedPem`] / [`CaError::MalformedDer`] /
+/// [`CaError::Unexpected`] (it does not parse), [`CaError::CsrBadSignature`],
+/// [`CaError::UnsupportedKey`].
 pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     if input.len() > MAX_CSR_BYTES {
         return Err(CaError::CsrTooLarge {
@@ -33,12 +35,13 @@ pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
         });
     }
     let der = csr_der(input)?;
-    let (rest, request) = X509CertificationRequest::from_der(&der)
-        .map_err(|error| CaError::Malformed(format!("CSR: {error}")))?;
+    let (rest, request) = X509CertificationRequest::from_der(&der).map_err(CaError::der("CSR"))?;
     if !rest.is_empty() {
-        return Err(CaError::Malformed(
-            "CSR: trailing bytes after the DER CSR".into(),
-        ));
+        return Err(CaError::Unexpected {
+            what: "CSR",
+            expected: "one DER CSR",
+            found: format!("{} trailing bytes after it", rest.len()),
+        });
     }
     let info = &request.certification_request_info;
     // The key is checked before the signature so that an unsupported key
@@ -46,19 +49,22 @@ pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     let public_key = public_key_info(&info.subject_pki)?;
     let signature_algorithm = &request.signature_algorithm.algorithm;
     if *signature_algorithm == OID_PKCS1_SHA1WITHRSA || *signature_algorithm == OID_SHA1_WITH_RSA {
-        return Err(CaError::UnsupportedKey(
-            "the CSR is signed with SHA-1; sign it with SHA-256 or stronger".into(),
-        ));
+        return Err(CaError::UnsupportedKey {
+            key: "the CSR is signed with SHA-1".into(),
+            advice: "sign it with SHA-256 or stronger",
+            source: None,
+        });
     }
     match request.verify_signature() {
         Ok(()) => {}
         Err(X509Error::SignatureUnsupportedAlgorithm) => {
-            return Err(CaError::UnsupportedKey(format!(
-                "CSR signature algorithm {signature_algorithm}; use ECDSA with SHA-256/384 \
-                 or RSA PKCS#1 v1.5 with SHA-256/384/512"
-            )));
+            return Err(CaError::UnsupportedKey {
+                key: format!("CSR signature algorithm {signature_algorithm}"),
+                advice: "use ECDSA with SHA-256/384 or RSA PKCS#1 v1.5 with SHA-256/384/512",
+                source: None,
+            });
         }
-        Err(_) => return Err(CaError::CsrBadSignature),
+        Err(source) => return Err(CaError::CsrBadSignature { source }),
     }
     Ok(VerifiedCsr {
         public_key,
@@ -78,7 +84,10 @@ pub fn create_csr(key: &PrivateKey, common_name: &str) -> Result<String, CaError
     let key_pair = key.key_pair()?;
     let request = params
         .serialize_request(&*key_pair)
-        .map_err(|error| CaError::Generation(format!("CSR: {error}")))?;
+        .map_err(|source| CaError::Generation {
+            step: "CSR",
+            source,
+        })?;
     let block = pem::Pem::new("CERTIFICATE REQUEST", request.der().to_vec());
     Ok(pem::encode_config(
         &block,
@@ -93,21 +102,27 @@ fn csr_der(input: &[u8]) -> Result<Vec<u8>, CaError> {
     if !trimmed.starts_with(b"-----BEGIN") {
         return Ok(input.to_vec());
     }
-    let mut blocks = pem::parse_many(trimmed)
-        .map_err(|error| CaError::Malformed(format!("CSR PEM: {error}")))?;
+    let mut blocks = pem::parse_many(trimmed).map_err(|source| CaError::MalformedPem {
+        what: "CSR",
+        source,
+    })?;
     let block = match (blocks.pop(), blocks.is_empty()) {
         (Some(block), true) => block,
         _ => {
-            return Err(CaError::Malformed(
-                "CSR PEM: expected exactly one CERTIFICATE REQUEST block".into(),
-            ));
+            return Err(CaError::Unexpected {
+                what: "CSR PEM",
+                expected: "exactly one CERTIFICATE REQUEST block",
+                found: format!("{} blocks", blocks.len() + usize::from(!blocks.is_empty())),
+            });
         }
     };
     match block.tag() {
         "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => Ok(block.into_contents()),
-        other => Err(CaError::Malformed(format!(
-            "CSR PEM: expected a CERTIFICATE REQUEST block, found {other}"
-        ))),
+        other => Err(CaError::Unexpected {
+            what: "CSR PEM",
+            expected: "a CERTIFICATE REQUEST block",
+            found: other.to_string(),
+        }),
     }
 }
 
@@ -121,46 +136,62 @@ pub(crate) fn public_key_info(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicK
             .parameters
             .as_ref()
             .and_then(|parameters| parameters.as_oid().ok())
-            .ok_or_else(|| {
-                CaError::UnsupportedKey("EC key without a named curve; use P-256 or P-384".into())
+            .ok_or_else(|| CaError::UnsupportedKey {
+                key: "EC key without a named curve".into(),
+                advice: "use P-256 or P-384",
+                source: None,
             })?;
         let (algorithm, bits, point_length) = if curve == OID_EC_P256 {
             (KeyAlgorithm::EcdsaP256, 256, 65)
         } else if curve == OID_NIST_EC_P384 {
             (KeyAlgorithm::EcdsaP384, 384, 97)
         } else if curve == OID_NIST_EC_P521 {
-            return Err(CaError::UnsupportedKey(
-                "EC curve P-521; use P-256 or P-384".into(),
-            ));
+            return Err(CaError::UnsupportedKey {
+                key: "EC curve P-521".into(),
+                advice: "use P-256 or P-384",
+                source: None,
+            });
         } else {
-            return Err(CaError::UnsupportedKey(format!(
-                "EC curve {curve}; use P-256 or P-384"
-            )));
+            return Err(CaError::UnsupportedKey {
+                key: format!("EC curve {curve}"),
+                advice: "use P-256 or P-384",
+                source: None,
+            });
         };
         let point = spki.subject_public_key.data.as_ref();
         if point.len() != point_length || point.first() != Some(&0x04) {
-            return Err(CaError::UnsupportedKey(
-                "EC public key is not an uncompressed point of its curve".into(),
-            ));
+            return Err(CaError::UnsupportedKey {
+                key: "EC public key that is not an uncompressed point of its curve".into(),
+                advice: "",
+                source: None,
+            });
         }
         (algorithm, bits)
     } else if *oid == OID_PKCS1_RSAENCRYPTION {
-        let bits = match spki.parsed() {
-            Ok(PublicKey::RSA(rsa)) => unsigned_bit_length(rsa.modulus),
+        let bits = match spki.parsed().map_err(CaError::field("RSA public key"))? {
+            PublicKey::RSA(rsa) => unsigned_bit_length(rsa.modulus),
             _ => {
-                return Err(CaError::Malformed("RSA public key does not parse".into()));
+                return Err(CaError::Unexpected {
+                    what: "RSA public key",
+                    expected: "an RSA modulus and exponent",
+                    found: "another key type".into(),
+                });
             }
         };
         check_rsa_bits(bits)?;
         (KeyAlgorithm::Rsa, bits)
     } else if *oid == OID_SIG_ED25519 || *oid == OID_SIG_ED448 {
-        return Err(CaError::UnsupportedKey(
-            "EdDSA (Ed25519/Ed448) keys are not accepted; use ECDSA P-256, P-384 or RSA".into(),
-        ));
+        return Err(CaError::UnsupportedKey {
+            key: "EdDSA (Ed25519/Ed448) keys are not accepted".into(),
+            advice: "use ECDSA P-256, P-384 or RSA",
+            source: None,
+        });
     } else {
-        return Err(CaError::UnsupportedKey(format!(
-            "key algorithm {oid}; use ECDSA P-256, P-384 or RSA 2048-8192"
-        )));
+        return Err(CaError::UnsupportedKey {
+            key: format!("key algorithm {oid}"),
+            advice: "use ECDSA P-256, P-384 or RSA 2048-8192",
+            source: None,
+        });
     };
     Ok(PublicKeyInfo {
         algorithm,
@@ -280,7 +311,12 @@ mod tests {
             b"\x30\x03\x02\x01\x00",
         ] {
             assert!(
-                matches!(verify_csr(input), Err(CaError::Malformed(_))),
+                matches!(
+                    verify_csr(input),
+                    Err(CaError::MalformedDer { .. }
+                        | CaError::MalformedPem { .. }
+                        | CaError::Unexpected { .. })
+                ),
                 "{input:?}"
             );
         }
@@ -288,7 +324,7 @@ mod tests {
         let wrong_label = key.to_pkcs8_pem();
         assert!(matches!(
             verify_csr(wrong_label.as_bytes()),
-            Err(CaError::Malformed(_))
+            Err(CaError::Unexpected { .. })
         ));
     }
 
@@ -300,7 +336,10 @@ mod tests {
         // The signature BIT STRING is last: flip a byte inside the ECDSA r value.
         let index = der.len() - 20;
         der[index] ^= 0x01;
-        assert!(matches!(verify_csr(&der), Err(CaError::CsrBadSignature)));
+        assert!(matches!(
+            verify_csr(&der),
+            Err(CaError::CsrBadSignature { .. })
+        ));
         // Tampering with the signed part (the subject) fails too.
         let mut der = pem::parse(text.as_bytes()).expect("pem").into_contents();
         let position = der
@@ -308,7 +347,10 @@ mod tests {
             .position(|window| window == b"east")
             .expect("subject");
         der[position] = b'w';
-        assert!(matches!(verify_csr(&der), Err(CaError::CsrBadSignature)));
+        assert!(matches!(
+            verify_csr(&der),
+            Err(CaError::CsrBadSignature { .. })
+        ));
     }
 
     #[test]
@@ -332,7 +374,8 @@ mod tests {
             openssl_genpkey(path, name, options);
             let csr = openssl_csr(path, name, &format!("{name}.csr"), &[]);
             match verify_csr(&csr) {
-                Err(CaError::UnsupportedKey(message)) => {
+                Err(error @ CaError::UnsupportedKey { .. }) => {
+                    let message = error.to_string();
                     assert!(message.contains(expected), "{name}: {message}");
                 }
                 other => panic!("{name}: expected UnsupportedKey, got {other:?}"),
@@ -394,7 +437,8 @@ mod tests {
     #[test]
     fn rejects_rsa16384_key_before_its_signature() {
         match verify_csr(&fake_rsa_csr(16384)) {
-            Err(CaError::UnsupportedKey(message)) => {
+            Err(error @ CaError::UnsupportedKey { .. }) => {
+                let message = error.to_string();
                 assert!(message.contains("16384"), "{message}")
             }
             other => panic!("expected UnsupportedKey, got {other:?}"),
@@ -403,7 +447,7 @@ mod tests {
         // signature, proving the key check is what rejected RSA-16384.
         assert!(matches!(
             verify_csr(&fake_rsa_csr(2048)),
-            Err(CaError::CsrBadSignature)
+            Err(CaError::CsrBadSignature { .. })
         ));
     }
 }

@@ -15,7 +15,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 
 use super::csr::public_key_info;
-use super::verify::{check_valid_at, key_matches_certificate, verify_issued};
+use super::verify::verify_issued;
 use super::{
     CaError, Certificate, IntermediateProfile, KeyAlgorithm, PrivateKey, VerifiedCsr,
     system_time_to_unix,
@@ -48,7 +48,7 @@ pub struct RootRequest {
 /// keyCertSign+cRLSign, SKI, random 128-bit positive serial.
 ///
 /// Errors: [`CaError::UnsupportedKey`] for RSA (ring cannot generate it),
-/// [`CaError::Malformed`] for an invalid trust domain,
+/// [`CaError::InvalidName`] for an invalid trust domain,
 /// [`CaError::Generation`] when signing fails.
 pub fn create_root(
     request: &RootRequest,
@@ -93,84 +93,14 @@ fn create_root_named(
     Ok((certificate, key))
 }
 
-/// Checks an existing root for import: one certificate, CA:true, may sign
-/// certificates, key matches, valid at `now`. Errors name the failing check.
-///
-/// Errors: [`CaError::Malformed`] (certificate or key does not parse),
-/// [`CaError::NotACa`] (not a CA, no keyCertSign, pathLen 0, cannot sign),
-/// [`CaError::UnsupportedKey`], [`CaError::KeyMismatch`],
-/// [`CaError::NotValidNow`].
-pub fn import_root(
-    certificate_pem: &str,
-    key_pem: &str,
-    now: SystemTime,
-) -> Result<(Certificate, PrivateKey), CaError> {
-    let certificate = Certificate::from_pem(certificate_pem)?;
-    let key = PrivateKey::from_pem(key_pem)?;
-    {
-        let parsed = certificate.parsed()?;
-        let basic_constraints = parsed
-            .basic_constraints()
-            .map_err(|error| CaError::Malformed(format!("basicConstraints: {error}")))?;
-        match basic_constraints.map(|extension| extension.value) {
-            Some(value) if value.ca => {
-                if value.path_len_constraint == Some(0) {
-                    return Err(CaError::NotACa(
-                        "basicConstraints pathLenConstraint is 0, so it cannot sign cluster \
-                         intermediates"
-                            .into(),
-                    ));
-                }
-            }
-            _ => {
-                return Err(CaError::NotACa(
-                    "basicConstraints does not say CA:true".into(),
-                ));
-            }
-        }
-        let key_usage = parsed
-            .key_usage()
-            .map_err(|error| CaError::Malformed(format!("keyUsage: {error}")))?;
-        if let Some(key_usage) = key_usage
-            && !key_usage.value.key_cert_sign()
-        {
-            return Err(CaError::NotACa(
-                "keyUsage does not include keyCertSign".into(),
-            ));
-        }
-        public_key_info(parsed.public_key())?;
-    }
-    if !key_matches_certificate(&certificate, &key)? {
-        return Err(CaError::KeyMismatch);
-    }
-    check_valid_at(&certificate, now)?;
-    // Prove that the key signs and that certificates issued under this root
-    // chain to it (its subject must survive rcgen's re-encoding).
-    let probe_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
-    sign_workload(
-        &probe_key.public_key_der()?,
-        "spiffe://trustplane.import/probe",
-        &certificate,
-        &key,
-        Duration::from_secs(60),
-        now,
-    )
-    .map_err(|error| {
-        CaError::NotACa(format!(
-            "a test certificate signed with this root does not verify: {error}"
-        ))
-    })?;
-    Ok((certificate, key))
-}
-
 /// Signs a cluster intermediate for the CSR's public key; every field comes
 /// from `profile` (CA:true critical pathLen 0, keyUsage critical
 /// keyCertSign+cRLSign+digitalSignature, no EKU, AKI/SKI, random serial,
 /// NotBefore `now - 5 min`, NotAfter `min(now + lifetime, issuer expiry)`).
 ///
-/// Errors: [`CaError::Malformed`] (invalid profile names),
-/// [`CaError::UnsupportedKey`], [`CaError::Generation`],
-/// [`CaError::Verification`] / [`CaError::NotValidNow`] when the result does
+/// Errors: [`CaError::InvalidName`] (invalid profile names),
+/// [`CaError::UnsupportedKey`], [`CaError::Generation`], the errors of
+/// [`verify_issued`] (e.g. [`CaError::NotValidNow`]) when the result does
 /// not verify against `issuer` (e.g. an expired issuer).
 pub fn sign_intermediate(
     csr: &VerifiedCsr,
@@ -181,7 +111,12 @@ pub fn sign_intermediate(
 ) -> Result<Certificate, CaError> {
     check_trust_domain(&profile.trust_domain)?;
     if profile.cluster.trim().is_empty() {
-        return Err(CaError::Malformed("cluster name is empty".into()));
+        return Err(CaError::InvalidName {
+            kind: "cluster name",
+            name: profile.cluster.clone(),
+            requirement: "is empty",
+            source: None,
+        });
     }
     let mut params = issued_params(now, profile.lifetime, issuer)?;
     params.distinguished_name = distinguished_name(&[
@@ -211,7 +146,7 @@ pub fn sign_intermediate(
 /// `O=<organisation>, CN=trustplane control-plane CA`, ECDSA P-256, CA:true
 /// pathLen 0, keyUsage keyCertSign+cRLSign, valid from `now`.
 ///
-/// Errors: [`CaError::Generation`].
+/// Errors: [`CaError::Random`], [`CaError::Generation`].
 pub fn create_control_plane_ca(
     organisation: &str,
     validity: Duration,
@@ -251,9 +186,9 @@ pub enum ControlPlaneRole {
 /// `min(now + lifetime, issuer expiry)`; a server gets serverAuth and its DNS
 /// and IP SANs, a client gets clientAuth and its URI SAN.
 ///
-/// Errors: [`CaError::Malformed`] (no SAN, invalid names),
-/// [`CaError::UnsupportedKey`], [`CaError::Generation`],
-/// [`CaError::Verification`].
+/// Errors: [`CaError::InvalidName`] (no SAN, invalid names),
+/// [`CaError::MalformedDer`], [`CaError::UnsupportedKey`],
+/// [`CaError::Generation`], the errors of [`verify_issued`].
 pub fn issue_control_plane_cert(
     spki_der: &[u8],
     role: &ControlPlaneRole,
@@ -270,20 +205,29 @@ pub fn issue_control_plane_cert(
             ip_addresses,
         } => {
             if dns_names.is_empty() && ip_addresses.is_empty() {
-                return Err(CaError::Malformed(
-                    "a server certificate needs at least one DNS name or IP address".into(),
-                ));
+                return Err(CaError::InvalidName {
+                    kind: "server certificate name list",
+                    name: String::new(),
+                    requirement: "is empty: a server certificate needs at least one DNS name \
+                                  or IP address",
+                    source: None,
+                });
             }
             let common_name = dns_names
                 .first()
                 .map_or("trustplane server", String::as_str);
             params.distinguished_name = distinguished_name(&[(DnType::CommonName, common_name)]);
             for name in dns_names {
-                params.subject_alt_names.push(SanType::DnsName(
-                    name.as_str().try_into().map_err(|_| {
-                        CaError::Malformed(format!("DNS name {name:?} is not ASCII"))
-                    })?,
-                ));
+                params
+                    .subject_alt_names
+                    .push(SanType::DnsName(name.as_str().try_into().map_err(
+                        |source| CaError::InvalidName {
+                            kind: "DNS name",
+                            name: name.clone(),
+                            requirement: "is not ASCII",
+                            source: Some(source),
+                        },
+                    )?));
             }
             params
                 .subject_alt_names
@@ -318,8 +262,9 @@ pub fn issue_control_plane_cert(
 /// digitalSignature+keyEncipherment, AKI, random serial, NotBefore
 /// `now - 5 min`, NotAfter `min(now + lifetime, issuer expiry)`.
 ///
-/// Errors: [`CaError::Malformed`], [`CaError::UnsupportedKey`],
-/// [`CaError::Generation`], [`CaError::Verification`].
+/// Errors: [`CaError::InvalidName`], [`CaError::MalformedDer`],
+/// [`CaError::UnsupportedKey`], [`CaError::Generation`], the errors of
+/// [`verify_issued`].
 pub fn sign_workload(
     spki_der: &[u8],
     spiffe_id: &str,
@@ -329,9 +274,12 @@ pub fn sign_workload(
     now: SystemTime,
 ) -> Result<Certificate, CaError> {
     if !spiffe_id.starts_with("spiffe://") {
-        return Err(CaError::Malformed(format!(
-            "workload identity {spiffe_id:?} is not a spiffe:// URI"
-        )));
+        return Err(CaError::InvalidName {
+            kind: "workload identity",
+            name: spiffe_id.to_string(),
+            requirement: "is not a spiffe:// URI",
+            source: None,
+        });
     }
     let mut params = issued_params(now, lifetime, issuer)?;
     params.distinguished_name = DistinguishedName::new();
@@ -354,7 +302,10 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| CaError::Generation("system random number generator failed".into()))?;
+        .map_err(|source| CaError::Random {
+            purpose: "serial number",
+            source: source.into(),
+        })?;
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))
 }
@@ -362,8 +313,12 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 /// `SystemTime` to whole-second `OffsetDateTime` (certificates have no
 /// sub-second precision).
 fn offset_date_time(time: SystemTime) -> Result<OffsetDateTime, CaError> {
-    OffsetDateTime::from_unix_timestamp(system_time_to_unix(time))
-        .map_err(|error| CaError::Generation(format!("time out of range: {error}")))
+    OffsetDateTime::from_unix_timestamp(system_time_to_unix(time)).map_err(|source| {
+        CaError::TimeOutOfRange {
+            what: "a validity time",
+            source: Some(source),
+        }
+    })
 }
 
 /// Parameters with an explicit serial and validity and nothing else (rcgen's
@@ -373,8 +328,10 @@ fn base_params(
     not_after: Option<SystemTime>,
     clip_to: Option<SystemTime>,
 ) -> Result<CertificateParams, CaError> {
-    let not_after =
-        not_after.ok_or_else(|| CaError::Generation("validity end is out of range".into()))?;
+    let not_after = not_after.ok_or(CaError::TimeOutOfRange {
+        what: "the validity end",
+        source: None,
+    })?;
     let not_after = match clip_to {
         Some(limit) if limit < not_after => limit,
         _ => not_after,
@@ -422,16 +379,24 @@ fn check_trust_domain(trust_domain: &str) -> Result<(), CaError> {
     if valid {
         Ok(())
     } else {
-        Err(CaError::Malformed(format!(
-            "trust domain {trust_domain:?} is not a SPIFFE trust domain name \
-             (lowercase letters, digits, '.', '-', '_')"
-        )))
+        Err(CaError::InvalidName {
+            kind: "trust domain",
+            name: trust_domain.to_string(),
+            requirement: "is not a SPIFFE trust domain name (lowercase letters, digits, '.', \
+                          '-', '_')",
+            source: None,
+        })
     }
 }
 
 fn uri_san(uri: &str) -> Result<SanType, CaError> {
-    Ok(SanType::URI(uri.try_into().map_err(|_| {
-        CaError::Malformed(format!("URI {uri:?} is not ASCII"))
+    Ok(SanType::URI(uri.try_into().map_err(|source| {
+        CaError::InvalidName {
+            kind: "URI",
+            name: uri.to_string(),
+            requirement: "is not ASCII",
+            source: Some(source),
+        }
     })?))
 }
 
@@ -483,7 +448,10 @@ fn self_sign(
     let key_pair = key.key_pair()?;
     let signed = params
         .self_signed(&*key_pair)
-        .map_err(|error| CaError::Generation(error.to_string()))?;
+        .map_err(|source| CaError::Generation {
+            step: "self-sign",
+            source,
+        })?;
     let certificate = Certificate::from_der(signed.der().to_vec())?;
     verify_issued(&certificate, &certificate, now)?;
     Ok(certificate)
@@ -502,20 +470,30 @@ fn sign_with_issuer(
         '_,
         x509_parser::error::X509Error,
     >>::from_der(spki_der)
-    .map_err(|error| CaError::Malformed(format!("public key: {error}")))?;
+    .map_err(CaError::der("public key"))?;
     if !rest.is_empty() {
-        return Err(CaError::Malformed(
-            "public key: trailing bytes after the SubjectPublicKeyInfo".into(),
-        ));
+        return Err(CaError::Unexpected {
+            what: "public key",
+            expected: "one SubjectPublicKeyInfo",
+            found: format!("{} trailing bytes after it", rest.len()),
+        });
     }
     public_key_info(&spki)?;
-    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
-        .map_err(|error| CaError::UnsupportedKey(format!("public key: {error}")))?;
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|source| {
+        CaError::UnsupportedKey {
+            key: "public key".into(),
+            advice: "rcgen cannot read it",
+            source: Some(source),
+        }
+    })?;
     let key_pair = issuer_key.key_pair()?;
     let rcgen_issuer = issuer_from_certificate(issuer, &key_pair)?;
     let signed = params
         .signed_by(&public_key, &rcgen_issuer)
-        .map_err(|error| CaError::Generation(error.to_string()))?;
+        .map_err(|source| CaError::Generation {
+            step: "sign",
+            source,
+        })?;
     let certificate = Certificate::from_der(signed.der().to_vec())?;
     verify_issued(&certificate, issuer, now)?;
     // A second parser: rustls-webpki must accept the encoding (it rejects
@@ -523,10 +501,9 @@ fn sign_with_issuer(
     // signed with the subject's key, which for CSR-signed intermediates
     // only the cluster holds: the agent makes it before writing cacerts.
     let der = rustls_pki_types::CertificateDer::from(certificate.der());
-    webpki::EndEntityCert::try_from(&der).map_err(|error| {
-        CaError::Verification(format!(
-            "rustls-webpki cannot parse the issued certificate: {error:?}"
-        ))
+    webpki::EndEntityCert::try_from(&der).map_err(|source| CaError::Webpki {
+        what: "rustls-webpki cannot parse the issued certificate",
+        source,
     })?;
     Ok(certificate)
 }
@@ -545,14 +522,19 @@ fn issuer_from_certificate<'key>(
         .iter()
         .any(|relative_name| relative_name.iter().count() != 1)
     {
-        return Err(CaError::NotACa(
-            "the issuer's subject has a multi-valued or empty RDN, which trustplane cannot \
-             reproduce as an issuer name"
-                .into(),
-        ));
+        return Err(CaError::NotACa {
+            subject: parsed.subject().to_string(),
+            reason: "the issuer's subject has a multi-valued or empty RDN, which trustplane \
+                     cannot reproduce as an issuer name",
+            source: None,
+        });
     }
-    Issuer::from_ca_cert_der(&certificate.der().into(), key_pair)
-        .map_err(|error| CaError::Generation(format!("issuer: {error}")))
+    Issuer::from_ca_cert_der(&certificate.der().into(), key_pair).map_err(|source| {
+        CaError::Generation {
+            step: "issuer",
+            source,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -571,7 +553,7 @@ pub(crate) mod tests {
     use crate::ca::csr::{create_csr, verify_csr};
     use crate::ca::key::tests::{openssl, openssl_genpkey};
     use crate::ca::unix_to_system_time;
-    use crate::ca::verify::verify_leaf_path;
+    use crate::ca::verify::{key_matches_certificate, verify_leaf_path};
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -711,13 +693,13 @@ pub(crate) mod tests {
         request.key_algorithm = KeyAlgorithm::Rsa;
         assert!(matches!(
             create_root(&request, test_now()),
-            Err(CaError::UnsupportedKey(_))
+            Err(CaError::UnsupportedKey { .. })
         ));
         request.trust_domain = "Bad Domain".into();
         request.key_algorithm = KeyAlgorithm::EcdsaP256;
         assert!(matches!(
             create_root(&request, test_now()),
-            Err(CaError::Malformed(_))
+            Err(CaError::InvalidName { .. })
         ));
     }
 
@@ -1019,7 +1001,11 @@ pub(crate) mod tests {
     }
 
     /// Writes `certificates` to `directory/name` as PEM.
-    fn write_pem(directory: &std::path::Path, name: &str, certificates: &[&Certificate]) {
+    pub(crate) fn write_pem(
+        directory: &std::path::Path,
+        name: &str,
+        certificates: &[&Certificate],
+    ) {
         let text: String = certificates
             .iter()
             .map(|certificate| certificate.to_pem())
@@ -1027,7 +1013,10 @@ pub(crate) mod tests {
         std::fs::write(directory.join(name), text).expect("write");
     }
 
-    fn openssl_verify(directory: &std::path::Path, arguments: &[&str]) -> (bool, String) {
+    pub(crate) fn openssl_verify(
+        directory: &std::path::Path,
+        arguments: &[&str],
+    ) -> (bool, String) {
         let output = Command::new("/usr/bin/openssl")
             .arg("verify")
             .args(arguments)
@@ -1139,205 +1128,6 @@ pub(crate) mod tests {
             ],
         );
         assert!(!ok, "leaf must not verify under another root: {text}");
-    }
-
-    #[test]
-    fn openssl_cross_check_rsa_root_chain() {
-        let now = SystemTime::now();
-        let directory = tempfile::tempdir().expect("tempdir");
-        let path = directory.path();
-        let (root, root_key) = rsa_root(path, now);
-        let cluster_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-        let csr =
-            verify_csr(create_csr(&cluster_key, "east").expect("csr").as_bytes()).expect("csr");
-        let intermediate =
-            sign_intermediate(&csr, &profile("east", DAY, false), &root, &root_key, now)
-                .expect("sign");
-        write_pem(path, "intermediate.pem", &[&intermediate]);
-        let (ok, text) = openssl_verify(path, &["-CAfile", "root.pem", "intermediate.pem"]);
-        assert!(ok, "{text}");
-    }
-
-    /// An openssl-made RSA-2048 root (PKCS#1 key) imported into trustplane;
-    /// writes `root.pem` and `root-key.pem` into `directory`.
-    fn rsa_root(directory: &std::path::Path, now: SystemTime) -> (Certificate, PrivateKey) {
-        openssl(
-            directory,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "root-key8.pem",
-                "-out",
-                "root.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/O=Example Org/CN=rsa root CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        openssl(
-            directory,
-            &[
-                "rsa",
-                "-in",
-                "root-key8.pem",
-                "-traditional",
-                "-out",
-                "root-key.pem",
-            ],
-        );
-        let certificate = std::fs::read_to_string(directory.join("root.pem")).expect("read");
-        let key = std::fs::read_to_string(directory.join("root-key.pem")).expect("read");
-        assert!(key.contains("BEGIN RSA PRIVATE KEY"));
-        import_root(&certificate, &key, now.max(SystemTime::now())).expect("import rsa root")
-    }
-
-    #[test]
-    fn import_root_accepts_openssl_roots_in_every_key_format() {
-        let now = SystemTime::now();
-        let directory = tempfile::tempdir().expect("tempdir");
-        let path = directory.path();
-        // PKCS#1 RSA-2048.
-        let (root, key) = rsa_root(path, now);
-        assert_eq!((key.algorithm(), key.bits()), (KeyAlgorithm::Rsa, 2048));
-        assert!(root.is_ca().expect("ca"));
-        // PKCS#8 and SEC1 P-256.
-        openssl(
-            path,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ec8.pem",
-                "-out",
-                "ec.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/O=Example Org/CN=ec root",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        openssl(path, &["ec", "-in", "ec8.pem", "-out", "ec1.pem"]);
-        let certificate = std::fs::read_to_string(path.join("ec.pem")).expect("read");
-        let pkcs8 = std::fs::read_to_string(path.join("ec8.pem")).expect("read");
-        let sec1 = std::fs::read_to_string(path.join("ec1.pem")).expect("read");
-        assert!(pkcs8.contains("BEGIN PRIVATE KEY") && sec1.contains("BEGIN EC PRIVATE KEY"));
-        let (_, from_pkcs8) = import_root(&certificate, &pkcs8, SystemTime::now()).expect("pkcs8");
-        let (_, from_sec1) = import_root(&certificate, &sec1, SystemTime::now()).expect("sec1");
-        assert_eq!(
-            from_pkcs8.public_key_der().expect("spki"),
-            from_sec1.public_key_der().expect("spki")
-        );
-    }
-
-    #[test]
-    fn import_root_rejections_name_the_check() {
-        let now = SystemTime::now();
-        let directory = tempfile::tempdir().expect("tempdir");
-        let path = directory.path();
-        let (root, root_key) = create_root(&root_request("cluster.local"), now).expect("root");
-        let (_, other_key) = create_root(&root_request("cluster.local"), now).expect("root");
-        // A key that does not match.
-        assert!(matches!(
-            import_root(&root.to_pem(), &other_key.to_pkcs8_pem(), now),
-            Err(CaError::KeyMismatch)
-        ));
-        // Not valid yet / expired.
-        let error =
-            import_root(&root.to_pem(), &root_key.to_pkcs8_pem(), now - DAY).expect_err("early");
-        assert!(matches!(error, CaError::NotValidNow { .. }), "{error}");
-        // A leaf is not a CA.
-        openssl(
-            path,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "leaf-key.pem",
-                "-out",
-                "leaf.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/CN=leaf",
-                "-addext",
-                "basicConstraints=critical,CA:FALSE",
-            ],
-        );
-        let leaf = std::fs::read_to_string(path.join("leaf.pem")).expect("read");
-        let leaf_key = std::fs::read_to_string(path.join("leaf-key.pem")).expect("read");
-        let error = import_root(&leaf, &leaf_key, now).expect_err("leaf");
-        assert!(
-            matches!(&error, CaError::NotACa(message) if message.contains("CA:true")),
-            "{error}"
-        );
-        // A CA without keyCertSign.
-        openssl(
-            path,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "nosign-key.pem",
-                "-out",
-                "nosign.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/CN=nosign",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,digitalSignature",
-            ],
-        );
-        let nosign = std::fs::read_to_string(path.join("nosign.pem")).expect("read");
-        let nosign_key = std::fs::read_to_string(path.join("nosign-key.pem")).expect("read");
-        let error = import_root(&nosign, &nosign_key, now).expect_err("nosign");
-        assert!(
-            matches!(&error, CaError::NotACa(message) if message.contains("keyCertSign")),
-            "{error}"
-        );
-        // Two certificates where one is expected.
-        let two = format!("{}{}", root.to_pem(), root.to_pem());
-        assert!(matches!(
-            import_root(&two, &root_key.to_pkcs8_pem(), now),
-            Err(CaError::Malformed(_))
-        ));
-        // The key PEM in place of the certificate.
-        assert!(matches!(
-            import_root(&root_key.to_pkcs8_pem(), &root_key.to_pkcs8_pem(), now),
-            Err(CaError::Malformed(_))
-        ));
-        // And the happy path for our own root.
-        assert!(import_root(&root.to_pem(), &root_key.to_pkcs8_pem(), now).is_ok());
     }
 
     #[test]

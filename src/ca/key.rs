@@ -13,7 +13,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, RsaKeyPair};
 use zeroize::Zeroizing;
 
-use super::{CaError, KeyAlgorithm};
+use super::{CaError, KeyAlgorithm, KeyError};
 
 /// `id-ecPublicKey`.
 const EC_PUBLIC_KEY_OID: ObjectIdentifier = sec1::ALGORITHM_OID;
@@ -52,21 +52,25 @@ impl std::fmt::Debug for PrivateKey {
 
 impl PrivateKey {
     /// Generates a new ECDSA key. Errors: [`CaError::UnsupportedKey`] for RSA
-    /// (ring cannot generate RSA keys).
+    /// (ring cannot generate RSA keys), [`CaError::Random`] when ring fails.
     pub fn generate(algorithm: KeyAlgorithm) -> Result<Self, CaError> {
         let (signing_algorithm, bits) = match algorithm {
             KeyAlgorithm::EcdsaP256 => (&signature::ECDSA_P256_SHA256_ASN1_SIGNING, 256),
             KeyAlgorithm::EcdsaP384 => (&signature::ECDSA_P384_SHA384_ASN1_SIGNING, 384),
             KeyAlgorithm::Rsa => {
-                return Err(CaError::UnsupportedKey(
-                    "RSA keys cannot be generated here (ring has no RSA key generation); \
-                     use ecdsa-p256 or ecdsa-p384, or import an RSA key"
+                return Err(CaError::UnsupportedKey {
+                    key: "RSA keys cannot be generated here (ring has no RSA key generation)"
                         .into(),
-                ));
+                    advice: "use ecdsa-p256 or ecdsa-p384, or import an RSA key",
+                    source: None,
+                });
             }
         };
         let document = EcdsaKeyPair::generate_pkcs8(signing_algorithm, &SystemRandom::new())
-            .map_err(|_| CaError::Generation("ECDSA key generation failed".into()))?;
+            .map_err(|source| CaError::Random {
+                purpose: "ECDSA key generation",
+                source: source.into(),
+            })?;
         Ok(PrivateKey {
             pkcs8: Zeroizing::new(document.as_ref().to_vec()),
             algorithm,
@@ -76,12 +80,14 @@ impl PrivateKey {
 
     /// Parses a PEM private key: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE
     /// KEY`) or PKCS#1 (`RSA PRIVATE KEY`, 2048 to 8192 bits). Errors:
-    /// [`CaError::Malformed`] or [`CaError::UnsupportedKey`]; never echoes key bytes.
+    /// [`CaError::MalformedKey`], [`CaError::Unexpected`] (the PEM blocks) or
+    /// [`CaError::UnsupportedKey`]; never echoes key bytes.
     pub fn from_pem(text: &str) -> Result<Self, CaError> {
         // Parse errors from `pem` can quote input bytes, so they are replaced
-        // by a fixed message.
-        let blocks = pem::parse_many(text.as_bytes()).map_err(|_| {
-            CaError::Malformed("private key: not valid PEM (check the BEGIN/END lines)".into())
+        // by a fixed message and not kept as the source.
+        let blocks = pem::parse_many(text.as_bytes()).map_err(|_| CaError::MalformedKey {
+            problem: "not valid PEM (check the BEGIN/END lines)",
+            source: None,
         })?;
         let mut keys = blocks
             .into_iter()
@@ -90,12 +96,18 @@ impl PrivateKey {
         let block = match (keys.pop(), keys.is_empty()) {
             (Some(block), true) => block,
             (None, _) => {
-                return Err(CaError::Malformed("private key: no PEM block found".into()));
+                return Err(CaError::Unexpected {
+                    what: "private key",
+                    expected: "one PEM private key block",
+                    found: "no PEM block".into(),
+                });
             }
             (Some(_), false) => {
-                return Err(CaError::Malformed(
-                    "private key: expected exactly one PEM private key block".into(),
-                ));
+                return Err(CaError::Unexpected {
+                    what: "private key",
+                    expected: "exactly one PEM private key block",
+                    found: format!("{} blocks", keys.len() + 1),
+                });
             }
         };
         let tag = block.tag().to_string();
@@ -110,32 +122,38 @@ impl PrivateKey {
                 let pkcs8 = pkcs1_to_pkcs8(&contents)?;
                 Self::from_pkcs8_der(&pkcs8)
             }
-            "ENCRYPTED PRIVATE KEY" => Err(CaError::Malformed(
-                "private key: encrypted PKCS#8 keys are not supported; decrypt it first \
-                 (openssl pkcs8 -in key.pem -out plain.pem)"
-                    .into(),
-            )),
-            other => Err(CaError::Malformed(format!(
-                "private key: unexpected PEM block type {other:?}; expected PRIVATE KEY, \
-                 EC PRIVATE KEY or RSA PRIVATE KEY"
-            ))),
+            "ENCRYPTED PRIVATE KEY" => Err(CaError::MalformedKey {
+                problem: "encrypted PKCS#8 keys are not supported; decrypt it first \
+                          (openssl pkcs8 -in key.pem -out plain.pem)",
+                source: None,
+            }),
+            other => Err(CaError::Unexpected {
+                what: "private key",
+                expected: "a PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY PEM block",
+                found: format!("{other:?}"),
+            }),
         }
     }
 
     /// Wraps PKCS#8 DER after checking that ring can sign with it.
     ///
-    /// Errors: [`CaError::Malformed`] when the DER does not parse or ring
+    /// Errors: [`CaError::MalformedKey`] when the DER does not parse or ring
     /// rejects it, [`CaError::UnsupportedKey`] for key types or sizes
     /// trustplane does not accept.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, CaError> {
-        let info = PrivateKeyInfo::try_from(der).map_err(|_| {
-            CaError::Malformed("private key: the PKCS#8 structure does not parse".into())
+        let info = PrivateKeyInfo::try_from(der).map_err(|source| CaError::MalformedKey {
+            problem: "the PKCS#8 structure does not parse",
+            source: Some(source.into()),
         })?;
         let oid = info.algorithm.oid;
         let (algorithm, bits) = if oid == EC_PUBLIC_KEY_OID {
-            let curve = info.algorithm.parameters_oid().map_err(|_| {
-                CaError::Malformed("private key: EC key without a named curve".into())
-            })?;
+            let curve =
+                info.algorithm
+                    .parameters_oid()
+                    .map_err(|source| CaError::MalformedKey {
+                        problem: "EC key without a named curve",
+                        source: Some(source.into()),
+                    })?;
             let (algorithm, bits, signing_algorithm) = if curve == P256_OID {
                 (
                     KeyAlgorithm::EcdsaP256,
@@ -149,37 +167,39 @@ impl PrivateKey {
                     &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
                 )
             } else {
-                return Err(CaError::UnsupportedKey(format!(
-                    "EC curve {}; use P-256 or P-384",
-                    curve_name(&curve)
-                )));
+                return Err(CaError::UnsupportedKey {
+                    key: format!("EC curve {}", curve_name(&curve)),
+                    advice: "use P-256 or P-384",
+                    source: None,
+                });
             };
             EcdsaKeyPair::from_pkcs8(signing_algorithm, der, &SystemRandom::new()).map_err(
-                |rejected| {
-                    CaError::Malformed(format!(
-                        "private key: the EC key was rejected ({rejected}); it must \
-                         include its public key"
-                    ))
+                |source| CaError::MalformedKey {
+                    problem: "the EC key was rejected; it must include its public key",
+                    source: Some(KeyError::Rejected(source.into())),
                 },
             )?;
             (algorithm, bits)
         } else if oid == RSA_ENCRYPTION_OID {
             let bits = rsa_private_key_bits(info.private_key)?;
             check_rsa_bits(bits)?;
-            RsaKeyPair::from_pkcs8(der).map_err(|rejected| {
-                CaError::Malformed(format!(
-                    "private key: the RSA key was rejected ({rejected})"
-                ))
+            RsaKeyPair::from_pkcs8(der).map_err(|source| CaError::MalformedKey {
+                problem: "the RSA key was rejected",
+                source: Some(KeyError::Rejected(source.into())),
             })?;
             (KeyAlgorithm::Rsa, bits)
         } else if oid == ED25519_OID || oid == ED448_OID {
-            return Err(CaError::UnsupportedKey(
-                "EdDSA keys are not accepted by Istio CAs; use ECDSA P-256, P-384 or RSA".into(),
-            ));
+            return Err(CaError::UnsupportedKey {
+                key: "EdDSA keys are not accepted by Istio CAs".into(),
+                advice: "use ECDSA P-256, P-384 or RSA",
+                source: None,
+            });
         } else {
-            return Err(CaError::UnsupportedKey(format!(
-                "key algorithm {oid}; use ECDSA P-256, P-384 or RSA 2048-8192"
-            )));
+            return Err(CaError::UnsupportedKey {
+                key: format!("key algorithm {oid}"),
+                advice: "use ECDSA P-256, P-384 or RSA 2048-8192",
+                source: None,
+            });
         };
         Ok(PrivateKey {
             pkcs8: Zeroizing::new(der.to_vec()),
@@ -216,7 +236,7 @@ impl PrivateKey {
 
     /// The DER SubjectPublicKeyInfo of the matching public key.
     ///
-    /// Errors: [`CaError::Malformed`] when ring rejects the key.
+    /// Errors: [`CaError::MalformedKey`] when rcgen rejects the key.
     pub fn public_key_der(&self) -> Result<Vec<u8>, CaError> {
         Ok(self.key_pair()?.subject_public_key_info())
     }
@@ -231,7 +251,10 @@ impl PrivateKey {
         let der = rustls_pki_types::PrivatePkcs8KeyDer::from(self.pkcs8.as_slice());
         rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, signature_algorithm)
             .map(Zeroizing::new)
-            .map_err(|_| CaError::Malformed("private key: rejected for signing".into()))
+            .map_err(|source| CaError::MalformedKey {
+                problem: "rejected for signing",
+                source: Some(source.into()),
+            })
     }
 }
 
@@ -249,9 +272,12 @@ pub(crate) fn check_rsa_bits(bits: u32) -> Result<(), CaError> {
     if (RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
         Ok(())
     } else {
-        Err(CaError::UnsupportedKey(format!(
-            "RSA key of {bits} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits"
-        )))
+        Err(CaError::UnsupportedKey {
+            key: format!("RSA key of {bits} bits"),
+            // RSA_MIN_BITS to RSA_MAX_BITS.
+            advice: "use 2048 to 8192 bits",
+            source: None,
+        })
     }
 }
 
@@ -272,29 +298,32 @@ pub(crate) fn unsigned_bit_length(bytes: &[u8]) -> u32 {
 
 /// The modulus size of a PKCS#1 `RSAPrivateKey`.
 fn rsa_private_key_bits(der: &[u8]) -> Result<u32, CaError> {
-    let key = pkcs1::RsaPrivateKey::try_from(der)
-        .map_err(|_| CaError::Malformed("private key: the PKCS#1 RSA key does not parse".into()))?;
+    let key = pkcs1::RsaPrivateKey::try_from(der).map_err(|source| CaError::MalformedKey {
+        problem: "the PKCS#1 RSA key does not parse",
+        source: Some(source.into()),
+    })?;
     Ok(unsigned_bit_length(key.modulus.as_bytes()))
 }
 
 /// Wraps a SEC1 `ECPrivateKey` in PKCS#8, taking the curve from the key.
 fn sec1_to_pkcs8(der: &[u8]) -> Result<Zeroizing<Vec<u8>>, CaError> {
-    let key = sec1::EcPrivateKey::try_from(der)
-        .map_err(|_| CaError::Malformed("private key: the SEC1 EC key does not parse".into()))?;
+    let key = sec1::EcPrivateKey::try_from(der).map_err(|source| CaError::MalformedKey {
+        problem: "the SEC1 EC key does not parse",
+        source: Some(source.into()),
+    })?;
     let curve = key
         .parameters
         .and_then(|parameters| parameters.named_curve())
-        .ok_or_else(|| {
-            CaError::Malformed(
-                "private key: the SEC1 EC key names no curve; convert it with \
-                 `openssl pkcs8 -topk8 -nocrypt`"
-                    .into(),
-            )
+        .ok_or(CaError::MalformedKey {
+            problem: "the SEC1 EC key names no curve; convert it with \
+                      `openssl pkcs8 -topk8 -nocrypt`",
+            source: None,
         })?;
     if key.public_key.is_none() {
-        return Err(CaError::Malformed(
-            "private key: the SEC1 EC key has no public key; regenerate it with openssl".into(),
-        ));
+        return Err(CaError::MalformedKey {
+            problem: "the SEC1 EC key has no public key; regenerate it with openssl",
+            source: None,
+        });
     }
     let info = PrivateKeyInfo::new(
         AlgorithmIdentifierRef {
@@ -323,7 +352,10 @@ fn pkcs1_to_pkcs8(der: &[u8]) -> Result<Zeroizing<Vec<u8>>, CaError> {
 fn encode_pkcs8(info: &PrivateKeyInfo<'_>) -> Result<Zeroizing<Vec<u8>>, CaError> {
     info.to_der()
         .map(Zeroizing::new)
-        .map_err(|_| CaError::Malformed("private key: cannot re-encode as PKCS#8".into()))
+        .map_err(|source| CaError::MalformedKey {
+            problem: "cannot re-encode as PKCS#8",
+            source: Some(source.into()),
+        })
 }
 
 #[cfg(test)]
@@ -372,7 +404,7 @@ pub(crate) mod tests {
         );
         assert!(matches!(
             PrivateKey::generate(KeyAlgorithm::Rsa),
-            Err(CaError::UnsupportedKey(_))
+            Err(CaError::UnsupportedKey { .. })
         ));
     }
 
@@ -485,7 +517,7 @@ pub(crate) mod tests {
         let ed25519 = openssl_genpkey(path, "ed25519.pem", &["-algorithm", "ED25519"]);
         assert!(matches!(
             PrivateKey::from_pem(&ed25519),
-            Err(CaError::UnsupportedKey(_))
+            Err(CaError::UnsupportedKey { .. })
         ));
         let p521 = openssl_genpkey(
             path,
@@ -500,7 +532,7 @@ pub(crate) mod tests {
             &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
         );
         let error = PrivateKey::from_pem(&rsa1024).expect_err("rsa1024");
-        assert!(matches!(error, CaError::UnsupportedKey(_)), "{error}");
+        assert!(matches!(error, CaError::UnsupportedKey { .. }), "{error}");
         assert!(error.to_string().contains("1024"), "{error}");
     }
 

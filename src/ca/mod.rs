@@ -2,29 +2,49 @@
 //! (mTLS) certificates, workload certificates for checks, CSR verification
 //! and chain verification.
 //!
+//! Files, each importing only the ones listed before it (and this one):
+//! - `key.rs`: private keys in zeroizing wrappers ([`PrivateKey`]).
+//! - `csr.rs`: CSR creation and verification, public-key classification.
+//! - `verify.rs`: signature, validity and path checks ([`verify_issued`],
+//!   [`verify_chain_to_roots`], [`verify_leaf_path`]).
+//! - `issue.rs`: roots, intermediates, control-plane and workload
+//!   certificates; each verified against its issuer before it is returned.
+//! - `probe.rs`: the one probe, a throw-away workload certificate signed with
+//!   a CA's key and verified through the chain to the roots ([`probe_ca_key`]).
+//! - `import.rs`: the checks for importing an existing root ([`import_root`]).
+//! - `cacerts.rs`: checking an Istio `cacerts` set as istiod loads it.
+//!
+//! This file holds the shared types ([`Certificate`], [`CaError`], …) and
+//! the CA-flag checks (basicConstraints, keyUsage) every file uses.
+//!
 //! Pure: no I/O, no clock (callers pass `now`), no environment. Randomness
 //! (keys, serials) comes from ring's system RNG. Owns nothing persistent; the
 //! store and the signer decide where keys live.
 
 mod cacerts;
 mod csr;
+mod import;
 mod issue;
 mod key;
+mod probe;
 mod verify;
+#[cfg(test)]
+mod verify_tests;
 
 use std::time::{Duration, SystemTime};
 
 pub use cacerts::{CacertsCheck, CacertsFiles, Finding, Severity, check_cacerts};
 pub use csr::{MAX_CSR_BYTES, create_csr, verify_csr};
+pub use import::import_root;
 pub use issue::{
     BACKDATE, CONTROL_PLANE_CA_COMMON_NAME, ControlPlaneRole, RootRequest, create_control_plane_ca,
-    create_root, create_successor_root, import_root, issue_control_plane_cert, sign_intermediate,
-    sign_workload,
+    create_root, create_successor_root, issue_control_plane_cert, sign_intermediate, sign_workload,
 };
 pub use key::PrivateKey;
+pub use probe::probe_ca_key;
 pub use verify::{
-    has_uri_name_constraints, key_matches_certificate, probe_ca_key, verify_chain_to_roots,
-    verify_issued, verify_leaf_path,
+    has_uri_name_constraints, key_matches_certificate, verify_chain_to_roots, verify_issued,
+    verify_leaf_path,
 };
 
 /// The key algorithms trustplane generates or accepts in CSRs.
@@ -67,7 +87,9 @@ impl std::str::FromStr for KeyAlgorithm {
             "ecdsa-p256" => Ok(KeyAlgorithm::EcdsaP256),
             "ecdsa-p384" => Ok(KeyAlgorithm::EcdsaP384),
             "rsa" => Ok(KeyAlgorithm::Rsa),
-            other => Err(CaError::UnknownKeyAlgorithm(other.to_string())),
+            other => Err(CaError::UnknownKeyAlgorithm {
+                name: other.to_string(),
+            }),
         }
     }
 }
@@ -129,51 +151,62 @@ impl std::fmt::Debug for Certificate {
 impl Certificate {
     /// Wraps DER bytes after checking that they parse as one X.509 certificate.
     ///
-    /// Errors: [`CaError::Malformed`] when they do not.
+    /// Errors: [`CaError::MalformedDer`] when they do not,
+    /// [`CaError::Unexpected`] for trailing bytes.
     pub fn from_der(der: Vec<u8>) -> Result<Self, CaError> {
-        let (rest, _) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|error| CaError::Malformed(format!("certificate: {error}")))?;
+        let (rest, _) =
+            x509_parser::parse_x509_certificate(&der).map_err(CaError::der("certificate"))?;
         if !rest.is_empty() {
-            return Err(CaError::Malformed(
-                "certificate: trailing bytes after the DER certificate".into(),
-            ));
+            return Err(CaError::Unexpected {
+                what: "certificate",
+                expected: "one DER certificate",
+                found: format!("{} trailing bytes after it", rest.len()),
+            });
         }
         Ok(Certificate { der })
     }
 
     /// Parses exactly one `CERTIFICATE` PEM block.
     ///
-    /// Errors: [`CaError::Malformed`] for anything else.
+    /// Errors: [`CaError::Unexpected`] for any other number of blocks, and
+    /// those of [`Certificate::parse_pem_chain`].
     pub fn from_pem(text: &str) -> Result<Self, CaError> {
-        let mut all = Self::parse_pem_chain(text)?;
-        if all.len() != 1 {
-            return Err(CaError::Malformed(format!(
-                "expected exactly one certificate, found {}",
-                all.len()
-            )));
+        match <[Certificate; 1]>::try_from(Self::parse_pem_chain(text)?) {
+            Ok([certificate]) => Ok(certificate),
+            Err(all) => Err(CaError::Unexpected {
+                what: "certificate PEM",
+                expected: "exactly one certificate",
+                found: all.len().to_string(),
+            }),
         }
-        all.pop()
-            .ok_or_else(|| CaError::Malformed("no certificate".into()))
     }
 
     /// Parses every `CERTIFICATE` PEM block in order. Other block types are
     /// an error (a private key pasted into a chain file must not pass).
     ///
-    /// Errors: [`CaError::Malformed`] when there is no block or a block is bad.
+    /// Errors: [`CaError::MalformedPem`], [`CaError::Unexpected`] (no block,
+    /// another block type), [`CaError::MalformedDer`] (a bad certificate).
     pub fn parse_pem_chain(text: &str) -> Result<Vec<Self>, CaError> {
-        let blocks = pem::parse_many(text.as_bytes())
-            .map_err(|error| CaError::Malformed(format!("PEM: {error}")))?;
+        let blocks = pem::parse_many(text.as_bytes()).map_err(|source| CaError::MalformedPem {
+            what: "certificate",
+            source,
+        })?;
         if blocks.is_empty() {
-            return Err(CaError::Malformed("no PEM certificate found".into()));
+            return Err(CaError::Unexpected {
+                what: "certificate PEM",
+                expected: "CERTIFICATE PEM blocks",
+                found: "no PEM block".into(),
+            });
         }
         blocks
             .into_iter()
             .map(|block| {
                 if block.tag() != "CERTIFICATE" {
-                    return Err(CaError::Malformed(format!(
-                        "expected CERTIFICATE PEM blocks, found {}",
-                        block.tag()
-                    )));
+                    return Err(CaError::Unexpected {
+                        what: "certificate PEM",
+                        expected: "CERTIFICATE PEM blocks",
+                        found: block.tag().to_string(),
+                    });
                 }
                 Certificate::from_der(block.into_contents())
             })
@@ -202,7 +235,7 @@ impl Certificate {
     fn parsed(&self) -> Result<x509_parser::certificate::X509Certificate<'_>, CaError> {
         x509_parser::parse_x509_certificate(&self.der)
             .map(|(_, certificate)| certificate)
-            .map_err(|error| CaError::Malformed(format!("certificate: {error}")))
+            .map_err(CaError::der("certificate"))
     }
 
     /// Lowercase hex serial number without leading zero bytes.
@@ -243,12 +276,20 @@ impl Certificate {
     }
 
     /// Whether basicConstraints says CA:true.
+    ///
+    /// Errors: [`CaError::MalformedDer`] / [`CaError::MalformedField`] when the certificate or its
+    /// basicConstraints does not parse.
     pub fn is_ca(&self) -> Result<bool, CaError> {
-        let certificate = self.parsed()?;
-        Ok(certificate
-            .basic_constraints()
-            .map_err(|error| CaError::Malformed(format!("basicConstraints: {error}")))?
-            .is_some_and(|extension| extension.value.ca))
+        Ok(basic_constraint(&self.parsed()?)?.is_ca())
+    }
+
+    /// Checks that basicConstraints says CA:true and returns its
+    /// pathLenConstraint.
+    ///
+    /// Errors: [`CaError::NotACa`] when it does not, [`CaError::MalformedDer`] /
+    /// [`CaError::MalformedField`] when the certificate or its basicConstraints does not parse.
+    pub fn require_ca(&self) -> Result<Option<u32>, CaError> {
+        require_ca(&self.parsed()?)
     }
 
     /// The DER SubjectPublicKeyInfo.
@@ -262,7 +303,7 @@ impl Certificate {
         let mut uris = Vec::new();
         if let Some(extension) = certificate
             .subject_alternative_name()
-            .map_err(|error| CaError::Malformed(format!("subjectAltName: {error}")))?
+            .map_err(CaError::field("subjectAltName"))?
         {
             for name in &extension.value.general_names {
                 if let x509_parser::extensions::GeneralName::URI(uri) = name {
@@ -272,6 +313,75 @@ impl Certificate {
         }
         Ok(uris)
     }
+}
+
+/// What a certificate's basicConstraints says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BasicConstraint {
+    /// No basicConstraints, or CA:false.
+    EndEntity,
+    /// CA:true, with its pathLenConstraint if any.
+    Ca {
+        /// How many intermediates may follow below this CA.
+        path_length: Option<u32>,
+    },
+}
+
+impl BasicConstraint {
+    /// Whether it says CA:true.
+    pub(crate) fn is_ca(self) -> bool {
+        matches!(self, BasicConstraint::Ca { .. })
+    }
+}
+
+/// The basicConstraints of a parsed certificate: the one reading of the CA
+/// flag and pathLen.
+///
+/// Errors: [`CaError::MalformedField`] when the extension does not parse or is
+/// present twice.
+pub(crate) fn basic_constraint(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<BasicConstraint, CaError> {
+    let extension = certificate
+        .basic_constraints()
+        .map_err(CaError::field("basicConstraints"))?;
+    Ok(match extension.map(|extension| extension.value) {
+        Some(value) if value.ca => BasicConstraint::Ca {
+            path_length: value.path_len_constraint,
+        },
+        _ => BasicConstraint::EndEntity,
+    })
+}
+
+/// [`basic_constraint`] as a requirement: the pathLenConstraint of a CA.
+///
+/// Errors: [`CaError::NotACa`] unless CA:true, and those of
+/// [`basic_constraint`].
+pub(crate) fn require_ca(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<Option<u32>, CaError> {
+    match basic_constraint(certificate)? {
+        BasicConstraint::Ca { path_length } => Ok(path_length),
+        BasicConstraint::EndEntity => Err(CaError::NotACa {
+            subject: certificate.subject().to_string(),
+            reason: "basicConstraints does not say CA:true",
+            source: None,
+        }),
+    }
+}
+
+/// Whether keyUsage lets a parsed certificate sign certificates: it is
+/// absent or includes keyCertSign.
+///
+/// Errors: [`CaError::MalformedField`] when the extension does not parse or is
+/// present twice.
+pub(crate) fn may_sign_certificates(
+    certificate: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<bool, CaError> {
+    let key_usage = certificate
+        .key_usage()
+        .map_err(CaError::field("keyUsage"))?;
+    Ok(key_usage.is_none_or(|extension| extension.value.key_cert_sign()))
 }
 
 /// Seconds since the Unix epoch (negative before it) to `SystemTime`.
@@ -292,15 +402,88 @@ pub fn system_time_to_unix(time: SystemTime) -> i64 {
 }
 
 /// Errors from certificate and key operations. Messages never contain key
-/// material.
+/// material. The messages of input errors (everything but the internal
+/// failures, see [`CaError::is_internal`]) say what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    /// Input that does not parse (PEM, DER, certificate, key).
-    #[error("malformed input: {0}")]
-    Malformed(String),
+    /// DER that does not parse as `what` (a certificate, a CSR, a public key).
+    #[error("malformed input: {what}: {source}")]
+    MalformedDer {
+        /// What the bytes should have been.
+        what: &'static str,
+        /// x509-parser's error.
+        #[source]
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
+    /// A field or extension of a parsed certificate, CSR or public key that
+    /// does not parse or is present twice.
+    #[error("malformed input: {field}: {source}")]
+    MalformedField {
+        /// The field or extension, e.g. `basicConstraints`.
+        field: &'static str,
+        /// x509-parser's error.
+        #[source]
+        source: x509_parser::error::X509Error,
+    },
+    /// PEM text that does not parse.
+    #[error("malformed input: {what} PEM: {source}")]
+    MalformedPem {
+        /// What the PEM should have held.
+        what: &'static str,
+        /// The PEM parser's error.
+        #[source]
+        source: pem::PemError,
+    },
+    /// Input that parses but is not what was expected: the wrong PEM
+    /// blocks or number of them, trailing bytes.
+    #[error("malformed input: {what}: expected {expected}, found {found}")]
+    Unexpected {
+        /// The input.
+        what: &'static str,
+        /// What it should hold.
+        expected: &'static str,
+        /// What it holds.
+        found: String,
+    },
+    /// A private key that does not parse or that ring or rcgen refuse. The
+    /// source never quotes key bytes (PEM errors, which can, are not kept).
+    #[error("malformed input: private key: {problem}{}", cause_suffix(source.as_ref()))]
+    MalformedKey {
+        /// What is wrong and, where it helps, how to fix it.
+        problem: &'static str,
+        /// The key parser's error, when there is one.
+        #[source]
+        source: Option<KeyError>,
+    },
+    /// A name that cannot go into a certificate (trust domain, cluster,
+    /// DNS name, URI, SPIFFE ID) or a certificate without the names it needs.
+    #[error("malformed input: {kind} {name:?} {requirement}")]
+    InvalidName {
+        /// Which name.
+        kind: &'static str,
+        /// The name as given.
+        name: String,
+        /// What it fails to be.
+        requirement: &'static str,
+        /// rcgen's error, when rcgen refused it.
+        #[source]
+        source: Option<rcgen::Error>,
+    },
+    /// A document that cannot be written as JSON (the SPIFFE bundle).
+    #[error("malformed input: {what}: {source}")]
+    Json {
+        /// The document.
+        what: &'static str,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A key algorithm name that trustplane does not know.
-    #[error("unknown key algorithm {0:?}: use ecdsa-p256, ecdsa-p384 or rsa")]
-    UnknownKeyAlgorithm(String),
+    #[error("unknown key algorithm {name:?}: use ecdsa-p256, ecdsa-p384 or rsa")]
+    UnknownKeyAlgorithm {
+        /// The name as given.
+        name: String,
+    },
     /// A CSR larger than [`MAX_CSR_BYTES`].
     #[error("CSR is {size} bytes; the limit is {limit} bytes")]
     CsrTooLarge {
@@ -311,13 +494,34 @@ pub enum CaError {
     },
     /// A CSR whose self-signature does not verify.
     #[error("CSR signature does not verify: the CSR was altered or not signed by its key")]
-    CsrBadSignature,
+    CsrBadSignature {
+        /// x509-parser's error.
+        #[source]
+        source: x509_parser::error::X509Error,
+    },
     /// A key type or size that trustplane does not accept.
-    #[error("unsupported key: {0}")]
-    UnsupportedKey(String),
-    /// An imported root that is not usable as a CA.
-    #[error("not a usable root CA: {0}")]
-    NotACa(String),
+    #[error("unsupported key: {key}{}{advice}", if advice.is_empty() { "" } else { "; " })]
+    UnsupportedKey {
+        /// The key (or signature) as found, e.g. `EC curve P-521`.
+        key: String,
+        /// What to use instead (may be empty).
+        advice: &'static str,
+        /// rcgen's error, when rcgen refused the key.
+        #[source]
+        source: Option<rcgen::Error>,
+    },
+    /// A certificate that cannot serve as a CA (an imported root, a bundle
+    /// root, an issuer).
+    #[error("not a usable root CA: {subject}: {reason}{}", cause_suffix(source.as_ref()))]
+    NotACa {
+        /// Subject of the certificate.
+        subject: String,
+        /// Which requirement it fails.
+        reason: &'static str,
+        /// The failure that shows it, when a check failed.
+        #[source]
+        source: Option<Box<CaError>>,
+    },
     /// A private key that does not belong to the certificate.
     #[error("the private key does not match the certificate's public key")]
     KeyMismatch,
@@ -333,10 +537,252 @@ pub enum CaError {
         /// End of validity (RFC 3339).
         not_after: String,
     },
-    /// Issuance failed inside rcgen or ring.
-    #[error("certificate generation failed: {0}")]
-    Generation(String),
-    /// A chain or signature verification failure.
-    #[error("verification failed: {0}")]
-    Verification(String),
+    /// The system random number generator failed.
+    #[error("certificate generation failed: {purpose}: the system random number generator failed")]
+    Random {
+        /// What the randomness was for.
+        purpose: &'static str,
+        /// ring's error.
+        #[source]
+        source: RingError,
+    },
+    /// A validity time that a certificate cannot hold.
+    #[error("certificate generation failed: {what} is out of range")]
+    TimeOutOfRange {
+        /// Which time.
+        what: &'static str,
+        /// The time library's error, when it refused the time.
+        #[source]
+        source: Option<time::error::ComponentRange>,
+    },
+    /// rcgen failed to build or sign a certificate or CSR.
+    #[error("certificate generation failed: {step}: {source}")]
+    Generation {
+        /// What was being built.
+        step: &'static str,
+        /// rcgen's error.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// An issuer without basicConstraints CA:true.
+    #[error("verification failed: issuer {issuer} is not a CA (basicConstraints CA:true missing)")]
+    IssuerNotCa {
+        /// Subject of the issuer.
+        issuer: String,
+    },
+    /// An issuer whose keyUsage lacks keyCertSign.
+    #[error(
+        "verification failed: issuer {issuer} may not sign certificates (keyUsage lacks keyCertSign)"
+    )]
+    IssuerMayNotSign {
+        /// Subject of the issuer.
+        issuer: String,
+    },
+    /// A certificate that names another issuer.
+    #[error("verification failed: {subject} names issuer {named}, not {issuer}")]
+    IssuerNameMismatch {
+        /// Subject of the certificate.
+        subject: String,
+        /// The issuer it names.
+        named: String,
+        /// Subject of the issuer it was checked against.
+        issuer: String,
+    },
+    /// A certificate whose authorityKeyIdentifier is not the issuer's
+    /// subjectKeyIdentifier.
+    #[error(
+        "verification failed: {subject}: authorityKeyIdentifier {authority} does not match \
+         the issuer's subjectKeyIdentifier {issuer_subject_key}"
+    )]
+    KeyIdentifierMismatch {
+        /// Subject of the certificate.
+        subject: String,
+        /// Its authorityKeyIdentifier (hex).
+        authority: String,
+        /// The issuer's subjectKeyIdentifier (hex).
+        issuer_subject_key: String,
+    },
+    /// A signature that does not verify with the issuer's key.
+    #[error(
+        "verification failed: {subject}: signature does not verify with the key of {issuer} ({source})"
+    )]
+    BadSignature {
+        /// Subject of the certificate.
+        subject: String,
+        /// Subject of the issuer.
+        issuer: String,
+        /// x509-parser's error.
+        #[source]
+        source: x509_parser::error::X509Error,
+    },
+    /// An empty certificate chain.
+    #[error("verification failed: the {what} is empty")]
+    EmptyChain {
+        /// Which chain.
+        what: &'static str,
+    },
+    /// A chain link that does not verify.
+    #[error(
+        "verification failed: {subject} is not issued by the next certificate of the chain: {source}"
+    )]
+    BrokenLink {
+        /// Subject of the certificate whose link fails.
+        subject: String,
+        /// Why.
+        #[source]
+        source: Box<CaError>,
+    },
+    /// A trusted root that does not verify itself.
+    #[error("verification failed: the trusted root {root} does not verify: {source}")]
+    InvalidRoot {
+        /// Subject of the root.
+        root: String,
+        /// Why.
+        #[source]
+        source: Box<CaError>,
+    },
+    /// A chain that reaches none of the trusted roots.
+    #[error(
+        "verification failed: {subject} does not chain to any of the {roots} trusted root(s){}",
+        cause_suffix(source.as_ref())
+    )]
+    Untrusted {
+        /// Subject of the last certificate of the chain.
+        subject: String,
+        /// How many roots were tried.
+        roots: usize,
+        /// The error against the last root tried, if any root was given.
+        #[source]
+        source: Option<Box<CaError>>,
+    },
+    /// rustls-webpki refuses a certificate or a trust anchor.
+    #[error("verification failed: {what}: {source:?}")]
+    Webpki {
+        /// What it refused.
+        what: &'static str,
+        /// rustls-webpki's error.
+        #[source]
+        source: webpki::Error,
+    },
+    /// A leaf that rustls-webpki cannot verify to a trusted root, neither
+    /// for client nor for server use.
+    #[error(
+        "verification failed: {leaf} does not chain to a trusted root (as client: {client:?}; \
+         as server: {server:?})"
+    )]
+    LeafUntrusted {
+        /// Subject (or first URI SAN) of the leaf.
+        leaf: String,
+        /// rustls-webpki's error for client use (boxed: two of them would
+        /// make every `Result<_, CaError>` large).
+        client: Box<webpki::Error>,
+        /// rustls-webpki's error for server use.
+        #[source]
+        server: webpki::Error,
+    },
+    /// A verification time that certificates cannot express.
+    #[error("verification failed: the verification time ({seconds} s after 1970) is out of range")]
+    VerificationTime {
+        /// Seconds since the Unix epoch (negative before it).
+        seconds: i64,
+        /// x509-parser's error, when it refused the time.
+        #[source]
+        source: Option<x509_parser::error::X509Error>,
+    },
+}
+
+impl CaError {
+    /// Whether the failure is the CA's own (randomness, generation,
+    /// verification of what it issued or holds) rather than bad input.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            CaError::Random { .. }
+                | CaError::TimeOutOfRange { .. }
+                | CaError::Generation { .. }
+                | CaError::IssuerNotCa { .. }
+                | CaError::IssuerMayNotSign { .. }
+                | CaError::IssuerNameMismatch { .. }
+                | CaError::KeyIdentifierMismatch { .. }
+                | CaError::BadSignature { .. }
+                | CaError::EmptyChain { .. }
+                | CaError::BrokenLink { .. }
+                | CaError::InvalidRoot { .. }
+                | CaError::Untrusted { .. }
+                | CaError::Webpki { .. }
+                | CaError::LeafUntrusted { .. }
+                | CaError::VerificationTime { .. }
+        )
+    }
+
+    /// A [`CaError::MalformedDer`] for `what`.
+    pub(crate) fn der(
+        what: &'static str,
+    ) -> impl FnOnce(x509_parser::nom::Err<x509_parser::error::X509Error>) -> CaError {
+        move |source| CaError::MalformedDer { what, source }
+    }
+
+    /// A [`CaError::MalformedField`] for `field`.
+    pub(crate) fn field(
+        field: &'static str,
+    ) -> impl FnOnce(x509_parser::error::X509Error) -> CaError {
+        move |source| CaError::MalformedField { field, source }
+    }
+}
+
+/// The underlying error of a private key that does not parse or is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The PKCS#8 structure.
+    #[error(transparent)]
+    Pkcs8(#[from] pkcs8::Error),
+    /// The SEC1 EC key.
+    #[error(transparent)]
+    Sec1(#[from] sec1::Error),
+    /// The PKCS#1 RSA key.
+    #[error(transparent)]
+    Pkcs1(#[from] pkcs1::Error),
+    /// DER encoding.
+    #[error(transparent)]
+    Der(#[from] pkcs8::der::Error),
+    /// The algorithm parameters.
+    #[error(transparent)]
+    Spki(#[from] pkcs8::spki::Error),
+    /// ring refused the key.
+    #[error(transparent)]
+    Rejected(#[from] RingError),
+    /// rcgen refused the key for signing.
+    #[error(transparent)]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// ring's errors, carried typed: ring implements `std::error::Error` only
+/// with its `std` feature, which this crate does not enable.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// A failure ring does not describe (e.g. the random number generator).
+    #[error("{0}")]
+    Unspecified(ring::error::Unspecified),
+    /// ring refused a key, and says why.
+    #[error("{0}")]
+    KeyRejected(ring::error::KeyRejected),
+}
+
+impl From<ring::error::Unspecified> for RingError {
+    fn from(error: ring::error::Unspecified) -> Self {
+        RingError::Unspecified(error)
+    }
+}
+
+impl From<ring::error::KeyRejected> for RingError {
+    fn from(error: ring::error::KeyRejected) -> Self {
+        RingError::KeyRejected(error)
+    }
+}
+
+/// ` (cause)` for messages that name an optional cause, or nothing.
+fn cause_suffix(source: Option<&impl std::fmt::Display>) -> String {
+    source
+        .map(|source| format!(" ({source})"))
+        .unwrap_or_default()
 }

@@ -10,18 +10,20 @@ use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::issue::sign_workload;
-use super::{CaError, Certificate, KeyAlgorithm, PrivateKey, system_time_to_unix};
-
-/// Lifetime of the throwaway certificate signed by [`probe_ca_key`].
-const PROBE_LIFETIME: Duration = Duration::from_secs(10 * 60);
+use super::{
+    CaError, Certificate, KeyAlgorithm, PrivateKey, basic_constraint, may_sign_certificates,
+    system_time_to_unix,
+};
 
 /// Checks that `issuer` signed `certificate` (x509-parser), that the issuer
 /// is a CA, that the names chain (issuer DN = certificate's issuer DN, AKI =
 /// issuer SKI) and that `certificate` is valid at `now`.
 ///
-/// Errors: [`CaError::Verification`] naming the failed check,
-/// [`CaError::NotValidNow`], [`CaError::Malformed`].
+/// Errors: one variant per failed check ([`CaError::IssuerNotCa`],
+/// [`CaError::IssuerMayNotSign`], [`CaError::IssuerNameMismatch`],
+/// [`CaError::KeyIdentifierMismatch`], [`CaError::BadSignature`]),
+/// [`CaError::NotValidNow`], [`CaError::VerificationTime`],
+/// [`CaError::MalformedDer`] / [`CaError::MalformedField`].
 pub fn verify_issued(
     certificate: &Certificate,
     issuer: &Certificate,
@@ -31,44 +33,41 @@ pub fn verify_issued(
     let issuer_parsed = issuer.parsed()?;
     let subject = parsed.subject().to_string();
     let issuer_subject = issuer_parsed.subject().to_string();
-    if !issuer_parsed.is_ca() {
-        return Err(CaError::Verification(format!(
-            "issuer {issuer_subject} is not a CA (basicConstraints CA:true missing)"
-        )));
+    // A basicConstraints that does not parse counts as "not a CA" here.
+    if !basic_constraint(&issuer_parsed).is_ok_and(|constraint| constraint.is_ca()) {
+        return Err(CaError::IssuerNotCa {
+            issuer: issuer_subject,
+        });
     }
-    if let Some(key_usage) = issuer_parsed
-        .key_usage()
-        .map_err(|error| CaError::Malformed(format!("keyUsage: {error}")))?
-        && !key_usage.value.key_cert_sign()
-    {
-        return Err(CaError::Verification(format!(
-            "issuer {issuer_subject} may not sign certificates (keyUsage lacks keyCertSign)"
-        )));
+    if !may_sign_certificates(&issuer_parsed)? {
+        return Err(CaError::IssuerMayNotSign {
+            issuer: issuer_subject,
+        });
     }
     if parsed.issuer().as_raw() != issuer_parsed.subject().as_raw() {
-        return Err(CaError::Verification(format!(
-            "{subject} names issuer {}, not {issuer_subject}",
-            parsed.issuer()
-        )));
+        return Err(CaError::IssuerNameMismatch {
+            subject,
+            named: parsed.issuer().to_string(),
+            issuer: issuer_subject,
+        });
     }
     if let (Some(authority), Some(subject_key)) = (
         authority_key_identifier(&parsed),
         subject_key_identifier(&issuer_parsed),
     ) && authority != subject_key
     {
-        return Err(CaError::Verification(format!(
-            "{subject}: authorityKeyIdentifier {} does not match the issuer's \
-             subjectKeyIdentifier {}",
-            hex::encode(authority),
-            hex::encode(subject_key)
-        )));
+        return Err(CaError::KeyIdentifierMismatch {
+            subject,
+            authority: hex::encode(authority),
+            issuer_subject_key: hex::encode(subject_key),
+        });
     }
     parsed
         .verify_signature(Some(issuer_parsed.public_key()))
-        .map_err(|error| {
-            CaError::Verification(format!(
-                "{subject}: signature does not verify with the key of {issuer_subject} ({error})"
-            ))
+        .map_err(|source| CaError::BadSignature {
+            subject,
+            issuer: issuer_subject,
+            source,
         })?;
     check_parsed_valid_at(&parsed, now)
 }
@@ -148,7 +147,8 @@ pub fn trace_chain_to_roots<'roots>(
 /// Checks that `chain` (a CA first, then its issuers) verifies up to one of
 /// `roots` at `now` ([`trace_chain_to_roots`]).
 ///
-/// Errors: [`CaError::Verification`] naming the link that fails, or when the
+/// Errors: [`CaError::EmptyChain`], [`CaError::BrokenLink`] naming the link
+/// that fails, [`CaError::InvalidRoot`], or [`CaError::Untrusted`] when the
 /// chain does not reach a trusted root.
 pub fn verify_chain_to_roots(
     chain: &[Certificate],
@@ -158,33 +158,32 @@ pub fn verify_chain_to_roots(
     let subject = |certificate: &Certificate| certificate.subject().unwrap_or_default();
     trace_chain_to_roots(chain, roots, now)
         .map(|_| ())
-        .map_err(|failure| {
-            CaError::Verification(match failure {
-                ChainFailure::Empty => "the certificate chain is empty".into(),
-                ChainFailure::Link { certificate, error } => format!(
-                    "{} is not issued by the next certificate of the chain: {error}",
-                    subject(&certificate)
-                ),
-                ChainFailure::Root { root, error } => {
-                    format!(
-                        "the trusted root {} does not verify: {error}",
-                        subject(&root)
-                    )
-                }
-                ChainFailure::Untrusted { last, error } => format!(
-                    "{} does not chain to any of the {} trusted root(s){}",
-                    subject(&last),
-                    roots.len(),
-                    error.map(|error| format!(" ({error})")).unwrap_or_default()
-                ),
-            })
+        .map_err(|failure| match failure {
+            ChainFailure::Empty => CaError::EmptyChain {
+                what: "certificate chain",
+            },
+            ChainFailure::Link { certificate, error } => CaError::BrokenLink {
+                subject: subject(&certificate),
+                source: Box::new(error),
+            },
+            ChainFailure::Root { root, error } => CaError::InvalidRoot {
+                root: subject(&root),
+                source: Box::new(error),
+            },
+            ChainFailure::Untrusted { last, error } => CaError::Untrusted {
+                subject: subject(&last),
+                roots: roots.len(),
+                source: error.map(Box::new),
+            },
         })
 }
 
 /// Verifies a leaf (end-entity) certificate through `intermediates` to one of
 /// `roots` with rustls-webpki, for client or server use.
 ///
-/// Errors: [`CaError::Verification`] with rustls-webpki's reason.
+/// Errors: [`CaError::LeafUntrusted`] with rustls-webpki's reasons,
+/// [`CaError::Webpki`] when it cannot read the leaf or a root,
+/// [`CaError::VerificationTime`].
 pub fn verify_leaf_path(
     leaf: &Certificate,
     intermediates: &[Certificate],
@@ -192,8 +191,11 @@ pub fn verify_leaf_path(
     now: SystemTime,
 ) -> Result<(), CaError> {
     let leaf_der = CertificateDer::from(leaf.der());
-    let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
-        .map_err(|error| CaError::Verification(format!("leaf certificate: {error}")))?;
+    let end_entity =
+        webpki::EndEntityCert::try_from(&leaf_der).map_err(|source| CaError::Webpki {
+            what: "leaf certificate",
+            source,
+        })?;
     let root_ders: Vec<CertificateDer<'_>> = roots
         .iter()
         .map(|root| CertificateDer::from(root.der()))
@@ -201,38 +203,45 @@ pub fn verify_leaf_path(
     let anchors = root_ders
         .iter()
         .map(|root| {
-            webpki::anchor_from_trusted_cert(root)
-                .map_err(|error| CaError::Verification(format!("trust anchor: {error}")))
+            webpki::anchor_from_trusted_cert(root).map_err(|source| CaError::Webpki {
+                what: "trust anchor",
+                source,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let intermediate_ders: Vec<CertificateDer<'_>> = intermediates
         .iter()
         .map(|intermediate| CertificateDer::from(intermediate.der()))
         .collect();
-    let seconds = u64::try_from(system_time_to_unix(now))
-        .map_err(|_| CaError::Verification("the verification time is before 1970".into()))?;
+    let unix_seconds = system_time_to_unix(now);
+    // Before 1970: nothing to keep from the integer conversion's error.
+    let seconds = u64::try_from(unix_seconds).map_err(|_| CaError::VerificationTime {
+        seconds: unix_seconds,
+        source: None,
+    })?;
     let time = UnixTime::since_unix_epoch(Duration::from_secs(seconds));
-    let mut failures = Vec::new();
-    for (usage_name, usage) in [
-        ("client", webpki::KeyUsage::client_auth()),
-        ("server", webpki::KeyUsage::server_auth()),
-    ] {
-        match end_entity.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            &intermediate_ders,
-            time,
-            usage,
-            None,
-            None,
-        ) {
-            Ok(_) => return Ok(()),
-            Err(error) => failures.push(format!("as {usage_name}: {error:?}")),
-        }
-    }
-    Err(CaError::Verification(format!(
-        "{} does not chain to a trusted root ({})",
-        leaf.subject()
+    let verify = |usage| {
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &intermediate_ders,
+                time,
+                usage,
+                None,
+                None,
+            )
+            .map(|_| ())
+    };
+    let Err(client) = verify(webpki::KeyUsage::client_auth()) else {
+        return Ok(());
+    };
+    let Err(server) = verify(webpki::KeyUsage::server_auth()) else {
+        return Ok(());
+    };
+    Err(CaError::LeafUntrusted {
+        leaf: leaf
+            .subject()
             .ok()
             .filter(|subject| !subject.is_empty())
             .unwrap_or_else(|| {
@@ -241,13 +250,14 @@ pub fn verify_leaf_path(
                     .and_then(|uris| uris.into_iter().next())
                     .unwrap_or_else(|| "leaf certificate".into())
             }),
-        failures.join("; ")
-    )))
+        client: Box::new(client),
+        server,
+    })
 }
 
 /// Whether `key` is the private key of `certificate`.
 ///
-/// Errors: [`CaError::Malformed`] when either public key does not parse.
+/// Errors: [`CaError::MalformedDer`] when either public key does not parse.
 pub fn key_matches_certificate(
     certificate: &Certificate,
     key: &PrivateKey,
@@ -255,9 +265,9 @@ pub fn key_matches_certificate(
     let certificate_spki = certificate.public_key_der()?;
     let key_spki = key.public_key_der()?;
     let (_, from_certificate) = SubjectPublicKeyInfo::from_der(&certificate_spki)
-        .map_err(|error| CaError::Malformed(format!("certificate public key: {error}")))?;
+        .map_err(CaError::der("certificate public key"))?;
     let (_, from_key) = SubjectPublicKeyInfo::from_der(&key_spki)
-        .map_err(|error| CaError::Malformed(format!("private key's public key: {error}")))?;
+        .map_err(CaError::der("private key's public key"))?;
     if from_certificate.algorithm.algorithm != from_key.algorithm.algorithm
         || from_certificate.subject_public_key.data != from_key.subject_public_key.data
     {
@@ -281,41 +291,13 @@ pub fn key_matches_certificate(
     Ok(true)
 }
 
-/// rustls-webpki cannot verify a CA certificate as an end entity, so a CA is
-/// path-checked by signing a throwaway workload certificate with its key and
-/// verifying that leaf through `chain` (the CA first, then up) to `roots`.
-///
-/// Errors: [`CaError::Verification`] (empty chain, the probe does not
-/// verify; note that rustls-webpki rejects every chain carrying URI name
-/// constraints), or the errors of [`sign_workload`].
-pub fn probe_ca_key(
-    chain: &[Certificate],
-    key: &PrivateKey,
-    roots: &[Certificate],
-    now: SystemTime,
-) -> Result<(), CaError> {
-    let certificate_authority = chain
-        .first()
-        .ok_or_else(|| CaError::Verification("the CA chain is empty".into()))?;
-    let probe_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
-    let leaf = sign_workload(
-        &probe_key.public_key_der()?,
-        &probe_identity(certificate_authority),
-        certificate_authority,
-        key,
-        PROBE_LIFETIME,
-        now,
-    )?;
-    verify_leaf_path(&leaf, chain, roots, now)
-}
-
 /// Whether any certificate carries a nameConstraints extension with a URI
 /// subtree (rustls-webpki refuses those chains; Go and OpenSSL accept them).
 pub fn has_uri_name_constraints(certificate: &Certificate) -> Result<bool, CaError> {
     let parsed = certificate.parsed()?;
     let constraints = parsed
         .name_constraints()
-        .map_err(|error| CaError::Malformed(format!("nameConstraints: {error}")))?;
+        .map_err(CaError::field("nameConstraints"))?;
     Ok(constraints.is_some_and(|extension| {
         let value = extension.value;
         [&value.permitted_subtrees, &value.excluded_subtrees]
@@ -326,30 +308,17 @@ pub fn has_uri_name_constraints(certificate: &Certificate) -> Result<bool, CaErr
     }))
 }
 
-/// The SPIFFE ID of a probe workload under `certificate_authority`: inside
-/// its trust domain when it has one.
-pub(crate) fn probe_identity(certificate_authority: &Certificate) -> String {
-    let trust_domain = certificate_authority
-        .uri_sans()
-        .ok()
-        .and_then(|uris| {
-            uris.into_iter()
-                .find_map(|uri| uri.strip_prefix("spiffe://").map(str::to_string))
-        })
-        .map(|rest| rest.trim_end_matches('/').to_string())
-        .filter(|trust_domain| !trust_domain.is_empty() && !trust_domain.contains('/'))
-        .unwrap_or_else(|| "trustplane.probe".into());
-    format!("spiffe://{trust_domain}/ns/trustplane-probe/sa/probe")
-}
-
 /// [`CaError::NotValidNow`] unless `certificate` is valid at `now`.
 pub(crate) fn check_valid_at(certificate: &Certificate, now: SystemTime) -> Result<(), CaError> {
     check_parsed_valid_at(&certificate.parsed()?, now)
 }
 
 fn check_parsed_valid_at(parsed: &X509Certificate<'_>, now: SystemTime) -> Result<(), CaError> {
-    let time = ASN1Time::from_timestamp(system_time_to_unix(now))
-        .map_err(|error| CaError::Verification(format!("verification time: {error}")))?;
+    let seconds = system_time_to_unix(now);
+    let time = ASN1Time::from_timestamp(seconds).map_err(|source| CaError::VerificationTime {
+        seconds,
+        source: Some(source),
+    })?;
     if parsed.validity().is_valid_at(time) {
         return Ok(());
     }
@@ -393,138 +362,4 @@ fn authority_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
                 .map(|key_identifier| key_identifier.0.to_vec()),
             _ => None,
         })
-}
-
-#[cfg(test)]
-#[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-mod tests {
-    use super::*;
-    use crate::ca::issue::tests::{root_and_intermediate, root_request, test_now};
-    use crate::ca::issue::{create_root, sign_workload};
-
-    const HOUR: Duration = Duration::from_secs(3600);
-
-    #[test]
-    fn verify_issued_accepts_the_chain_and_rejects_the_wrong_issuer() {
-        let now = test_now();
-        let (root, _root_key, intermediate, _cluster_key) = root_and_intermediate(now);
-        verify_issued(&intermediate, &root, now).expect("intermediate");
-        verify_issued(&root, &root, now).expect("root");
-        let (other_root, _) = create_root(&root_request("cluster.local"), now).expect("root");
-        // Same subject DN, different key: the AKI (and signature) catch it.
-        let error = verify_issued(&intermediate, &other_root, now).expect_err("other root");
-        assert!(matches!(error, CaError::Verification(_)), "{error}");
-        // The issuer's DN differs.
-        let (foreign_root, _) = create_root(&root_request("foreign.domain"), now).expect("root");
-        let error = verify_issued(&intermediate, &foreign_root, now).expect_err("foreign");
-        assert!(error.to_string().contains("names issuer"), "{error}");
-        // A leaf is not an issuer.
-        let leaf_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-        let (_, _, intermediate2, cluster_key2) = root_and_intermediate(now);
-        let leaf = sign_workload(
-            &leaf_key.public_key_der().expect("spki"),
-            "spiffe://cluster.local/ns/a/sa/b",
-            &intermediate2,
-            &cluster_key2,
-            HOUR,
-            now,
-        )
-        .expect("leaf");
-        let error = verify_issued(&intermediate2, &leaf, now).expect_err("leaf as issuer");
-        assert!(error.to_string().contains("not a CA"), "{error}");
-    }
-
-    #[test]
-    fn verify_issued_checks_validity() {
-        let now = test_now();
-        let (root, _, intermediate, _) = root_and_intermediate(now);
-        let error =
-            verify_issued(&intermediate, &root, now + 400 * 24 * HOUR).expect_err("expired");
-        assert!(matches!(error, CaError::NotValidNow { .. }), "{error}");
-        let error = verify_issued(&intermediate, &root, now - HOUR).expect_err("not yet");
-        match error {
-            CaError::NotValidNow { not_before, .. } => assert!(not_before.ends_with('Z')),
-            other => panic!("{other}"),
-        }
-    }
-
-    #[test]
-    fn verify_issued_detects_a_tampered_signature() {
-        let now = test_now();
-        let (root, _, intermediate, _) = root_and_intermediate(now);
-        let mut der = intermediate.der().to_vec();
-        let index = der.len() - 10;
-        der[index] ^= 0x01;
-        let tampered = Certificate::from_der(der).expect("still parses");
-        let error = verify_issued(&tampered, &root, now).expect_err("tampered");
-        assert!(error.to_string().contains("signature"), "{error}");
-    }
-
-    #[test]
-    fn leaf_path_and_probe() {
-        let now = test_now();
-        let (root, _, intermediate, cluster_key) = root_and_intermediate(now);
-        probe_ca_key(
-            std::slice::from_ref(&intermediate),
-            &cluster_key,
-            std::slice::from_ref(&root),
-            now,
-        )
-        .expect("probe");
-        // With the root included in the chain, as in cert-chain.pem.
-        probe_ca_key(
-            &[intermediate.clone(), root.clone()],
-            &cluster_key,
-            std::slice::from_ref(&root),
-            now,
-        )
-        .expect("probe with root in chain");
-        let (other_root, other_key) =
-            create_root(&root_request("cluster.local"), now).expect("root");
-        assert!(
-            probe_ca_key(
-                std::slice::from_ref(&intermediate),
-                &cluster_key,
-                std::slice::from_ref(&other_root),
-                now
-            )
-            .is_err()
-        );
-        // The wrong key for the CA: the probe leaf does not verify.
-        assert!(
-            probe_ca_key(
-                std::slice::from_ref(&intermediate),
-                &other_key,
-                std::slice::from_ref(&root),
-                now
-            )
-            .is_err()
-        );
-        assert!(probe_ca_key(&[], &cluster_key, std::slice::from_ref(&root), now).is_err());
-        assert_eq!(
-            probe_identity(&intermediate),
-            "spiffe://cluster.local/ns/trustplane-probe/sa/probe"
-        );
-        // Expired chain.
-        assert!(
-            probe_ca_key(
-                std::slice::from_ref(&intermediate),
-                &cluster_key,
-                std::slice::from_ref(&root),
-                now + 400 * 24 * HOUR
-            )
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn key_matching() {
-        let now = test_now();
-        let (root, root_key, intermediate, cluster_key) = root_and_intermediate(now);
-        assert!(key_matches_certificate(&root, &root_key).expect("match"));
-        assert!(key_matches_certificate(&intermediate, &cluster_key).expect("match"));
-        assert!(!key_matches_certificate(&root, &cluster_key).expect("match"));
-        let p384 = PrivateKey::generate(KeyAlgorithm::EcdsaP384).expect("key");
-        assert!(!key_matches_certificate(&root, &p384).expect("match"));
-    }
 }

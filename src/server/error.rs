@@ -112,9 +112,7 @@ impl From<ServerError> for tonic::Status {
             ServerError::Unauthenticated => Code::Unauthenticated,
             ServerError::PermissionDenied(_) | ServerError::JoinToken(_) => Code::PermissionDenied,
             ServerError::InvalidArgument(_) => Code::InvalidArgument,
-            ServerError::Certificate(CaError::Generation(_) | CaError::Verification(_)) => {
-                Code::Internal
-            }
+            ServerError::Certificate(error) if error.is_internal() => Code::Internal,
             ServerError::Certificate(_) => Code::InvalidArgument,
             ServerError::Policy(PolicyError::Invalid { .. }) => Code::Internal,
             ServerError::Policy(_) => Code::InvalidArgument,

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod bundle;
 pub mod ca;
 pub mod cli;
+pub mod config;
 pub mod policy;
 pub mod rotation;
 pub mod server;

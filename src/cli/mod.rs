@@ -57,12 +57,12 @@ pub struct Cli {
 pub enum Command {
     /// Create the mesh root (or import one), the control-plane CA and the admin credential.
     #[command(
-        after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem"
+        after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem\n  # the KEK outside the data directory (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  trustplane init --trust-domain cluster.local --kek-file /secure/trustplane-kek"
     )]
     Init(InitArgs),
     /// Run the central server (gRPC over TLS).
     #[command(
-        after_help = "Example:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com"
+        after_help = "Examples:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com\n  # the KEK from a secret manager (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  TRUSTPLANE_KEK=\"$(cat /secure/trustplane-kek)\" trustplane server --data-dir trustplane-data"
     )]
     Server(ServerArgs),
     /// Run a cluster agent that keeps Istio's cacerts (Secret or directory) current.

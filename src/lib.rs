@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod ca;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod files;
 pub mod policy;
 pub mod reconcile;

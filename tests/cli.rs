@@ -170,6 +170,23 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
     );
     let status = ok(&["status", "--server", &url, "--data-dir", data_arg]);
     assert!(status.contains("signing root"), "{status}");
+    // `--ca-cert`, the old name of `--server-ca`, still works but is not shown.
+    let control_plane_ca = data.join("control-plane-ca.pem");
+    let status = ok(&[
+        "status",
+        "--server",
+        &url,
+        "--data-dir",
+        data_arg,
+        "--ca-cert",
+        control_plane_ca.to_str().unwrap(),
+    ]);
+    assert!(status.contains("signing root"), "{status}");
+    let help = ok(&["status", "--help"]);
+    assert!(
+        help.contains("--server-ca") && !help.contains("--ca-cert"),
+        "{help}"
+    );
 
     let pem = ok(&[
         "bundle",
@@ -361,6 +378,80 @@ fn issue_writes_cacerts_offline_that_verify_accepts() {
         "{}",
         text(&refused)
     );
+}
+
+/// A KEK (32 bytes, base64) and another one.
+const KEK: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+const OTHER_KEK: &str = "EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE=";
+
+fn trustplane_with_kek(args: &[&str], kek: Option<&str>) -> Output {
+    let mut command = Command::new(BINARY);
+    command.args(args).env_remove("TRUSTPLANE_KEK");
+    if let Some(kek) = kek {
+        command.env("TRUSTPLANE_KEK", kek);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn every_command_finds_the_kek_in_one_order_flag_then_environment_then_data_dir() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let issue = |cluster: &str| -> Vec<String> {
+        let out = work.path().join(cluster);
+        [
+            "issue",
+            "--cluster",
+            cluster,
+            "--out",
+            out.to_str().unwrap(),
+            "--data-dir",
+            data_arg,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |args: &[String], kek: Option<&str>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        trustplane_with_kek(&args, kek)
+    };
+
+    // init with TRUSTPLANE_KEK seals under it and writes no <data-dir>/kek.
+    let init = trustplane_with_kek(&["init", "--data-dir", data_arg, "-o", "json"], Some(KEK));
+    assert!(init.status.success(), "{}", text(&init));
+    let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    assert_eq!(init["kek_file"], serde_json::Value::Null, "{init}");
+    assert!(!data.join("kek").exists());
+
+    // The environment is used when no --kek-file is given.
+    let issued = run(&issue("east"), Some(KEK));
+    assert!(issued.status.success(), "{}", text(&issued));
+    // Neither given, and no <data-dir>/kek: refused.
+    let refused = run(&issue("west"), None);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    // The flag wins over the environment.
+    let file = work.path().join("kek");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut handle = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .unwrap();
+        std::io::Write::write_all(&mut handle, KEK.as_bytes()).unwrap();
+    }
+    let mut with_flag = issue("north");
+    with_flag.extend(["--kek-file".to_string(), file.to_str().unwrap().to_string()]);
+    let issued = run(&with_flag, Some(OTHER_KEK));
+    assert!(issued.status.success(), "{}", text(&issued));
+    // ...and the environment over <data-dir>/kek.
+    std::fs::copy(&file, data.join("kek")).unwrap();
+    let wrong = run(&issue("south"), Some(OTHER_KEK));
+    assert!(!wrong.status.success(), "{}", text(&wrong));
+    let issued = run(&issue("south"), None);
+    assert!(issued.status.success(), "{}", text(&issued));
 }
 
 #[test]

@@ -5,49 +5,62 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::server::DataDir;
+use super::options::{DEFAULT_SERVER_URL, DataDirOption, ServerCaOption, ServerOption};
 
 /// How to reach the server as admin. Credentials default to the files
 /// `trustplane init` wrote under `--data-dir`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AdminConnection {
-    /// Server URL.
-    #[arg(
-        long,
-        env = "TRUSTPLANE_SERVER",
-        default_value = "https://127.0.0.1:8443"
-    )]
-    pub server: String,
-    /// Data directory `init` wrote (for the default credential paths).
-    #[arg(long, env = "TRUSTPLANE_DATA_DIR", default_value = "trustplane-data")]
-    pub data_dir: PathBuf,
-    /// Control-plane CA certificate [default: <data-dir>/control-plane-ca.pem].
-    #[arg(long, env = "TRUSTPLANE_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
+    /// `--server`.
+    #[command(flatten)]
+    pub server: ServerOption,
+    /// `--data-dir`, for the default credential paths.
+    #[command(flatten)]
+    pub data_dir: DataDirOption,
+    /// `--server-ca`.
+    #[command(flatten)]
+    pub server_ca: ServerCaOption,
     /// Admin client certificate [default: <data-dir>/admin/admin.pem].
-    #[arg(long, env = "TRUSTPLANE_ADMIN_CERT")]
+    #[arg(long, env = "TRUSTPLANE_ADMIN_CERT", value_name = "FILE")]
     pub admin_cert: Option<PathBuf>,
     /// Admin client key [default: <data-dir>/admin/admin-key.pem].
-    #[arg(long, env = "TRUSTPLANE_ADMIN_KEY")]
+    #[arg(long, env = "TRUSTPLANE_ADMIN_KEY", value_name = "FILE")]
     pub admin_key: Option<PathBuf>,
 }
 
-fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
+/// Reads a credential file; the error names the flag that sets it.
+fn read(path: &PathBuf, what: &str, flag: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| {
         format!(
-            "cannot read the {what} at {}: pass --data-dir (the directory `trustplane init` wrote) or --{}",
+            "cannot read the {what} at {}: pass --data-dir (the directory `trustplane init` wrote) or --{flag}",
             path.display(),
-            what.replace(' ', "-")
         )
     })
 }
 
 impl AdminConnection {
+    /// Admin credentials from `data_dir` for the server at `url`.
+    pub fn new(url: String, data_dir: PathBuf) -> Self {
+        AdminConnection {
+            server: ServerOption { url: Some(url) },
+            data_dir: DataDirOption { path: data_dir },
+            server_ca: ServerCaOption::default(),
+            admin_cert: None,
+            admin_key: None,
+        }
+    }
+
+    /// The server URL: `--server`, else the default.
+    pub fn server_url(&self) -> &str {
+        self.server.url.as_deref().unwrap_or(DEFAULT_SERVER_URL)
+    }
+
     /// Opens a TLS channel with the admin credential.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
-        let data_dir = DataDir::new(&self.data_dir);
+        let data_dir = self.data_dir.layout();
         let ca_path = self
-            .ca_cert
+            .server_ca
+            .path
             .clone()
             .unwrap_or_else(|| data_dir.control_plane_ca_path());
         let cert_path = self
@@ -58,10 +71,10 @@ impl AdminConnection {
             .admin_key
             .clone()
             .unwrap_or_else(|| data_dir.admin_key_path());
-        let ca = read(&ca_path, "ca cert")?;
-        let certificate = read(&cert_path, "admin cert")?;
-        let key = zeroize::Zeroizing::new(read(&key_path, "admin key")?);
-        connect(&self.server, &ca, Some((&certificate, &key))).await
+        let ca = read(&ca_path, "control-plane CA", "server-ca")?;
+        let certificate = read(&cert_path, "admin cert", "admin-cert")?;
+        let key = zeroize::Zeroizing::new(read(&key_path, "admin key", "admin-key")?);
+        connect(self.server_url(), &ca, Some((&certificate, &key))).await
     }
 }
 

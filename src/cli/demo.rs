@@ -10,13 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 
+use super::options::{KekOption, MissingKek, PolicyOption};
 use super::{AdminConnection, output, read_cacerts_dir, status_error};
 use crate::agent::{self, AgentConfig};
 use crate::ca::{self, Certificate, KeyAlgorithm, PrivateKey, system_time_to_unix};
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::server::{self, Authority, DataDir, InitOptions, SystemClock};
-use crate::signer::sealed::Kek;
 use crate::sink::{ClusterSink, DirectorySink};
 use crate::store::{RedbStore, Store as _};
 
@@ -35,6 +35,12 @@ pub struct DemoArgs {
     /// How long to wait for the agents.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// `--policy`.
+    #[command(flatten)]
+    pub policy: PolicyOption,
+    /// `--kek-file` and the KEK lookup order (<data-dir> is <dir>/server).
+    #[command(flatten)]
+    pub kek: KekOption,
 }
 
 const CLUSTERS: [&str; 2] = ["east", "west"];
@@ -136,14 +142,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir.path.display()
     ));
     let store = Arc::new(RedbStore::open(&data_dir.store_path())?);
-    let kek = if data_dir.kek_path().exists() {
-        Kek::load(Some(&data_dir.kek_path()), None)?
-    } else {
-        let kek = Kek::generate()?;
-        kek.write_new_file(&data_dir.kek_path())?;
-        kek
-    };
-    let policy = super::load_policy(None)?;
+    let (kek, _) = args.kek.load(&data_dir, MissingKek::Create)?;
+    let policy = args.policy.load()?;
     if store
         .get(
             crate::store::Table::Meta,
@@ -184,13 +184,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )
     .await?;
     println!("      server {}", running.url());
-    let connection = AdminConnection {
-        server: running.url(),
-        data_dir: data_dir.path.clone(),
-        ca_cert: None,
-        admin_cert: None,
-        admin_key: None,
-    };
+    let connection = AdminConnection::new(running.url(), data_dir.path.clone());
     let mut admin = AdminServiceClient::new(connection.connect().await?);
 
     step.next("enrolling clusters east and west (one-time join tokens)");
@@ -397,7 +391,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn tempdir() -> anyhow::Result<TemporaryDirectory> {
-    let base = std::env::temp_dir();
+    let base = crate::config::temporary_directory();
     let mut random = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
         .map_err(|_| anyhow::anyhow!("system random generator failed"))?;

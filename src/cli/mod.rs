@@ -3,6 +3,7 @@
 
 mod client;
 mod demo;
+mod options;
 mod output;
 mod rotate;
 
@@ -16,17 +17,20 @@ use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
 pub use client::{AdminConnection, connect};
+pub use options::{
+    DEFAULT_DATA_DIR, DEFAULT_SERVER_URL, DataDirOption, KekOption, MissingKek, PolicyOption,
+    ServerCaOption, ServerOption, load_policy,
+};
 pub use output::Format;
 pub use rotate::{AuditArgs, RotateCommand, RotationFlags};
 
 use crate::agent::{self, AgentConfig};
 use crate::ca::{self, CacertsFiles, KeyAlgorithm, Severity, system_time_to_unix};
-use crate::policy::Policy;
+use crate::config::KekSource;
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
 use crate::server::{self, Authority, DataDir, InitOptions, SystemClock};
-use crate::signer::sealed::{KEK_ENV, Kek};
 use crate::sink::{self, ClusterSink, DirectorySink};
 use crate::store::RedbStore;
 
@@ -42,7 +46,7 @@ use crate::store::RedbStore;
 )]
 pub struct Cli {
     /// Log level [default: info; warn for `demo`] (RUST_LOG overrides).
-    #[arg(long, global = true, env = "TRUSTPLANE_LOG")]
+    #[arg(long, global = true, env = "TRUSTPLANE_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// The command.
     #[command(subcommand)]
@@ -54,12 +58,12 @@ pub struct Cli {
 pub enum Command {
     /// Create the mesh root (or import one), the control-plane CA and the admin credential.
     #[command(
-        after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem"
+        after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem\n  # the KEK outside the data directory (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  trustplane init --trust-domain cluster.local --kek-file /secure/trustplane-kek"
     )]
     Init(InitArgs),
     /// Run the central server (gRPC over TLS).
     #[command(
-        after_help = "Example:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com"
+        after_help = "Examples:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com\n  # the KEK from a secret manager (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  TRUSTPLANE_KEK=\"$(cat /secure/trustplane-kek)\" trustplane server --data-dir trustplane-data"
     )]
     Server(ServerArgs),
     /// Run a cluster agent that keeps Istio's cacerts (Secret or directory) current.
@@ -105,9 +109,9 @@ pub enum Command {
 /// `init` flags.
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
-    /// Data directory (store, admin credential, control-plane CA).
-    #[arg(long, env = "TRUSTPLANE_DATA_DIR", default_value = "trustplane-data")]
-    pub data_dir: PathBuf,
+    /// `--data-dir`.
+    #[command(flatten)]
+    pub data_dir: DataDirOption,
     /// Trust domain of the mesh.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
@@ -126,12 +130,12 @@ pub struct InitArgs {
     /// The imported root's key (PKCS#8, SEC1 or PKCS#1 PEM).
     #[arg(long, requires = "import_root")]
     pub import_key: Option<PathBuf>,
-    /// Issuance policy file [default: the built-in policies/default.yaml].
-    #[arg(long, env = "TRUSTPLANE_POLICY")]
-    pub policy: Option<PathBuf>,
-    /// Where to create the key-encryption key [default: <data-dir>/kek]. Ignored when TRUSTPLANE_KEK is set.
-    #[arg(long, env = "TRUSTPLANE_KEK_FILE")]
-    pub kek_file: Option<PathBuf>,
+    /// `--policy`.
+    #[command(flatten)]
+    pub policy: PolicyOption,
+    /// `--kek-file` and the KEK lookup order.
+    #[command(flatten)]
+    pub kek: KekOption,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
@@ -140,25 +144,26 @@ pub struct InitArgs {
 /// `server` flags.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Data directory `init` created.
-    #[arg(long, env = "TRUSTPLANE_DATA_DIR", default_value = "trustplane-data")]
-    pub data_dir: PathBuf,
+    /// `--data-dir`.
+    #[command(flatten)]
+    pub data_dir: DataDirOption,
     /// Listen address.
     #[arg(long, env = "TRUSTPLANE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
-    /// Extra DNS name or IP address for the server certificate (repeatable).
+    /// Extra DNS name or IP address for the server certificate (repeatable; comma-separated in TRUSTPLANE_SERVER_NAME).
     #[arg(
         long = "server-name",
-        env = "TRUSTPLANE_SERVER_NAMES",
+        env = "TRUSTPLANE_SERVER_NAME",
+        value_name = "NAME",
         value_delimiter = ','
     )]
     pub server_names: Vec<String>,
-    /// Issuance policy file [default: the built-in policies/default.yaml].
-    #[arg(long, env = "TRUSTPLANE_POLICY")]
-    pub policy: Option<PathBuf>,
-    /// Key-encryption key file [default: <data-dir>/kek unless TRUSTPLANE_KEK is set].
-    #[arg(long, env = "TRUSTPLANE_KEK_FILE")]
-    pub kek_file: Option<PathBuf>,
+    /// `--policy`.
+    #[command(flatten)]
+    pub policy: PolicyOption,
+    /// `--kek-file` and the KEK lookup order.
+    #[command(flatten)]
+    pub kek: KekOption,
 }
 
 /// Where the agent writes Istio's cacerts.
@@ -173,12 +178,12 @@ pub enum AgentSink {
 /// `agent` flags.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Server URL [default: the one saved with the identity at enrollment].
-    #[arg(long, env = "TRUSTPLANE_SERVER")]
-    pub server: Option<String>,
-    /// Control-plane CA certificate to verify the server (needed to enroll).
-    #[arg(long, env = "TRUSTPLANE_SERVER_CA")]
-    pub server_ca: Option<PathBuf>,
+    /// `--server`.
+    #[command(flatten)]
+    pub server: ServerOption,
+    /// `--server-ca`.
+    #[command(flatten)]
+    pub server_ca: ServerCaOption,
     /// One-time join token from `trustplane cluster add` (needed to enroll).
     #[arg(long, env = "TRUSTPLANE_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
@@ -209,14 +214,14 @@ pub struct AgentArgs {
     /// Name of the leader-election Lease.
     #[arg(long, env = "TRUSTPLANE_LEASE_NAME", default_value = agent::DEFAULT_LEASE_NAME)]
     pub lease_name: String,
-    /// This replica's name in the Lease, a random suffix added [default: trustplane-agent].
-    #[arg(long, env = "POD_NAME")]
+    /// This replica's name in the Lease, a random suffix added [default: trustplane-agent]; in a pod, set TRUSTPLANE_LEASE_HOLDER to the pod's name.
+    #[arg(long, env = "TRUSTPLANE_LEASE_HOLDER")]
     pub lease_holder: Option<String>,
     /// Serve /healthz and /readyz on this address, e.g. 0.0.0.0:8080.
     #[arg(long, env = "TRUSTPLANE_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
     /// Intermediate key algorithm.
-    #[arg(long, default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
+    #[arg(long, env = "TRUSTPLANE_KEY_ALGORITHM", default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
     pub key_algorithm: KeyAlgorithm,
 }
 
@@ -237,11 +242,11 @@ pub enum ClusterCommand {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
         /// Push mode: namespace of the cacerts Secret.
-        #[arg(long, default_value = "istio-system")]
+        #[arg(long, default_value = sink::kube::DEFAULT_NAMESPACE)]
         namespace: String,
-        /// Push mode: Secret format, istio (four cacerts keys) or tls (kubernetes.io/tls).
+        /// Push mode: keys of the cacerts Secret: istio (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) or tls (tls.crt, tls.key, ca.crt).
         #[arg(long, default_value = "istio")]
-        secret_format: String,
+        secret_format: sink::SecretFormat,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
@@ -339,21 +344,21 @@ pub struct IssueArgs {
     /// Output directory for ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem.
     #[arg(long)]
     pub out: PathBuf,
-    /// Data directory `init` created.
-    #[arg(long, env = "TRUSTPLANE_DATA_DIR", default_value = "trustplane-data")]
-    pub data_dir: PathBuf,
+    /// `--data-dir`.
+    #[command(flatten)]
+    pub data_dir: DataDirOption,
     /// Intermediate lifetime [default: the policy's].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lifetime: Option<Duration>,
     /// Intermediate key algorithm.
     #[arg(long, default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
     pub key_algorithm: KeyAlgorithm,
-    /// Issuance policy file [default: the built-in policies/default.yaml].
-    #[arg(long, env = "TRUSTPLANE_POLICY")]
-    pub policy: Option<PathBuf>,
-    /// Key-encryption key file [default: <data-dir>/kek unless TRUSTPLANE_KEK is set].
-    #[arg(long, env = "TRUSTPLANE_KEK_FILE")]
-    pub kek_file: Option<PathBuf>,
+    /// `--policy`.
+    #[command(flatten)]
+    pub policy: PolicyOption,
+    /// `--kek-file` and the KEK lookup order.
+    #[command(flatten)]
+    pub kek: KekOption,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
@@ -411,38 +416,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Loads the policy file, or the built-in default.
-pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
-    match path {
-        None => Ok(Policy::builtin_default()?),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read policy file {}", path.display()))?;
-            Ok(Policy::from_yaml(&path.display().to_string(), &text)?)
-        }
-    }
-}
-
-/// Loads the KEK: `--kek-file`, else `TRUSTPLANE_KEK`, else `<data-dir>/kek`.
-pub fn load_kek(kek_file: Option<&Path>, data_dir: &DataDir) -> anyhow::Result<Kek> {
-    let env_value = std::env::var(KEK_ENV).ok().map(Zeroizing::new);
-    let default_path = data_dir.kek_path();
-    let file = match (kek_file, &env_value) {
-        (Some(path), _) => Some(path.to_path_buf()),
-        (None, Some(_)) => None,
-        (None, None) => Some(default_path),
-    };
-    Ok(Kek::load(
-        file.as_deref(),
-        env_value.as_deref().map(String::as_str),
-    )?)
-}
-
 /// Opens the embedded store under `data_dir` and loads the authority.
 pub fn open_authority(
     data_dir: &DataDir,
-    kek_file: Option<&Path>,
-    policy: Option<&Path>,
+    kek: &KekOption,
+    policy: &PolicyOption,
 ) -> anyhow::Result<Authority> {
     if !data_dir.store_path().exists() {
         bail!(
@@ -452,16 +430,16 @@ pub fn open_authority(
         );
     }
     let store = Arc::new(RedbStore::open(&data_dir.store_path())?);
-    let kek = load_kek(kek_file, data_dir)?;
-    let policy = load_policy(policy)?;
+    let (kek, _) = kek.load(data_dir, MissingKek::Fail)?;
+    let policy = policy.load()?;
     Ok(Authority::open(store, &kek, policy, Arc::new(SystemClock))?)
 }
 
 fn init(args: InitArgs) -> anyhow::Result<()> {
-    let data_dir = DataDir::new(&args.data_dir);
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let policy = load_policy(args.policy.as_deref())?;
+    let data_dir = args.data_dir.layout();
+    std::fs::create_dir_all(&data_dir.path)
+        .with_context(|| format!("cannot create {}", data_dir.path.display()))?;
+    let policy = args.policy.load()?;
     let import = match (&args.import_root, &args.import_key) {
         (Some(certificate), Some(key)) => Some((
             std::fs::read_to_string(certificate)
@@ -474,19 +452,10 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let store = RedbStore::open(&data_dir.store_path())?;
-    let env_kek = std::env::var(KEK_ENV).ok().map(Zeroizing::new);
-    let (kek, kek_file) = match env_kek {
-        Some(text) => (Kek::from_text(&text)?, None),
-        None => {
-            let path = args.kek_file.clone().unwrap_or_else(|| data_dir.kek_path());
-            if path.exists() {
-                (Kek::load(Some(&path), None)?, Some(path))
-            } else {
-                let kek = Kek::generate()?;
-                kek.write_new_file(&path)?;
-                (kek, Some(path))
-            }
-        }
+    let (kek, kek_source) = args.kek.load(&data_dir, MissingKek::Create)?;
+    let kek_file = match kek_source {
+        KekSource::File(path) => Some(path),
+        KekSource::Environment(_) => None,
     };
     let options = InitOptions {
         trust_domain: args.trust_domain.clone(),
@@ -544,7 +513,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     println!("{table}");
     match kek_file {
         Some(path) => println!(
-            "\nThe root key is sealed with the key-encryption key in {} (0600).\nMove it off this disk (e.g. into a secret manager) and start the server with\n  --kek-file <path>   or   TRUSTPLANE_KEK=<contents>\nAnyone with both the data directory and that file can sign as your mesh root.",
+            "\nThe root key is sealed with the key-encryption key in {} (0600).\nMove it off this disk (e.g. into a secret manager) and start the server with\n  --kek-file <path>   or   TRUSTPLANE_KEK=<contents>   (looked up in that order, then <data-dir>/kek)\nAnyone with both the data directory and that file can sign as your mesh root.",
             path.display()
         ),
         None => {
@@ -559,12 +528,8 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let data_dir = DataDir::new(&args.data_dir);
-    let authority = Arc::new(open_authority(
-        &data_dir,
-        args.kek_file.as_deref(),
-        args.policy.as_deref(),
-    )?);
+    let data_dir = args.data_dir.layout();
+    let authority = Arc::new(open_authority(&data_dir, &args.kek, &args.policy)?);
     let mut dns_names = Vec::new();
     let mut ip_addresses = Vec::new();
     for name in args.server_names {
@@ -612,7 +577,7 @@ pub async fn shutdown_signal() {
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let server_ca_pem = match &args.server_ca {
+    let server_ca_pem = match &args.server_ca.path {
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --server-ca {}", path.display()))?,
@@ -661,14 +626,14 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         )),
         (AgentSink::Kubernetes, None, None) => bail!("no Kubernetes client"),
     };
-    let saved_server = match &args.server {
+    let saved_server = match &args.server.url {
         Some(_) => None,
         None => match identity.load().await? {
             agent::StoredIdentity::Complete(saved) => saved.server,
             _ => None,
         },
     };
-    let Some(server) = args.server.or(saved_server) else {
+    let Some(server) = args.server.url.or(saved_server) else {
         bail!(
             "pass --server https://<trustplane>:8443 (no server saved with the identity in {} yet)",
             identity.describe()
@@ -757,18 +722,19 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                     token_ttl_seconds: token_ttl.as_secs(),
                     kubeconfig: kubeconfig_text.to_string(),
                     namespace: namespace.clone(),
-                    secret_format: secret_format.clone(),
+                    secret_format: secret_format.as_str().to_string(),
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
             if kubeconfig.is_some() {
                 if output == Format::Json {
-                    let json = serde_json::json!({"cluster": name, "mode": "push", "namespace": namespace, "secret_format": secret_format});
+                    let json = serde_json::json!({"cluster": name, "mode": "push", "namespace": namespace, "secret_format": secret_format.as_str()});
                     println!("{}", serde_json::to_string_pretty(&json)?);
                 } else {
                     println!(
-                        "cluster {name} registered in push mode: the server writes Secret {namespace}/cacerts ({secret_format} format) itself.\nWatch it with: trustplane cluster list"
+                        "cluster {name} registered in push mode: the server writes Secret {namespace}/cacerts ({} format) itself.\nWatch it with: trustplane cluster list",
+                        secret_format.as_str()
                     );
                 }
                 return Ok(());
@@ -781,7 +747,7 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 });
                 println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
-                let data_dir = DataDir::new(&connection.data_dir);
+                let data_dir = connection.data_dir.layout();
                 println!(
                     "cluster {name} registered; one-time join token (expires {}):\n",
                     output::time(response.token_expires_unix)
@@ -792,7 +758,7 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                     "In the cluster (Secret istio-system/cacerts, see deploy/kubernetes/agent.yaml):\n  kubectl -n istio-system create configmap trustplane-server-ca --from-file=ca.pem={ca}\n  kubectl -n istio-system create secret generic trustplane-join-token --from-literal=token={token}\n  kubectl -n istio-system apply -f deploy/kubernetes/agent-rbac.yaml -f deploy/kubernetes/agent.yaml\n\nOr outside Kubernetes, writing a directory:\n  trustplane agent --server {server} --server-ca {ca} \\\n    --join-token {token} --identity-dir <dir> --cacerts-dir <dir>",
                     ca = ca.display(),
                     token = response.join_token,
-                    server = connection.server,
+                    server = connection.server_url(),
                 );
             }
         }
@@ -992,8 +958,8 @@ async fn bundle_show(format: BundleFormat, connection: AdminConnection) -> anyho
 }
 
 async fn issue(args: IssueArgs) -> anyhow::Result<()> {
-    let data_dir = DataDir::new(&args.data_dir);
-    let authority = open_authority(&data_dir, args.kek_file.as_deref(), args.policy.as_deref())?;
+    let data_dir = args.data_dir.layout();
+    let authority = open_authority(&data_dir, &args.kek, &args.policy)?;
     let issued = authority
         .issue_with_local_key(&args.cluster, args.key_algorithm, args.lifetime)
         .await?;
@@ -1113,4 +1079,152 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
         status.code(),
         status.message()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Flags whose name recurs with another meaning in one-shot commands,
+    /// which deliberately read no environment variable there: the agent's
+    /// `--key-algorithm`, `--kubeconfig`, `--namespace` and `--secret-format`
+    /// describe its own cluster; `init`, `issue`, `rotate` and `cluster add`
+    /// use the same names for a root, an offline issue or a push-mode cluster.
+    const ENVIRONMENT_ONLY_IN_DAEMONS: &[&str] =
+        &["key-algorithm", "kubeconfig", "namespace", "secret-format"];
+
+    /// Flags whose default differs by command because the setting does:
+    /// `demo --timeout` waits for agents, `rotate advance --timeout` for a gate.
+    const DEFAULT_PER_COMMAND: &[&str] = &["timeout"];
+
+    /// One occurrence of a long flag: command path, environment variable, default.
+    struct Occurrence {
+        command: String,
+        environment: Option<String>,
+        default: Vec<String>,
+    }
+
+    fn collect(command: &clap::Command, path: &str, flags: &mut BTreeMap<String, Vec<Occurrence>>) {
+        for argument in command.get_arguments() {
+            let Some(long) = argument.get_long() else {
+                continue;
+            };
+            flags.entry(long.to_string()).or_default().push(Occurrence {
+                command: path.to_string(),
+                environment: argument
+                    .get_env()
+                    .map(|name| name.to_string_lossy().into_owned()),
+                default: argument
+                    .get_default_values()
+                    .iter()
+                    .map(|value| value.to_string_lossy().into_owned())
+                    .collect(),
+            });
+        }
+        for subcommand in command.get_subcommands() {
+            collect(
+                subcommand,
+                &format!("{path} {}", subcommand.get_name()),
+                flags,
+            );
+        }
+    }
+
+    fn every_flag() -> BTreeMap<String, Vec<Occurrence>> {
+        let mut command = Cli::command();
+        command.build();
+        let mut flags = BTreeMap::new();
+        collect(&command, "trustplane", &mut flags);
+        flags
+    }
+
+    #[test]
+    fn the_command_line_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_environment_variable_is_named_after_its_flag() {
+        for (long, occurrences) in every_flag() {
+            let expected = format!("TRUSTPLANE_{}", long.to_uppercase().replace('-', "_"));
+            for occurrence in occurrences {
+                if let Some(environment) = &occurrence.environment {
+                    assert_eq!(
+                        environment, &expected,
+                        "`{} --{long}` reads {environment}, not {expected}",
+                        occurrence.command
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_store_and_connection_options_reach_every_command_that_needs_them() {
+        let flags = every_flag();
+        let commands = |long: &str| -> Vec<String> {
+            flags[long]
+                .iter()
+                .map(|occurrence| occurrence.command.clone())
+                .collect()
+        };
+        for long in ["kek-file", "policy"] {
+            for command in ["init", "server", "issue", "demo"] {
+                let command = format!("trustplane {command}");
+                assert!(
+                    commands(long).contains(&command),
+                    "{command} has no --{long}"
+                );
+            }
+        }
+        let admin = commands("admin-cert");
+        assert!(admin.len() >= 12, "{admin:?}");
+        for command in admin.iter().chain([&"trustplane agent".to_string()]) {
+            assert!(
+                commands("server-ca").contains(command),
+                "{command} has no --server-ca"
+            );
+            assert!(
+                commands("server").contains(command),
+                "{command} has no --server"
+            );
+        }
+        for command in admin.iter().chain(
+            ["trustplane init", "trustplane server", "trustplane issue"]
+                .map(String::from)
+                .iter(),
+        ) {
+            assert!(
+                commands("data-dir").contains(command),
+                "{command} has no --data-dir"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flag_has_one_environment_variable_and_one_default_in_every_command() {
+        for (long, occurrences) in every_flag() {
+            let first = &occurrences[0];
+            for occurrence in &occurrences[1..] {
+                if !ENVIRONMENT_ONLY_IN_DAEMONS.contains(&long.as_str()) {
+                    assert_eq!(
+                        occurrence.environment, first.environment,
+                        "--{long}: `{}` and `{}` disagree on the environment variable",
+                        first.command, occurrence.command
+                    );
+                }
+                if !DEFAULT_PER_COMMAND.contains(&long.as_str()) {
+                    assert_eq!(
+                        occurrence.default, first.default,
+                        "--{long}: `{}` and `{}` disagree on the default",
+                        first.command, occurrence.command
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,147 @@
+//! Options that several commands share, each declared once and
+//! `#[command(flatten)]`ed wherever it is used, so that a setting has one
+//! flag, one environment variable (`--foo-bar` ⇔ `TRUSTPLANE_FOO_BAR`), one
+//! default and one help text in every command. Also the one place that turns
+//! them into a data directory, a policy and a key-encryption key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::config::{self, KekSource};
+use crate::policy::Policy;
+use crate::server::DataDir;
+use crate::signer::sealed::Kek;
+
+/// The data directory when `--data-dir` is not given.
+pub const DEFAULT_DATA_DIR: &str = "trustplane-data";
+
+/// The server admin commands talk to when `--server` is not given.
+pub const DEFAULT_SERVER_URL: &str = "https://127.0.0.1:8443";
+
+/// `--data-dir` (`TRUSTPLANE_DATA_DIR`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct DataDirOption {
+    /// Data directory `trustplane init` creates: store, key-encryption key, control-plane CA, admin credential.
+    #[arg(
+        id = "data_dir",
+        long = "data-dir",
+        env = "TRUSTPLANE_DATA_DIR",
+        value_name = "DIR",
+        default_value = DEFAULT_DATA_DIR
+    )]
+    pub path: PathBuf,
+}
+
+impl DataDirOption {
+    /// The data directory's layout.
+    pub fn layout(&self) -> DataDir {
+        DataDir::new(&self.path)
+    }
+}
+
+/// `--policy` (`TRUSTPLANE_POLICY`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct PolicyOption {
+    /// Issuance policy file [default: the built-in policies/default.yaml].
+    #[arg(
+        id = "policy",
+        long = "policy",
+        env = "TRUSTPLANE_POLICY",
+        value_name = "FILE"
+    )]
+    pub path: Option<PathBuf>,
+}
+
+impl PolicyOption {
+    /// Loads the policy file, or the built-in default.
+    pub fn load(&self) -> anyhow::Result<Policy> {
+        load_policy(self.path.as_deref())
+    }
+}
+
+/// Loads the policy file at `path`, or the built-in default.
+pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
+    match path {
+        None => Ok(Policy::builtin_default()?),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read policy file {}", path.display()))?;
+            Ok(Policy::from_yaml(&path.display().to_string(), &text)?)
+        }
+    }
+}
+
+/// `--kek-file` (`TRUSTPLANE_KEK_FILE`) and the lookup order of the
+/// key-encryption key ([`config::kek_source`]).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct KekOption {
+    /// Key-encryption key (KEK) file. Lookup order: this flag (or TRUSTPLANE_KEK_FILE), else the KEK itself (base64) in TRUSTPLANE_KEK, else <data-dir>/kek; `init` and `demo` create the file when it is missing.
+    #[arg(
+        id = "kek_file",
+        long = "kek-file",
+        env = "TRUSTPLANE_KEK_FILE",
+        value_name = "FILE"
+    )]
+    pub file: Option<PathBuf>,
+}
+
+/// What to do when the KEK file the lookup order picked does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingKek {
+    /// Create a new random KEK there, mode 0600 (`init`, `demo`).
+    Create,
+    /// Fail, saying how to provide one (every command that opens a store).
+    Fail,
+}
+
+impl KekOption {
+    /// The KEK, found by the one lookup order ([`config::kek_source`]:
+    /// `--kek-file`, else `TRUSTPLANE_KEK`, else `<data-dir>/kek`), and where
+    /// it came from.
+    pub fn load(
+        &self,
+        data_dir: &DataDir,
+        missing: MissingKek,
+    ) -> anyhow::Result<(Kek, KekSource)> {
+        let source = config::kek_source(self.file.as_deref(), &data_dir.kek_path());
+        let kek = match &source {
+            KekSource::Environment(text) => Kek::load(None, Some(text.as_str()))?,
+            KekSource::File(path) if missing == MissingKek::Create && !path.exists() => {
+                let kek = Kek::generate()?;
+                kek.write_new_file(path)?;
+                kek
+            }
+            KekSource::File(path) => Kek::load(Some(path), None)?,
+        };
+        Ok((kek, source))
+    }
+}
+
+/// `--server` (`TRUSTPLANE_SERVER`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServerOption {
+    /// Server URL [default: https://127.0.0.1:8443 for admin commands; for the agent, the URL saved with its identity at enrollment].
+    #[arg(
+        id = "server",
+        long = "server",
+        env = "TRUSTPLANE_SERVER",
+        value_name = "URL"
+    )]
+    pub url: Option<String>,
+}
+
+/// `--server-ca` (`TRUSTPLANE_SERVER_CA`): the control-plane CA that
+/// verifies the server. `--ca-cert` is a hidden alias kept for old scripts.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServerCaOption {
+    /// Control-plane CA certificate that verifies the server [default for admin commands: <data-dir>/control-plane-ca.pem; the agent needs it to enroll].
+    #[arg(
+        id = "server_ca",
+        long = "server-ca",
+        alias = "ca-cert",
+        env = "TRUSTPLANE_SERVER_CA",
+        value_name = "FILE"
+    )]
+    pub path: Option<PathBuf>,
+}

@@ -27,6 +27,7 @@ pub mod signer;
 pub mod sink;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
 
 /// Generated gRPC types and service stubs for `proto/trustplane/v1`.
 pub mod proto {

@@ -116,11 +116,12 @@ async fn agent_writes_verifiable_cacerts_and_follows_new_bundle_versions() {
 
     let authority = server.authority().clone();
     let next = authority
-        .current_bundle()
+        .publication
+        .current()
         .bundle
         .with_appended(new_root("second"))
         .unwrap();
-    authority.publish_bundle(next).unwrap();
+    authority.publication.publish(next).unwrap();
     wait_for(&handle, "bundle v2 applied", |status| {
         status.applied_bundle_version == 2
     })
@@ -241,11 +242,12 @@ async fn agent_retries_while_the_server_is_down_and_catches_up() {
     let server = common::TestServer::resume(dir, data_dir, policy, address).await;
     let authority = server.authority().clone();
     let next = authority
-        .current_bundle()
+        .publication
+        .current()
         .bundle
         .with_appended(new_root("while down"))
         .unwrap();
-    authority.publish_bundle(next).unwrap();
+    authority.publication.publish(next).unwrap();
     let status = wait_for(&handle, "bundle v2 applied after the outage", |status| {
         status.applied_bundle_version == 2 && status.last_error.is_none()
     })

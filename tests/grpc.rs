@@ -13,7 +13,7 @@ use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
 use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
 use trustplane::proto::trust_bundle_service_client::TrustBundleServiceClient;
-use trustplane::server::authority::token_hash;
+use trustplane::server::token_hash;
 use trustplane::store::{RedbStore, Store, Table};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
@@ -411,11 +411,12 @@ async fn a_watcher_receives_every_new_bundle_version() {
 
     let authority = server.authority().clone();
     let next = authority
-        .current_bundle()
+        .publication
+        .current()
         .bundle
         .with_appended(new_root("second"))
         .unwrap();
-    authority.publish_bundle(next).unwrap();
+    authority.publication.publish(next).unwrap();
     let second = tokio::time::timeout(Duration::from_secs(5), watch.message())
         .await
         .unwrap()
@@ -447,11 +448,12 @@ async fn a_slow_watcher_gets_the_latest_version_not_a_backlog() {
     let authority = server.authority().clone();
     for index in 0..20 {
         let next = authority
-            .current_bundle()
+            .publication
+            .current()
             .bundle
             .with_appended(new_root(&format!("root {index}")))
             .unwrap();
-        authority.publish_bundle(next).unwrap();
+        authority.publication.publish(next).unwrap();
     }
     let mut seen = Vec::new();
     loop {

@@ -236,7 +236,7 @@ async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
     }
     wait_applied(&mut admin, 1, CLUSTERS).await;
     mesh.check_all("stable").await;
-    let old_root = server.authority().signing_root();
+    let old_root = server.authority().core().signing_root();
 
     // One agent is down when the rotation starts: it must block trust-new.
     fleet.stop("c07");
@@ -327,7 +327,7 @@ async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
     let done = advance(&mut admin).await.unwrap();
     assert_eq!(done.phase, "stable");
     assert_eq!(done.outcome, "completed");
-    assert_eq!(server.authority().signing_root(), new_root);
+    assert_eq!(server.authority().core().signing_root(), new_root);
     mesh.check_all("stable again").await;
 
     let checks = assert_no_failures(&mesh).await;
@@ -355,11 +355,11 @@ async fn abort_from_each_phase_leaves_every_pair_verifying() {
         fleet.add(&mut admin, &mesh, &format!("a{index}")).await;
     }
     wait_applied(&mut admin, 1, CLUSTERS).await;
-    let old_root = server.authority().signing_root();
+    let old_root = server.authority().core().signing_root();
     let stable_pem = server
         .authority()
-        .current_bundle()
-        .message
+        .publication
+        .current()
         .root_cert_pem
         .clone();
 
@@ -417,6 +417,7 @@ async fn abort_from_each_phase_leaves_every_pair_verifying() {
     let moved = admin
         .rotate_advance(proto::RotateAdvanceRequest {
             expected_phase: "sign-new".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -636,7 +637,7 @@ async fn plan_changes_nothing_and_auto_rotation_completes_by_itself() {
         fleet.add(&mut admin, &mesh, &format!("p{index}")).await;
     }
     wait_applied(&mut admin, 1, CLUSTERS).await;
-    let before = server.authority().current_bundle().message.clone();
+    let before = server.authority().publication.current();
 
     let plan = admin
         .rotate_plan(proto::RotatePlanRequest {
@@ -652,13 +653,17 @@ async fn plan_changes_nothing_and_auto_rotation_completes_by_itself() {
             .iter()
             .map(|step| step.bundle_version)
             .collect::<Vec<_>>(),
-        [before.version + 1, before.version + 2, before.version + 3]
+        [
+            before.bundle.version() + 1,
+            before.bundle.version() + 2,
+            before.bundle.version() + 3
+        ]
     );
     assert!(plan.preflight_ok, "{:?}", plan.preflight_failures);
     assert_eq!(plan.clusters.len(), CLUSTERS);
     assert!(plan.steps[1].newest_repeated);
     assert_eq!(
-        server.authority().current_bundle().message,
+        server.authority().publication.current(),
         before,
         "plan changed the bundle"
     );
@@ -752,7 +757,7 @@ async fn rotation_to_an_imported_root_and_refusals_of_bad_imports() {
         .unwrap_err();
     assert_eq!(keyless.code(), tonic::Code::InvalidArgument, "{keyless:?}");
     assert!(!status(&mut admin).await.has_rotation);
-    assert_eq!(server.authority().current_bundle().bundle.version(), 1);
+    assert_eq!(server.authority().publication.current().bundle.version(), 1);
 
     // The imported root becomes B; its key is sealed in the store.
     let started = admin
@@ -771,7 +776,7 @@ async fn rotation_to_an_imported_root_and_refusals_of_bad_imports() {
         wait_gate(&mut admin).await;
         advance(&mut admin).await.unwrap();
     }
-    assert_eq!(server.authority().signing_root(), imported);
+    assert_eq!(server.authority().core().signing_root(), imported);
     mesh.check_all("imported").await;
     assert_no_failures(&mesh).await;
 }

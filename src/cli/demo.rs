@@ -226,7 +226,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     step.next("waiting for both agents to write cacerts and report to the server");
-    let bundle_version = authority.current_bundle().bundle.version();
+    let bundle_version = authority.publication.current().bundle.version();
     let deadline = Instant::now() + args.timeout;
     let clusters = loop {
         let listed = admin

@@ -33,6 +33,7 @@ use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
 use crate::server::{self, Authority, DataDir, InitOptions, SystemClock};
 use crate::sink::{self, ClusterSink, DirectorySink};
 use crate::store::RedbStore;
+use crate::wire;
 
 /// trustplane: a CA and trust-bundle service for Istio multicluster meshes.
 ///
@@ -548,7 +549,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "trustplane server for trust domain {} listening on {} (bundle version {})",
         running.authority.trust_domain(),
         running.url(),
-        running.authority.current_bundle().bundle.version()
+        running.authority.publication.current().bundle.version()
     );
     tokio::select! {
         result = running.wait() => result?,
@@ -723,6 +724,7 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                     kubeconfig: kubeconfig_text.to_string(),
                     namespace: namespace.clone(),
                     secret_format: secret_format.as_str().to_string(),
+                    format: proto::SecretFormat::from(secret_format).into(),
                 })
                 .await
                 .map_err(status_error)?
@@ -805,7 +807,7 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
 fn cluster_json(cluster: &proto::ClusterStatus) -> serde_json::Value {
     serde_json::json!({
         "name": cluster.name,
-        "state": cluster.state,
+        "state": wire::cluster_state(cluster.cluster_state, &cluster.state).as_str(),
         "created": output::time(cluster.created_unix),
         "applied_bundle_version": cluster.applied_bundle_version,
         "intermediate_serial": cluster.intermediate_serial,
@@ -851,7 +853,9 @@ fn print_clusters(
         };
         table.add_row(vec![
             cluster.name.clone(),
-            cluster.state.clone(),
+            wire::cluster_state(cluster.cluster_state, &cluster.state)
+                .as_str()
+                .to_string(),
             bundle,
             output::short_hex(&cluster.intermediate_serial),
             output::time(cluster.intermediate_not_after_unix),
@@ -961,6 +965,7 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
     let authority = open_authority(&data_dir, &args.kek, &args.policy)?;
     let issued = authority
+        .issuance
         .issue_with_local_key(&args.cluster, args.key_algorithm, args.lifetime)
         .await?;
     std::fs::create_dir_all(&args.out)
@@ -985,7 +990,7 @@ async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     write("cert-chain.pem", issued.cert_chain_pem.as_bytes(), false)?;
     write(
         "root-cert.pem",
-        issued.bundle.message.root_cert_pem.as_bytes(),
+        issued.bundle.root_cert_pem.as_bytes(),
         false,
     )?;
     let serial = issued.certificate.serial_hex()?;

@@ -16,6 +16,8 @@ use super::{AdminConnection, parse_generated_algorithm, status_error};
 use crate::ca::{KeyAlgorithm, system_time_to_unix};
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
+use crate::rotation::{Outcome, Phase};
+use crate::wire;
 
 /// `rotate` subcommands.
 #[derive(Debug, Subcommand)]
@@ -246,7 +248,7 @@ pub async fn run(command: RotateCommand) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             if output == Format::Table {
-                if status.phase == "stable" {
+                if phase_of(&status) == Phase::Stable {
                     println!(
                         "rotation aborted: back to phase stable, bundle v{} trusts the old root only",
                         status.phase_bundle_version
@@ -254,7 +256,8 @@ pub async fn run(command: RotateCommand) -> anyhow::Result<()> {
                 } else {
                     println!(
                         "rotation aborted: back to phase {} (bundle v{}); intermediates are re-issued from the old root.\n`trustplane rotate abort` again returns to the old root alone once every cluster is re-issued and the grace has passed; `trustplane rotate advance` retries sign-new.\n",
-                        status.phase, status.phase_bundle_version
+                        phase_of(&status),
+                        status.phase_bundle_version
                     );
                 }
             }
@@ -278,11 +281,11 @@ async fn plan(
         .map_err(status_error)?
         .into_inner();
     let current = plan.current.clone().unwrap_or_default();
-    let in_progress = current.phase != "stable";
+    let in_progress = phase_of(&current) != Phase::Stable;
     if format == Format::Json {
         let json = serde_json::json!({
             "steps": plan.steps.iter().map(|step| serde_json::json!({
-                "phase": step.phase,
+                "phase": step_phase(step).as_str(),
                 "bundle_version": step.bundle_version,
                 "bundle_roots": step.bundle_roots,
                 "newest_repeated": step.newest_repeated,
@@ -300,7 +303,8 @@ async fn plan(
         if in_progress {
             println!(
                 "rotation in progress: phase {} (bundle v{}); the steps still to come:",
-                current.phase, current.phase_bundle_version
+                phase_of(&current),
+                current.phase_bundle_version
             );
         } else {
             println!(
@@ -351,7 +355,7 @@ async fn plan(
             }
             table.add_row(vec![
                 (index + 1).to_string(),
-                step.phase.clone(),
+                step_phase(step).to_string(),
                 format!("v{}", step.bundle_version),
                 bundle_roots.join(", "),
                 letter(&step.signing_root),
@@ -441,14 +445,35 @@ async fn start(
     print_status(&status, format)
 }
 
+/// The phase a status names: the enum, or the string from an older server.
+fn phase_of(status: &proto::RotationStatus) -> Phase {
+    wire::phase(status.rotation_phase, &status.phase)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// How the last rotation ended, as a status says.
+fn outcome_of(status: &proto::RotationStatus) -> Option<Outcome> {
+    wire::outcome(status.rotation_outcome, &status.outcome)
+}
+
+/// The phase a planned step enters.
+fn step_phase(step: &proto::PlannedStep) -> Phase {
+    wire::phase(step.rotation_phase, &step.phase)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Where a phase lies on the way forward; an aborted rotation ranks lowest.
 fn phase_rank(status: &proto::RotationStatus) -> u8 {
-    match status.phase.as_str() {
-        "trust-new" => 1,
-        "sign-new" => 2,
-        "retire-old" => 3,
-        "stable" if status.outcome == "completed" => 4,
-        _ => 0,
+    match phase_of(status) {
+        Phase::TrustNew => 1,
+        Phase::SignNew => 2,
+        Phase::RetireOld => 3,
+        Phase::Stable if outcome_of(status) == Some(Outcome::Completed) => 4,
+        Phase::Stable => 0,
     }
 }
 
@@ -467,7 +492,7 @@ fn progress(status: &proto::RotationStatus) -> (String, String) {
     let (acknowledged, total) = ack_counts(status);
     let mut line = format!(
         "waiting: {acknowledged}/{total} clusters acknowledged phase {}",
-        status.phase
+        phase_of(status)
     );
     let waiting: Vec<String> = status
         .clusters
@@ -524,21 +549,22 @@ async fn advance_when_ready(
                     unavailable = false;
                 }
                 let first = waited_phase.get_or_insert_with(|| status.clone());
-                if status.phase != first.phase
+                if phase_of(&status) != phase_of(first)
                     || status.phase_bundle_version != first.phase_bundle_version
                 {
                     // The server (--auto) or another admin moved the rotation.
                     let moved_forward = phase_rank(&status) > phase_rank(first);
                     eprintln!(
                         "phase {} was left meanwhile (by the server with --auto, or another admin): now {}",
-                        first.phase, status.phase
+                        phase_of(first),
+                        phase_of(&status)
                     );
                     print_status(&status, format)?;
                     if !moved_forward {
                         bail!(
                             "the rotation went back from {} to {} instead of forward (aborted?); not advancing",
-                            first.phase,
-                            status.phase
+                            phase_of(first),
+                            phase_of(&status)
                         );
                     }
                     return Ok(());
@@ -562,7 +588,7 @@ async fn advance_when_ready(
                     bail!(
                         "timed out after {} waiting for the gate of phase {}: {}; nothing was changed (see `trustplane rotate status`)",
                         humantime::format_duration(timeout),
-                        status.phase,
+                        phase_of(&status),
                         status.blocking
                     );
                 }
@@ -587,7 +613,8 @@ async fn advance_when_ready(
     // Name the phase whose gate was seen to hold, so that a step taken
     // meanwhile (by --auto or another admin) is not taken twice.
     let request = proto::RotateAdvanceRequest {
-        expected_phase: status.phase.clone(),
+        expected_phase: phase_of(&status).as_str().to_string(),
+        expected: proto::RotationPhase::from(phase_of(&status)).into(),
     };
     match client.rotate_advance(request).await {
         Ok(response) => print_advanced(&response.into_inner(), format),
@@ -608,19 +635,19 @@ async fn advance_when_ready(
 
 fn print_advanced(status: &proto::RotationStatus, format: Format) -> anyhow::Result<()> {
     if format == Format::Table {
-        match status.phase.as_str() {
-            "stable" => println!(
+        match phase_of(status) {
+            Phase::Stable => println!(
                 "rotation complete: the mesh trusts only the new root, which signs every intermediate\n"
             ),
-            "sign-new" => println!(
+            Phase::SignNew => println!(
                 "entered phase sign-new (bundle v{}): intermediates are re-issued from the new root\n",
                 status.phase_bundle_version
             ),
-            "retire-old" => println!(
+            Phase::RetireOld => println!(
                 "entered phase retire-old (bundle v{}): the old root is no longer trusted\n",
                 status.phase_bundle_version
             ),
-            phase => println!(
+            phase @ Phase::TrustNew => println!(
                 "entered phase {phase} (bundle v{})\n",
                 status.phase_bundle_version
             ),
@@ -632,7 +659,7 @@ fn print_advanced(status: &proto::RotationStatus, format: Format) -> anyhow::Res
 fn ack_json(cluster: &proto::ClusterAck) -> serde_json::Value {
     serde_json::json!({
         "name": cluster.name,
-        "mode": cluster.mode,
+        "mode": wire::cluster_mode(cluster.cluster_mode, &cluster.mode).as_str(),
         "applied_bundle_version": cluster.applied_bundle_version,
         "chain_root_subject": cluster.chain_root_subject,
         "chain_root_serial": cluster.chain_root_serial,
@@ -648,9 +675,9 @@ fn ack_json(cluster: &proto::ClusterAck) -> serde_json::Value {
 fn status_json(status: &proto::RotationStatus) -> serde_json::Value {
     let bundle = status.bundle.clone().unwrap_or_default();
     serde_json::json!({
-        "phase": status.phase,
+        "phase": phase_of(status).as_str(),
         "has_rotation": status.has_rotation,
-        "outcome": status.outcome,
+        "outcome": outcome_of(status).map(Outcome::as_str).unwrap_or_default(),
         "old_root_serial": status.old_root_serial,
         "old_root_subject": status.old_root_subject,
         "new_root_serial": status.new_root_serial,
@@ -688,7 +715,7 @@ fn print_status(status: &proto::RotationStatus, format: Format) -> anyhow::Resul
         return Ok(());
     }
     let now = system_time_to_unix(SystemTime::now());
-    let in_progress = status.phase != "stable";
+    let in_progress = phase_of(status) != Phase::Stable;
     let bundle = status.bundle.clone().unwrap_or_default();
     let mut table = output::table(&["", ""]);
     let mut row = |name: &str, value: String| {
@@ -696,13 +723,19 @@ fn print_status(status: &proto::RotationStatus, format: Format) -> anyhow::Resul
     };
     let phase = match (status.has_rotation, in_progress) {
         (false, _) => "stable (no rotation started yet)".to_string(),
-        (true, false) if !status.outcome.is_empty() => {
-            format!("stable (last rotation {})", status.outcome)
+        (true, false) if outcome_of(status).is_some() => {
+            format!(
+                "stable (last rotation {})",
+                outcome_of(status).map(Outcome::as_str).unwrap_or_default()
+            )
         }
         (true, _) if status.auto_advance && in_progress => {
-            format!("{} (--auto: the server advances by itself)", status.phase)
+            format!(
+                "{} (--auto: the server advances by itself)",
+                phase_of(status)
+            )
         }
-        _ => status.phase.clone(),
+        _ => phase_of(status).to_string(),
     };
     row("phase", phase);
     if status.has_rotation {
@@ -764,12 +797,12 @@ fn print_status(status: &proto::RotationStatus, format: Format) -> anyhow::Resul
                 seconds(status.grace_left_seconds),
                 seconds(status.grace_seconds)
             )
-        } else if status.phase == "sign-new" && status.acknowledged_unix == 0 {
+        } else if phase_of(status) == Phase::SignNew && status.acknowledged_unix == 0 {
             format!(
                 "{}, counted from when every cluster has acknowledged",
                 seconds(status.grace_seconds)
             )
-        } else if status.phase == "trust-new" {
+        } else if phase_of(status) == Phase::TrustNew {
             format!(
                 "{}, waited after every cluster acknowledged sign-new",
                 seconds(status.grace_seconds)
@@ -841,7 +874,9 @@ fn print_status(status: &proto::RotationStatus, format: Format) -> anyhow::Resul
         }
         clusters.add_row(vec![
             cluster.name.clone(),
-            cluster.mode.clone(),
+            wire::cluster_mode(cluster.cluster_mode, &cluster.mode)
+                .as_str()
+                .to_string(),
             if cluster.last_report_unix == 0 {
                 "-".to_string()
             } else {

@@ -43,10 +43,11 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// A rotation phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// One root; no rotation under way.
+    #[default]
     Stable,
     /// Old and new root trusted; old root signs.
     TrustNew,
@@ -69,6 +70,51 @@ impl Phase {
 }
 
 impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Phase {
+    type Err = String;
+
+    /// The text form (`stable`, `trust-new`, `sign-new`, `retire-old`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        [
+            Phase::Stable,
+            Phase::TrustNew,
+            Phase::SignNew,
+            Phase::RetireOld,
+        ]
+        .into_iter()
+        .find(|phase| phase.as_str() == text)
+        .ok_or_else(|| {
+            format!("unknown phase {text:?}: use stable, trust-new, sign-new or retire-old")
+        })
+    }
+}
+
+/// How a finished rotation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Retire-old was acknowledged: the new root alone is trusted.
+    Completed,
+    /// Aborted back to the old root alone.
+    Aborted,
+}
+
+impl Outcome {
+    /// The outcome's name as printed and stored (`completed`, `aborted`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -105,7 +151,7 @@ pub struct Rotation {
     /// Whether the phase was entered by an abort.
     pub aborted: bool,
     /// How the rotation ended, once it is `stable` again.
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
 }
 
 /// What a cluster last reported, as the gates need it.
@@ -270,7 +316,7 @@ pub enum RotationError {
     )]
     PhaseMoved {
         /// What the caller expected.
-        expected: String,
+        expected: Phase,
         /// The phase now.
         actual: Phase,
     },
@@ -342,7 +388,7 @@ impl Rotation {
     pub fn signing_root_id(&self) -> &str {
         match self.phase {
             Phase::Stable => {
-                if self.outcome.as_deref() == Some("completed") {
+                if self.outcome == Some(Outcome::Completed) {
                     &self.new_root_id
                 } else {
                     &self.old_root_id
@@ -665,7 +711,7 @@ pub fn advance(
         ),
         Phase::RetireOld => {
             let mut next = enter(rotation, Phase::Stable, rotation.bundle_version, now);
-            next.outcome = Some("completed".into());
+            next.outcome = Some(Outcome::Completed);
             Ok(Step {
                 rotation: next,
                 bundle: None,
@@ -723,7 +769,7 @@ pub fn abort(
                 now,
             )?;
             step.rotation.aborted = true;
-            step.rotation.outcome = Some("aborted".into());
+            step.rotation.outcome = Some(Outcome::Aborted);
             Ok(step)
         }
     }

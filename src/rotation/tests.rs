@@ -952,7 +952,7 @@ fn advance_from_retire_old_completes_without_publishing() {
     assert!(step.bundle.is_none());
     assert_eq!(step.rotation.phase, Phase::Stable);
     assert!(!step.rotation.in_progress());
-    assert_eq!(step.rotation.outcome.as_deref(), Some("completed"));
+    assert_eq!(step.rotation.outcome, Some(Outcome::Completed));
     assert_eq!(step.rotation.signing_root_id(), fixture.b.id());
     assert_eq!(step.rotation.signing_root_id(), fixture.b.id());
     assert_eq!(step.rotation.bundle_version, 4);
@@ -994,7 +994,7 @@ fn abort_from_trust_new_returns_to_a_alone() {
     assert_eq!(bundle.roots(), std::slice::from_ref(&fixture.a.certificate));
     assert_eq!(bundle.root_cert_pem(), fixture.stable.root_cert_pem());
     assert_eq!(bundle.version(), 3);
-    assert_eq!(step.rotation.outcome.as_deref(), Some("aborted"));
+    assert_eq!(step.rotation.outcome, Some(Outcome::Aborted));
     assert!(step.rotation.aborted);
     assert_eq!(step.rotation.signing_root_id(), fixture.a.id());
     assert_eq!(step.rotation.signing_root_id(), fixture.a.id());
@@ -1108,7 +1108,7 @@ fn abort_to_a_after_b_signed_waits_for_reissue_from_a_and_the_grace() {
     assert!(ca::verify_leaf_path(&leaf, &chain, &roots, at(opened)).is_err());
     assert!(opened <= 300 + seconds(GRACE) + 2, "opened at +{opened}s");
     assert_eq!(stable.rotation.phase, Phase::Stable);
-    assert_eq!(stable.rotation.outcome.as_deref(), Some("aborted"));
+    assert_eq!(stable.rotation.outcome, Some(Outcome::Aborted));
     assert_eq!(
         published(&stable).roots(),
         std::slice::from_ref(&fixture.a.certificate)
@@ -1533,7 +1533,7 @@ fn every_workload_stays_trusted_by_every_cluster_through_a_whole_rotation() {
         mesh.now(),
     )
     .unwrap();
-    assert_eq!(finished.rotation.outcome.as_deref(), Some("completed"));
+    assert_eq!(finished.rotation.outcome, Some(Outcome::Completed));
 
     assert!(mesh.failures.is_empty(), "{:#?}", mesh.failures);
     // 5 clusters, at least one live workload each, checked against every

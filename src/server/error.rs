@@ -42,9 +42,64 @@ pub enum ServerError {
     /// The root signer failed.
     #[error("signer: {0}")]
     Signer(#[source] SignerError),
-    /// The server is not initialised or its state is inconsistent.
-    #[error("{0}")]
-    Setup(String),
+    /// The data directory holds no initialised store.
+    #[error(
+        "the data directory is not initialised: run `trustplane init --trust-domain <td>` first"
+    )]
+    NotInitialised,
+    /// A record the store must hold is missing (the store is inconsistent).
+    #[error("{what} is missing from the store")]
+    Missing {
+        /// What is missing, e.g. "signing root 0a1b".
+        what: String,
+    },
+    /// A root is stored without a local key (the local signer needs one).
+    #[error("the signing root has no local key (remote signers come later)")]
+    NoLocalKey,
+    /// A published bundle version does not follow the current one.
+    #[error("bundle version {version} does not follow {current}")]
+    BundleVersion {
+        /// The version offered.
+        version: u64,
+        /// The version published now.
+        current: u64,
+    },
+    /// A bundle cannot be built or served.
+    #[error("trust bundle")]
+    Bundle(#[from] crate::bundle::BundleError),
+    /// A stored value is not UTF-8 text.
+    #[error("{what} is not UTF-8 text")]
+    NotUtf8 {
+        /// What was read.
+        what: &'static str,
+    },
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+    /// A file could not be written or read.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    /// The server cannot listen on its address.
+    #[error("cannot listen on {address}; pick another address with --listen")]
+    Listen {
+        /// The address asked for.
+        address: std::net::SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed (TLS setup or serving).
+    #[error("gRPC server")]
+    Transport(#[from] tonic::transport::Error),
+    /// A background task of the server failed.
+    #[error("{task} task failed")]
+    Task {
+        /// Which task.
+        task: &'static str,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// Reading or writing a push-mode cluster's cacerts failed.
     #[error("push: could not update the cacerts")]
     Sink(#[from] SinkError),
@@ -58,6 +113,13 @@ pub enum ServerError {
     /// nothing in progress, …); the message says what to do.
     #[error("rotation: {0}")]
     Rotation(#[from] crate::rotation::RotationError),
+}
+
+impl ServerError {
+    /// [`ServerError::Missing`] for `what`.
+    pub fn missing(what: impl Into<String>) -> Self {
+        ServerError::Missing { what: what.into() }
+    }
 }
 
 impl From<CaError> for ServerError {
@@ -95,7 +157,17 @@ impl ServerError {
             ServerError::JoinToken(_) => "join_token",
             ServerError::Store(_) => "store",
             ServerError::Signer(_) => "signer",
-            ServerError::Setup(_) => "setup",
+            ServerError::NotInitialised
+            | ServerError::Missing { .. }
+            | ServerError::NoLocalKey
+            | ServerError::BundleVersion { .. }
+            | ServerError::Bundle(_)
+            | ServerError::NotUtf8 { .. }
+            | ServerError::Random
+            | ServerError::File(_)
+            | ServerError::Listen { .. }
+            | ServerError::Transport(_)
+            | ServerError::Task { .. } => "setup",
             ServerError::Sink(_) | ServerError::Kubernetes(_) | ServerError::Cacerts(_) => "push",
             ServerError::Rotation(_) => "rotation",
         }
@@ -126,7 +198,17 @@ impl From<ServerError> for tonic::Status {
             ServerError::Store(StoreError::Conflict { .. }) => Code::Aborted,
             ServerError::Store(_)
             | ServerError::Signer(_)
-            | ServerError::Setup(_)
+            | ServerError::NotInitialised
+            | ServerError::Missing { .. }
+            | ServerError::NoLocalKey
+            | ServerError::BundleVersion { .. }
+            | ServerError::Bundle(_)
+            | ServerError::NotUtf8 { .. }
+            | ServerError::Random
+            | ServerError::File(_)
+            | ServerError::Listen { .. }
+            | ServerError::Transport(_)
+            | ServerError::Task { .. }
             | ServerError::Sink(_)
             | ServerError::Kubernetes(_)
             | ServerError::Cacerts(_) => Code::Internal,

@@ -1,5 +1,7 @@
-//! tonic services: authenticate the caller, authorise, delegate to
-//! [`Authority`], convert errors once (`ServerError` → `Status`).
+//! tonic services: authenticate the caller, authorise, delegate to the
+//! [`Authority`]'s parts, and translate: this is the only file that builds
+//! or reads protobuf messages, and errors are converted once
+//! (`ServerError` → `Status`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,15 +10,22 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
 
-use super::ServerError;
-use super::authority::{Authority, Caller};
+use super::authority::Authority;
+use super::core::ClusterBundle;
+use super::enrollment::Caller;
+use super::error::ServerError;
+use super::registry::{ClusterStatus, ServerStatus};
+use super::rotation::{ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus};
+use crate::ca::{self, system_time_to_unix};
 use crate::proto;
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::intermediate_service_server::IntermediateService;
 use crate::proto::trust_bundle_service_server::TrustBundleService;
 use crate::reconcile::StatusReport;
-use crate::sink::SecretFormat;
+use crate::store::records::AuditRecord;
+use crate::wire;
 
 fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, ServerError> {
     let chain: Option<Vec<Vec<u8>>> = request.peer_certs().map(|certificates| {
@@ -25,7 +34,7 @@ fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, Serv
             .map(|certificate| certificate.to_vec())
             .collect()
     });
-    authority.identify(chain.as_deref())
+    authority.enrollment.identify(chain.as_deref())
 }
 
 fn require_cluster<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
@@ -54,6 +63,153 @@ fn require_admin<T>(authority: &Authority, request: &Request<T>) -> Result<Strin
         Caller::Cluster(cluster) => Err(ServerError::PermissionDenied(format!(
             "cluster {cluster:?} may not call AdminService; use the admin credential from `trustplane init`"
         ))),
+    }
+}
+
+/// The wire form of a bundle as `cluster` sees it.
+fn bundle_message(bundle: &ClusterBundle) -> proto::Bundle {
+    let published = &bundle.published;
+    proto::Bundle {
+        trust_domain: published.bundle.trust_domain().to_string(),
+        version: published.bundle.version(),
+        digest: published.digest.clone(),
+        root_cert_pem: published.root_cert_pem.clone(),
+        spiffe_bundle_json: published.spiffe_bundle_json.clone(),
+        signing_root_sha256: published.signing_root_sha256.clone(),
+        reissue_intermediate_serial: bundle.reissue_serial.clone(),
+    }
+}
+
+/// The wire form of a bundle as an admin sees it (no reissue directive).
+fn published_message(published: &Arc<super::core::PublishedBundle>) -> proto::Bundle {
+    bundle_message(&ClusterBundle {
+        published: published.clone(),
+        reissue_serial: String::new(),
+    })
+}
+
+fn cluster_message(status: ClusterStatus) -> proto::ClusterStatus {
+    proto::ClusterStatus {
+        name: status.name,
+        state: status.state.as_str().to_string(),
+        created_unix: status.created_unix,
+        applied_bundle_version: status.report.applied_bundle_version,
+        intermediate_serial: status.report.intermediate_serial,
+        intermediate_not_after_unix: status.report.intermediate_not_after_unix,
+        last_report_unix: status.report.reported_unix,
+        last_error: status.report.error,
+        mode: status.mode.as_str().to_string(),
+        cluster_state: proto::ClusterState::from(status.state).into(),
+        cluster_mode: proto::ClusterMode::from(status.mode).into(),
+    }
+}
+
+fn server_status_message(status: ServerStatus) -> Result<proto::StatusResponse, ServerError> {
+    Ok(proto::StatusResponse {
+        trust_domain: status.trust_domain,
+        bundle: Some(published_message(&status.bundle)),
+        signing_root_serial: status.signing_root.serial_hex()?,
+        signing_root_subject: status.signing_root.subject()?,
+        signing_root_not_after_unix: system_time_to_unix(status.signing_root.not_after()?),
+        clusters: status.clusters.into_iter().map(cluster_message).collect(),
+    })
+}
+
+fn ack_message(ack: ClusterAck) -> proto::ClusterAck {
+    proto::ClusterAck {
+        name: ack.name,
+        mode: ack.mode.as_str().to_string(),
+        applied_bundle_version: ack.applied_bundle_version,
+        chain_root_subject: ack.chain_root_subject,
+        chain_root_serial: ack.chain_root_serial,
+        last_report_unix: ack.last_report_unix,
+        acknowledged: ack.acknowledged,
+        blocking_reason: ack.blocking_reason,
+        overdue: ack.overdue,
+        excluded: ack.excluded,
+        last_error: ack.last_error,
+        cluster_mode: proto::ClusterMode::from(ack.mode).into(),
+    }
+}
+
+fn rotation_status_message(status: RotationStatus) -> proto::RotationStatus {
+    proto::RotationStatus {
+        phase: status.phase.as_str().to_string(),
+        has_rotation: status.has_rotation,
+        old_root_serial: status.old_root_serial,
+        old_root_subject: status.old_root_subject,
+        new_root_serial: status.new_root_serial,
+        new_root_subject: status.new_root_subject,
+        signing_root_serial: status.signing_root_serial,
+        phase_bundle_version: status.phase_bundle_version,
+        bundle: status.bundle.as_ref().map(published_message),
+        started_unix: status.started_unix,
+        entered_unix: status.entered_unix,
+        acknowledged_unix: status.acknowledged_unix,
+        grace_seconds: status.grace_seconds,
+        grace_left_seconds: status.grace_left_seconds,
+        ack_timeout_seconds: status.ack_timeout_seconds,
+        gate_holds: status.gate_holds,
+        blocking: status.blocking,
+        clusters: status.clusters.into_iter().map(ack_message).collect(),
+        excluded: status.excluded,
+        auto_advance: status.auto_advance,
+        outcome: status
+            .outcome
+            .map(|outcome| outcome.as_str().to_string())
+            .unwrap_or_default(),
+        next_step: status.next_step,
+        rotation_phase: proto::RotationPhase::from(status.phase).into(),
+        rotation_outcome: proto::RotationOutcome::from(status.outcome).into(),
+    }
+}
+
+fn planned_step_message(step: PlannedStep) -> proto::PlannedStep {
+    proto::PlannedStep {
+        phase: step.phase.as_str().to_string(),
+        bundle_version: step.bundle_version,
+        bundle_roots: step.bundle_roots,
+        newest_repeated: step.newest_repeated,
+        signing_root: step.signing_root,
+        gate: step.gate,
+        rotation_phase: proto::RotationPhase::from(step.phase).into(),
+    }
+}
+
+fn plan_message(plan: RotationPlan) -> proto::RotatePlanResponse {
+    proto::RotatePlanResponse {
+        steps: plan.steps.into_iter().map(planned_step_message).collect(),
+        preflight_ok: plan.preflight_failures.is_empty(),
+        preflight_failures: plan.preflight_failures,
+        current: Some(rotation_status_message(plan.current)),
+        clusters: plan.clusters,
+    }
+}
+
+fn rotation_options(options: proto::RotationOptions) -> Result<RotationOptions, ServerError> {
+    let key_algorithm = if options.key_algorithm.is_empty() {
+        None
+    } else {
+        Some(options.key_algorithm.parse::<ca::KeyAlgorithm>()?)
+    };
+    Ok(RotationOptions {
+        grace_seconds: options.grace_seconds,
+        ack_timeout_seconds: options.ack_timeout_seconds,
+        exclude_clusters: options.exclude_clusters,
+        auto_advance: options.auto_advance,
+        key_algorithm,
+        root_validity_seconds: options.root_validity_seconds,
+        import_root_pem: options.import_root_pem,
+        import_key_pem: Zeroizing::new(options.import_key_pem),
+    })
+}
+
+fn audit_message(record: AuditRecord) -> proto::AuditEntry {
+    proto::AuditEntry {
+        unix: record.unix,
+        actor: record.actor,
+        action: record.action,
+        detail: record.detail,
     }
 }
 
@@ -92,7 +248,9 @@ impl TrustBundleService for BundleApi {
             Caller::Cluster(name) => Some(name),
             Caller::Admin(_) => None,
         };
-        Ok(Response::new(self.authority.bundle_for(cluster.as_deref())))
+        Ok(Response::new(bundle_message(
+            &self.authority.publication.for_cluster(cluster.as_deref()),
+        )))
     }
 
     type WatchBundleStream = BundleStream;
@@ -107,8 +265,8 @@ impl TrustBundleService for BundleApi {
             Caller::Admin(_) => None,
         };
         let authority = self.authority.clone();
-        let mut bundles = self.authority.subscribe();
-        let mut directives = self.authority.subscribe_directives();
+        let mut bundles = self.authority.publication.subscribe();
+        let mut directives = self.authority.publication.subscribe_directives();
         let mut shutdown = self.shutdown.clone();
         // Capacity 1: while the consumer is slow, newer versions overwrite
         // older ones in the watch channel, so it gets the latest, not a backlog.
@@ -118,7 +276,7 @@ impl TrustBundleService for BundleApi {
             loop {
                 bundles.borrow_and_update();
                 directives.borrow_and_update();
-                let latest = authority.bundle_for(cluster.as_deref());
+                let latest = bundle_message(&authority.publication.for_cluster(cluster.as_deref()));
                 if last_sent.as_ref() != Some(&latest) {
                     tokio::select! {
                         sent = sender.send(Ok(latest.clone())) => if sent.is_err() { break },
@@ -148,10 +306,16 @@ impl IntermediateService for IntermediateApi {
         request: Request<proto::EnrollRequest>,
     ) -> Result<Response<proto::EnrollResponse>, Status> {
         let body = request.into_inner();
-        let response =
-            self.authority
-                .enroll(&body.cluster, &body.join_token, &body.client_csr_pem)?;
-        Ok(Response::new(response))
+        let enrolled = self
+            .authority
+            .enrollment
+            .enroll(&body.cluster, &body.join_token, &body.client_csr_pem)
+            .await?;
+        Ok(Response::new(proto::EnrollResponse {
+            client_cert_pem: enrolled.client_certificate.to_pem(),
+            control_plane_ca_pem: enrolled.control_plane_ca.to_pem(),
+            trust_domain: enrolled.trust_domain,
+        }))
     }
 
     async fn sign_intermediate(
@@ -161,12 +325,21 @@ impl IntermediateService for IntermediateApi {
         let cluster = require_cluster(&self.authority, &request)?;
         let body = request.into_inner();
         same_cluster(&cluster, &body.cluster)?;
-        let response = self
+        let signed = self
             .authority
+            .issuance
             .sign_intermediate(&cluster, &body.csr)
             .await
             .inspect_err(|error| tracing::warn!(cluster, error = %error, "intermediate refused"))?;
-        Ok(Response::new(response))
+        Ok(Response::new(proto::SignIntermediateResponse {
+            certificate_pem: signed.certificate.to_pem(),
+            cert_chain_pem: signed.cert_chain_pem,
+            bundle: Some(bundle_message(&signed.bundle)),
+            serial: signed.certificate.serial_hex().map_err(ServerError::from)?,
+            not_after_unix: system_time_to_unix(
+                signed.certificate.not_after().map_err(ServerError::from)?,
+            ),
+        }))
     }
 
     async fn report_status(
@@ -183,7 +356,7 @@ impl IntermediateService for IntermediateApi {
             cert_chain_pem: body.cert_chain_pem,
             error: body.error,
         };
-        self.authority.report_status(&cluster, report)?;
+        self.authority.registry.report_status(&cluster, report)?;
         Ok(Response::new(proto::ReportStatusResponse {}))
     }
 }
@@ -197,14 +370,9 @@ impl AdminService for AdminApi {
         require_admin(&self.authority, &request)?;
         let body = request.into_inner();
         if !body.kubeconfig.is_empty() {
-            let secret_format = if body.secret_format.is_empty() {
-                SecretFormat::default()
-            } else {
-                body.secret_format
-                    .parse()
-                    .map_err(ServerError::InvalidArgument)?
-            };
-            self.authority.add_push_cluster(
+            let secret_format = wire::secret_format(body.format, &body.secret_format)
+                .map_err(ServerError::InvalidArgument)?;
+            self.authority.registry.add_push_cluster(
                 &body.name,
                 &body.kubeconfig,
                 &body.namespace,
@@ -213,7 +381,7 @@ impl AdminService for AdminApi {
             return Ok(Response::new(proto::AddClusterResponse::default()));
         }
         let ttl = (body.token_ttl_seconds > 0).then(|| Duration::from_secs(body.token_ttl_seconds));
-        let (token, expires) = self.authority.add_cluster(&body.name, ttl)?;
+        let (token, expires) = self.authority.enrollment.add_cluster(&body.name, ttl)?;
         Ok(Response::new(proto::AddClusterResponse {
             join_token: token.to_string(),
             token_expires_unix: crate::ca::system_time_to_unix(expires),
@@ -226,8 +394,14 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::ListClustersResponse>, Status> {
         require_admin(&self.authority, &request)?;
         Ok(Response::new(proto::ListClustersResponse {
-            clusters: self.authority.list_clusters()?,
-            bundle_version: self.authority.current_bundle().bundle.version(),
+            clusters: self
+                .authority
+                .registry
+                .list_clusters()?
+                .into_iter()
+                .map(cluster_message)
+                .collect(),
+            bundle_version: self.authority.publication.current().bundle.version(),
         }))
     }
 
@@ -236,7 +410,9 @@ impl AdminService for AdminApi {
         request: Request<proto::RemoveClusterRequest>,
     ) -> Result<Response<proto::RemoveClusterResponse>, Status> {
         require_admin(&self.authority, &request)?;
-        self.authority.remove_cluster(&request.into_inner().name)?;
+        self.authority
+            .registry
+            .remove_cluster(&request.into_inner().name)?;
         Ok(Response::new(proto::RemoveClusterResponse {}))
     }
 
@@ -245,7 +421,9 @@ impl AdminService for AdminApi {
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
         require_admin(&self.authority, &request)?;
-        Ok(Response::new(self.authority.status()?))
+        Ok(Response::new(server_status_message(
+            self.authority.registry.status()?,
+        )?))
     }
 
     async fn reissue_cluster(
@@ -254,6 +432,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::ReissueClusterResponse>, Status> {
         let admin = require_admin(&self.authority, &request)?;
         self.authority
+            .registry
             .reissue_cluster(&request.into_inner().name, &admin)?;
         Ok(Response::new(proto::ReissueClusterResponse {}))
     }
@@ -263,8 +442,10 @@ impl AdminService for AdminApi {
         request: Request<proto::RotatePlanRequest>,
     ) -> Result<Response<proto::RotatePlanResponse>, Status> {
         require_admin(&self.authority, &request)?;
-        let options = request.into_inner().options.unwrap_or_default();
-        Ok(Response::new(self.authority.rotate_plan(&options)?))
+        let options = rotation_options(request.into_inner().options.unwrap_or_default())?;
+        Ok(Response::new(plan_message(
+            self.authority.rotation.plan(&options)?,
+        )))
     }
 
     async fn rotate_start(
@@ -272,14 +453,18 @@ impl AdminService for AdminApi {
         request: Request<proto::RotateStartRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let admin = require_admin(&self.authority, &request)?;
-        let options = request.into_inner().options.unwrap_or_default();
+        let options = rotation_options(request.into_inner().options.unwrap_or_default())?;
         let authority = self.authority.clone();
         // Root key generation and sealing are CPU work: keep them off the
         // async workers.
-        let status = tokio::task::spawn_blocking(move || authority.rotate_start(&options, &admin))
-            .await
-            .map_err(|error| ServerError::Setup(format!("rotation task: {error}")))??;
-        Ok(Response::new(status))
+        let status =
+            tokio::task::spawn_blocking(move || authority.rotation.start(&options, &admin))
+                .await
+                .map_err(|source| ServerError::Task {
+                    task: "rotation start",
+                    source,
+                })??;
+        Ok(Response::new(rotation_status_message(status)))
     }
 
     async fn rotate_status(
@@ -287,7 +472,9 @@ impl AdminService for AdminApi {
         request: Request<proto::RotateStatusRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         require_admin(&self.authority, &request)?;
-        Ok(Response::new(self.authority.rotation_status()?))
+        Ok(Response::new(rotation_status_message(
+            self.authority.rotation.status()?,
+        )))
     }
 
     async fn rotate_advance(
@@ -295,10 +482,12 @@ impl AdminService for AdminApi {
         request: Request<proto::RotateAdvanceRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let admin = require_admin(&self.authority, &request)?;
-        let expected = request.into_inner().expected_phase;
-        Ok(Response::new(
-            self.authority.rotate_advance(&admin, &expected)?,
-        ))
+        let body = request.into_inner();
+        let expected = wire::phase(body.expected, &body.expected_phase)
+            .map_err(ServerError::InvalidArgument)?;
+        Ok(Response::new(rotation_status_message(
+            self.authority.rotation.advance(&admin, expected)?,
+        )))
     }
 
     async fn rotate_abort(
@@ -306,10 +495,12 @@ impl AdminService for AdminApi {
         request: Request<proto::RotateAbortRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let admin = require_admin(&self.authority, &request)?;
-        let expected = request.into_inner().expected_phase;
-        Ok(Response::new(
-            self.authority.rotate_abort(&admin, &expected)?,
-        ))
+        let body = request.into_inner();
+        let expected = wire::phase(body.expected, &body.expected_phase)
+            .map_err(ServerError::InvalidArgument)?;
+        Ok(Response::new(rotation_status_message(
+            self.authority.rotation.abort(&admin, expected)?,
+        )))
     }
 
     async fn audit_log(
@@ -322,7 +513,13 @@ impl AdminService for AdminApi {
             limit => limit as usize,
         };
         Ok(Response::new(proto::AuditLogResponse {
-            entries: self.authority.audit_log(limit)?,
+            entries: self
+                .authority
+                .audit
+                .entries(limit)?
+                .into_iter()
+                .map(audit_message)
+                .collect(),
         }))
     }
 }

@@ -1,20 +1,23 @@
 //! `trustplane init`: the mesh root, the control-plane CA, the admin
 //! credential and the first bundle, written to the store in one transaction.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use zeroize::Zeroizing;
 
-use super::ServerError;
-use super::authority::{ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, bundle_record};
+use super::core::bundle_record;
+use super::enrollment::{ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME};
+use super::error::ServerError;
+use super::issuance::issued_record;
 use crate::bundle::TrustBundle;
 use crate::ca::{
     self, Certificate, ControlPlaneRole, KeyAlgorithm, PrivateKey, system_time_to_unix,
 };
+use crate::files::{self, PUBLIC_MODE};
 use crate::policy::Policy;
 use crate::signer::sealed::{Kek, seal, write_private_file};
-use crate::store::records::{self, AdminRecord, CaSettings, IssuedKind, IssuedRecord, RootRecord};
+use crate::store::records::{self, AdminRecord, CaSettings, IssuedKind, RootRecord};
 use crate::store::{Batch, Expect, Store, Table};
 
 /// Where things live under `--data-dir`.
@@ -79,24 +82,6 @@ pub struct InitOutcome {
     pub control_plane_ca: Certificate,
 }
 
-fn io_error(path: &Path, error: std::io::Error) -> ServerError {
-    ServerError::Setup(format!("{}: {error}", path.display()))
-}
-
-fn issued(
-    certificate: &Certificate,
-    kind: IssuedKind,
-    now: SystemTime,
-) -> Result<IssuedRecord, ServerError> {
-    Ok(IssuedRecord {
-        serial: certificate.serial_hex()?,
-        kind,
-        cluster: None,
-        issued_unix: system_time_to_unix(now),
-        not_after_unix: system_time_to_unix(certificate.not_after()?),
-    })
-}
-
 /// Adds a mesh root to `batch`: its record, its key sealed with `kek`
 /// (as `root-key/<id>`) and its issued-certificate record, each only if
 /// absent. Returns the batch and the root's id (its hex serial).
@@ -128,7 +113,7 @@ pub fn put_root(
         .put_json(
             Table::Certificates,
             &id,
-            &issued(root, IssuedKind::Root, now)?,
+            &issued_record(root, IssuedKind::Root, None, now)?,
             Some(Expect::Absent),
         )?;
     Ok((batch, id))
@@ -193,8 +178,7 @@ pub fn initialize(
     )?;
 
     let root_id = root.serial_hex()?;
-    let bundle = TrustBundle::new(&options.trust_domain, 1, vec![root.clone()])
-        .map_err(|error| ServerError::Setup(format!("bundle: {error}")))?;
+    let bundle = TrustBundle::new(&options.trust_domain, 1, vec![root.clone()])?;
     let bundle_record = bundle_record(&bundle, now);
     let settings = CaSettings {
         trust_domain: options.trust_domain.clone(),
@@ -247,13 +231,18 @@ pub fn initialize(
         .put_json(
             Table::Certificates,
             control_plane_ca.serial_hex()?,
-            &issued(&control_plane_ca, IssuedKind::ControlPlaneCa, now)?,
+            &issued_record(&control_plane_ca, IssuedKind::ControlPlaneCa, None, now)?,
             Some(Expect::Absent),
         )?
         .put_json(
             Table::Certificates,
             admin_certificate.serial_hex()?,
-            &issued(&admin_certificate, IssuedKind::ControlPlaneClient, now)?,
+            &issued_record(
+                &admin_certificate,
+                IssuedKind::ControlPlaneClient,
+                None,
+                now,
+            )?,
             Some(Expect::Absent),
         )?;
     // The files first, the store last: a crash before the commit leaves an
@@ -261,7 +250,7 @@ pub fn initialize(
     // the commit is done, the admin credential is already on disk. Only one
     // process can hold the store open, so no other `init` races this one.
     let admin_dir = data_dir.path.join("admin");
-    std::fs::create_dir_all(&admin_dir).map_err(|error| io_error(&admin_dir, error))?;
+    std::fs::create_dir_all(&admin_dir).map_err(files::failed("create directory", &admin_dir))?;
     write_private_file(
         &data_dir.admin_key_path(),
         admin_key.to_pkcs8_pem().as_bytes(),
@@ -271,8 +260,7 @@ pub fn initialize(
         admin_certificate.to_pem().as_bytes(),
     )?;
     let ca_path = data_dir.control_plane_ca_path();
-    std::fs::write(&ca_path, control_plane_ca.to_pem())
-        .map_err(|error| io_error(&ca_path, error))?;
+    files::replace_atomically(&ca_path, control_plane_ca.to_pem().as_bytes(), PUBLIC_MODE)?;
     store.commit(batch)?;
     Ok(InitOutcome {
         root,

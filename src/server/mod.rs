@@ -1,12 +1,27 @@
 //! The central server: gRPC services over TLS, client authentication by
 //! control-plane certificates, authorisation, and the [`Authority`] that
 //! holds the state.
+//!
+//! Files: `core` (the shared state: store, clock, KEK, policy, settings,
+//! signer, published bundle), the parts over it — `enrollment` (join tokens,
+//! identities), `registry` (clusters, push targets, reports, reissue),
+//! `issuance` (intermediates; the one place an issued certificate is
+//! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`
+//! — and `authority` (all of them as one value); `grpc` (the only file that
+//! speaks protobuf), `push` (the push-mode driver), `init`, `error`.
 
+mod audit;
 pub mod authority;
+mod core;
+mod enrollment;
 mod error;
 mod grpc;
 pub mod init;
+mod issuance;
+mod publication;
 pub mod push;
+mod registry;
+mod rotation;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,9 +29,24 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::transport::{Identity, ServerTlsConfig};
 
-pub use authority::{Authority, Caller, PublishedBundle};
+pub use self::core::{
+    ClusterBundle, Core, PublishedBundle, SPIFFE_REFRESH_HINT, bundle_from_record, bundle_record,
+    load_sealed_key, load_signer, validate_cluster_name,
+};
+pub use audit::AuditTrail;
+pub use authority::Authority;
+pub use enrollment::{
+    ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, CLUSTER_IDENTITY_PREFIX, Caller,
+    DEFAULT_TOKEN_TTL, Enrolled, Enrollment, SERVER_CERT_LIFETIME, cluster_from_token, token_hash,
+};
 pub use error::ServerError;
 pub use init::{DataDir, InitOptions, InitOutcome, initialize};
+pub use issuance::{Issuance, LocalIssue, SignedIntermediate};
+pub use publication::Publication;
+pub use registry::{ClusterMode, ClusterState, ClusterStatus, Registry, ServerStatus};
+pub use rotation::{
+    ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus, Rotations,
+};
 
 pub use crate::clock::{Clock, SystemClock};
 use crate::proto::admin_service_server::AdminServiceServer;
@@ -61,18 +91,22 @@ impl RunningServer {
         self.push.shutdown().await;
         let _ = self.shutdown.send(true);
         match self.task.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(ServerError::Setup(format!("gRPC server: {error}"))),
-            Err(error) => Err(ServerError::Setup(format!("gRPC server task: {error}"))),
+            Ok(result) => Ok(result?),
+            Err(source) => Err(ServerError::Task {
+                task: "gRPC server",
+                source,
+            }),
         }
     }
 
     /// Waits until the server stops by itself (it only stops on error).
     pub async fn wait(&mut self) -> Result<(), ServerError> {
         match (&mut self.task).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(ServerError::Setup(format!("gRPC server: {error}"))),
-            Err(error) => Err(ServerError::Setup(format!("gRPC server task: {error}"))),
+            Ok(result) => Ok(result?),
+            Err(source) => Err(ServerError::Task {
+                task: "gRPC server",
+                source,
+            }),
         }
     }
 }
@@ -87,15 +121,16 @@ pub async fn start(
 ) -> Result<RunningServer, ServerError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|error| {
-            ServerError::Setup(format!(
-                "cannot listen on {}: {error}; pick another address with --listen",
-                config.listen
-            ))
+        .map_err(|source| ServerError::Listen {
+            address: config.listen,
+            source,
         })?;
     let address = listener
         .local_addr()
-        .map_err(|error| ServerError::Setup(format!("listener address: {error}")))?;
+        .map_err(|source| ServerError::Listen {
+            address: config.listen,
+            source,
+        })?;
     let mut dns_names = vec!["localhost".to_string()];
     dns_names.extend(config.dns_names.iter().cloned());
     let mut ip_addresses: Vec<IpAddr> = vec![
@@ -106,7 +141,10 @@ pub async fn start(
     if !address.ip().is_unspecified() && !ip_addresses.contains(&address.ip()) {
         ip_addresses.push(address.ip());
     }
-    let (certificate, key) = authority.issue_server_identity(dns_names, ip_addresses)?;
+    let (certificate, key) = authority
+        .enrollment
+        .issue_server_identity(dns_names, ip_addresses)
+        .await?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
             certificate.to_pem(),
@@ -128,8 +166,7 @@ pub async fn start(
         authority: authority.clone(),
     };
     let router = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|error| ServerError::Setup(format!("TLS configuration: {error}")))?
+        .tls_config(tls)?
         .add_service(
             TrustBundleServiceServer::new(bundle_api).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -160,11 +197,13 @@ pub async fn start(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                // A polling cadence, not a span of time: gates compare
+                // against the authority's clock.
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = ticker_stop.changed() => break,
             }
             let authority = ticker_authority.clone();
-            match tokio::task::spawn_blocking(move || authority.rotation_tick()).await {
+            match tokio::task::spawn_blocking(move || authority.rotation.tick()).await {
                 Ok(Err(error)) => tracing::warn!(error = %error, "rotation check failed"),
                 Err(error) => tracing::warn!(error = %error, "rotation check task failed"),
                 Ok(Ok(())) => {}

@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Authority, ServerError};
+use super::authority::Authority;
+use super::error::ServerError;
 use crate::ca::KeyAlgorithm;
 use crate::reconcile::{Backoff, BundleView, IssueReason, RENEW_FRACTION, StatusReport};
 use crate::sink::kube;
@@ -62,7 +63,7 @@ struct Running {
 async fn supervise(authority: Arc<Authority>, mut stopped: watch::Receiver<bool>) {
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
-        match authority.push_clusters() {
+        match authority.registry.push_clusters() {
             Ok(clusters) => {
                 let wanted: HashMap<String, PushTarget> = clusters.into_iter().collect();
                 let gone: Vec<String> = running
@@ -95,8 +96,8 @@ async fn supervise(authority: Arc<Authority>, mut stopped: watch::Receiver<bool>
             Err(error) => tracing::warn!(error = %error, "cannot list push-mode clusters"),
         }
         tokio::select! {
-            _ = authority.clusters_changed() => {}
-            () = authority.clock().sleep(RECHECK_INTERVAL) => {}
+            () = authority.core().clusters_changed() => {}
+            () = authority.core().clock().sleep(RECHECK_INTERVAL) => {}
             _ = stopped.changed() => break,
         }
     }
@@ -125,13 +126,14 @@ impl IntermediateSource for LocalKeySource<'_> {
     ) -> Result<CacertsMaterial, ServerError> {
         let issued = self
             .authority
+            .issuance
             .issue_with_local_key(self.cluster, KeyAlgorithm::EcdsaP256, None)
             .await?;
         Ok(CacertsMaterial {
             ca_cert_pem: issued.certificate.to_pem(),
             ca_key_pem: issued.key.to_pkcs8_pem(),
             cert_chain_pem: issued.cert_chain_pem,
-            root_cert_pem: issued.bundle.message.root_cert_pem.clone(),
+            root_cert_pem: issued.bundle.root_cert_pem.clone(),
             bundle_version: issued.bundle.bundle.version(),
         })
     }
@@ -143,8 +145,8 @@ async fn push_loop(
     target: PushTarget,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut bundles = authority.subscribe();
-    let mut directives = authority.subscribe_directives();
+    let mut bundles = authority.publication.subscribe();
+    let mut directives = authority.publication.subscribe_directives();
     let mut backoff = Backoff::new(MAX_BACKOFF);
     let mut keeper: Option<Keeper> = None;
     loop {
@@ -175,7 +177,7 @@ async fn push_loop(
             }
         };
         tokio::select! {
-            () = authority.clock().sleep(wait) => {}
+            () = authority.core().clock().sleep(wait) => {}
             changed = bundles.changed() => if changed.is_err() { return },
             changed = directives.changed() => if changed.is_err() { return },
             _ = stopped.changed() => return,
@@ -184,7 +186,7 @@ async fn push_loop(
 }
 
 fn record(authority: &Authority, cluster: &str, report: StatusReport) {
-    if let Err(error) = authority.report_status(cluster, report) {
+    if let Err(error) = authority.registry.report_status(cluster, report) {
         tracing::warn!(cluster, error = %error, "cannot record push status");
     }
 }
@@ -201,7 +203,7 @@ async fn push_once<'a>(
     let keeper = match keeper {
         Some(keeper) => keeper,
         None => {
-            let kubeconfig = authority.push_kubeconfig(target)?;
+            let kubeconfig = authority.registry.push_kubeconfig(target)?;
             let client = kube::connect_with_kubeconfig(&kubeconfig).await?;
             let sink = KubernetesSink::new(
                 client,
@@ -211,17 +213,17 @@ async fn push_once<'a>(
                     ..KubernetesSinkOptions::default()
                 },
             )
-            .with_clock(authority.clock().clone());
+            .with_clock(authority.core().clock().clone());
             keeper.insert(Keeper::new(Arc::new(sink), RENEW_FRACTION))
         }
     };
     keeper.forget();
-    let message = authority.bundle_for(Some(cluster));
+    let bundle = authority.publication.for_cluster(Some(cluster));
     let view = BundleView {
-        version: message.version,
-        root_cert_pem: &message.root_cert_pem,
-        signing_root_sha256: &message.signing_root_sha256,
-        reissue_serial: &message.reissue_intermediate_serial,
+        version: bundle.published.bundle.version(),
+        root_cert_pem: &bundle.published.root_cert_pem,
+        signing_root_sha256: &bundle.published.signing_root_sha256,
+        reissue_serial: &bundle.reissue_serial,
     };
     let source = LocalKeySource { authority, cluster };
     keeper.reconcile(&source, &view, authority.now()).await?;

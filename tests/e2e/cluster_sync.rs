@@ -362,12 +362,13 @@ fn new_root(name: &str) -> (Certificate, ca::PrivateKey) {
 fn publish_new_root(server: &common::TestServer, name: &str) -> u64 {
     let authority = server.authority();
     let next = authority
-        .current_bundle()
+        .publication
+        .current()
         .bundle
         .with_appended(new_root(name).0)
         .unwrap();
     let version = next.version();
-    authority.publish_bundle(next).unwrap();
+    authority.publication.publish(next).unwrap();
     version
 }
 

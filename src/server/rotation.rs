@@ -1,17 +1,24 @@
-//! The server side of root rotation and reissue: reads what the pure
+//! The server side of root rotation: reads what the pure
 //! [`crate::rotation`] state machine needs from the store, persists each
 //! step (rotation state, new root, signing-root switch, bundle, audit entry)
 //! in one transaction, and only then swaps the signer and publishes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Authority, load_signer};
-use crate::ca::{self, Certificate, system_time_to_unix};
-use crate::proto;
-use crate::rotation::{self, ClusterView, Phase, Rotation, StartOptions, Step};
-use crate::server::ServerError;
-use crate::server::init::put_root;
-use crate::store::records::{self, AuditRecord, CaSettings, ClusterRecord, RootRecord};
+use zeroize::Zeroizing;
+
+use super::audit::AuditTrail;
+use super::core::{Core, PublishedBundle, load_signer};
+use super::error::ServerError;
+use super::init::put_root;
+use super::publication::Publication;
+use super::registry::ClusterMode;
+use crate::ca::{self, Certificate};
+use crate::rotation::{
+    self, ClusterView, Outcome, Phase, Rotation, RotationError, StartOptions, Step,
+};
+use crate::store::records::{self, CaSettings, ClusterRecord, RootRecord};
 use crate::store::{Batch, Expect, Table};
 
 /// Default validity of a new root created by a rotation.
@@ -25,7 +32,7 @@ type Decision = fn(
     &Certificate,
     &[ClusterView],
     std::time::SystemTime,
-) -> Result<Step, rotation::RotationError>;
+) -> Result<Step, RotationError>;
 
 /// A new root made (or imported) for a rotation, not yet stored.
 struct NewRoot {
@@ -34,29 +41,188 @@ struct NewRoot {
     imported: bool,
 }
 
-impl Authority {
+/// How to start (or plan) a rotation; zero and empty values take the
+/// defaults.
+#[derive(Clone, Default)]
+pub struct RotationOptions {
+    /// Grace after every cluster acknowledged sign-new (0: 24 h).
+    pub grace_seconds: u64,
+    /// A cluster without an ack after this long is overdue (0: 15 min).
+    pub ack_timeout_seconds: u64,
+    /// Clusters the gates do not wait for.
+    pub exclude_clusters: Vec<String>,
+    /// Advance by itself whenever a gate holds.
+    pub auto_advance: bool,
+    /// New root key algorithm (None: ECDSA P-256).
+    pub key_algorithm: Option<ca::KeyAlgorithm>,
+    /// New root validity in seconds (0: 10 years).
+    pub root_validity_seconds: u64,
+    /// Import this root (PEM) instead of creating one (empty: create).
+    pub import_root_pem: String,
+    /// The imported root's key (PEM; never printed).
+    pub import_key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for RotationOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotationOptions")
+            .field("grace_seconds", &self.grace_seconds)
+            .field("ack_timeout_seconds", &self.ack_timeout_seconds)
+            .field("exclude_clusters", &self.exclude_clusters)
+            .field("auto_advance", &self.auto_advance)
+            .field("key_algorithm", &self.key_algorithm)
+            .field("root_validity_seconds", &self.root_validity_seconds)
+            .field("import_root", &!self.import_root_pem.is_empty())
+            .field("import_key_pem", &"[redacted]")
+            .finish()
+    }
+}
+
+/// One cluster as the current phase's gate sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterAck {
+    /// The cluster name.
+    pub name: String,
+    /// Agent or push mode.
+    pub mode: ClusterMode,
+    /// The bundle version it applied.
+    pub applied_bundle_version: u64,
+    /// Subject of the root its reported chain ends in.
+    pub chain_root_subject: String,
+    /// Serial of that root.
+    pub chain_root_serial: String,
+    /// When it last reported (0: never).
+    pub last_report_unix: i64,
+    /// Whether it satisfies the gate.
+    pub acknowledged: bool,
+    /// Why not, when it does not.
+    pub blocking_reason: String,
+    /// Waited for longer than the ack timeout.
+    pub overdue: bool,
+    /// Excluded by the operator: not waited for.
+    pub excluded: bool,
+    /// Its last error.
+    pub last_error: String,
+}
+
+/// The rotation as `trustplane rotate status` shows it.
+#[derive(Clone, Debug, Default)]
+pub struct RotationStatus {
+    /// The current phase (`Stable` when none is under way).
+    pub phase: Phase,
+    /// False when no rotation was ever started.
+    pub has_rotation: bool,
+    /// Serial of the root being replaced.
+    pub old_root_serial: String,
+    /// Its subject.
+    pub old_root_subject: String,
+    /// Serial of the new root.
+    pub new_root_serial: String,
+    /// Its subject.
+    pub new_root_subject: String,
+    /// Serial of the root that signs intermediates now.
+    pub signing_root_serial: String,
+    /// The bundle version the phase published.
+    pub phase_bundle_version: u64,
+    /// The bundle published now.
+    pub bundle: Option<Arc<PublishedBundle>>,
+    /// When the rotation started (Unix seconds).
+    pub started_unix: i64,
+    /// When the phase was entered.
+    pub entered_unix: i64,
+    /// When every cluster first acknowledged (0: not yet).
+    pub acknowledged_unix: i64,
+    /// The grace after sign-new, in seconds.
+    pub grace_seconds: u64,
+    /// Grace still to wait.
+    pub grace_left_seconds: u64,
+    /// The ack timeout, in seconds.
+    pub ack_timeout_seconds: u64,
+    /// Whether the next step may be taken.
+    pub gate_holds: bool,
+    /// What blocks the next step, in one line.
+    pub blocking: String,
+    /// Every enrolled cluster.
+    pub clusters: Vec<ClusterAck>,
+    /// Excluded clusters.
+    pub excluded: Vec<String>,
+    /// Whether the server advances by itself.
+    pub auto_advance: bool,
+    /// How the last rotation ended, once stable again.
+    pub outcome: Option<Outcome>,
+    /// What `rotate advance` would do next.
+    pub next_step: String,
+}
+
+/// One planned step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedStep {
+    /// The phase entered.
+    pub phase: Phase,
+    /// The bundle version it publishes.
+    pub bundle_version: u64,
+    /// Subject and serial of every root in its bundle, in order.
+    pub bundle_roots: Vec<String>,
+    /// Whether `root-cert.pem` repeats the newest root.
+    pub newest_repeated: bool,
+    /// The root that signs in it.
+    pub signing_root: String,
+    /// What it waits for before the next one.
+    pub gate: String,
+}
+
+/// Every step of a rotation and the pre-flight of the next one.
+#[derive(Clone, Debug)]
+pub struct RotationPlan {
+    /// The steps still to take.
+    pub steps: Vec<PlannedStep>,
+    /// Clusters the next bundle would strand ("cluster: reason").
+    pub preflight_failures: Vec<String>,
+    /// The rotation now.
+    pub current: RotationStatus,
+    /// Every enrolled cluster the gates wait for.
+    pub clusters: Vec<String>,
+}
+
+/// Root rotation over the shared state.
+#[derive(Clone, Debug)]
+pub struct Rotations {
+    core: Arc<Core>,
+    publication: Publication,
+    audit: AuditTrail,
+}
+
+impl Rotations {
+    /// Rotation over the shared state.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self {
+            publication: Publication::new(core.clone()),
+            audit: AuditTrail::new(core.clone()),
+            core,
+        }
+    }
+
     /// The rotation state and its store version, if a rotation was ever
     /// started.
-    pub fn rotation(&self) -> Result<Option<(Rotation, u64)>, ServerError> {
+    pub fn current(&self) -> Result<Option<(Rotation, u64)>, ServerError> {
         Ok(records::get_json::<Rotation>(
-            self.store.as_ref(),
+            self.core.store.as_ref(),
             Table::Meta,
             records::ROTATION_KEY,
         )?)
     }
 
     fn root_certificate(&self, id: &str) -> Result<Certificate, ServerError> {
-        let (record, _) = records::get_json::<RootRecord>(self.store.as_ref(), Table::Roots, id)?
-            .ok_or_else(|| {
-            ServerError::Setup(format!("root {id} is missing from the store"))
-        })?;
+        let (record, _) =
+            records::get_json::<RootRecord>(self.core.store.as_ref(), Table::Roots, id)?
+                .ok_or_else(|| ServerError::missing(format!("root {id}")))?;
         Ok(Certificate::from_pem(&record.certificate_pem)?)
     }
 
     /// Every enrolled cluster with the view the gates need.
     fn cluster_views(&self) -> Result<Vec<(ClusterRecord, ClusterView)>, ServerError> {
         Ok(
-            records::list_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters)?
+            records::list_json::<ClusterRecord>(self.core.store.as_ref(), Table::Clusters)?
                 .into_iter()
                 .filter(|(_, record, _)| record.enrolled_unix.is_some())
                 .map(|(_, record, _)| {
@@ -82,31 +248,24 @@ impl Authority {
             .collect())
     }
 
-    fn lock_rotation(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.rotation_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The rotation as `trustplane rotate status` shows it.
-    pub fn rotation_status(&self) -> Result<proto::RotationStatus, ServerError> {
-        let now = self.clock.now();
-        let signing_root = self.signing_root();
-        let rotation = self.rotation()?.map(|(rotation, _)| rotation);
+    pub fn status(&self) -> Result<RotationStatus, ServerError> {
+        let now = self.core.now();
+        let signing_root = self.core.signing_root();
+        let rotation = self.current()?.map(|(rotation, _)| rotation);
         let clusters = self.cluster_views()?;
         let views: Vec<ClusterView> = clusters.iter().map(|(_, view)| view.clone()).collect();
         let gate = rotation
             .as_ref()
             .map(|rotation| rotation.gate(&views, &signing_root, now));
-        let mut status = proto::RotationStatus {
+        let mut status = RotationStatus {
             phase: rotation
                 .as_ref()
-                .map_or(Phase::Stable, |rotation| rotation.phase)
-                .to_string(),
+                .map_or(Phase::Stable, |rotation| rotation.phase),
             has_rotation: rotation.is_some(),
             signing_root_serial: signing_root.serial_hex()?,
-            bundle: Some(self.current_bundle().message.clone()),
-            ..Default::default()
+            bundle: Some(self.core.current_bundle()),
+            ..RotationStatus::default()
         };
         for (record, view) in &clusters {
             let report = record.report.clone().unwrap_or_default();
@@ -116,14 +275,9 @@ impl Authority {
                     .find(|blocker| blocker.cluster == record.name)
             });
             let chain_root = view.chain.last();
-            status.clusters.push(proto::ClusterAck {
+            status.clusters.push(ClusterAck {
                 name: record.name.clone(),
-                mode: if record.push.is_some() {
-                    "push"
-                } else {
-                    "agent"
-                }
-                .to_string(),
+                mode: ClusterMode::of(record),
                 applied_bundle_version: report.applied_bundle_version,
                 chain_root_subject: chain_root
                     .and_then(|root| root.subject().ok())
@@ -169,7 +323,7 @@ impl Authority {
         status.ack_timeout_seconds = rotation.ack_timeout_seconds;
         status.excluded = rotation.excluded.clone();
         status.auto_advance = rotation.auto_advance;
-        status.outcome = rotation.outcome.clone().unwrap_or_default();
+        status.outcome = rotation.outcome;
         if rotation.in_progress() {
             status.gate_holds = gate.holds();
             status.blocking = gate.summary();
@@ -190,19 +344,15 @@ impl Authority {
     }
 
     /// Makes (or imports) the new root for a rotation, in memory.
-    fn new_root(&self, options: &proto::RotationOptions) -> Result<NewRoot, ServerError> {
-        let now = self.clock.now();
+    fn new_root(&self, options: &RotationOptions) -> Result<NewRoot, ServerError> {
+        let now = self.core.now();
         let (certificate, key, imported) = if options.import_root_pem.is_empty() {
             if !options.import_key_pem.is_empty() {
                 return Err(ServerError::InvalidArgument(
                     "an imported root key needs its certificate too (--import-root)".into(),
                 ));
             }
-            let key_algorithm = if options.key_algorithm.is_empty() {
-                ca::KeyAlgorithm::EcdsaP256
-            } else {
-                options.key_algorithm.parse::<ca::KeyAlgorithm>()?
-            };
+            let key_algorithm = options.key_algorithm.unwrap_or(ca::KeyAlgorithm::EcdsaP256);
             let validity = if options.root_validity_seconds == 0 {
                 NEW_ROOT_VALIDITY
             } else {
@@ -211,8 +361,8 @@ impl Authority {
             let label = humantime::format_rfc3339_seconds(now).to_string();
             let (certificate, key) = ca::create_successor_root(
                 &ca::RootRequest {
-                    trust_domain: self.settings.trust_domain.clone(),
-                    organisation: self.settings.organisation.clone(),
+                    trust_domain: self.core.settings.trust_domain.clone(),
+                    organisation: self.core.settings.organisation.clone(),
                     key_algorithm,
                     validity,
                 },
@@ -232,9 +382,9 @@ impl Authority {
         })
     }
 
-    fn start_options(&self, options: &proto::RotationOptions) -> Result<StartOptions, ServerError> {
+    fn start_options(&self, options: &RotationOptions) -> Result<StartOptions, ServerError> {
         let registered: Vec<String> =
-            records::list_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters)?
+            records::list_json::<ClusterRecord>(self.core.store.as_ref(), Table::Clusters)?
                 .into_iter()
                 .map(|(name, _, _)| name)
                 .collect();
@@ -261,35 +411,6 @@ impl Authority {
         })
     }
 
-    fn audit(
-        &self,
-        batch: Batch,
-        actor: &str,
-        action: &str,
-        detail: String,
-    ) -> Result<Batch, ServerError> {
-        let now = self.clock.now();
-        let nanos = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos());
-        let mut random = [0u8; 4];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .map_err(|_| ServerError::Setup("the system random generator failed".into()))?;
-        let key = format!("{nanos:020}-{}", hex::encode(random));
-        tracing::info!(actor, action, detail = %detail, "audit");
-        Ok(batch.put_json(
-            Table::Audit,
-            key,
-            &AuditRecord {
-                unix: system_time_to_unix(now),
-                actor: actor.to_string(),
-                action: action.to_string(),
-                detail,
-            },
-            Some(Expect::Absent),
-        )?)
-    }
-
     /// Persists `step` in one transaction (rotation state guarded by
     /// `rotation_version`, the settings' signing root, a new root, the
     /// bundle, an audit entry), then switches signer and publishes.
@@ -302,7 +423,7 @@ impl Authority {
         actor: &str,
         action: &str,
     ) -> Result<(), ServerError> {
-        let now = self.clock.now();
+        let now = self.core.now();
         if !step.excluded_stranded.is_empty() {
             for stranded in &step.excluded_stranded {
                 tracing::warn!(
@@ -346,16 +467,16 @@ impl Authority {
                 None => Expect::Absent,
             }),
         )?;
-        let current_signer_id = self.signing_root().serial_hex()?;
+        let current_signer_id = self.core.signing_root().serial_hex()?;
         let mut signer = None;
         let signing_root_id = step.rotation.signing_root_id().to_string();
         if signing_root_id != current_signer_id {
             let (mut settings, settings_version) = records::get_json::<CaSettings>(
-                self.store.as_ref(),
+                self.core.store.as_ref(),
                 Table::Meta,
                 records::CA_SETTINGS_KEY,
             )?
-            .ok_or_else(|| ServerError::Setup("CA settings are missing".into()))?;
+            .ok_or_else(|| ServerError::missing("the CA settings"))?;
             settings.signing_root_id.clone_from(&signing_root_id);
             batch = batch.put_json(
                 Table::Meta,
@@ -366,42 +487,42 @@ impl Authority {
             // A step only ever switches to a root already in the store: a
             // new root is stored by `start`, which keeps the old one signing.
             let (record, _) = records::get_json::<RootRecord>(
-                self.store.as_ref(),
+                self.core.store.as_ref(),
                 Table::Roots,
                 &signing_root_id,
             )?
-            .ok_or_else(|| {
-                ServerError::Setup(format!("root {signing_root_id} is missing from the store"))
-            })?;
-            signer = Some(load_signer(self.store.as_ref(), &self.kek, &record)?);
+            .ok_or_else(|| ServerError::missing(format!("root {signing_root_id}")))?;
+            signer = Some(load_signer(
+                self.core.store.as_ref(),
+                &self.core.kek,
+                &record,
+            )?);
         }
         if let Some(new_root) = new_root {
             (batch, _) = put_root(
                 batch,
-                &self.kek,
+                &self.core.kek,
                 &new_root.certificate,
                 &new_root.key,
                 new_root.imported,
                 now,
             )?;
         }
-        batch = self.audit(batch, actor, action, detail)?;
-        self.commit_and_publish(step.bundle, batch, signer)?;
+        batch = self.audit.record(batch, actor, action, detail)?;
+        self.publication
+            .commit_and_publish(step.bundle, batch, signer)?;
         Ok(())
     }
 
     /// Every step of a rotation with the given options, and the pre-flight
     /// of the step that would be taken next. Changes nothing.
-    pub fn rotate_plan(
-        &self,
-        options: &proto::RotationOptions,
-    ) -> Result<proto::RotatePlanResponse, ServerError> {
-        let now = self.clock.now();
-        let current = self.current_bundle();
+    pub fn plan(&self, options: &RotationOptions) -> Result<RotationPlan, ServerError> {
+        let now = self.core.now();
+        let current = self.core.current_bundle();
         let clusters = self.views()?;
         let start_options = self.start_options(options)?;
-        let rotation = self.rotation()?.map(|(rotation, _)| rotation);
-        let signing_root = self.signing_root();
+        let rotation = self.current()?.map(|(rotation, _)| rotation);
+        let signing_root = self.core.signing_root();
         let describe = |root: &Certificate| {
             format!(
                 "{} (serial {})",
@@ -411,9 +532,7 @@ impl Authority {
         };
         let in_progress = rotation.as_ref().is_some_and(Rotation::in_progress);
         let (old_root, new_root_name, preflight) = if in_progress {
-            let rotation = rotation
-                .as_ref()
-                .ok_or(ServerError::Setup("unreachable".into()))?;
+            let rotation = rotation.as_ref().ok_or(RotationError::NotInProgress)?;
             let preflight =
                 match rotation::advance(rotation, &current.bundle, &signing_root, &clusters, now) {
                     Ok(step) => step
@@ -426,7 +545,7 @@ impl Authority {
                             )
                         })
                         .collect(),
-                    Err(rotation::RotationError::WouldStrand { stranded, .. }) => stranded
+                    Err(RotationError::WouldStrand { stranded, .. }) => stranded
                         .into_iter()
                         .map(|stranded| format!("{}: {}", stranded.cluster, stranded.error))
                         .collect(),
@@ -449,12 +568,11 @@ impl Authority {
             let new_root_name = if options.import_root_pem.is_empty() {
                 format!(
                     "new {} root \"{} root CA <start time>\" (created by `rotate start`)",
-                    if options.key_algorithm.is_empty() {
-                        "ecdsa-p256"
-                    } else {
-                        options.key_algorithm.as_str()
-                    },
-                    self.settings.trust_domain
+                    options
+                        .key_algorithm
+                        .unwrap_or(ca::KeyAlgorithm::EcdsaP256)
+                        .as_str(),
+                    self.core.settings.trust_domain
                 )
             } else {
                 let certificate = Certificate::from_pem(&options.import_root_pem)?;
@@ -521,8 +639,8 @@ impl Authority {
             .skip(skip)
             .enumerate()
             .map(
-                |(index, (phase, roots, repeated, signer, gate))| proto::PlannedStep {
-                    phase: phase.to_string(),
+                |(index, (phase, roots, repeated, signer, gate))| PlannedStep {
+                    phase,
                     bundle_version: base + 1 + index as u64,
                     bundle_roots: roots,
                     newest_repeated: repeated,
@@ -531,33 +649,32 @@ impl Authority {
                 },
             )
             .collect();
-        Ok(proto::RotatePlanResponse {
+        Ok(RotationPlan {
             steps,
-            preflight_ok: preflight.is_empty(),
             preflight_failures: preflight,
-            current: Some(self.rotation_status()?),
+            current: self.status()?,
             clusters: names,
         })
     }
 
     /// Creates or imports the new root and enters `trust-new`.
-    pub fn rotate_start(
+    pub fn start(
         &self,
-        options: &proto::RotationOptions,
+        options: &RotationOptions,
         actor: &str,
-    ) -> Result<proto::RotationStatus, ServerError> {
-        let _guard = self.lock_rotation();
-        let now = self.clock.now();
+    ) -> Result<RotationStatus, ServerError> {
+        let _guard = self.core.lock_rotation();
+        let now = self.core.now();
         let start_options = self.start_options(options)?;
-        let previous = self.rotation()?;
+        let previous = self.current()?;
         if let Some((rotation, _)) = &previous
             && rotation.in_progress()
         {
-            return Err(rotation::RotationError::InProgress(rotation.phase).into());
+            return Err(RotationError::InProgress(rotation.phase).into());
         }
         let new_root = self.new_root(options)?;
-        let old_root = self.signing_root();
-        let current = self.current_bundle();
+        let old_root = self.core.signing_root();
+        let current = self.core.current_bundle();
         let step = rotation::start(
             previous.as_ref().map(|(rotation, _)| rotation),
             &current.bundle,
@@ -589,7 +706,7 @@ impl Authority {
             .as_str(),
         )?;
         drop(_guard);
-        self.rotation_status()
+        self.status()
     }
 
     /// Takes one step decided by `decide` (the pure `advance` or `abort`)
@@ -597,75 +714,77 @@ impl Authority {
     fn step_locked(
         &self,
         actor: &str,
-        expected_phase: &str,
+        expected_phase: Option<Phase>,
         action: &str,
         decide: Decision,
     ) -> Result<(), ServerError> {
-        let (rotation, version) = self
-            .rotation()?
-            .ok_or(rotation::RotationError::NotInProgress)?;
+        let (rotation, version) = self.current()?.ok_or(RotationError::NotInProgress)?;
         check_expected_phase(&rotation, expected_phase)?;
-        let current = self.current_bundle();
+        let current = self.core.current_bundle();
         let step = decide(
             &rotation,
             &current.bundle,
-            &self.signing_root(),
+            &self.core.signing_root(),
             &self.views()?,
-            self.clock.now(),
+            self.core.now(),
         )?;
         self.apply_step(step, Some(version), None, actor, action)
     }
 
-    fn advance_locked(&self, actor: &str, expected_phase: &str) -> Result<(), ServerError> {
+    fn advance_locked(
+        &self,
+        actor: &str,
+        expected_phase: Option<Phase>,
+    ) -> Result<(), ServerError> {
         self.step_locked(actor, expected_phase, "rotate-advance", rotation::advance)
     }
 
     /// Enters the next phase if the gate holds. A non-empty
     /// `expected_phase` must be the current phase (so a step is never taken
     /// twice when someone else, or `--auto`, moved on meanwhile).
-    pub fn rotate_advance(
+    pub fn advance(
         &self,
         actor: &str,
-        expected_phase: &str,
-    ) -> Result<proto::RotationStatus, ServerError> {
+        expected_phase: Option<Phase>,
+    ) -> Result<RotationStatus, ServerError> {
         {
-            let _guard = self.lock_rotation();
+            let _guard = self.core.lock_rotation();
             self.advance_locked(actor, expected_phase)?;
         }
-        self.rotation_status()
+        self.status()
     }
 
     /// Goes back to the last safe phase (`expected_phase` as for
-    /// [`Self::rotate_advance`]).
-    pub fn rotate_abort(
+    /// [`Self::advance`]).
+    pub fn abort(
         &self,
         actor: &str,
-        expected_phase: &str,
-    ) -> Result<proto::RotationStatus, ServerError> {
+        expected_phase: Option<Phase>,
+    ) -> Result<RotationStatus, ServerError> {
         {
-            let _guard = self.lock_rotation();
+            let _guard = self.core.lock_rotation();
             self.step_locked(actor, expected_phase, "rotate-abort", rotation::abort)?;
         }
-        self.rotation_status()
+        self.status()
     }
 
     /// Notes when every ack is in (the grace counts from then) and, with
     /// `--auto`, advances when the gate holds. The server calls it once a
     /// second (off the request path); a late note only lengthens the grace.
-    pub fn rotation_tick(&self) -> Result<(), ServerError> {
-        let _guard = self.lock_rotation();
-        let Some((mut rotation, version)) = self.rotation()? else {
+    pub fn tick(&self) -> Result<(), ServerError> {
+        let _guard = self.core.lock_rotation();
+        let Some((mut rotation, version)) = self.current()? else {
             return Ok(());
         };
         if !rotation.in_progress() {
             return Ok(());
         }
-        let now = self.clock.now();
+        let now = self.core.now();
         let views = self.views()?;
-        let signing_root = self.signing_root();
+        let signing_root = self.core.signing_root();
         let mut version = version;
         if rotation.observe(&views, &signing_root, now) {
-            self.store.commit(Batch::new().put_json(
+            self.core.store.commit(Batch::new().put_json(
                 Table::Meta,
                 records::ROTATION_KEY,
                 &rotation,
@@ -679,79 +798,24 @@ impl Authority {
         let _ = version;
         if rotation.auto_advance
             && rotation.gate(&views, &signing_root, now).holds()
-            && let Err(error) = self.advance_locked("server (--auto)", "")
+            && let Err(error) = self.advance_locked("server (--auto)", None)
         {
             tracing::warn!(error = %error, "automatic rotation step refused");
         }
         Ok(())
     }
-
-    /// Asks `cluster` for a new intermediate from the current signing root
-    /// (agents see it on their bundle stream; push clusters are rewritten).
-    pub fn reissue_cluster(&self, name: &str, actor: &str) -> Result<(), ServerError> {
-        let (mut record, version) =
-            records::get_json::<ClusterRecord>(self.store.as_ref(), Table::Clusters, name)?
-                .ok_or_else(|| {
-                    ServerError::NotFound(format!("cluster {name:?} is not registered"))
-                })?;
-        if record.enrolled_unix.is_none() {
-            return Err(ServerError::InvalidArgument(format!(
-                "cluster {name:?} has not enrolled yet: it has no intermediate to reissue"
-            )));
-        }
-        let serial = record
-            .report
-            .as_ref()
-            .map(|report| report.intermediate_serial.clone())
-            .filter(|serial| !serial.is_empty())
-            .ok_or_else(|| {
-                ServerError::InvalidArgument(format!(
-                    "cluster {name:?} has not reported an intermediate yet; nothing to reissue"
-                ))
-            })?;
-        record.reissue_serial = Some(serial.clone());
-        let batch = Batch::new().put_json(
-            Table::Clusters,
-            name,
-            &record,
-            Some(Expect::Version(version)),
-        )?;
-        let batch = self.audit(
-            batch,
-            actor,
-            "cluster-reissue",
-            format!("cluster {name}, intermediate {serial}"),
-        )?;
-        self.store.commit(batch)?;
-        self.directives.send_modify(|generation| *generation += 1);
-        Ok(())
-    }
-
-    /// The newest `limit` audit entries, oldest first.
-    pub fn audit_log(&self, limit: usize) -> Result<Vec<proto::AuditEntry>, ServerError> {
-        let entries = records::list_json::<AuditRecord>(self.store.as_ref(), Table::Audit)?;
-        let skip = entries.len().saturating_sub(limit.max(1));
-        Ok(entries
-            .into_iter()
-            .skip(skip)
-            .map(|(_, record, _)| proto::AuditEntry {
-                unix: record.unix,
-                actor: record.actor,
-                action: record.action,
-                detail: record.detail,
-            })
-            .collect())
-    }
 }
 
-fn check_expected_phase(rotation: &Rotation, expected_phase: &str) -> Result<(), ServerError> {
-    if expected_phase.is_empty() || expected_phase == rotation.phase.as_str() {
-        Ok(())
-    } else {
-        Err(rotation::RotationError::PhaseMoved {
-            expected: expected_phase.to_string(),
+fn check_expected_phase(
+    rotation: &Rotation,
+    expected_phase: Option<Phase>,
+) -> Result<(), ServerError> {
+    match expected_phase {
+        Some(expected) if expected != rotation.phase => Err(RotationError::PhaseMoved {
+            expected,
             actual: rotation.phase,
         }
-        .into())
+        .into()),
+        _ => Ok(()),
     }
 }

@@ -1,0 +1,372 @@
+//! Enrollment and identities: join tokens (stored hashed, one-time), the
+//! exchange of a token and a CSR for a cluster's control-plane client
+//! certificate, identifying callers from their verified client
+//! certificates, and the server's own TLS certificate.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use super::core::{Core, validate_cluster_name};
+use super::error::ServerError;
+use super::issuance::record_issued;
+use crate::ca::{
+    self, Certificate, ControlPlaneRole, PrivateKey, system_time_to_unix, unix_to_system_time,
+};
+use crate::store::records::{self, AdminRecord, ClusterRecord, IssuedKind, TokenRecord};
+use crate::store::{Batch, Expect, StoreError, Table};
+
+/// URI prefix of cluster client identities.
+pub const CLUSTER_IDENTITY_PREFIX: &str = "spiffe://trustplane.control/cluster/";
+/// URI prefix of admin client identities.
+pub const ADMIN_IDENTITY_PREFIX: &str = "spiffe://trustplane.control/admin/";
+/// Default join token lifetime.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Lifetime of agent client certificates.
+pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the server's TLS certificate (issued fresh at every start).
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest join token lifetime.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Who is calling, from its verified client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// An enrolled cluster's agent.
+    Cluster(String),
+    /// An admin credential.
+    Admin(String),
+}
+
+/// What an agent receives for its join token.
+#[derive(Clone, Debug)]
+pub struct Enrolled {
+    /// Its control-plane client certificate.
+    pub client_certificate: Certificate,
+    /// The control-plane CA (to verify the server from now on).
+    pub control_plane_ca: Certificate,
+    /// The trust domain the cluster belongs to.
+    pub trust_domain: String,
+}
+
+/// SHA-256 hex of a join token (tokens are stored by hash only).
+pub fn token_hash(token: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
+}
+
+/// The cluster name inside a join token (`tp1.<cluster>.<secret>`).
+pub fn cluster_from_token(token: &str) -> Option<&str> {
+    let mut parts = token.trim().splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("tp1"), Some(cluster), Some(secret)) if !cluster.is_empty() && !secret.is_empty() => {
+            Some(cluster)
+        }
+        _ => None,
+    }
+}
+
+fn new_token(cluster: &str) -> Result<Zeroizing<String>, ServerError> {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(secret.as_mut())
+        .map_err(|_| ServerError::Random)?;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret.as_ref());
+    Ok(Zeroizing::new(format!("tp1.{cluster}.{encoded}")))
+}
+
+/// Join tokens, enrollment and caller identities.
+#[derive(Clone, Debug)]
+pub struct Enrollment {
+    core: Arc<Core>,
+}
+
+impl Enrollment {
+    /// Enrollment over the shared state.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// Registers a cluster (or re-tokens a pending one) and returns a new
+    /// one-time join token and its expiry. A new token replaces every
+    /// earlier one of the cluster.
+    ///
+    /// Errors: invalid name or lifetime, [`ServerError::AlreadyExists`] for
+    /// an enrolled cluster, store errors.
+    pub fn add_cluster(
+        &self,
+        name: &str,
+        token_ttl: Option<Duration>,
+    ) -> Result<(Zeroizing<String>, SystemTime), ServerError> {
+        let core = &self.core;
+        validate_cluster_name(name)?;
+        let now = core.now();
+        let ttl = token_ttl.unwrap_or(DEFAULT_TOKEN_TTL);
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(ServerError::InvalidArgument(
+                "join token lifetime must be between 1 s and 7 days".into(),
+            ));
+        }
+        let (record, expect) = match core.cluster(name)? {
+            Some((record, _)) if record.enrolled_unix.is_some() => {
+                return Err(ServerError::AlreadyExists(format!(
+                    "cluster {name:?} is already enrolled; to enroll it again run `trustplane cluster remove {name}` first"
+                )));
+            }
+            Some((record, version)) => (record, Expect::Version(version)),
+            None => (
+                ClusterRecord {
+                    name: name.to_string(),
+                    trust_domain: core.settings.trust_domain.clone(),
+                    created_unix: system_time_to_unix(now),
+                    enrolled_unix: None,
+                    client_cert_serial: None,
+                    report: None,
+                    push: None,
+                    reissue_serial: None,
+                },
+                Expect::Absent,
+            ),
+        };
+        let token = new_token(name)?;
+        let expires = now + ttl;
+        let token_record = TokenRecord {
+            cluster: name.to_string(),
+            created_unix: system_time_to_unix(now),
+            expires_unix: system_time_to_unix(expires),
+            used_unix: None,
+        };
+        let batch = self
+            .without_tokens_of(name, Batch::new())?
+            .put_json(Table::Clusters, name, &record, Some(expect))?
+            .put_json(
+                Table::Tokens,
+                token_hash(&token),
+                &token_record,
+                Some(Expect::Absent),
+            )?;
+        core.store.commit(batch)?;
+        tracing::info!(cluster = name, "cluster registered; join token issued");
+        Ok((token, expires))
+    }
+
+    /// Exchanges a join token for a control-plane client certificate. The
+    /// token is marked used in the same transaction that records the new
+    /// certificate, so a replay is refused.
+    ///
+    /// Errors: [`ServerError::JoinToken`] (unknown, used, expired, another
+    /// cluster's, used concurrently), CSR errors, store errors.
+    pub async fn enroll(
+        &self,
+        cluster: &str,
+        token: &str,
+        client_csr_pem: &str,
+    ) -> Result<Enrolled, ServerError> {
+        let core = &self.core;
+        validate_cluster_name(cluster)?;
+        let now = core.now();
+        let hash = token_hash(token.trim());
+        let refused = |reason: &str| {
+            ServerError::JoinToken(format!(
+                "join token for cluster {cluster:?} {reason}; create a new one with `trustplane cluster add {cluster}`"
+            ))
+        };
+        let (token_record, token_version) =
+            records::get_json::<TokenRecord>(core.store.as_ref(), Table::Tokens, &hash)?
+                .ok_or_else(|| refused("is unknown"))?;
+        if token_record.cluster != cluster {
+            return Err(refused("belongs to another cluster"));
+        }
+        if let Some(used) = token_record.used_unix {
+            return Err(refused(&format!(
+                "was already used at {}",
+                humantime::format_rfc3339_seconds(unix_to_system_time(used))
+            )));
+        }
+        if system_time_to_unix(now) >= token_record.expires_unix {
+            return Err(refused(&format!(
+                "expired at {}",
+                humantime::format_rfc3339_seconds(unix_to_system_time(token_record.expires_unix))
+            )));
+        }
+        let (cluster_record, cluster_version) = core
+            .cluster(cluster)?
+            .ok_or_else(|| refused("names a cluster that was removed"))?;
+        let csr = ca::verify_csr(client_csr_pem.as_bytes())?;
+        let role = ControlPlaneRole::Client {
+            uri: format!("{CLUSTER_IDENTITY_PREFIX}{cluster}"),
+        };
+        let sign = || {
+            std::future::ready(
+                ca::issue_control_plane_cert(
+                    &csr.public_key.spki_der,
+                    &role,
+                    &core.control_plane_ca,
+                    &core.control_plane_key,
+                    CLIENT_CERT_LIFETIME,
+                    now,
+                )
+                .map_err(ServerError::from),
+            )
+        };
+        // The token is marked used and the cluster enrolled in the same
+        // transaction that records the certificate.
+        let with = |batch: Batch, certificate: &Certificate| -> Result<Batch, ServerError> {
+            let mut enrolled = cluster_record.clone();
+            enrolled.enrolled_unix = Some(system_time_to_unix(now));
+            enrolled.client_cert_serial = Some(certificate.serial_hex()?);
+            let mut used = token_record.clone();
+            used.used_unix = Some(system_time_to_unix(now));
+            Ok(batch
+                .put_json(
+                    Table::Tokens,
+                    &hash,
+                    &used,
+                    Some(Expect::Version(token_version)),
+                )?
+                .put_json(
+                    Table::Clusters,
+                    cluster,
+                    &enrolled,
+                    Some(Expect::Version(cluster_version)),
+                )?)
+        };
+        let certificate = record_issued(
+            core,
+            IssuedKind::ControlPlaneClient,
+            Some(cluster),
+            now,
+            sign,
+            with,
+        )
+        .await
+        .map_err(|error| match error {
+            ServerError::Store(StoreError::Conflict { .. }) => refused("was used concurrently"),
+            other => other,
+        })?;
+        tracing::info!(cluster, serial = %certificate.serial_hex().unwrap_or_default(), "cluster enrolled");
+        Ok(Enrolled {
+            client_certificate: certificate,
+            control_plane_ca: core.control_plane_ca.clone(),
+            trust_domain: core.settings.trust_domain.clone(),
+        })
+    }
+
+    /// Identifies a caller from its TLS client certificate chain (already
+    /// verified against the control-plane CA by the TLS layer). A cluster or
+    /// admin whose record is gone, or whose certificate is not the one on
+    /// record, is refused.
+    ///
+    /// Errors: [`ServerError::Unauthenticated`] without a certificate,
+    /// [`ServerError::PermissionDenied`] saying why it is not accepted.
+    pub fn identify(&self, peer_certificates: Option<&[Vec<u8>]>) -> Result<Caller, ServerError> {
+        let core = &self.core;
+        let first = peer_certificates
+            .and_then(|chain| chain.first())
+            .ok_or(ServerError::Unauthenticated)?;
+        let certificate = Certificate::from_der(first.clone())?;
+        ca::verify_issued(&certificate, &core.control_plane_ca, core.now()).map_err(|error| {
+            ServerError::PermissionDenied(format!(
+                "client certificate is not a current trustplane control-plane certificate: {error}"
+            ))
+        })?;
+        let serial = certificate.serial_hex()?;
+        let uris = certificate.uri_sans()?;
+        for uri in &uris {
+            if let Some(cluster) = uri.strip_prefix(CLUSTER_IDENTITY_PREFIX) {
+                return match core.cluster(cluster)? {
+                    Some((record, _)) if record.client_cert_serial.as_deref() == Some(&serial) => {
+                        Ok(Caller::Cluster(cluster.to_string()))
+                    }
+                    Some(_) => Err(ServerError::PermissionDenied(format!(
+                        "client certificate {serial} is no longer valid for cluster {cluster:?} (the cluster was re-enrolled)"
+                    ))),
+                    None => Err(ServerError::PermissionDenied(format!(
+                        "cluster {cluster:?} is not registered (it was removed); re-add it with `trustplane cluster add {cluster}`"
+                    ))),
+                };
+            }
+            if let Some(admin) = uri.strip_prefix(ADMIN_IDENTITY_PREFIX) {
+                let record = records::get_json::<AdminRecord>(
+                    core.store.as_ref(),
+                    Table::Meta,
+                    &records::admin_key(admin),
+                )?;
+                return match record {
+                    Some((record, _)) if record.client_cert_serial == serial => {
+                        Ok(Caller::Admin(admin.to_string()))
+                    }
+                    _ => Err(ServerError::PermissionDenied(format!(
+                        "admin credential {admin:?} ({serial}) is not on record"
+                    ))),
+                };
+            }
+        }
+        Err(ServerError::PermissionDenied(format!(
+            "client certificate has no trustplane identity (URI SANs: {uris:?})"
+        )))
+    }
+
+    /// Issues the server's own TLS certificate (fresh key, in memory only).
+    ///
+    /// Errors: key generation, signing and store errors.
+    pub async fn issue_server_identity(
+        &self,
+        dns_names: Vec<String>,
+        ip_addresses: Vec<std::net::IpAddr>,
+    ) -> Result<(Certificate, PrivateKey), ServerError> {
+        let core = &self.core;
+        let now = core.now();
+        let key = PrivateKey::generate(ca::KeyAlgorithm::EcdsaP256)?;
+        let public_key = key.public_key_der()?;
+        let role = ControlPlaneRole::Server {
+            dns_names,
+            ip_addresses,
+        };
+        let certificate = record_issued(
+            core,
+            IssuedKind::ControlPlaneServer,
+            None,
+            now,
+            || {
+                std::future::ready(
+                    ca::issue_control_plane_cert(
+                        &public_key,
+                        &role,
+                        &core.control_plane_ca,
+                        &core.control_plane_key,
+                        SERVER_CERT_LIFETIME,
+                        now,
+                    )
+                    .map_err(ServerError::from),
+                )
+            },
+            |batch, _| Ok(batch),
+        )
+        .await?;
+        Ok((certificate, key))
+    }
+
+    /// Adds to `batch` the deletion of every join token of `cluster`.
+    ///
+    /// Errors: store errors.
+    pub(super) fn without_tokens_of(
+        &self,
+        cluster: &str,
+        batch: Batch,
+    ) -> Result<Batch, ServerError> {
+        Ok(
+            records::list_json::<TokenRecord>(self.core.store.as_ref(), Table::Tokens)?
+                .into_iter()
+                .filter(|(_, record, _)| record.cluster == cluster)
+                .fold(batch, |batch, (hash, _, version)| {
+                    batch.delete(Table::Tokens, hash, Some(Expect::Version(version)))
+                }),
+        )
+    }
+}

@@ -1,0 +1,207 @@
+//! Issuance: intermediates from a cluster's CSR, intermediates with a key
+//! made here (push mode and offline `issue`), and the one place that
+//! records an issued certificate, with the serial-collision retry every
+//! path uses.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::core::{ClusterBundle, Core, PublishedBundle, is_conflict, validate_cluster_name};
+use super::error::ServerError;
+use crate::ca::{self, Certificate, PrivateKey, system_time_to_unix};
+use crate::store::records::{IssuedKind, IssuedRecord};
+use crate::store::{Batch, Expect, Table};
+
+/// How often a serial collision is answered with a new certificate.
+const ISSUE_ATTEMPTS: u32 = 3;
+
+/// The record of an issued certificate (kept under its serial, so that a
+/// serial is never used twice).
+///
+/// Errors: a certificate whose serial or validity does not read.
+pub fn issued_record(
+    certificate: &Certificate,
+    kind: IssuedKind,
+    cluster: Option<&str>,
+    now: SystemTime,
+) -> Result<IssuedRecord, ServerError> {
+    Ok(IssuedRecord {
+        serial: certificate.serial_hex()?,
+        kind,
+        cluster: cluster.map(str::to_string),
+        issued_unix: system_time_to_unix(now),
+        not_after_unix: system_time_to_unix(certificate.not_after()?),
+    })
+}
+
+/// Signs with `sign` and records the certificate under its serial in one
+/// store transaction together with what `with` adds to the batch for that
+/// certificate (e.g. a used join token). A serial that exists already (or any other lost
+/// compare-and-swap) is answered by signing again, up to three times, so a
+/// serial is never reused.
+///
+/// Errors: the signer's, the store's after the last attempt.
+pub(super) async fn record_issued<Sign, Signed>(
+    core: &Core,
+    kind: IssuedKind,
+    cluster: Option<&str>,
+    now: SystemTime,
+    mut sign: Sign,
+    with: impl Fn(Batch, &Certificate) -> Result<Batch, ServerError>,
+) -> Result<Certificate, ServerError>
+where
+    Sign: FnMut() -> Signed,
+    Signed: Future<Output = Result<Certificate, ServerError>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let certificate = sign().await?;
+        let issued = issued_record(&certificate, kind, cluster, now)?;
+        let serial = issued.serial.clone();
+        let batch = with(Batch::new(), &certificate)?.put_json(
+            Table::Certificates,
+            &serial,
+            &issued,
+            Some(Expect::Absent),
+        )?;
+        match core.store.commit(batch).map_err(ServerError::from) {
+            Ok(()) => return Ok(certificate),
+            Err(error) if is_conflict(&error) && attempts < ISSUE_ATTEMPTS => {
+                tracing::warn!(serial = %serial, "serial collision or concurrent change; issuing again");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// An intermediate signed from a cluster's CSR.
+#[derive(Clone, Debug)]
+pub struct SignedIntermediate {
+    /// The intermediate CA certificate (Istio's `ca-cert.pem`).
+    pub certificate: Certificate,
+    /// Intermediate then root (Istio's `cert-chain.pem`).
+    pub cert_chain_pem: String,
+    /// The bundle as the cluster sees it now.
+    pub bundle: ClusterBundle,
+}
+
+/// A cluster's full `cacerts` material issued in this process: the
+/// intermediate key is generated here, in memory, and only returned.
+pub struct LocalIssue {
+    /// The intermediate CA certificate.
+    pub certificate: Certificate,
+    /// Its key (PKCS#8), wiped on drop.
+    pub key: PrivateKey,
+    /// Intermediate then root (PEM).
+    pub cert_chain_pem: String,
+    /// The bundle it was issued under.
+    pub bundle: Arc<PublishedBundle>,
+}
+
+impl std::fmt::Debug for LocalIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIssue")
+            .field("certificate", &self.certificate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Signs intermediates with the current root signer.
+#[derive(Clone, Debug)]
+pub struct Issuance {
+    core: Arc<Core>,
+}
+
+impl Issuance {
+    /// Issuance over the shared state.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// Signs `cluster`'s intermediate from its CSR. Nothing is stored unless
+    /// issuance and verification succeed; the serial is recorded so that it
+    /// can never be reused.
+    ///
+    /// Errors: unknown or not enrolled cluster, CSR and policy refusals,
+    /// signer and store errors.
+    pub async fn sign_intermediate(
+        &self,
+        cluster: &str,
+        csr: &[u8],
+    ) -> Result<SignedIntermediate, ServerError> {
+        let core = &self.core;
+        core.enrolled_cluster(cluster)?;
+        let csr = ca::verify_csr(csr)?;
+        let profile = core
+            .policy
+            .decide(&core.settings.trust_domain, cluster, &csr, None)?;
+        let now = core.now();
+        let signer = core.signer();
+        let certificate = record_issued(
+            core,
+            IssuedKind::Intermediate,
+            Some(cluster),
+            now,
+            || async { Ok(signer.sign_intermediate(&csr, &profile, now).await?) },
+            |batch, _| Ok(batch),
+        )
+        .await?;
+        let root = signer.signing_root();
+        tracing::info!(
+            cluster,
+            serial = %certificate.serial_hex().unwrap_or_default(),
+            root = %root.serial_hex().unwrap_or_default(),
+            "intermediate issued"
+        );
+        Ok(SignedIntermediate {
+            cert_chain_pem: format!("{}{}", certificate.to_pem(), root.to_pem()),
+            certificate,
+            bundle: core.cluster_bundle(Some(cluster)),
+        })
+    }
+
+    /// Generates a key for `cluster` in this process and signs its
+    /// intermediate (offline `issue` and push mode). The key is never
+    /// stored. `lifetime` None takes the policy default.
+    ///
+    /// Errors: invalid name, policy refusal, signer and store errors, a
+    /// certificate that fails the probe through the chain.
+    pub async fn issue_with_local_key(
+        &self,
+        cluster: &str,
+        key_algorithm: ca::KeyAlgorithm,
+        lifetime: Option<Duration>,
+    ) -> Result<LocalIssue, ServerError> {
+        let core = &self.core;
+        validate_cluster_name(cluster)?;
+        let key = PrivateKey::generate(key_algorithm)?;
+        let csr_pem = ca::create_csr(&key, &format!("{cluster} intermediate CA"))?;
+        let csr = ca::verify_csr(csr_pem.as_bytes())?;
+        let profile = core
+            .policy
+            .decide(&core.settings.trust_domain, cluster, &csr, lifetime)?;
+        let now = core.now();
+        let signer = core.signer();
+        let certificate = record_issued(
+            core,
+            IssuedKind::Intermediate,
+            Some(cluster),
+            now,
+            || async { Ok(signer.sign_intermediate(&csr, &profile, now).await?) },
+            |batch, _| Ok(batch),
+        )
+        .await?;
+        let root = signer.signing_root();
+        let chain = vec![certificate.clone(), root.clone()];
+        let bundle = core.current_bundle();
+        ca::probe_ca_key(&chain, &key, bundle.bundle.roots(), now)?;
+        Ok(LocalIssue {
+            cert_chain_pem: format!("{}{}", certificate.to_pem(), root.to_pem()),
+            certificate,
+            key,
+            bundle,
+        })
+    }
+}

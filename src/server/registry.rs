@@ -1,0 +1,369 @@
+//! The cluster registry: registered clusters, their state and mode, push
+//! targets and their sealed kubeconfigs, status reports, removal and
+//! per-cluster reissue requests.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::audit::AuditTrail;
+use super::core::{Core, PublishedBundle, is_conflict, validate_cluster_name};
+use super::enrollment::Enrollment;
+use super::error::ServerError;
+use crate::ca::{Certificate, system_time_to_unix};
+use crate::reconcile::StatusReport;
+use crate::signer::sealed::{seal, unseal};
+use crate::sink::SecretFormat;
+use crate::store::records::{self, ClusterRecord, ClusterReport, PushTarget};
+use crate::store::{Batch, Expect, StoreError, Table};
+
+/// The largest push-mode kubeconfig accepted.
+const MAX_KUBECONFIG_BYTES: usize = 256 * 1024;
+/// How often a status report is retried against concurrent record writes.
+const REPORT_ATTEMPTS: u32 = 5;
+
+/// Whether a registered cluster has enrolled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// A join token was issued; the agent has not enrolled yet.
+    Pending,
+    /// Enrolled (push-mode clusters are enrolled when added).
+    Enrolled,
+}
+
+impl ClusterState {
+    /// The text form: `pending` or `enrolled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Pending => "pending",
+            ClusterState::Enrolled => "enrolled",
+        }
+    }
+}
+
+/// Who writes a cluster's `cacerts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// An enrolled agent in the cluster.
+    Agent,
+    /// The server itself, through the cluster's kubeconfig.
+    Push,
+}
+
+impl ClusterMode {
+    /// The text form: `agent` or `push`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterMode::Agent => "agent",
+            ClusterMode::Push => "push",
+        }
+    }
+
+    /// The mode of a cluster record.
+    pub fn of(record: &ClusterRecord) -> Self {
+        if record.push.is_some() {
+            ClusterMode::Push
+        } else {
+            ClusterMode::Agent
+        }
+    }
+}
+
+/// A registered cluster and its last report.
+#[derive(Clone, Debug)]
+pub struct ClusterStatus {
+    /// The cluster name.
+    pub name: String,
+    /// Enrolled or not.
+    pub state: ClusterState,
+    /// Agent or push mode.
+    pub mode: ClusterMode,
+    /// When it was registered (Unix seconds).
+    pub created_unix: i64,
+    /// Its last report (all zero and empty when it never reported).
+    pub report: ClusterReport,
+}
+
+impl ClusterStatus {
+    /// The status of `record`.
+    pub fn of(record: &ClusterRecord) -> Self {
+        Self {
+            name: record.name.clone(),
+            state: if record.enrolled_unix.is_some() {
+                ClusterState::Enrolled
+            } else {
+                ClusterState::Pending
+            },
+            mode: ClusterMode::of(record),
+            created_unix: record.created_unix,
+            report: record.report.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The server's status: trust domain, bundle, signing root, clusters.
+#[derive(Clone, Debug)]
+pub struct ServerStatus {
+    /// The trust domain served.
+    pub trust_domain: String,
+    /// The bundle published now.
+    pub bundle: Arc<PublishedBundle>,
+    /// The root that signs intermediates now.
+    pub signing_root: Certificate,
+    /// Every registered cluster.
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// The registered clusters.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    core: Arc<Core>,
+    enrollment: Enrollment,
+    audit: AuditTrail,
+}
+
+impl Registry {
+    /// The registry over the shared state.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self {
+            enrollment: Enrollment::new(core.clone()),
+            audit: AuditTrail::new(core.clone()),
+            core,
+        }
+    }
+
+    /// Registers a push-mode cluster: the server writes its cacerts Secret
+    /// through `kubeconfig` (sealed at rest). No join token is issued.
+    ///
+    /// Errors: invalid name, namespace or kubeconfig,
+    /// [`ServerError::AlreadyExists`], sealing and store errors.
+    pub fn add_push_cluster(
+        &self,
+        name: &str,
+        kubeconfig: &str,
+        namespace: &str,
+        secret_format: SecretFormat,
+    ) -> Result<(), ServerError> {
+        let core = &self.core;
+        validate_cluster_name(name)?;
+        if kubeconfig.len() > MAX_KUBECONFIG_BYTES {
+            return Err(ServerError::InvalidArgument(
+                "kubeconfig larger than 256 KiB".into(),
+            ));
+        }
+        kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|error| {
+            ServerError::InvalidArgument(format!("the kubeconfig does not parse: {error}"))
+        })?;
+        let namespace = if namespace.is_empty() {
+            crate::sink::kube::DEFAULT_NAMESPACE
+        } else {
+            namespace
+        };
+        validate_cluster_name(namespace).map_err(|_| {
+            ServerError::InvalidArgument(format!(
+                "namespace {namespace:?} is not a valid Kubernetes namespace name"
+            ))
+        })?;
+        if core.cluster(name)?.is_some() {
+            return Err(ServerError::AlreadyExists(format!(
+                "cluster {name:?} already exists; remove it first with `trustplane cluster remove {name}`"
+            )));
+        }
+        let now = system_time_to_unix(core.now());
+        let secret_name = records::kubeconfig_secret_name(name);
+        let record = ClusterRecord {
+            name: name.to_string(),
+            trust_domain: core.settings.trust_domain.clone(),
+            created_unix: now,
+            enrolled_unix: Some(now),
+            client_cert_serial: None,
+            report: None,
+            push: Some(PushTarget {
+                namespace: namespace.to_string(),
+                secret_format,
+                kubeconfig_secret: secret_name.clone(),
+            }),
+            reissue_serial: None,
+        };
+        let sealed = seal(&core.kek, &secret_name, kubeconfig.as_bytes())?;
+        let batch = Batch::new()
+            .put_json(Table::Clusters, name, &record, Some(Expect::Absent))?
+            .put(Table::Secrets, &secret_name, sealed, None);
+        core.store.commit(batch)?;
+        core.notify_clusters_changed();
+        tracing::info!(cluster = name, namespace, "push-mode cluster registered");
+        Ok(())
+    }
+
+    /// Every push-mode cluster with its target.
+    ///
+    /// Errors: store errors.
+    pub fn push_clusters(&self) -> Result<Vec<(String, PushTarget)>, ServerError> {
+        Ok(
+            records::list_json::<ClusterRecord>(self.core.store.as_ref(), Table::Clusters)?
+                .into_iter()
+                .filter_map(|(name, record, _)| record.push.map(|push| (name, push)))
+                .collect(),
+        )
+    }
+
+    /// Unseals a push-mode cluster's kubeconfig.
+    ///
+    /// Errors: [`ServerError::Missing`], [`ServerError::NotUtf8`], KEK errors.
+    pub fn push_kubeconfig(&self, target: &PushTarget) -> Result<Zeroizing<String>, ServerError> {
+        let core = &self.core;
+        let sealed = core
+            .store
+            .get(Table::Secrets, &target.kubeconfig_secret)?
+            .ok_or_else(|| {
+                ServerError::missing(format!("sealed kubeconfig {:?}", target.kubeconfig_secret))
+            })?;
+        let plain = unseal(&core.kek, &target.kubeconfig_secret, &sealed.value)?;
+        String::from_utf8(plain.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| ServerError::NotUtf8 {
+                what: "the sealed kubeconfig",
+            })
+    }
+
+    /// Records what `cluster` has applied. An error-only report (nothing
+    /// applied, no chain) keeps what the cluster applied before: the gates
+    /// and pre-flight still need it.
+    ///
+    /// Errors: oversized report, unknown or not enrolled cluster, store
+    /// errors (after retrying concurrent writes).
+    pub fn report_status(&self, cluster: &str, report: StatusReport) -> Result<(), ServerError> {
+        let core = &self.core;
+        if report.cert_chain_pem.len() > 64 * 1024 || report.error.len() > 4096 {
+            return Err(ServerError::InvalidArgument(
+                "status report too large (chain ≤ 64 KiB, error ≤ 4 KiB)".into(),
+            ));
+        }
+        let now = system_time_to_unix(core.now());
+        let error_only = report.applied_bundle_version == 0
+            && report.cert_chain_pem.is_empty()
+            && !report.error.is_empty();
+        for _ in 0..REPORT_ATTEMPTS {
+            let (mut record, version) = core.enrolled_cluster(cluster)?;
+            record.report = Some(match (&record.report, error_only) {
+                (Some(previous), true) => ClusterReport {
+                    error: report.error.clone(),
+                    reported_unix: now,
+                    ..previous.clone()
+                },
+                _ => ClusterReport {
+                    applied_bundle_version: report.applied_bundle_version,
+                    intermediate_serial: report.intermediate_serial.clone(),
+                    intermediate_not_after_unix: report.intermediate_not_after_unix,
+                    cert_chain_pem: report.cert_chain_pem.clone(),
+                    error: report.error.clone(),
+                    reported_unix: now,
+                },
+            });
+            let batch = Batch::new().put_json(
+                Table::Clusters,
+                cluster,
+                &record,
+                Some(Expect::Version(version)),
+            )?;
+            match core.store.commit(batch).map_err(ServerError::from) {
+                Ok(()) => return Ok(()),
+                Err(error) if is_conflict(&error) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ServerError::Store(StoreError::Backend {
+            message: "status report kept conflicting with concurrent writes".into(),
+            source: None,
+        }))
+    }
+
+    /// Every registered cluster with its last report.
+    ///
+    /// Errors: store errors.
+    pub fn list_clusters(&self) -> Result<Vec<ClusterStatus>, ServerError> {
+        Ok(
+            records::list_json::<ClusterRecord>(self.core.store.as_ref(), Table::Clusters)?
+                .into_iter()
+                .map(|(_, record, _)| ClusterStatus::of(&record))
+                .collect(),
+        )
+    }
+
+    /// Removes a cluster; its client certificate is refused from then on,
+    /// and its unused join tokens and sealed kubeconfig go with it.
+    ///
+    /// Errors: [`ServerError::NotFound`], store errors.
+    pub fn remove_cluster(&self, name: &str) -> Result<(), ServerError> {
+        let core = &self.core;
+        let (_, version) = core
+            .cluster(name)?
+            .ok_or_else(|| ServerError::NotFound(format!("cluster {name:?} is not registered")))?;
+        let batch = Batch::new()
+            .delete(Table::Clusters, name, Some(Expect::Version(version)))
+            .delete(Table::Secrets, records::kubeconfig_secret_name(name), None);
+        // Its unused join tokens die with it: a cluster added again under
+        // the same name must not be enrolled with an old token.
+        core.store
+            .commit(self.enrollment.without_tokens_of(name, batch)?)?;
+        core.notify_clusters_changed();
+        tracing::info!(cluster = name, "cluster removed");
+        Ok(())
+    }
+
+    /// Server status: trust domain, bundle, signing root, clusters.
+    ///
+    /// Errors: store errors.
+    pub fn status(&self) -> Result<ServerStatus, ServerError> {
+        Ok(ServerStatus {
+            trust_domain: self.core.settings.trust_domain.clone(),
+            bundle: self.core.current_bundle(),
+            signing_root: self.core.signing_root(),
+            clusters: self.list_clusters()?,
+        })
+    }
+
+    /// Asks `name` for a new intermediate from the current signing root
+    /// (agents see it on their bundle stream; push clusters are rewritten),
+    /// recorded in the audit trail.
+    ///
+    /// Errors: [`ServerError::NotFound`], [`ServerError::InvalidArgument`]
+    /// for a cluster without an intermediate yet, store errors.
+    pub fn reissue_cluster(&self, name: &str, actor: &str) -> Result<(), ServerError> {
+        let core = &self.core;
+        let (mut record, version) = core
+            .cluster(name)?
+            .ok_or_else(|| ServerError::NotFound(format!("cluster {name:?} is not registered")))?;
+        if record.enrolled_unix.is_none() {
+            return Err(ServerError::InvalidArgument(format!(
+                "cluster {name:?} has not enrolled yet: it has no intermediate to reissue"
+            )));
+        }
+        let serial = record
+            .report
+            .as_ref()
+            .map(|report| report.intermediate_serial.clone())
+            .filter(|serial| !serial.is_empty())
+            .ok_or_else(|| {
+                ServerError::InvalidArgument(format!(
+                    "cluster {name:?} has not reported an intermediate yet; nothing to reissue"
+                ))
+            })?;
+        record.reissue_serial = Some(serial.clone());
+        let batch = Batch::new().put_json(
+            Table::Clusters,
+            name,
+            &record,
+            Some(Expect::Version(version)),
+        )?;
+        let batch = self.audit.record(
+            batch,
+            actor,
+            "cluster-reissue",
+            format!("cluster {name}, intermediate {serial}"),
+        )?;
+        core.store.commit(batch)?;
+        core.directives_changed();
+        Ok(())
+    }
+}

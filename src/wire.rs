@@ -7,7 +7,7 @@
 
 use crate::proto;
 use crate::rotation::{Outcome, Phase};
-use crate::server::{ClusterMode, ClusterState};
+use crate::server::registry::{ClusterMode, ClusterState};
 use crate::sink::SecretFormat;
 
 impl From<Phase> for proto::RotationPhase {

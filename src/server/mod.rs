@@ -20,7 +20,7 @@ pub mod init;
 mod issuance;
 mod publication;
 pub mod push;
-mod registry;
+pub mod registry;
 mod rotation;
 
 use std::net::{IpAddr, SocketAddr};

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use trustplane::agent::{self, AgentConfig, AgentHandle, AgentStatus};
 use trustplane::ca::{self, Certificate, KeyAlgorithm};
 use trustplane::cli::read_cacerts_dir;
+use trustplane::clock::TestClock;
 use trustplane::proto;
 use trustplane::sink::{ClusterSink, DirectorySink};
 
@@ -30,6 +31,7 @@ fn spawn_agent(
             join_token: token.map(zeroize::Zeroizing::new),
             key_algorithm: KeyAlgorithm::EcdsaP256,
             max_backoff: Duration::from_secs(1),
+            clock: server.clock.clone(),
             ..AgentConfig::new(server.url(), identity.to_path_buf())
         },
         sink,
@@ -38,6 +40,17 @@ fn spawn_agent(
 
 async fn wait_for(
     handle: &AgentHandle,
+    what: &str,
+    condition: impl Fn(&AgentStatus) -> bool,
+) -> AgentStatus {
+    wait_moving(handle, None, what, condition).await
+}
+
+/// Waits for `condition`, moving `clock` (when given) by 100 ms at every
+/// look, so that an agent sleeping on it (a retry backoff) goes on.
+async fn wait_moving(
+    handle: &AgentHandle,
+    clock: Option<&TestClock>,
     what: &str,
     condition: impl Fn(&AgentStatus) -> bool,
 ) -> AgentStatus {
@@ -51,6 +64,9 @@ async fn wait_for(
             Instant::now() < deadline,
             "agent never reached: {what}; last status {status:?}"
         );
+        if let Some(clock) = clock {
+            clock.advance(Duration::from_millis(100));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -221,7 +237,12 @@ async fn a_restarted_agent_adopts_its_cacerts_without_a_token() {
 
 #[tokio::test]
 async fn agent_retries_while_the_server_is_down_and_catches_up() {
-    let server = common::start_server().await;
+    let clock = TestClock::starting_now();
+    let server = common::start_server_with_clock(
+        trustplane::Policy::builtin_default().unwrap(),
+        clock.clone(),
+    )
+    .await;
     let work = tempfile::tempdir().unwrap();
     let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
     let token = server.add_cluster("east").await;
@@ -231,15 +252,21 @@ async fn agent_retries_while_the_server_is_down_and_catches_up() {
     })
     .await;
 
-    let (dir, data_dir, policy, address) = server.stop().await;
+    let stopped = server.stop().await;
     wait_for(&handle, "an error while the server is down", |status| {
         status.last_error.is_some()
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two seconds of retries (backoff capped at 1 s) on the agent's clock.
+    for _ in 0..20 {
+        clock.advance(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let still_down = handle.status.borrow().clone();
+    assert!(still_down.last_error.is_some(), "{still_down:?}");
     assert_verifies(&cacerts);
 
-    let server = common::TestServer::resume(dir, data_dir, policy, address).await;
+    let server = common::TestServer::resume(stopped).await;
     let authority = server.authority().clone();
     let next = authority
         .publication
@@ -248,9 +275,12 @@ async fn agent_retries_while_the_server_is_down_and_catches_up() {
         .with_appended(new_root("while down"))
         .unwrap();
     authority.publication.publish(next).unwrap();
-    let status = wait_for(&handle, "bundle v2 applied after the outage", |status| {
-        status.applied_bundle_version == 2 && status.last_error.is_none()
-    })
+    let status = wait_moving(
+        &handle,
+        Some(&clock),
+        "bundle v2 applied after the outage",
+        |status| status.applied_bundle_version == 2 && status.last_error.is_none(),
+    )
     .await;
     assert_eq!(status.applied_bundle_version, 2);
     assert_verifies(&cacerts);

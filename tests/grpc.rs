@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tonic::Code;
 use trustplane::ca::{self, Certificate, KeyAlgorithm, PrivateKey};
+use trustplane::clock::TestClock;
 use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
 use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
@@ -313,8 +314,8 @@ async fn join_tokens_are_stored_hashed_and_last_an_hour_by_default() {
         "{token}"
     );
 
-    let (_dir, data_dir, _policy, _address) = server.stop().await;
-    let store_path = data_dir.store_path();
+    let stopped = server.stop().await;
+    let store_path = stopped.data_dir.store_path();
     let store = RedbStore::open(&store_path).unwrap();
     let tokens = store.list(Table::Tokens).unwrap();
     assert_eq!(tokens.len(), 1, "one token record");
@@ -346,7 +347,12 @@ async fn join_tokens_are_stored_hashed_and_last_an_hour_by_default() {
 
 #[tokio::test]
 async fn an_expired_join_token_is_refused() {
-    let server = common::start_server().await;
+    let clock = TestClock::starting_now();
+    let server = common::start_server_with_clock(
+        trustplane::Policy::builtin_default().unwrap(),
+        clock.clone(),
+    )
+    .await;
     let token = server
         .admin()
         .await
@@ -359,7 +365,7 @@ async fn an_expired_join_token_is_refused() {
         .unwrap()
         .into_inner()
         .join_token;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_secs(1));
     let expired = server.enroll_with("east", &token).await.unwrap_err();
     assert_eq!(expired.code(), Code::PermissionDenied);
     assert!(

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use trustplane::agent::{self, AgentConfig, AgentHandle};
 use trustplane::ca::{Certificate, KeyAlgorithm};
 use trustplane::cli::connect;
+use trustplane::clock::{SystemClock, TestClock};
 use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
 use trustplane::sink::ClusterSink;
@@ -135,13 +136,32 @@ async fn wait_applied(admin: &mut AdminServiceClient<Channel>, version: u64, cou
     }
 }
 
-/// Waits until the current phase's gate holds (every ack, and the grace).
-async fn wait_gate(admin: &mut AdminServiceClient<Channel>) -> proto::RotationStatus {
-    wait_until(admin, "the gate holds", |status| status.gate_holds).await
+/// An in-process server on a test clock: the grace passes when the test
+/// moves the clock, not by waiting.
+async fn in_process_server() -> (common::TestServer, Arc<TestClock>) {
+    let clock = TestClock::starting_now();
+    let server = common::start_server_with_clock(
+        trustplane::Policy::builtin_default().unwrap(),
+        clock.clone(),
+    )
+    .await;
+    (server, clock)
 }
 
+/// Waits until the current phase's gate holds (every ack, and the grace).
+async fn wait_gate(
+    admin: &mut AdminServiceClient<Channel>,
+    clock: Option<&TestClock>,
+) -> proto::RotationStatus {
+    wait_until(admin, clock, "the gate holds", |status| status.gate_holds).await
+}
+
+/// Waits until `condition` holds. With a test clock, a grace that runs
+/// (every cluster acknowledged, time left) is passed by moving the clock
+/// beyond it; without one (the server binary), by waiting.
 async fn wait_until(
     admin: &mut AdminServiceClient<Channel>,
+    clock: Option<&TestClock>,
     what: &str,
     condition: impl Fn(&proto::RotationStatus) -> bool,
 ) -> proto::RotationStatus {
@@ -150,6 +170,13 @@ async fn wait_until(
         let current = status(admin).await;
         if condition(&current) {
             return current;
+        }
+        if let Some(clock) = clock
+            && current.acknowledged_unix != 0
+            && current.grace_left_seconds > 0
+        {
+            clock.advance(Duration::from_secs(current.grace_left_seconds + 1));
+            continue;
         }
         assert!(
             Instant::now() < deadline,
@@ -227,9 +254,9 @@ async fn assert_no_failures(mesh: &Mesh) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
     const CLUSTERS: usize = 52;
-    let server = common::start_server().await;
+    let (server, clock) = in_process_server().await;
     let mut admin = server.admin().await;
-    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mesh = Mesh::new(Duration::from_secs(GRACE), clock.clone());
     let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
     for index in 0..CLUSTERS {
         fleet.add(&mut admin, &mesh, &format!("c{index:02}")).await;
@@ -246,7 +273,7 @@ async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
     assert_eq!(roots.len(), 2);
     assert_eq!(roots[0], old_root, "the old root keeps its place and bytes");
     let new_root = roots[1].clone();
-    let blocked = wait_until(&mut admin, "only c07 blocks", |status| {
+    let blocked = wait_until(&mut admin, Some(&clock), "only c07 blocks", |status| {
         status
             .clusters
             .iter()
@@ -270,7 +297,7 @@ async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(refused.message().contains("c07"), "{}", refused.message());
     fleet.restart("c07");
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, Some(&clock)).await;
     assert_every_cluster_has(
         &mesh,
         &fleet,
@@ -287,6 +314,7 @@ async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
     assert!(signing_pem.contains(&started.bundle.as_ref().unwrap().root_cert_pem));
     let acknowledged = wait_until(
         &mut admin,
+        Some(&clock),
         "every cluster re-issued from the new root",
         |status| status.clusters.iter().all(|ack| ack.acknowledged),
     )
@@ -305,7 +333,7 @@ async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
         panic!("retire-old was allowed before the grace period");
     }
     mesh.check_all("sign-new acknowledged, in grace").await;
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, Some(&clock)).await;
     mesh.check_all("sign-new grace over").await;
 
     // retire-old: only the new root.
@@ -316,7 +344,7 @@ async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
         abort(&mut admin).await.unwrap_err().code(),
         tonic::Code::FailedPrecondition
     );
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, Some(&clock)).await;
     assert_every_cluster_has(
         &mesh,
         &fleet,
@@ -347,9 +375,9 @@ async fn rotation_across_52_clusters_never_breaks_trust_between_any_pair() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn abort_from_each_phase_leaves_every_pair_verifying() {
     const CLUSTERS: usize = 6;
-    let server = common::start_server().await;
+    let (server, clock) = in_process_server().await;
     let mut admin = server.admin().await;
-    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mesh = Mesh::new(Duration::from_secs(GRACE), clock.clone());
     let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
     for index in 0..CLUSTERS {
         fleet.add(&mut admin, &mesh, &format!("a{index}")).await;
@@ -365,7 +393,7 @@ async fn abort_from_each_phase_leaves_every_pair_verifying() {
 
     // trust-new → abort: back to {A}.
     start(&mut admin).await;
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, Some(&clock)).await;
     let aborted = abort(&mut admin).await.unwrap();
     assert_eq!(
         (aborted.phase.as_str(), aborted.outcome.as_str()),
@@ -384,20 +412,26 @@ async fn abort_from_each_phase_leaves_every_pair_verifying() {
 
     // sign-new → abort: back to trust-new, intermediates from A again.
     start(&mut admin).await;
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, Some(&clock)).await;
     advance(&mut admin).await.unwrap();
-    wait_until(&mut admin, "every cluster on the new root", |status| {
-        status.clusters.iter().all(|ack| ack.acknowledged)
-    })
+    wait_until(
+        &mut admin,
+        Some(&clock),
+        "every cluster on the new root",
+        |status| status.clusters.iter().all(|ack| ack.acknowledged),
+    )
     .await;
     mesh.check_all("sign-new").await;
     let back = abort(&mut admin).await.unwrap();
     assert_eq!(back.phase, "trust-new");
     assert_eq!(back.signing_root_serial, old_root.serial_hex().unwrap());
     assert_eq!(bundle_roots(&back).len(), 2);
-    let reissued = wait_until(&mut admin, "every cluster back on the old root", |status| {
-        status.clusters.iter().all(|ack| ack.acknowledged)
-    })
+    let reissued = wait_until(
+        &mut admin,
+        Some(&clock),
+        "every cluster back on the old root",
+        |status| status.clusters.iter().all(|ack| ack.acknowledged),
+    )
     .await;
     for ack in &reissued.clusters {
         assert_eq!(
@@ -429,6 +463,8 @@ async fn abort_from_each_phase_leaves_every_pair_verifying() {
             Err(refused) => {
                 assert!(refused.message().contains("grace"), "{}", refused.message());
                 assert!(Instant::now() < deadline, "abort to {{A}} never allowed");
+                // The grace counts on the server's clock: move it on.
+                clock.advance(Duration::from_secs(1));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -445,9 +481,9 @@ async fn abort_from_each_phase_leaves_every_pair_verifying() {
 
     // retire-old cannot be aborted; finishing works.
     start(&mut admin).await;
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, Some(&clock)).await;
     advance(&mut admin).await.unwrap();
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, Some(&clock)).await;
     advance(&mut admin).await.unwrap();
     let refused = abort(&mut admin).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
@@ -456,7 +492,7 @@ async fn abort_from_each_phase_leaves_every_pair_verifying() {
         "{}",
         refused.message()
     );
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, Some(&clock)).await;
     assert_eq!(advance(&mut admin).await.unwrap().phase, "stable");
     mesh.check_all("completed").await;
     let checks = assert_no_failures(&mesh).await;
@@ -465,9 +501,9 @@ async fn abort_from_each_phase_leaves_every_pair_verifying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removed_cluster_stops_blocking_and_reissue_replaces_an_intermediate() {
-    let server = common::start_server().await;
+    let (server, clock) = in_process_server().await;
     let mut admin = server.admin().await;
-    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mesh = Mesh::new(Duration::from_secs(GRACE), clock.clone());
     let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
     for name in ["r0", "r1", "r2"] {
         fleet.add(&mut admin, &mesh, name).await;
@@ -496,7 +532,7 @@ async fn removed_cluster_stops_blocking_and_reissue_replaces_an_intermediate() {
     // A cluster that is down blocks; once removed, it no longer does.
     fleet.stop("r2");
     start(&mut admin).await;
-    let blocked = wait_until(&mut admin, "r2 blocks", |status| {
+    let blocked = wait_until(&mut admin, Some(&clock), "r2 blocks", |status| {
         status
             .clusters
             .iter()
@@ -511,7 +547,7 @@ async fn removed_cluster_stops_blocking_and_reissue_replaces_an_intermediate() {
         .await
         .unwrap();
     mesh.remove("r2").await;
-    let open = wait_gate(&mut admin).await;
+    let open = wait_gate(&mut admin, Some(&clock)).await;
     assert!(open.clusters.iter().all(|ack| ack.name != "r2"));
     advance(&mut admin).await.unwrap();
     let audit = admin
@@ -574,7 +610,7 @@ async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
     let (server, url) = start_server(&data, "127.0.0.1:0");
     let listen = url.trim_start_matches("https://").to_string();
     let mut admin = admin_for(&data, &url).await;
-    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mesh = Mesh::new(Duration::from_secs(GRACE), SystemClock::shared());
     let control_plane_ca_pem = std::fs::read_to_string(data.join("control-plane-ca.pem")).unwrap();
     let mut fleet = Fleet::new(url.clone(), control_plane_ca_pem);
     for index in 0..CLUSTERS {
@@ -595,7 +631,7 @@ async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
         resumed.bundle.as_ref().unwrap().root_cert_pem,
         started.bundle.as_ref().unwrap().root_cert_pem
     );
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, None).await;
     let signing = advance(&mut admin).await.unwrap();
     let sign_new_version = signing.bundle.as_ref().unwrap().version;
 
@@ -607,9 +643,9 @@ async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
     assert_eq!(resumed.phase, "sign-new");
     assert_eq!(resumed.bundle.as_ref().unwrap().version, sign_new_version);
     assert_eq!(resumed.signing_root_serial, signing.new_root_serial);
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, None).await;
     advance(&mut admin).await.unwrap();
-    wait_gate(&mut admin).await;
+    wait_gate(&mut admin, None).await;
     let done = advance(&mut admin).await.unwrap();
     assert_eq!(
         (done.phase.as_str(), done.outcome.as_str()),
@@ -629,9 +665,9 @@ async fn server_killed_during_trust_new_and_sign_new_resumes_the_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plan_changes_nothing_and_auto_rotation_completes_by_itself() {
     const CLUSTERS: usize = 4;
-    let server = common::start_server().await;
+    let (server, clock) = in_process_server().await;
     let mut admin = server.admin().await;
-    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mesh = Mesh::new(Duration::from_secs(GRACE), clock.clone());
     let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
     for index in 0..CLUSTERS {
         fleet.add(&mut admin, &mesh, &format!("p{index}")).await;
@@ -689,9 +725,12 @@ async fn plan_changes_nothing_and_auto_rotation_completes_by_itself() {
         .await
         .unwrap()
         .into_inner();
-    let done = wait_until(&mut admin, "the automatic rotation completes", |status| {
-        status.phase == "stable" && status.outcome == "completed"
-    })
+    let done = wait_until(
+        &mut admin,
+        Some(&clock),
+        "the automatic rotation completes",
+        |status| status.phase == "stable" && status.outcome == "completed",
+    )
     .await;
     assert_eq!(done.signing_root_serial, started.new_root_serial);
     wait_applied(&mut admin, done.bundle.as_ref().unwrap().version, CLUSTERS).await;
@@ -702,9 +741,9 @@ async fn plan_changes_nothing_and_auto_rotation_completes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_to_an_imported_root_and_refusals_of_bad_imports() {
-    let server = common::start_server().await;
+    let (server, clock) = in_process_server().await;
     let mut admin = server.admin().await;
-    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mesh = Mesh::new(Duration::from_secs(GRACE), clock.clone());
     let mut fleet = Fleet::new(server.url(), server.control_plane_ca_pem.clone());
     fleet.add(&mut admin, &mesh, "i0").await;
     wait_applied(&mut admin, 1, 1).await;
@@ -773,7 +812,7 @@ async fn rotation_to_an_imported_root_and_refusals_of_bad_imports() {
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
     for _ in 0..3 {
-        wait_gate(&mut admin).await;
+        wait_gate(&mut admin, Some(&clock)).await;
         advance(&mut admin).await.unwrap();
     }
     assert_eq!(server.authority().core().signing_root(), imported);

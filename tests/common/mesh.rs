@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use trustplane::ca::{self, CacertsFiles, Certificate, KeyAlgorithm, PrivateKey};
+use trustplane::clock::Clock;
 use trustplane::sink::{CacertsMaterial, ClusterSink, MemorySink, SinkError};
 
 struct Leaf {
@@ -72,6 +73,7 @@ impl MeshState {
 pub struct Mesh {
     state: tokio::sync::Mutex<MeshState>,
     workload_lifetime: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 /// Totals so far.
@@ -98,10 +100,14 @@ fn verify(
 }
 
 impl Mesh {
-    pub fn new(workload_lifetime: Duration) -> Arc<Self> {
+    /// A mesh whose istiods sign workload certificates living
+    /// `workload_lifetime` on `clock` (the server's, so that a grace passed
+    /// on a test clock also expires the workload certificates it covers).
+    pub fn new(workload_lifetime: Duration, clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Mesh {
             state: tokio::sync::Mutex::new(MeshState::default()),
             workload_lifetime,
+            clock,
         })
     }
 
@@ -116,7 +122,7 @@ impl Mesh {
 
     /// Records `cluster`'s new cacerts and checks every pair involving it.
     async fn apply(&self, cluster: &str, material: &CacertsMaterial) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut state = self.state.lock().await;
         let mut failures = Vec::new();
         let roots = Certificate::parse_pem_chain(&material.root_cert_pem).unwrap();
@@ -200,7 +206,7 @@ impl Mesh {
     /// Checks every ordered pair (every live workload certificate of X
     /// under Y's current roots); returns the number of checks made.
     pub async fn check_all(&self, label: &str) -> u64 {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut state = self.state.lock().await;
         let (checks, failures) = state
             .clusters
@@ -222,7 +228,7 @@ impl Mesh {
         verifier: &str,
         roots: &[Certificate],
     ) -> u64 {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut state = self.state.lock().await;
         let (checks, failures) = state.live_leaves_under(label, verifier, roots, now);
         state.record(checks, failures);
@@ -238,7 +244,7 @@ impl Mesh {
         leaf: &Certificate,
         chain: &[Certificate],
     ) -> u64 {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut state = self.state.lock().await;
         let external = Leaf {
             leaf: leaf.clone(),

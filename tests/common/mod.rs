@@ -6,18 +6,28 @@ pub mod binary;
 pub mod mesh;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tempfile::TempDir;
 use tonic::transport::Channel;
 use trustplane::ca::{self, KeyAlgorithm, PrivateKey};
 use trustplane::cli::connect;
+use trustplane::clock::{Clock, SystemClock};
 use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
 use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
-use trustplane::server::{self, Authority, DataDir, InitOptions, RunningServer, SystemClock};
+use trustplane::server::{self, Authority, DataDir, InitOptions, RunningServer};
 use trustplane::signer::sealed::Kek;
 use trustplane::store::RedbStore;
+
+/// A stopped server: its data, address and clock, to resume it.
+pub struct Stopped {
+    pub dir: TempDir,
+    pub data_dir: DataDir,
+    pub policy: trustplane::Policy,
+    pub address: std::net::SocketAddr,
+    pub clock: Arc<dyn Clock>,
+}
 
 pub struct TestServer {
     pub dir: TempDir,
@@ -25,6 +35,8 @@ pub struct TestServer {
     pub running: RunningServer,
     pub control_plane_ca_pem: String,
     pub policy: trustplane::Policy,
+    /// The server's clock (a test clock when the test moves time).
+    pub clock: Arc<dyn Clock>,
 }
 
 pub fn install_crypto() {
@@ -51,6 +63,15 @@ pub fn policy_with_lifetime(lifetime: &str) -> trustplane::Policy {
 }
 
 pub async fn start_server_with_policy(policy: trustplane::Policy) -> TestServer {
+    start_server_with_clock(policy, SystemClock::shared()).await
+}
+
+/// A server whose time is `clock` (tests move a `TestClock` instead of
+/// sleeping).
+pub async fn start_server_with_clock(
+    policy: trustplane::Policy,
+    clock: Arc<dyn Clock>,
+) -> TestServer {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = DataDir::new(dir.path().join("server"));
@@ -70,10 +91,10 @@ pub async fn start_server_with_policy(policy: trustplane::Policy) -> TestServer 
             import: None,
             policy: policy.clone(),
         },
-        SystemTime::now(),
+        clock.now(),
     )
     .unwrap();
-    let running = open_and_start(&data_dir, store, policy.clone(), "127.0.0.1:0").await;
+    let running = open_and_start(&data_dir, store, policy.clone(), "127.0.0.1:0", &clock).await;
     let control_plane_ca_pem = std::fs::read_to_string(data_dir.control_plane_ca_path()).unwrap();
     TestServer {
         dir,
@@ -81,6 +102,7 @@ pub async fn start_server_with_policy(policy: trustplane::Policy) -> TestServer 
         running,
         control_plane_ca_pem,
         policy,
+        clock,
     }
 }
 
@@ -89,9 +111,10 @@ async fn open_and_start(
     store: Arc<RedbStore>,
     policy: trustplane::Policy,
     listen: &str,
+    clock: &Arc<dyn Clock>,
 ) -> RunningServer {
     let kek = Kek::load(Some(&data_dir.kek_path()), None).unwrap();
-    let authority = Arc::new(Authority::open(store, &kek, policy, Arc::new(SystemClock)).unwrap());
+    let authority = Arc::new(Authority::open(store, &kek, policy, clock.clone()).unwrap());
     server::start(
         authority,
         &server::ServerConfig {
@@ -106,21 +129,36 @@ async fn open_and_start(
 
 impl TestServer {
     /// Stops the server (the port is then closed) and returns its address.
-    pub async fn stop(self) -> (TempDir, DataDir, trustplane::Policy, std::net::SocketAddr) {
+    pub async fn stop(self) -> Stopped {
         let address = self.running.address;
         self.running.shutdown().await.unwrap();
-        (self.dir, self.data_dir, self.policy, address)
+        Stopped {
+            dir: self.dir,
+            data_dir: self.data_dir,
+            policy: self.policy,
+            address,
+            clock: self.clock,
+        }
     }
 
-    /// Starts the server again on the same data and address.
-    pub async fn resume(
-        dir: TempDir,
-        data_dir: DataDir,
-        policy: trustplane::Policy,
-        address: std::net::SocketAddr,
-    ) -> TestServer {
+    /// Starts the server again on the same data, address and clock.
+    pub async fn resume(stopped: Stopped) -> TestServer {
+        let Stopped {
+            dir,
+            data_dir,
+            policy,
+            address,
+            clock,
+        } = stopped;
         let store = Arc::new(RedbStore::open(&data_dir.store_path()).unwrap());
-        let running = open_and_start(&data_dir, store, policy.clone(), &address.to_string()).await;
+        let running = open_and_start(
+            &data_dir,
+            store,
+            policy.clone(),
+            &address.to_string(),
+            &clock,
+        )
+        .await;
         let control_plane_ca_pem =
             std::fs::read_to_string(data_dir.control_plane_ca_path()).unwrap();
         TestServer {
@@ -129,6 +167,7 @@ impl TestServer {
             running,
             control_plane_ca_pem,
             policy,
+            clock,
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use trustplane::agent::{self, AgentHandle};
 use trustplane::ca::Certificate;
+use trustplane::clock::SystemClock;
 use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
 use trustplane::sink::ClusterSink;
@@ -203,7 +204,7 @@ async fn rotation_over_real_apiservers_and_50_simulated_clusters_never_breaks_tr
     let server = common::start_server().await;
     let mut admin = server.admin().await;
     let work = tempfile::tempdir().unwrap();
-    let mesh = Mesh::new(Duration::from_secs(GRACE));
+    let mesh = Mesh::new(Duration::from_secs(GRACE), SystemClock::shared());
 
     // Real clusters: alpha and beta run agents writing istio-system/cacerts
     // through their own ServiceAccount; gamma is push mode into alpha's

@@ -68,6 +68,7 @@ pub fn kek_source(kek_file: Option<&Path>, default_file: &Path) -> KekSource {
 }
 
 /// The value of [`KEK_ENV`], if it is set and valid Unicode.
+#[allow(clippy::disallowed_methods)] // the one module that reads the environment
 fn kek_from_environment() -> Option<Zeroizing<String>> {
     std::env::var(KEK_ENV).ok().map(Zeroizing::new)
 }

@@ -22,6 +22,7 @@ use super::config::{AgentConfig, AgentStatus};
 use super::error::AgentError;
 use super::handle::{AgentHandle, record_fatal, run_until_fatal, stop_requested};
 use super::identity::IdentityStore;
+use crate::clock::{Clock, SystemClock};
 use crate::files::random_suffix;
 use crate::reconcile::Backoff;
 use crate::sink::ClusterSink;
@@ -410,10 +411,12 @@ async fn watch_lease(lease: &LeaseOptions, confirmed: &watch::Sender<bool>) -> S
                 }
                 let until = spec.renew_time.and_then(|renewed| {
                     let renewed: SystemTime = renewed.0.into();
+                    // The lease manager stamps renewals with the system
+                    // clock, so they are compared with it, not a test clock.
                     let left = renewed
                         .checked_add(duration)?
                         .checked_sub(margin)?
-                        .duration_since(SystemTime::now())
+                        .duration_since(SystemClock.now())
                         .ok()?;
                     Instant::now().checked_add(left)
                 });

@@ -470,6 +470,7 @@ mod tests {
     /// Not a test on its own: does nothing unless re-executed by
     /// [`ChildWriter`] with [`CHILD_ENV`] set.
     #[test]
+    #[allow(clippy::disallowed_methods)] // a test hook: the parent sets it for this process only
     fn child_writer() {
         let Ok(instruction) = std::env::var(CHILD_ENV) else {
             return;

@@ -157,19 +157,10 @@ impl ServerError {
             ServerError::JoinToken(_) => "join_token",
             ServerError::Store(_) => "store",
             ServerError::Signer(_) => "signer",
-            ServerError::NotInitialised
-            | ServerError::Missing { .. }
-            | ServerError::NoLocalKey
-            | ServerError::BundleVersion { .. }
-            | ServerError::Bundle(_)
-            | ServerError::NotUtf8 { .. }
-            | ServerError::Random
-            | ServerError::File(_)
-            | ServerError::Listen { .. }
-            | ServerError::Transport(_)
-            | ServerError::Task { .. } => "setup",
             ServerError::Sink(_) | ServerError::Kubernetes(_) | ServerError::Cacerts(_) => "push",
             ServerError::Rotation(_) => "rotation",
+            // The server itself: data, files, listener, tasks.
+            _ => "setup",
         }
     }
 }
@@ -196,22 +187,8 @@ impl From<ServerError> for tonic::Status {
             }
             ServerError::Rotation(_) => Code::FailedPrecondition,
             ServerError::Store(StoreError::Conflict { .. }) => Code::Aborted,
-            ServerError::Store(_)
-            | ServerError::Signer(_)
-            | ServerError::NotInitialised
-            | ServerError::Missing { .. }
-            | ServerError::NoLocalKey
-            | ServerError::BundleVersion { .. }
-            | ServerError::Bundle(_)
-            | ServerError::NotUtf8 { .. }
-            | ServerError::Random
-            | ServerError::File(_)
-            | ServerError::Listen { .. }
-            | ServerError::Transport(_)
-            | ServerError::Task { .. }
-            | ServerError::Sink(_)
-            | ServerError::Kubernetes(_)
-            | ServerError::Cacerts(_) => Code::Internal,
+            // Store, signer, push and setup failures: the server's own.
+            _ => Code::Internal,
         };
         if code == Code::Internal || code == Code::Aborted {
             tracing::error!(error = %error, kind = error.label(), "request failed");

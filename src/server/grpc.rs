@@ -204,6 +204,11 @@ fn rotation_options(options: proto::RotationOptions) -> Result<RotationOptions, 
     })
 }
 
+/// The phase a step request expects (enum, or the older string).
+fn expected_phase(value: i32, text: &str) -> Result<Option<crate::rotation::Phase>, ServerError> {
+    wire::phase(value, text).map_err(ServerError::InvalidArgument)
+}
+
 fn audit_message(record: AuditRecord) -> proto::AuditEntry {
     proto::AuditEntry {
         unix: record.unix,
@@ -483,8 +488,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let admin = require_admin(&self.authority, &request)?;
         let body = request.into_inner();
-        let expected = wire::phase(body.expected, &body.expected_phase)
-            .map_err(ServerError::InvalidArgument)?;
+        let expected = expected_phase(body.expected, &body.expected_phase)?;
         Ok(Response::new(rotation_status_message(
             self.authority.rotation.advance(&admin, expected)?,
         )))
@@ -496,8 +500,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let admin = require_admin(&self.authority, &request)?;
         let body = request.into_inner();
-        let expected = wire::phase(body.expected, &body.expected_phase)
-            .map_err(ServerError::InvalidArgument)?;
+        let expected = expected_phase(body.expected, &body.expected_phase)?;
         Ok(Response::new(rotation_status_message(
             self.authority.rotation.abort(&admin, expected)?,
         )))

@@ -134,21 +134,7 @@ impl Issuance {
         let core = &self.core;
         core.enrolled_cluster(cluster)?;
         let csr = ca::verify_csr(csr)?;
-        let profile = core
-            .policy
-            .decide(&core.settings.trust_domain, cluster, &csr, None)?;
-        let now = core.now();
-        let signer = core.signer();
-        let certificate = record_issued(
-            core,
-            IssuedKind::Intermediate,
-            Some(cluster),
-            now,
-            || async { Ok(signer.sign_intermediate(&csr, &profile, now).await?) },
-            |batch, _| Ok(batch),
-        )
-        .await?;
-        let root = signer.signing_root();
+        let (certificate, root, _) = self.sign(cluster, &csr, None).await?;
         tracing::info!(
             cluster,
             serial = %certificate.serial_hex().unwrap_or_default(),
@@ -160,6 +146,33 @@ impl Issuance {
             certificate,
             bundle: core.cluster_bundle(Some(cluster)),
         })
+    }
+
+    /// Decides the profile for `cluster`'s verified CSR (`lifetime` None:
+    /// the policy default), signs it with the current root and records it.
+    /// Returns the certificate, the root that signed it and the time used.
+    async fn sign(
+        &self,
+        cluster: &str,
+        csr: &ca::VerifiedCsr,
+        lifetime: Option<Duration>,
+    ) -> Result<(Certificate, Certificate, SystemTime), ServerError> {
+        let core = &self.core;
+        let profile = core
+            .policy
+            .decide(&core.settings.trust_domain, cluster, csr, lifetime)?;
+        let now = core.now();
+        let signer = core.signer();
+        let certificate = record_issued(
+            core,
+            IssuedKind::Intermediate,
+            Some(cluster),
+            now,
+            || async { Ok(signer.sign_intermediate(csr, &profile, now).await?) },
+            |batch, _| Ok(batch),
+        )
+        .await?;
+        Ok((certificate, signer.signing_root().clone(), now))
     }
 
     /// Generates a key for `cluster` in this process and signs its
@@ -179,21 +192,7 @@ impl Issuance {
         let key = PrivateKey::generate(key_algorithm)?;
         let csr_pem = ca::create_csr(&key, &format!("{cluster} intermediate CA"))?;
         let csr = ca::verify_csr(csr_pem.as_bytes())?;
-        let profile = core
-            .policy
-            .decide(&core.settings.trust_domain, cluster, &csr, lifetime)?;
-        let now = core.now();
-        let signer = core.signer();
-        let certificate = record_issued(
-            core,
-            IssuedKind::Intermediate,
-            Some(cluster),
-            now,
-            || async { Ok(signer.sign_intermediate(&csr, &profile, now).await?) },
-            |batch, _| Ok(batch),
-        )
-        .await?;
-        let root = signer.signing_root();
+        let (certificate, root, now) = self.sign(cluster, &csr, lifetime).await?;
         let chain = vec![certificate.clone(), root.clone()];
         let bundle = core.current_bundle();
         ca::probe_ca_key(&chain, &key, bundle.bundle.roots(), now)?;

@@ -191,9 +191,9 @@ fn record(authority: &Authority, cluster: &str, report: StatusReport) {
     }
 }
 
-/// One reconciliation: connect on first use, read the Secret again (someone
-/// may have changed it), and let the keeper keep it, refresh its
-/// `root-cert.pem` or write a new intermediate.
+/// One reconciliation: connect on first use, check the Secret still holds
+/// what was written (someone may have changed it), and let the keeper keep
+/// it, refresh its `root-cert.pem` or write a new intermediate.
 async fn push_once<'a>(
     authority: &Authority,
     cluster: &str,
@@ -217,7 +217,7 @@ async fn push_once<'a>(
             keeper.insert(Keeper::new(Arc::new(sink), RENEW_FRACTION))
         }
     };
-    keeper.forget();
+    keeper.recheck();
     let bundle = authority.publication.for_cluster(Some(cluster));
     let view = BundleView {
         version: bundle.published.bundle.version(),

@@ -34,6 +34,7 @@ pub struct Keeper {
     sink: Arc<dyn ClusterSink>,
     renew_fraction: f64,
     current: Option<(CacertsMaterial, Applied)>,
+    recheck: bool,
 }
 
 impl std::fmt::Debug for Keeper {
@@ -54,6 +55,7 @@ impl Keeper {
             sink,
             renew_fraction,
             current: None,
+            recheck: false,
         }
     }
 
@@ -72,10 +74,11 @@ impl Keeper {
         self.applied().map(|applied| applied.renew_at)
     }
 
-    /// Forgets what was applied, so that the next pass reads the sink again
-    /// (push mode does so every pass: someone may have changed the Secret).
-    pub fn forget(&mut self) {
-        self.current = None;
+    /// Makes the next pass read the sink again and start over from what it
+    /// holds if that is no longer what was applied (push mode does so every
+    /// pass: someone may have changed or deleted the Secret).
+    pub fn recheck(&mut self) {
+        self.recheck = true;
     }
 
     /// The status report for what is applied and the current `error`.
@@ -94,6 +97,9 @@ impl Keeper {
         now: SystemTime,
     ) -> Result<bool, S::Error> {
         let mut changed = false;
+        if std::mem::take(&mut self.recheck) {
+            self.drop_if_changed().await?;
+        }
         if self.current.is_none() {
             self.current = self.adopt(bundle, now).await?;
             changed = self.current.is_some();
@@ -126,6 +132,24 @@ impl Keeper {
                 Ok(true)
             }
         }
+    }
+
+    /// Forgets what was applied when the sink no longer holds it.
+    async fn drop_if_changed(&mut self) -> Result<(), SinkError> {
+        let Some((material, _)) = &self.current else {
+            return Ok(());
+        };
+        let unchanged = self.sink.read().await?.is_some_and(|files| {
+            files.ca_cert.as_deref() == Some(material.ca_cert_pem.as_str())
+                && files.ca_key.as_deref() == Some(&material.ca_key_pem)
+                && files.cert_chain.as_deref() == Some(material.cert_chain_pem.as_str())
+                && files.root_cert.as_deref() == Some(material.root_cert_pem.as_str())
+        });
+        if !unchanged {
+            tracing::info!(sink = %self.sink.describe(), "the cacerts changed since they were written; reading them again");
+            self.current = None;
+        }
+        Ok(())
     }
 
     /// The set already in the sink, if the reconciler may adopt it.

@@ -11,8 +11,9 @@ use clap::Subcommand;
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
+use super::client::{AdminConnection, status_error};
+use super::options::parse_generated_algorithm;
 use super::output::{self, Format};
-use super::{AdminConnection, parse_generated_algorithm, status_error};
 use crate::ca::{KeyAlgorithm, system_time_to_unix};
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;

@@ -11,7 +11,9 @@
 //! - `cluster.rs`: `cluster add|list|reissue|remove` and `status`.
 //! - `bundle.rs`: `bundle show`.
 //! - `cacerts.rs`: reading a cacerts directory and `verify`.
-//! - `rotate.rs`: `rotate plan|start|status|advance|abort` and `audit`.
+//! - `rotate.rs`: `rotate plan|start|status|advance|abort`, and
+//!   `rotate_output.rs`: the rotation status, plan and progress they print.
+//! - `audit.rs`: `audit`.
 //! - `demo.rs`: `demo`.
 //!
 //! and what they share:
@@ -22,6 +24,7 @@
 //! - `signal.rs`: waiting for Ctrl-C or SIGTERM.
 
 mod agent;
+mod audit;
 mod bundle;
 mod cacerts;
 mod client;
@@ -31,11 +34,13 @@ mod demo;
 mod options;
 mod output;
 mod rotate;
+mod rotate_output;
 mod signal;
 
 use clap::{Parser, Subcommand};
 
 pub use agent::{AgentArgs, AgentSink};
+pub use audit::AuditArgs;
 pub use bundle::{BundleCommand, BundleFormat};
 pub use cacerts::{VerifyArgs, read_cacerts_dir};
 pub use client::{AdminConnection, connect, status_error};
@@ -46,7 +51,7 @@ pub use options::{
     ServerCaOption, ServerOption, load_policy,
 };
 pub use output::Format;
-pub use rotate::{AuditArgs, RotateCommand, RotationFlags};
+pub use rotate::{RotateCommand, RotationFlags};
 pub use signal::shutdown_signal;
 
 /// trustplane: a CA and trust-bundle service for Istio multicluster meshes.
@@ -145,7 +150,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             bundle::show(output, connection).await
         }
         Command::Rotate(command) => rotate::run(command).await,
-        Command::Audit(args) => rotate::audit(args).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Issue(args) => data_dir::issue(args).await,
         Command::Verify(args) => cacerts::verify(args).await,
         Command::Demo(args) => demo::run(args).await,

@@ -100,3 +100,12 @@ pub async fn connect(
         format!("cannot connect to {server}: is `trustplane server` running there, and is --server right?")
     })
 }
+
+/// Turns a gRPC status into a readable error.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "server refused the call ({:?}): {}",
+        status.code(),
+        status.message()
+    )
+}

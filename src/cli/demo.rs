@@ -10,13 +10,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 
+use super::cacerts::read_cacerts_dir;
+use super::client::{AdminConnection, status_error};
 use super::options::{KekOption, MissingKek, PolicyOption};
-use super::{AdminConnection, output, read_cacerts_dir, status_error};
+use super::output;
+use super::signal::shutdown_signal;
 use crate::agent::{self, AgentConfig};
 use crate::ca::{self, Certificate, KeyAlgorithm, PrivateKey, system_time_to_unix};
+use crate::clock::{Clock, SystemClock};
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
-use crate::server::{self, Authority, DataDir, InitOptions, SystemClock};
+use crate::server::{self, Authority, DataDir, InitOptions};
 use crate::sink::{ClusterSink, DirectorySink};
 use crate::store::{RedbStore, Store as _};
 
@@ -168,7 +172,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 import: None,
                 policy: policy.clone(),
             },
-            SystemTime::now(),
+            SystemClock.now(),
         )?;
     }
     let authority = Arc::new(Authority::open(store, &kek, policy, Arc::new(SystemClock))?);
@@ -257,7 +261,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let now = system_time_to_unix(SystemTime::now());
+    let now = system_time_to_unix(SystemClock.now());
     let mut table = output::table(&[
         "CLUSTER",
         "BUNDLE",
@@ -277,7 +281,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("{table}");
 
     step.next("checking each cacerts directory the way istiod loads it");
-    let now = SystemTime::now();
+    let now = SystemClock.now();
     for cluster in CLUSTERS {
         let dir = work_dir.join(cluster).join("cacerts");
         let check = ca::check_cacerts(
@@ -378,7 +382,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             data_dir.path.display(),
             work_dir.display()
         );
-        super::shutdown_signal().await;
+        shutdown_signal().await;
     }
     for (_, handle) in &agents {
         handle.stop();

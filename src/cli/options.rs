@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use crate::ca::KeyAlgorithm;
 use crate::config::{self, KekSource};
 use crate::policy::Policy;
 use crate::server::DataDir;
@@ -144,4 +145,14 @@ pub struct ServerCaOption {
         value_name = "FILE"
     )]
     pub path: Option<PathBuf>,
+}
+
+/// Parses `--key-algorithm` for a key trustplane generates: ECDSA only
+/// (RSA roots can be imported, not created).
+pub fn parse_generated_algorithm(text: &str) -> Result<KeyAlgorithm, String> {
+    match text.parse::<KeyAlgorithm>() {
+        Ok(KeyAlgorithm::Rsa) => Err("trustplane generates ECDSA keys only: use ecdsa-p256 or ecdsa-p384 (RSA roots can be imported)".into()),
+        Ok(algorithm) => Ok(algorithm),
+        Err(error) => Err(error.to_string()),
+    }
 }

@@ -53,3 +53,15 @@ pub fn short_hex(serial: &str) -> String {
         _ => serial.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_hexs() {
+        assert_eq!(short_hex(""), "-");
+        assert_eq!(short_hex("abcd"), "abcd");
+        assert_eq!(short_hex("0123456789abcdef0123"), "0123456789abcdef…");
+    }
+}

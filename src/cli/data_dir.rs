@@ -1,0 +1,314 @@
+//! `trustplane init`, `trustplane server` and `trustplane issue`: the
+//! commands that open the data directory themselves instead of asking a
+//! running server. Owns their flags and [`open_authority`]; not the
+//! admin commands, which go through [`super::client`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use zeroize::Zeroizing;
+
+use super::options::{
+    DataDirOption, KekOption, MissingKek, PolicyOption, parse_generated_algorithm,
+};
+use super::output::{self, Format};
+use super::signal::shutdown_signal;
+use crate::ca::{KeyAlgorithm, system_time_to_unix};
+use crate::clock::{Clock, SystemClock};
+use crate::config::KekSource;
+use crate::server::{self, Authority, DataDir, InitOptions};
+use crate::store::RedbStore;
+
+/// `init` flags.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// `--data-dir`.
+    #[command(flatten)]
+    pub data_dir: DataDirOption,
+    /// Trust domain of the mesh.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Subject organisation [default: the policy's].
+    #[arg(long)]
+    pub organisation: Option<String>,
+    /// Root key algorithm.
+    #[arg(long, default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
+    pub key_algorithm: KeyAlgorithm,
+    /// Root validity.
+    #[arg(long, default_value = "10y", value_parser = humantime::parse_duration)]
+    pub root_validity: Duration,
+    /// Import this root certificate (PEM) instead of creating one.
+    #[arg(long, requires = "import_key")]
+    pub import_root: Option<PathBuf>,
+    /// The imported root's key (PKCS#8, SEC1 or PKCS#1 PEM).
+    #[arg(long, requires = "import_root")]
+    pub import_key: Option<PathBuf>,
+    /// `--policy`.
+    #[command(flatten)]
+    pub policy: PolicyOption,
+    /// `--kek-file` and the KEK lookup order.
+    #[command(flatten)]
+    pub kek: KekOption,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// `server` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// `--data-dir`.
+    #[command(flatten)]
+    pub data_dir: DataDirOption,
+    /// Listen address.
+    #[arg(long, env = "TRUSTPLANE_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Extra DNS name or IP address for the server certificate (repeatable; comma-separated in TRUSTPLANE_SERVER_NAME).
+    #[arg(
+        long = "server-name",
+        env = "TRUSTPLANE_SERVER_NAME",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub server_names: Vec<String>,
+    /// `--policy`.
+    #[command(flatten)]
+    pub policy: PolicyOption,
+    /// `--kek-file` and the KEK lookup order.
+    #[command(flatten)]
+    pub kek: KekOption,
+}
+
+/// `issue` flags.
+#[derive(Debug, clap::Args)]
+pub struct IssueArgs {
+    /// Cluster name (DNS label).
+    #[arg(long)]
+    pub cluster: String,
+    /// Output directory for ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `--data-dir`.
+    #[command(flatten)]
+    pub data_dir: DataDirOption,
+    /// Intermediate lifetime [default: the policy's].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lifetime: Option<Duration>,
+    /// Intermediate key algorithm.
+    #[arg(long, default_value = "ecdsa-p256", value_parser = parse_generated_algorithm)]
+    pub key_algorithm: KeyAlgorithm,
+    /// `--policy`.
+    #[command(flatten)]
+    pub policy: PolicyOption,
+    /// `--kek-file` and the KEK lookup order.
+    #[command(flatten)]
+    pub kek: KekOption,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// Opens the embedded store under `data_dir` and loads the authority.
+pub fn open_authority(
+    data_dir: &DataDir,
+    kek: &KekOption,
+    policy: &PolicyOption,
+) -> anyhow::Result<Authority> {
+    if !data_dir.store_path().exists() {
+        bail!(
+            "no trustplane data in {}: run `trustplane init --data-dir {}` first",
+            data_dir.path.display(),
+            data_dir.path.display()
+        );
+    }
+    let store = Arc::new(RedbStore::open(&data_dir.store_path())?);
+    let (kek, _) = kek.load(data_dir, MissingKek::Fail)?;
+    let policy = policy.load()?;
+    Ok(Authority::open(store, &kek, policy, Arc::new(SystemClock))?)
+}
+
+/// `trustplane init`: creates (or imports) the root, the control-plane CA
+/// and the admin credential under `--data-dir`.
+pub fn init(args: InitArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.layout();
+    std::fs::create_dir_all(&data_dir.path)
+        .with_context(|| format!("cannot create {}", data_dir.path.display()))?;
+    let policy = args.policy.load()?;
+    let import = match (&args.import_root, &args.import_key) {
+        (Some(certificate), Some(key)) => Some((
+            std::fs::read_to_string(certificate)
+                .with_context(|| format!("cannot read {}", certificate.display()))?,
+            Zeroizing::new(
+                std::fs::read_to_string(key)
+                    .with_context(|| format!("cannot read {}", key.display()))?,
+            ),
+        )),
+        _ => None,
+    };
+    let store = RedbStore::open(&data_dir.store_path())?;
+    let (kek, kek_source) = args.kek.load(&data_dir, MissingKek::Create)?;
+    let kek_file = match kek_source {
+        KekSource::File(path) => Some(path),
+        KekSource::Environment(_) => None,
+    };
+    let options = InitOptions {
+        trust_domain: args.trust_domain.clone(),
+        organisation: args.organisation,
+        key_algorithm: args.key_algorithm,
+        root_validity: args.root_validity,
+        import,
+        policy,
+    };
+    let outcome = server::initialize(&store, &kek, &data_dir, &options, SystemClock.now())?;
+    let root = &outcome.root;
+    if args.output == Format::Json {
+        let json = serde_json::json!({
+            "trust_domain": args.trust_domain,
+            "root_serial": root.serial_hex()?,
+            "root_subject": root.subject()?,
+            "root_not_after": output::time(system_time_to_unix(root.not_after()?)),
+            "imported": outcome.imported,
+            "kek_file": kek_file.as_ref().map(|path| path.display().to_string()),
+            "control_plane_ca": data_dir.control_plane_ca_path().display().to_string(),
+            "admin_cert": data_dir.admin_cert_path().display().to_string(),
+            "admin_key": data_dir.admin_key_path().display().to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let mut table = output::table(&["", ""]);
+    table.add_row(vec!["trust domain".to_string(), args.trust_domain.clone()]);
+    table.add_row(vec![
+        if outcome.imported {
+            "root (imported)"
+        } else {
+            "root (created)"
+        }
+        .to_string(),
+        root.subject()?,
+    ]);
+    table.add_row(vec!["root serial".to_string(), root.serial_hex()?]);
+    table.add_row(vec![
+        "root expires".to_string(),
+        output::time(system_time_to_unix(root.not_after()?)),
+    ]);
+    table.add_row(vec![
+        "store".to_string(),
+        data_dir.store_path().display().to_string(),
+    ]);
+    table.add_row(vec![
+        "control-plane CA".to_string(),
+        data_dir.control_plane_ca_path().display().to_string(),
+    ]);
+    table.add_row(vec![
+        "admin credential".to_string(),
+        format!("{} (+ key, 0600)", data_dir.admin_cert_path().display()),
+    ]);
+    println!("{table}");
+    match kek_file {
+        Some(path) => println!(
+            "\nThe root key is sealed with the key-encryption key in {} (0600).\nMove it off this disk (e.g. into a secret manager) and start the server with\n  --kek-file <path>   or   TRUSTPLANE_KEK=<contents>   (looked up in that order, then <data-dir>/kek)\nAnyone with both the data directory and that file can sign as your mesh root.",
+            path.display()
+        ),
+        None => {
+            println!("\nThe root key is sealed with the key-encryption key from TRUSTPLANE_KEK.")
+        }
+    }
+    println!(
+        "\nNext: trustplane server --data-dir {}",
+        data_dir.path.display()
+    );
+    Ok(())
+}
+
+/// `trustplane server`: serves gRPC over TLS until Ctrl-C or SIGTERM.
+pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.layout();
+    let authority = Arc::new(open_authority(&data_dir, &args.kek, &args.policy)?);
+    let mut dns_names = Vec::new();
+    let mut ip_addresses = Vec::new();
+    for name in args.server_names {
+        match name.parse::<IpAddr>() {
+            Ok(address) => ip_addresses.push(address),
+            Err(_) => dns_names.push(name),
+        }
+    }
+    let config = server::ServerConfig {
+        listen: args.listen,
+        dns_names,
+        ip_addresses,
+    };
+    let mut running = server::start(authority, &config).await?;
+    println!(
+        "trustplane server for trust domain {} listening on {} (bundle version {})",
+        running.authority.trust_domain(),
+        running.url(),
+        running.authority.publication.current().bundle.version()
+    );
+    tokio::select! {
+        result = running.wait() => result?,
+        _ = shutdown_signal() => {
+            println!("shutting down");
+            running.shutdown().await?;
+        }
+    }
+    Ok(())
+}
+
+/// `trustplane issue`: signs a cluster's cacerts files offline into `--out`.
+pub async fn issue(args: IssueArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.layout();
+    let authority = open_authority(&data_dir, &args.kek, &args.policy)?;
+    let issued = authority
+        .issuance
+        .issue_with_local_key(&args.cluster, args.key_algorithm, args.lifetime)
+        .await?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut written = Vec::new();
+    let mut write = |name: &str, contents: &[u8], private: bool| -> anyhow::Result<()> {
+        let path = args.out.join(name);
+        if private {
+            crate::signer::sealed::write_private_file(&path, contents)?;
+        } else {
+            let temporary = args.out.join(format!(".{name}.tmp"));
+            std::fs::write(&temporary, contents)
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
+            std::fs::rename(&temporary, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        written.push(path.display().to_string());
+        Ok(())
+    };
+    write("ca-key.pem", issued.key.to_pkcs8_pem().as_bytes(), true)?;
+    write("ca-cert.pem", issued.certificate.to_pem().as_bytes(), false)?;
+    write("cert-chain.pem", issued.cert_chain_pem.as_bytes(), false)?;
+    write(
+        "root-cert.pem",
+        issued.bundle.root_cert_pem.as_bytes(),
+        false,
+    )?;
+    let serial = issued.certificate.serial_hex()?;
+    let not_after = output::time(system_time_to_unix(issued.certificate.not_after()?));
+    if args.output == Format::Json {
+        let json = serde_json::json!({
+            "cluster": args.cluster,
+            "out": args.out.display().to_string(),
+            "files": written,
+            "intermediate_serial": serial,
+            "not_after": not_after,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!(
+            "wrote {}/{{ca-cert.pem, ca-key.pem (0600), cert-chain.pem, root-cert.pem}} for cluster {}\nintermediate {serial} expires {not_after}\nload it into a cluster with:\n  kubectl create secret generic cacerts -n istio-system --from-file={}",
+            args.out.display(),
+            args.cluster,
+            args.out.display()
+        );
+    }
+    Ok(())
+}

@@ -92,13 +92,19 @@ pub enum Command {
     )]
     Agent(AgentArgs),
     /// Manage clusters (admin).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  trustplane cluster add east      # prints the join token and the agent's setup\n  trustplane cluster list\n  trustplane cluster reissue east\n  trustplane cluster remove east"
+    )]
     Cluster(ClusterCommand),
     /// Show server status: bundle, signing root, clusters (admin).
     #[command(after_help = "Examples:\n  trustplane status\n  trustplane status -o json")]
     Status(StatusArgs),
     /// Trust bundle commands.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  trustplane bundle show\n  trustplane bundle show -o pem > root-cert.pem"
+    )]
     Bundle(BundleCommand),
     /// Rotate the mesh root without a moment of broken trust: plan, start, status, advance, abort (admin).
     #[command(
@@ -221,6 +227,34 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command and command group, however deep: its `--help` ends
+    /// with examples.
+    #[test]
+    fn every_command_and_group_has_help_with_an_example() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            // clap's own `help` subcommand only prints the others' help.
+            for subcommand in command
+                .get_subcommands()
+                .filter(|subcommand| subcommand.get_name() != "help")
+            {
+                let path = format!("{path} {}", subcommand.get_name());
+                let help = subcommand
+                    .get_after_help()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                if !help.contains("Example") {
+                    missing.push(path.clone());
+                }
+                check(subcommand, &path, missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        check(&command, "trustplane", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
     }
 
     #[test]

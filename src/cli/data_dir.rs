@@ -19,6 +19,7 @@ use super::signal::shutdown_signal;
 use crate::ca::{KeyAlgorithm, system_time_to_unix};
 use crate::clock::{Clock, SystemClock};
 use crate::config::KekSource;
+use crate::files;
 use crate::server::{self, Authority, DataDir, InitOptions};
 use crate::store::RedbStore;
 
@@ -271,15 +272,12 @@ pub async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let mut written = Vec::new();
     let mut write = |name: &str, contents: &[u8], private: bool| -> anyhow::Result<()> {
         let path = args.out.join(name);
-        if private {
-            crate::signer::sealed::write_private_file(&path, contents)?;
+        let mode = if private {
+            files::PRIVATE_MODE
         } else {
-            let temporary = args.out.join(format!(".{name}.tmp"));
-            std::fs::write(&temporary, contents)
-                .with_context(|| format!("cannot write {}", temporary.display()))?;
-            std::fs::rename(&temporary, &path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+            files::PUBLIC_MODE
+        };
+        files::replace_atomically(&path, contents, mode)?;
         written.push(path.display().to_string());
         Ok(())
     };

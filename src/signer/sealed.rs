@@ -7,9 +7,9 @@
 //! associated data, so a sealed value only opens under the name it was
 //! sealed for.
 
-use std::fs::{File, OpenOptions, Permissions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::Engine;
@@ -19,6 +19,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use super::SignerError;
+use crate::files;
 
 /// The environment variable that may hold the KEK (base64).
 pub const KEK_ENV: &str = "TRUSTPLANE_KEK";
@@ -56,21 +57,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SignerError + '_ {
         path: path.display().to_string(),
         source,
     }
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-fn parent_directory(path: &Path) -> &Path {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    }
-}
-
-/// Makes a rename or a creation in `directory` durable.
-fn sync_directory(directory: &Path) -> Result<(), SignerError> {
-    File::open(directory)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error(directory))
 }
 
 impl Kek {
@@ -159,20 +145,14 @@ impl Kek {
     /// Writes the text form to a new file created with mode 0600 (fails if
     /// the file exists), and syncs it to disk. Errors: [`SignerError::Io`].
     pub fn write_new_file(&self, path: &Path) -> Result<(), SignerError> {
-        let mut handle = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_error(path))?;
-        // Two writes rather than a pushed newline, which could reallocate
-        // and leave an unwiped copy of the key text behind.
-        handle
-            .write_all(self.to_text().as_bytes())
-            .and_then(|()| handle.write_all(b"\n"))
-            .map_err(io_error(path))?;
-        handle.sync_all().map_err(io_error(path))?;
-        sync_directory(parent_directory(path))
+        let text = self.to_text();
+        // Room for the newline up front: a reallocation could leave an
+        // unwiped copy of the key text behind.
+        let mut contents = Zeroizing::new(String::with_capacity(text.len() + 1));
+        contents.push_str(&text);
+        contents.push('\n');
+        files::write_new(path, contents.as_bytes(), files::PRIVATE_MODE)?;
+        Ok(files::sync_directory(files::parent_directory(path))?)
     }
 
     fn aead_key(&self) -> Result<LessSafeKey, SignerError> {
@@ -240,43 +220,20 @@ pub fn unseal(kek: &Kek, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>
 /// (temporary file in the same directory, fsync, rename, fsync of the
 /// directory). Errors: [`SignerError::Io`]; the temporary file is removed.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), SignerError> {
-    let directory = parent_directory(path);
-    let file_name = path.file_name().ok_or_else(|| SignerError::Io {
-        path: path.display().to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
-    })?;
-    let mut suffix = [0u8; 8];
-    SystemRandom::new()
-        .fill(&mut suffix)
-        .map_err(|_| random_failed())?;
-    let temporary = directory.join(format!(
-        ".{}.{}.tmp",
-        file_name.to_string_lossy(),
-        hex::encode(suffix)
-    ));
+    Ok(files::replace_atomically(
+        path,
+        contents,
+        files::PRIVATE_MODE,
+    )?)
+}
 
-    let write = || -> Result<(), SignerError> {
-        let mut handle = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(io_error(&temporary))?;
-        // Exactly 0600 whatever the umask.
-        handle
-            .set_permissions(Permissions::from_mode(0o600))
-            .map_err(io_error(&temporary))?;
-        handle.write_all(contents).map_err(io_error(&temporary))?;
-        handle.sync_all().map_err(io_error(&temporary))?;
-        std::fs::rename(&temporary, path).map_err(io_error(path))?;
-        sync_directory(directory)
-    };
-    let result = write();
-    if result.is_err() {
-        // Best effort: the error being returned matters more than this one.
-        let _ = std::fs::remove_file(&temporary);
+impl From<files::FileError> for SignerError {
+    fn from(error: files::FileError) -> Self {
+        SignerError::Io {
+            path: error.path.display().to_string(),
+            source: error.source,
+        }
     }
-    result
 }
 
 #[cfg(test)]
@@ -466,11 +423,11 @@ mod tests {
         let path = directory.path().join("kek");
         Kek::generate().unwrap().write_new_file(&path).unwrap();
         for loose in [0o640, 0o604, 0o620, 0o644] {
-            std::fs::set_permissions(&path, Permissions::from_mode(loose)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
             let message = kek_message(Kek::load(Some(&path), None));
             assert!(message.contains("chmod 600"), "{message}");
         }
-        std::fs::set_permissions(&path, Permissions::from_mode(0o400)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
         Kek::load(Some(&path), None).unwrap();
     }
 
@@ -491,7 +448,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("ca-key.pem");
         std::fs::write(&path, b"old").unwrap();
-        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
 
         write_private_file(&path, b"new contents").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new contents");

@@ -29,6 +29,14 @@ pub mod store;
 pub mod telemetry;
 pub mod wire;
 
+// The test fixtures shared with the integration tests name the crate
+// `trustplane`, as those tests do.
+#[cfg(test)]
+extern crate self as trustplane;
+#[cfg(test)]
+#[path = "../tests/common/fixtures.rs"]
+pub(crate) mod fixtures;
+
 /// Generated gRPC types and service stubs for `proto/trustplane/v1`.
 pub mod proto {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -449,23 +449,11 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
-
     use crate::ca::{CacertsCheck, Finding};
+    use crate::fixtures::self_signed_ca_pem;
 
     fn at(seconds: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
-    }
-
-    fn self_signed_ca(name: &str) -> String {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.self_signed(&key).unwrap().pem()
     }
 
     /// An applied set at bundle `version`, renewing at `renew_at`, whose
@@ -498,7 +486,7 @@ mod tests {
 
     #[test]
     fn decide_issues_without_an_intermediate() {
-        let roots = self_signed_ca("root A");
+        let roots = self_signed_ca_pem("root A");
         assert_eq!(
             decide(None, &view(3, &roots, "", ""), at(100)).unwrap(),
             Action::Issue(IssueReason::NoIntermediate)
@@ -507,7 +495,7 @@ mod tests {
 
     #[test]
     fn decide_keeps_a_current_set() {
-        let (root_a, root_b) = (self_signed_ca("root A"), self_signed_ca("root B"));
+        let (root_a, root_b) = (self_signed_ca_pem("root A"), self_signed_ca_pem("root B"));
         let current = applied(3, at(200), &root_a);
         assert_eq!(
             decide(Some(&current), &view(3, &root_a, "", ""), at(100)).unwrap(),
@@ -522,7 +510,7 @@ mod tests {
 
     #[test]
     fn decide_rewrites_the_root_for_a_newer_bundle_that_holds_our_root() {
-        let (root_a, root_b) = (self_signed_ca("root A"), self_signed_ca("root B"));
+        let (root_a, root_b) = (self_signed_ca_pem("root A"), self_signed_ca_pem("root B"));
         let current = applied(3, at(200), &root_a);
         let both = format!("{root_b}{root_a}");
         assert_eq!(
@@ -533,7 +521,7 @@ mod tests {
 
     #[test]
     fn decide_reissues_when_our_root_left_the_bundle() {
-        let (root_a, root_b) = (self_signed_ca("root A"), self_signed_ca("root B"));
+        let (root_a, root_b) = (self_signed_ca_pem("root A"), self_signed_ca_pem("root B"));
         let current = applied(3, at(200), &root_a);
         assert_eq!(
             decide(Some(&current), &view(4, &root_b, "", ""), at(100)).unwrap(),
@@ -543,7 +531,7 @@ mod tests {
 
     #[test]
     fn decide_renews_at_the_renewal_time() {
-        let root_a = self_signed_ca("root A");
+        let root_a = self_signed_ca_pem("root A");
         let current = applied(3, at(200), &root_a);
         assert_eq!(
             decide(Some(&current), &view(3, &root_a, "", ""), at(200)).unwrap(),
@@ -557,7 +545,7 @@ mod tests {
 
     #[test]
     fn a_new_signing_root_or_a_reissue_request_replaces_a_valid_intermediate() {
-        let (root_a, root_b) = (self_signed_ca("root A"), self_signed_ca("root B"));
+        let (root_a, root_b) = (self_signed_ca_pem("root A"), self_signed_ca_pem("root B"));
         let current = applied(3, at(200), &root_a);
         let ours = current.chain_root.sha256_hex();
         let other = Certificate::from_pem(&root_b).unwrap().sha256_hex();
@@ -582,9 +570,9 @@ mod tests {
 
     #[test]
     fn chain_root_and_bundle_membership_compare_certificates() {
-        let root_a = self_signed_ca("root A");
-        let root_b = self_signed_ca("root B");
-        let intermediate = self_signed_ca("intermediate");
+        let root_a = self_signed_ca_pem("root A");
+        let root_b = self_signed_ca_pem("root B");
+        let intermediate = self_signed_ca_pem("intermediate");
         let chain = format!("{intermediate}{root_a}");
         let read = Applied::read(&intermediate, &chain, 0, RENEW_FRACTION, 0.5).unwrap();
         let root = read.chain_root;
@@ -628,7 +616,7 @@ mod tests {
 
     #[test]
     fn nothing_in_the_sink_is_replaced_and_a_report_without_a_set_carries_only_the_error() {
-        let roots = self_signed_ca("root A");
+        let roots = self_signed_ca_pem("root A");
         assert!(matches!(
             adopt(None, &view(1, &roots, "", ""), at(1), RENEW_FRACTION, 0.5),
             Adoption::Replace(_)

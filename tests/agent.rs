@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::fixtures::new_root;
 use trustplane::agent::{self, AgentConfig, AgentHandle, AgentStatus};
 use trustplane::ca::{self, Certificate, KeyAlgorithm};
 use trustplane::cli::read_cacerts_dir;
@@ -69,20 +70,6 @@ async fn wait_moving(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn new_root(name: &str) -> Certificate {
-    ca::create_root(
-        &ca::RootRequest {
-            trust_domain: "cluster.local".into(),
-            organisation: name.into(),
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::from_secs(3600 * 24 * 365),
-        },
-        SystemTime::now(),
-    )
-    .unwrap()
-    .0
 }
 
 fn assert_verifies(cacerts: &Path) {

@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::binary::{BINARY, Guard, start_server};
+use common::fixtures::{openssl_rsa_root, openssl_verify};
 
 fn trustplane(args: &[&str]) -> Output {
     Command::new(BINARY)
@@ -457,45 +458,8 @@ fn every_command_finds_the_kek_in_one_order_flag_then_environment_then_data_dir(
 #[test]
 fn init_imports_an_existing_rsa_root() {
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("root-key.pem");
-    let cert = work.path().join("root-cert.pem");
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/O=Istio/CN=Root CA",
-        ])
-        .args([
-            "-addext",
-            "basicConstraints=critical,CA:true",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    // Istio's tools/certs write PKCS#1 ("RSA PRIVATE KEY"): convert to that form.
-    let pkcs1 = work.path().join("root-key-pkcs1.pem");
-    let status = Command::new("openssl")
-        .args(["rsa", "-traditional", "-in"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&pkcs1)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    // Istio's tools/certs write PKCS#1 ("RSA PRIVATE KEY"), as this does.
+    let (cert, pkcs1) = openssl_rsa_root(work.path());
     let data = work.path().join("data");
     let init = ok(&[
         "init",
@@ -519,14 +483,15 @@ fn init_imports_an_existing_rsa_root() {
     ]);
     let verified = ok(&["verify", out.to_str().unwrap()]);
     assert!(verified.contains("istiod would accept"), "{verified}");
-    let openssl = Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(&cert)
-        .arg(out.join("ca-cert.pem"))
-        .output()
-        .unwrap();
-    assert!(openssl.status.success(), "{}", text(&openssl));
+    let (openssl_passed, openssl_output) = openssl_verify(
+        work.path(),
+        &[
+            "-CAfile",
+            cert.to_str().unwrap(),
+            out.join("ca-cert.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(openssl_passed, "{openssl_output}");
 }
 
 #[test]

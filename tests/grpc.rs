@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
+use common::fixtures::{new_root, run_openssl};
 use tonic::Code;
 use trustplane::ca::{self, Certificate, KeyAlgorithm, PrivateKey};
 use trustplane::clock::TestClock;
@@ -42,35 +43,14 @@ fn csr_with_corrupted_signature() -> Vec<u8> {
 /// An Ed25519 CSR (PEM) made by `openssl req`.
 fn ed25519_csr() -> Vec<u8> {
     let work = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new("openssl")
-        .args([
-            "req", "-new", "-newkey", "ed25519", "-nodes", "-subj", "/CN=x", "-keyout",
-        ])
-        .arg(work.path().join("k"))
-        .arg("-out")
-        .arg(work.path().join("csr.pem"))
-        .output()
-        .expect("openssl is required for these tests (apt-get install openssl)");
-    assert!(
-        output.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&output.stderr)
+    run_openssl(
+        work.path(),
+        &[
+            "req", "-new", "-newkey", "ed25519", "-nodes", "-subj", "/CN=x", "-keyout", "k",
+            "-out", "csr.pem",
+        ],
     );
     std::fs::read(work.path().join("csr.pem")).unwrap()
-}
-
-fn new_root(name: &str) -> Certificate {
-    ca::create_root(
-        &ca::RootRequest {
-            trust_domain: "cluster.local".into(),
-            organisation: name.into(),
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::from_secs(3600 * 24 * 365),
-        },
-        SystemTime::now(),
-    )
-    .unwrap()
-    .0
 }
 
 #[tokio::test]
@@ -594,7 +574,7 @@ async fn issued_chains_pass_openssl_verify() {
     let root_pem = signed.bundle.unwrap().root_cert_pem;
     let work = tempfile::tempdir().unwrap();
     let (ok, output) =
-        common::openssl_verify(work.path(), &root_pem, None, &signed.certificate_pem);
+        common::fixtures::openssl_verify_pem(work.path(), &root_pem, None, &signed.certificate_pem);
     assert!(ok, "openssl verify intermediate: {output}");
 
     let intermediate = Certificate::from_pem(&signed.certificate_pem).unwrap();
@@ -608,7 +588,7 @@ async fn issued_chains_pass_openssl_verify() {
         SystemTime::now(),
     )
     .unwrap();
-    let (ok, output) = common::openssl_verify(
+    let (ok, output) = common::fixtures::openssl_verify_pem(
         work.path(),
         &root_pem,
         Some(&signed.certificate_pem),
@@ -616,7 +596,7 @@ async fn issued_chains_pass_openssl_verify() {
     );
     assert!(ok, "openssl verify workload through intermediate: {output}");
 
-    let (ok, _) = common::openssl_verify(
+    let (ok, _) = common::fixtures::openssl_verify_pem(
         work.path(),
         &new_root("foreign").to_pem(),
         Some(&signed.certificate_pem),

@@ -5,10 +5,7 @@
 
 use std::pin::Pin;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate as TlsCertificate, Identity, Server, ServerTlsConfig};
 use zeroize::Zeroizing;
@@ -22,6 +19,7 @@ use tokio::sync::watch;
 use super::enroll::enrollment_refused;
 use super::*;
 use crate::ca::KeyAlgorithm;
+use crate::fixtures::ca_params;
 use crate::proto::GetBundleRequest;
 use crate::proto::trust_bundle_service_server::{TrustBundleService, TrustBundleServiceServer};
 use crate::proto::{Bundle, WatchBundleRequest};
@@ -38,16 +36,6 @@ struct Pki {
     server_key_pem: String,
     client_cert_pem: String,
     client_key_pem: String,
-}
-
-fn ca_params(name: &str) -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params
 }
 
 fn pki() -> Pki {

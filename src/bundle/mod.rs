@@ -244,13 +244,12 @@ fn duplicate(root: &Certificate) -> BundleError {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SignatureAlgorithm};
+    use rcgen::{CertificateParams, KeyPair, SignatureAlgorithm};
 
     use super::*;
+    use crate::fixtures::{ca_params, openssl_rsa_root, run_openssl};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -262,10 +261,7 @@ mod tests {
         algorithm: &'static SignatureAlgorithm,
     ) -> Result<(Certificate, KeyPair), Box<dyn std::error::Error>> {
         let key = KeyPair::generate_for(algorithm)?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let certificate = params.self_signed(&key)?;
+        let certificate = ca_params(name).self_signed(&key)?;
         Ok((Certificate::from_der(certificate.der().to_vec())?, key))
     }
 
@@ -273,58 +269,22 @@ mod tests {
         Ok(ec_root(name, &rcgen::PKCS_ECDSA_P256_SHA256)?.0)
     }
 
-    fn openssl(
-        directory: &std::path::Path,
-        arguments: &[&str],
-    ) -> Result<String, Box<dyn std::error::Error>> {
-        let output = Command::new("/usr/bin/openssl")
-            .args(arguments)
-            .current_dir(directory)
-            .output()?;
-        if !output.status.success() {
-            return Err(format!(
-                "openssl {arguments:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into());
-        }
-        Ok(String::from_utf8(output.stdout)?)
-    }
-
     /// A self-signed RSA CA generated with OpenSSL, and its modulus in hex
     /// as OpenSSL prints it.
     fn rsa_root() -> Result<(Certificate, String), Box<dyn std::error::Error>> {
         let directory = tempfile::tempdir()?;
-        openssl(
+        let (certificate, _) = openssl_rsa_root(directory.path());
+        let modulus = run_openssl(
             directory.path(),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "cert.pem",
-                "-subj",
-                "/CN=rsa-root",
-                "-days",
-                "1",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-            ],
-        )?;
-        let modulus = openssl(
-            directory.path(),
-            &["x509", "-in", "cert.pem", "-noout", "-modulus"],
-        )?;
+            &["x509", "-in", "root.pem", "-noout", "-modulus"],
+        );
+        let modulus = String::from_utf8(modulus.stdout)?;
         let modulus = modulus
             .trim()
             .strip_prefix("Modulus=")
             .ok_or("no Modulus= line")?
             .to_string();
-        let pem = std::fs::read_to_string(directory.path().join("cert.pem"))?;
+        let pem = std::fs::read_to_string(certificate)?;
         Ok((Certificate::from_pem(&pem)?, modulus))
     }
 
@@ -596,10 +556,11 @@ mod tests {
         // Cross-checked with OpenSSL over the exact bytes.
         let directory = tempfile::tempdir()?;
         std::fs::write(directory.path().join("root-cert.pem"), one.root_cert_pem())?;
-        let openssl_digest = openssl(
+        let openssl_digest = run_openssl(
             directory.path(),
             &["dgst", "-sha256", "-r", "root-cert.pem"],
-        )?;
+        );
+        let openssl_digest = String::from_utf8(openssl_digest.stdout)?;
         assert_eq!(
             openssl_digest.split_whitespace().next(),
             Some(one.digest_hex().as_str())

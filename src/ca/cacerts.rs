@@ -475,10 +475,10 @@ fn describe_time(time: SystemTime) -> String {
 #[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::ca::issue::tests::{profile, root_and_intermediate, root_request, test_now};
-    use crate::ca::{KeyAlgorithm, create_csr, create_root, sign_intermediate, verify_csr};
-
-    const DAY: Duration = Duration::from_secs(24 * 3600);
+    use crate::ca::{KeyAlgorithm, create_root};
+    use crate::fixtures::{
+        DAY, new_intermediate, profile, root_and_intermediate, root_request, test_now,
+    };
 
     fn good_set(now: SystemTime) -> (CacertsFiles, Certificate) {
         let (root, _, intermediate, cluster_key) = root_and_intermediate(now);
@@ -619,11 +619,8 @@ mod tests {
     fn uri_name_constraints_are_checked_by_signature() {
         let now = test_now();
         let (root, root_key) = create_root(&root_request("cluster.local"), now).expect("root");
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-        let csr = verify_csr(create_csr(&key, "east").expect("csr").as_bytes()).expect("csr");
-        let intermediate =
-            sign_intermediate(&csr, &profile("east", DAY, true), &root, &root_key, now)
-                .expect("sign");
+        let (intermediate, key) =
+            new_intermediate(&profile("east", DAY, true), &root, &root_key, now);
         assert!(has_uri_name_constraints(&intermediate).expect("nc"));
         let files = CacertsFiles {
             ca_cert: Some(intermediate.to_pem()),

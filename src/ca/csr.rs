@@ -206,7 +206,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::ca::key::tests::{openssl, openssl_genpkey};
+    use crate::fixtures::{openssl_genpkey, run_openssl};
 
     /// An openssl-made CSR (with openssl's default extensions, which include
     /// a subjectKeyIdentifier) for the key in `key_file`.
@@ -215,7 +215,7 @@ mod tests {
             "req", "-new", "-key", key_file, "-subj", "/CN=east", "-out", csr_file,
         ];
         arguments.extend_from_slice(extra);
-        openssl(directory, &arguments);
+        run_openssl(directory, &arguments);
         std::fs::read(directory.join(csr_file)).expect("read csr")
     }
 
@@ -256,7 +256,7 @@ mod tests {
             "csr.pem",
             &["-addext", "subjectKeyIdentifier=hash"],
         );
-        let text = openssl(path, &["req", "-in", "csr.pem", "-noout", "-text"]).stdout;
+        let text = run_openssl(path, &["req", "-in", "csr.pem", "-noout", "-text"]).stdout;
         assert!(
             String::from_utf8_lossy(&text).contains("Subject Key Identifier"),
             "fixture must carry an SKI extension"

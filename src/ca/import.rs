@@ -60,16 +60,13 @@ pub fn import_root(
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::ca::KeyAlgorithm;
-    use crate::ca::csr::{create_csr, verify_csr};
-    use crate::ca::issue::tests::{openssl_verify, profile, root_request, write_pem};
-    use crate::ca::issue::{create_root, sign_intermediate};
-    use crate::ca::key::tests::openssl;
-
-    const DAY: Duration = Duration::from_secs(24 * 3600);
+    use crate::ca::issue::create_root;
+    use crate::fixtures::{
+        DAY, new_intermediate, openssl_rsa_root, openssl_self_signed, openssl_verify, profile,
+        root_request, run_openssl, write_pem,
+    };
 
     #[test]
     fn openssl_cross_check_rsa_root_chain() {
@@ -77,12 +74,8 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path();
         let (root, root_key) = rsa_root(path, now);
-        let cluster_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-        let csr =
-            verify_csr(create_csr(&cluster_key, "east").expect("csr").as_bytes()).expect("csr");
-        let intermediate =
-            sign_intermediate(&csr, &profile("east", DAY, false), &root, &root_key, now)
-                .expect("sign");
+        let (intermediate, _) =
+            new_intermediate(&profile("east", DAY, false), &root, &root_key, now);
         write_pem(path, "intermediate.pem", &[&intermediate]);
         let (ok, text) = openssl_verify(path, &["-CAfile", "root.pem", "intermediate.pem"]);
         assert!(ok, "{text}");
@@ -91,41 +84,9 @@ mod tests {
     /// An openssl-made RSA-2048 root (PKCS#1 key) imported into trustplane;
     /// writes `root.pem` and `root-key.pem` into `directory`.
     fn rsa_root(directory: &std::path::Path, now: SystemTime) -> (Certificate, PrivateKey) {
-        openssl(
-            directory,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "root-key8.pem",
-                "-out",
-                "root.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/O=Example Org/CN=rsa root CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
-        openssl(
-            directory,
-            &[
-                "rsa",
-                "-in",
-                "root-key8.pem",
-                "-traditional",
-                "-out",
-                "root-key.pem",
-            ],
-        );
-        let certificate = std::fs::read_to_string(directory.join("root.pem")).expect("read");
-        let key = std::fs::read_to_string(directory.join("root-key.pem")).expect("read");
+        let (certificate, key) = openssl_rsa_root(directory);
+        let certificate = std::fs::read_to_string(certificate).expect("read");
+        let key = std::fs::read_to_string(key).expect("read");
         assert!(key.contains("BEGIN RSA PRIVATE KEY"));
         import_root(&certificate, &key, now.max(SystemTime::now())).expect("import rsa root")
     }
@@ -140,31 +101,18 @@ mod tests {
         assert_eq!((key.algorithm(), key.bits()), (KeyAlgorithm::Rsa, 2048));
         assert!(root.is_ca().expect("ca"));
         // PKCS#8 and SEC1 P-256.
-        openssl(
+        openssl_self_signed(
             path,
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            "/O=Example Org/CN=ec root",
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ec8.pem",
-                "-out",
-                "ec.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/O=Example Org/CN=ec root",
-                "-addext",
                 "basicConstraints=critical,CA:TRUE",
-                "-addext",
                 "keyUsage=critical,keyCertSign,cRLSign",
             ],
+            "ec8.pem",
+            "ec.pem",
         );
-        openssl(path, &["ec", "-in", "ec8.pem", "-out", "ec1.pem"]);
+        run_openssl(path, &["ec", "-in", "ec8.pem", "-out", "ec1.pem"]);
         let certificate = std::fs::read_to_string(path.join("ec.pem")).expect("read");
         let pkcs8 = std::fs::read_to_string(path.join("ec8.pem")).expect("read");
         let sec1 = std::fs::read_to_string(path.join("ec1.pem")).expect("read");
@@ -194,27 +142,13 @@ mod tests {
             import_root(&root.to_pem(), &root_key.to_pkcs8_pem(), now - DAY).expect_err("early");
         assert!(matches!(error, CaError::NotValidNow { .. }), "{error}");
         // A leaf is not a CA.
-        openssl(
+        openssl_self_signed(
             path,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "leaf-key.pem",
-                "-out",
-                "leaf.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/CN=leaf",
-                "-addext",
-                "basicConstraints=critical,CA:FALSE",
-            ],
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            "/CN=leaf",
+            &["basicConstraints=critical,CA:FALSE"],
+            "leaf-key.pem",
+            "leaf.pem",
         );
         let leaf = std::fs::read_to_string(path.join("leaf.pem")).expect("read");
         let leaf_key = std::fs::read_to_string(path.join("leaf-key.pem")).expect("read");
@@ -224,29 +158,16 @@ mod tests {
             "{error}"
         );
         // A CA without keyCertSign.
-        openssl(
+        openssl_self_signed(
             path,
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            "/CN=nosign",
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "nosign-key.pem",
-                "-out",
-                "nosign.pem",
-                "-days",
-                "30",
-                "-subj",
-                "/CN=nosign",
-                "-addext",
                 "basicConstraints=critical,CA:TRUE",
-                "-addext",
                 "keyUsage=critical,digitalSignature",
             ],
+            "nosign-key.pem",
+            "nosign.pem",
         );
         let nosign = std::fs::read_to_string(path.join("nosign.pem")).expect("read");
         let nosign_key = std::fs::read_to_string(path.join("nosign-key.pem")).expect("read");

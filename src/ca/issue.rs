@@ -539,9 +539,7 @@ fn issuer_from_certificate<'key>(
 
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-pub(crate) mod tests {
-    use std::process::Command;
-
+mod tests {
     use x509_parser::certificate::X509Certificate;
     use x509_parser::extensions::{GeneralName, ParsedExtension};
     use x509_parser::oid_registry::{
@@ -551,59 +549,11 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::ca::csr::{create_csr, verify_csr};
-    use crate::ca::key::tests::{openssl, openssl_genpkey};
-    use crate::ca::unix_to_system_time;
     use crate::ca::verify::{key_matches_certificate, verify_leaf_path};
-
-    const DAY: Duration = Duration::from_secs(24 * 3600);
-
-    /// A fixed, whole-second "now" for reproducible assertions.
-    pub(crate) fn test_now() -> SystemTime {
-        unix_to_system_time(1_790_000_000)
-    }
-
-    pub(crate) fn root_request(trust_domain: &str) -> RootRequest {
-        RootRequest {
-            trust_domain: trust_domain.into(),
-            organisation: "Example Org".into(),
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: 3650 * DAY,
-        }
-    }
-
-    pub(crate) fn profile(
-        cluster: &str,
-        lifetime: Duration,
-        name_constraints: bool,
-    ) -> IntermediateProfile {
-        IntermediateProfile {
-            trust_domain: "cluster.local".into(),
-            organisation: "Example Org".into(),
-            cluster: cluster.into(),
-            lifetime,
-            name_constraints,
-        }
-    }
-
-    /// A root, an intermediate for a freshly generated cluster key, and
-    /// that key.
-    pub(crate) fn root_and_intermediate(
-        now: SystemTime,
-    ) -> (Certificate, PrivateKey, Certificate, PrivateKey) {
-        let (root, root_key) = create_root(&root_request("cluster.local"), now).expect("root");
-        let cluster_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-        let csr =
-            verify_csr(create_csr(&cluster_key, "east").expect("csr").as_bytes()).expect("csr");
-        let intermediate = sign_intermediate(
-            &csr,
-            &profile("east", 365 * DAY, false),
-            &root,
-            &root_key,
-            now,
-        )
-        .expect("intermediate");
-        (root, root_key, intermediate, cluster_key)
-    }
+    use crate::fixtures::{
+        DAY, new_intermediate, openssl_genpkey, openssl_verify, profile, root_and_intermediate,
+        root_request, run_openssl, test_now, write_pem,
+    };
 
     fn parse(certificate: &Certificate) -> X509Certificate<'_> {
         x509_parser::parse_x509_certificate(certificate.der())
@@ -785,7 +735,7 @@ pub(crate) mod tests {
             "key.pem",
             &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
         );
-        openssl(
+        run_openssl(
             path,
             &[
                 "req",
@@ -1000,37 +950,6 @@ pub(crate) mod tests {
         assert!(verify_leaf_path(&client, &[], std::slice::from_ref(&root), now).is_err());
     }
 
-    /// Writes `certificates` to `directory/name` as PEM.
-    pub(crate) fn write_pem(
-        directory: &std::path::Path,
-        name: &str,
-        certificates: &[&Certificate],
-    ) {
-        let text: String = certificates
-            .iter()
-            .map(|certificate| certificate.to_pem())
-            .collect();
-        std::fs::write(directory.join(name), text).expect("write");
-    }
-
-    pub(crate) fn openssl_verify(
-        directory: &std::path::Path,
-        arguments: &[&str],
-    ) -> (bool, String) {
-        let output = Command::new("/usr/bin/openssl")
-            .arg("verify")
-            .args(arguments)
-            .current_dir(directory)
-            .output()
-            .expect("run openssl");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
-    }
-
     #[test]
     fn openssl_cross_check_root_intermediate_leaf() {
         // openssl checks validity against the real clock, so use it here.
@@ -1039,17 +958,12 @@ pub(crate) mod tests {
         let path = directory.path();
         for name_constraints in [false, true] {
             let (root, root_key) = create_root(&root_request("cluster.local"), now).expect("root");
-            let cluster_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-            let csr =
-                verify_csr(create_csr(&cluster_key, "east").expect("csr").as_bytes()).expect("csr");
-            let intermediate = sign_intermediate(
-                &csr,
+            let (intermediate, cluster_key) = new_intermediate(
                 &profile("east", 365 * DAY, name_constraints),
                 &root,
                 &root_key,
                 now,
-            )
-            .expect("intermediate");
+            );
             let leaf_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
             let leaf = sign_workload(
                 &leaf_key.public_key_der().expect("spki"),

@@ -360,35 +360,9 @@ fn encode_pkcs8(info: &PrivateKeyInfo<'_>) -> Result<Zeroizing<Vec<u8>>, CaError
 
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-pub(crate) mod tests {
-    use std::path::Path;
-    use std::process::Command;
-
+mod tests {
     use super::*;
-
-    /// Runs openssl with `arguments` in `directory`; panics with its stderr
-    /// on failure.
-    pub(crate) fn openssl(directory: &Path, arguments: &[&str]) -> std::process::Output {
-        let output = Command::new("/usr/bin/openssl")
-            .args(arguments)
-            .current_dir(directory)
-            .output()
-            .expect("run openssl");
-        assert!(
-            output.status.success(),
-            "openssl {arguments:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
-    }
-
-    /// Generates a key with openssl `genpkey` and returns its PEM (PKCS#8).
-    pub(crate) fn openssl_genpkey(directory: &Path, name: &str, options: &[&str]) -> String {
-        let mut arguments = vec!["genpkey", "-out", name];
-        arguments.extend_from_slice(options);
-        openssl(directory, &arguments);
-        std::fs::read_to_string(directory.join(name)).expect("read key")
-    }
+    use crate::fixtures::{openssl_genpkey, run_openssl};
 
     #[test]
     fn generates_p256_and_p384() {
@@ -463,7 +437,7 @@ pub(crate) mod tests {
             (KeyAlgorithm::EcdsaP384, 384)
         );
         // SEC1 P-256 with an EC PARAMETERS block in front.
-        openssl(
+        run_openssl(
             path,
             &[
                 "ecparam",
@@ -479,7 +453,7 @@ pub(crate) mod tests {
         let key = PrivateKey::from_pem(&sec1).expect("sec1");
         assert_eq!(key.algorithm(), KeyAlgorithm::EcdsaP256);
         // The SPKI derived from the converted key equals openssl's.
-        let spki = openssl(
+        let spki = run_openssl(
             path,
             &["pkey", "-in", "sec1.pem", "-pubout", "-outform", "DER"],
         )
@@ -491,7 +465,7 @@ pub(crate) mod tests {
             "rsa8.pem",
             &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
         );
-        openssl(
+        run_openssl(
             path,
             &["rsa", "-in", "rsa8.pem", "-traditional", "-out", "rsa1.pem"],
         );
@@ -499,7 +473,7 @@ pub(crate) mod tests {
         assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"));
         let key = PrivateKey::from_pem(&pkcs1).expect("pkcs1");
         assert_eq!((key.algorithm(), key.bits()), (KeyAlgorithm::Rsa, 2048));
-        let spki = openssl(
+        let spki = run_openssl(
             path,
             &["pkey", "-in", "rsa1.pem", "-pubout", "-outform", "DER"],
         )

@@ -89,7 +89,7 @@ fn probe_identity(certificate_authority: &Certificate) -> String {
 mod tests {
     use super::*;
     use crate::ca::issue::create_root;
-    use crate::ca::issue::tests::{root_and_intermediate, root_request, test_now};
+    use crate::fixtures::{root_and_intermediate, root_request, test_now};
 
     const HOUR: Duration = Duration::from_secs(3600);
 

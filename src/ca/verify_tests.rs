@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use super::issue::tests::{root_and_intermediate, root_request, test_now};
 use super::issue::{create_root, sign_workload};
 use super::verify::{key_matches_certificate, verify_issued};
 use super::{CaError, Certificate, KeyAlgorithm, PrivateKey};
+use crate::fixtures::{root_and_intermediate, root_request, test_now};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

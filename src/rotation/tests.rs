@@ -1,7 +1,7 @@
 use super::*;
 use crate::ca::{PrivateKey, unix_to_system_time};
+use crate::fixtures::{TRUST_DOMAIN, new_intermediate, profile, root_request};
 
-const TRUST_DOMAIN: &str = "cluster.local";
 /// A fixed, whole-second start of every scenario.
 const T0: i64 = 1_790_000_000;
 const HOUR: u64 = 3600;
@@ -23,15 +23,6 @@ fn seconds(duration: Duration) -> i64 {
 /// (the exact boundary has tests of its own).
 fn after_grace(ack: i64) -> SystemTime {
     at(ack + seconds(GRACE) + 60)
-}
-
-fn root_request() -> ca::RootRequest {
-    ca::RootRequest {
-        trust_domain: TRUST_DOMAIN.into(),
-        organisation: "Example Org".into(),
-        key_algorithm: ca::KeyAlgorithm::EcdsaP256,
-        validity: Duration::from_secs(10 * 365 * 24 * HOUR),
-    }
 }
 
 fn options() -> StartOptions {
@@ -59,12 +50,13 @@ struct Root {
 
 impl Root {
     fn old() -> Root {
-        let (certificate, key) = ca::create_root(&root_request(), at(0)).unwrap();
+        let (certificate, key) = ca::create_root(&root_request(TRUST_DOMAIN), at(0)).unwrap();
         Root { certificate, key }
     }
 
     fn successor(label: &str) -> Root {
-        let (certificate, key) = ca::create_successor_root(&root_request(), label, at(0)).unwrap();
+        let (certificate, key) =
+            ca::create_successor_root(&root_request(TRUST_DOMAIN), label, at(0)).unwrap();
         Root { certificate, key }
     }
 
@@ -75,19 +67,9 @@ impl Root {
     /// A cluster intermediate signed by this root, from a CSR as an agent
     /// sends it: the chain `[intermediate, root]` and the intermediate's key.
     fn issue(&self, cluster: &str, now: SystemTime) -> (Vec<Certificate>, PrivateKey) {
-        let key = PrivateKey::generate(ca::KeyAlgorithm::EcdsaP256).unwrap();
-        let csr = ca::create_csr(&key, &format!("{cluster} istiod")).unwrap();
-        let csr = ca::verify_csr(csr.as_bytes()).unwrap();
-        let profile = ca::IntermediateProfile {
-            trust_domain: TRUST_DOMAIN.into(),
-            organisation: "Example Org".into(),
-            cluster: cluster.into(),
-            lifetime: INTERMEDIATE_LIFETIME,
-            // rustls-webpki rejects chains carrying URI name constraints.
-            name_constraints: false,
-        };
-        let intermediate =
-            ca::sign_intermediate(&csr, &profile, &self.certificate, &self.key, now).unwrap();
+        // rustls-webpki rejects chains carrying URI name constraints.
+        let profile = profile(cluster, INTERMEDIATE_LIFETIME, false);
+        let (intermediate, key) = new_intermediate(&profile, &self.certificate, &self.key, now);
         (vec![intermediate, self.certificate.clone()], key)
     }
 

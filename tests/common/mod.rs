@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod binary;
+pub mod fixtures;
 pub mod mesh;
 
 use std::sync::Arc;
@@ -240,34 +241,4 @@ impl TestServer {
         let token = self.add_cluster(name).await;
         self.enroll_with(name, &token).await.unwrap()
     }
-}
-
-/// Runs `openssl verify` and returns (success, output).
-pub fn openssl_verify(
-    dir: &std::path::Path,
-    root_pem: &str,
-    untrusted: Option<&str>,
-    certificate_pem: &str,
-) -> (bool, String) {
-    let root = dir.join("openssl-root.pem");
-    let leaf = dir.join("openssl-leaf.pem");
-    std::fs::write(&root, root_pem).unwrap();
-    std::fs::write(&leaf, certificate_pem).unwrap();
-    let mut command = std::process::Command::new("openssl");
-    command.arg("verify").arg("-CAfile").arg(&root);
-    if let Some(untrusted) = untrusted {
-        let path = dir.join("openssl-untrusted.pem");
-        std::fs::write(&path, untrusted).unwrap();
-        command.arg("-untrusted").arg(path);
-    }
-    let output = command
-        .arg(&leaf)
-        .output()
-        .expect("openssl is required for these tests (apt-get install openssl)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }

@@ -21,11 +21,12 @@ use trustplane::agent::{
     self, AgentConfig, AgentHandle, AgentStatus, IdentityStore, KubernetesIdentityStore,
     LeaseOptions,
 };
-use trustplane::ca::{self, Certificate, KeyAlgorithm};
+use trustplane::ca::{self, Certificate};
 use trustplane::proto;
 use trustplane::sink::{ClusterSink, KubernetesSink, KubernetesSinkOptions};
 
 use crate::common;
+use crate::common::fixtures::{new_root, new_root_with_key};
 use crate::kube_cluster::{AGENT_RBAC_PATH, KubeCluster, skip_e2e};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -346,26 +347,13 @@ async fn add_agent_namespace(cluster: &KubeCluster, namespace: &str) {
     }
 }
 
-fn new_root(name: &str) -> (Certificate, ca::PrivateKey) {
-    ca::create_root(
-        &ca::RootRequest {
-            trust_domain: "cluster.local".into(),
-            organisation: name.into(),
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::from_secs(3600 * 24 * 365),
-        },
-        SystemTime::now(),
-    )
-    .unwrap()
-}
-
 fn publish_new_root(server: &common::TestServer, name: &str) -> u64 {
     let authority = server.authority();
     let next = authority
         .publication
         .current()
         .bundle
-        .with_appended(new_root(name).0)
+        .with_appended(new_root(name))
         .unwrap();
     let version = next.version();
     authority.publication.publish(next).unwrap();
@@ -585,7 +573,7 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
     // A workload from an unrelated root is refused by every cluster's bundle.
     let foreign = work.path().join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
-    let (foreign_root, foreign_key) = new_root("unrelated");
+    let (foreign_root, foreign_key) = new_root_with_key("unrelated");
     let foreign_intermediate = ca::sign_intermediate(
         &ca::verify_csr(ca::create_csr(&foreign_key, "x").unwrap().as_bytes()).unwrap(),
         &trustplane::IntermediateProfile {

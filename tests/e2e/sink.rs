@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -17,48 +17,11 @@ use kube::client::Body;
 // tower's `Service` trait (tonic re-exports it; tower is no direct dependency).
 use tokio_stream::StreamExt;
 use tonic::codegen::{Context, Future, Pin, Poll, Service};
-use trustplane::ca::{self, KeyAlgorithm};
 use trustplane::sink::{CacertsMaterial, ClusterSink, KubernetesSink, KubernetesSinkOptions};
 
 use crate::cluster_sync::data;
+use crate::common::fixtures::cacerts_material;
 use crate::kube_cluster::{KubeCluster, error_chain, skip_e2e};
-
-fn material(version: u64) -> CacertsMaterial {
-    let now = SystemTime::now();
-    let (root, root_key) = ca::create_root(
-        &ca::RootRequest {
-            trust_domain: "cluster.local".into(),
-            organisation: "test".into(),
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::from_secs(86400),
-        },
-        now,
-    )
-    .unwrap();
-    let key = ca::PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = ca::verify_csr(ca::create_csr(&key, "east").unwrap().as_bytes()).unwrap();
-    let intermediate = ca::sign_intermediate(
-        &csr,
-        &ca::IntermediateProfile {
-            trust_domain: "cluster.local".into(),
-            organisation: "test".into(),
-            cluster: "east".into(),
-            lifetime: Duration::from_secs(3600),
-            name_constraints: false,
-        },
-        &root,
-        &root_key,
-        now,
-    )
-    .unwrap();
-    CacertsMaterial {
-        ca_cert_pem: intermediate.to_pem(),
-        ca_key_pem: key.to_pkcs8_pem(),
-        cert_chain_pem: format!("{}{}", intermediate.to_pem(), root.to_pem()),
-        root_cert_pem: root.to_pem(),
-        bundle_version: version,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concurrent_writer_is_detected_and_never_overwritten() {
@@ -70,7 +33,7 @@ async fn a_concurrent_writer_is_detected_and_never_overwritten() {
         cluster.agent_client("istio-system").await.unwrap(),
         KubernetesSinkOptions::default(),
     );
-    sink.write(&material(1)).await.unwrap();
+    sink.write(&cacerts_material(1)).await.unwrap();
     let admin: Api<Secret> = Api::namespaced(cluster.admin_client().await.unwrap(), "istio-system");
     // Every revision from here on, in order (metadata only: no key material),
     // drained as it comes: the apiserver closes a watch that falls behind.
@@ -117,7 +80,7 @@ async fn a_concurrent_writer_is_detected_and_never_overwritten() {
     let (mut written, mut refused) = (0, 0);
     for version in 2..8 {
         let before = last_written.load(Ordering::SeqCst);
-        match sink.write(&material(version)).await {
+        match sink.write(&cacerts_material(version)).await {
             Ok(()) => {
                 written += 1;
                 let after = admin.get("cacerts").await.unwrap();
@@ -317,7 +280,7 @@ async fn a_write_that_meets_a_conflict_reads_again_and_keeps_the_other_writers_c
     }
     let cluster = KubeCluster::start("reread").await.unwrap();
     let (sink, racing) = racing_sink(&cluster).await;
-    sink.write(&material(1)).await.unwrap();
+    sink.write(&cacerts_material(1)).await.unwrap();
     assert_eq!(
         racing.take_calls(),
         [(http::Method::GET, 404), (http::Method::POST, 201)],
@@ -327,7 +290,7 @@ async fn a_write_that_meets_a_conflict_reads_again_and_keeps_the_other_writers_c
     // The other writer changes the Secret between each of the sink's next
     // two reads and its replace.
     racing.races.store(2, Ordering::SeqCst);
-    let second = material(2);
+    let second = cacerts_material(2);
     sink.write(&second).await.unwrap();
     let (get, put) = (http::Method::GET, http::Method::PUT);
     assert_eq!(
@@ -369,12 +332,12 @@ async fn a_writer_that_always_comes_first_makes_the_sink_give_up_without_overwri
     }
     let cluster = KubeCluster::start("starved").await.unwrap();
     let (sink, racing) = racing_sink(&cluster).await;
-    let first = material(1);
+    let first = cacerts_material(1);
     sink.write(&first).await.unwrap();
     racing.take_calls();
 
     racing.races.store(usize::MAX, Ordering::SeqCst);
-    let error = sink.write(&material(2)).await.unwrap_err();
+    let error = sink.write(&cacerts_material(2)).await.unwrap_err();
     let chain = error_chain(&error);
     assert!(chain.contains("409"), "gave up for another reason: {chain}");
 

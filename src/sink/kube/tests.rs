@@ -5,52 +5,13 @@
 use std::time::Duration;
 
 use super::*;
-use crate::ca::{IntermediateProfile, KeyAlgorithm, PrivateKey, RootRequest};
+use crate::fixtures::cacerts_material;
 
 fn options(format: SecretFormat, adopt_existing: bool) -> KubernetesSinkOptions {
     KubernetesSinkOptions {
         format,
         adopt_existing,
         ..KubernetesSinkOptions::default()
-    }
-}
-
-/// A real root → intermediate set, so that checks and serials work.
-fn material(bundle_version: u64) -> CacertsMaterial {
-    let now = SystemTime::now();
-    let (root, root_key) = ca::create_root(
-        &RootRequest {
-            trust_domain: "cluster.local".into(),
-            organisation: "test".into(),
-            key_algorithm: KeyAlgorithm::EcdsaP256,
-            validity: Duration::from_secs(3600 * 24),
-        },
-        now,
-    )
-    .unwrap();
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let csr = ca::create_csr(&key, "east intermediate CA").unwrap();
-    let verified = ca::verify_csr(csr.as_bytes()).unwrap();
-    let intermediate = ca::sign_intermediate(
-        &verified,
-        &IntermediateProfile {
-            trust_domain: "cluster.local".into(),
-            organisation: "test".into(),
-            cluster: "east".into(),
-            lifetime: Duration::from_secs(3600),
-            name_constraints: false,
-        },
-        &root,
-        &root_key,
-        now,
-    )
-    .unwrap();
-    CacertsMaterial {
-        ca_cert_pem: intermediate.to_pem(),
-        ca_key_pem: key.to_pkcs8_pem(),
-        cert_chain_pem: format!("{}{}", intermediate.to_pem(), root.to_pem()),
-        root_cert_pem: root.to_pem(),
-        bundle_version,
     }
 }
 
@@ -101,7 +62,7 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 
 #[test]
 fn a_new_secret_holds_the_four_istio_keys_label_and_annotations() {
-    let material = material(3);
+    let material = cacerts_material(3);
     let secret = desired_cacerts_secret(None, &KubernetesSinkOptions::default(), &material)
         .unwrap()
         .unwrap();
@@ -161,7 +122,7 @@ fn a_new_secret_holds_the_four_istio_keys_label_and_annotations() {
 
 #[test]
 fn a_managed_secret_keeps_what_trustplane_does_not_own_and_its_resource_version() {
-    let material = material(5);
+    let material = cacerts_material(5);
     let existing = existing(true);
     let secret = desired_cacerts_secret(
         Some(&existing),
@@ -199,7 +160,7 @@ fn a_managed_secret_keeps_what_trustplane_does_not_own_and_its_resource_version(
 
 #[test]
 fn a_foreign_secret_is_refused_unless_adoption_is_allowed() {
-    let material = material(1);
+    let material = cacerts_material(1);
     let foreign = existing(false);
     let error =
         desired_cacerts_secret(Some(&foreign), &KubernetesSinkOptions::default(), &material)
@@ -247,7 +208,7 @@ fn foreign_detection_reads_the_managed_by_label() {
 
 #[test]
 fn writing_the_same_set_again_changes_nothing() {
-    let material = material(2);
+    let material = cacerts_material(2);
     let first = desired_cacerts_secret(
         Some(&existing(true)),
         &KubernetesSinkOptions::default(),
@@ -269,7 +230,7 @@ fn writing_the_same_set_again_changes_nothing() {
 
 #[test]
 fn the_tls_form_writes_three_keys_and_drops_the_istio_ones() {
-    let material = material(4);
+    let material = cacerts_material(4);
     let created = desired_cacerts_secret(None, &options(SecretFormat::Tls, false), &material)
         .unwrap()
         .unwrap();
@@ -311,7 +272,7 @@ fn the_tls_form_writes_three_keys_and_drops_the_istio_ones() {
 
 #[test]
 fn tls_crt_carries_the_cas_between_intermediate_and_root() {
-    let mut material = material(1);
+    let mut material = cacerts_material(1);
     let middle = "-----BEGIN CERTIFICATE-----\nTUlERExF\n-----END CERTIFICATE-----\n";
     material.cert_chain_pem = format!("{}{middle}{}", material.ca_cert_pem, material.root_cert_pem);
     assert_eq!(
@@ -322,7 +283,7 @@ fn tls_crt_carries_the_cas_between_intermediate_and_root() {
 
 #[test]
 fn the_istio_form_in_a_tls_typed_or_immutable_secret_is_refused() {
-    let material = material(1);
+    let material = cacerts_material(1);
     let mut tls_typed = existing(true);
     tls_typed.type_ = Some(TLS_TYPE.into());
     let error = desired_cacerts_secret(
@@ -355,7 +316,7 @@ fn the_istio_form_in_a_tls_typed_or_immutable_secret_is_refused() {
 
 #[test]
 fn reading_back_either_form_gives_a_set_that_passes_the_checks() {
-    let material = material(1);
+    let material = cacerts_material(1);
     let now = SystemTime::now();
     for format in [SecretFormat::Istio, SecretFormat::Tls] {
         let secret = desired_cacerts_secret(None, &options(format, false), &material)

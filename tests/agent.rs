@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::fixtures::new_root;
 use trustplane::agent::{self, AgentConfig, AgentHandle, AgentStatus};
@@ -75,7 +75,7 @@ async fn wait_moving(
 fn assert_verifies(cacerts: &Path) {
     let check = ca::check_cacerts(
         &read_cacerts_dir(cacerts).unwrap(),
-        SystemTime::now(),
+        trustplane::clock::SystemClock.now(),
         Duration::from_secs(0),
     );
     assert!(

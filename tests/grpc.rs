@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::fixtures::{new_root, run_openssl};
 use tonic::Code;
@@ -83,7 +83,7 @@ async fn enroll_sign_watch_report_round_trip() {
     assert_eq!(bundle.version, 1);
     let roots = Certificate::parse_pem_chain(&bundle.root_cert_pem).unwrap();
     assert_eq!(roots, vec![chain[1].clone()]);
-    ca::probe_ca_key(&chain, &key, &roots, SystemTime::now()).unwrap();
+    ca::probe_ca_key(&chain, &key, &roots, trustplane::clock::SystemClock.now()).unwrap();
 
     let mut watch = TrustBundleServiceClient::new(channel.clone())
         .watch_bundle(proto::WatchBundleRequest { known_version: 0 })
@@ -269,7 +269,7 @@ async fn a_new_token_or_a_removal_invalidates_earlier_join_tokens() {
 #[tokio::test]
 async fn join_tokens_are_stored_hashed_and_last_an_hour_by_default() {
     let server = common::start_server().await;
-    let before = ca::system_time_to_unix(SystemTime::now());
+    let before = ca::system_time_to_unix(trustplane::clock::SystemClock.now());
     let response = server
         .admin()
         .await
@@ -281,7 +281,7 @@ async fn join_tokens_are_stored_hashed_and_last_an_hour_by_default() {
         .await
         .unwrap()
         .into_inner();
-    let after = ca::system_time_to_unix(SystemTime::now());
+    let after = ca::system_time_to_unix(trustplane::clock::SystemClock.now());
     assert!(
         (before + 3600 - 2..=after + 3600 + 2).contains(&response.token_expires_unix),
         "token_ttl_seconds 0 means 1 h: expires {} for a call between {before} and {after}",
@@ -585,7 +585,7 @@ async fn issued_chains_pass_openssl_verify() {
         &intermediate,
         &key,
         Duration::from_secs(3600),
-        SystemTime::now(),
+        trustplane::clock::SystemClock.now(),
     )
     .unwrap();
     let (ok, output) = common::fixtures::openssl_verify_pem(

@@ -762,7 +762,7 @@ async fn rotation_to_an_imported_root_and_refusals_of_bad_imports() {
                 key_algorithm: KeyAlgorithm::EcdsaP384,
                 validity: Duration::from_secs(3 * 365 * 24 * 3600),
             },
-            std::time::SystemTime::now(),
+            trustplane::clock::SystemClock.now(),
         )
         .unwrap()
     };

@@ -22,7 +22,7 @@ use super::config::{AgentConfig, AgentStatus};
 use super::error::AgentError;
 use super::handle::{AgentHandle, record_fatal, run_until_fatal, stop_requested};
 use super::identity::IdentityStore;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::files::random_suffix;
 use crate::reconcile::Backoff;
 use crate::sink::ClusterSink;

@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn openssl_cross_check_rsa_root_chain() {
-        let now = SystemTime::now();
+        let now = crate::clock::SystemClock.now();
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path();
         let (root, root_key) = rsa_root(path, now);
@@ -88,12 +88,13 @@ mod tests {
         let certificate = std::fs::read_to_string(certificate).expect("read");
         let key = std::fs::read_to_string(key).expect("read");
         assert!(key.contains("BEGIN RSA PRIVATE KEY"));
-        import_root(&certificate, &key, now.max(SystemTime::now())).expect("import rsa root")
+        import_root(&certificate, &key, now.max(crate::clock::SystemClock.now()))
+            .expect("import rsa root")
     }
 
     #[test]
     fn import_root_accepts_openssl_roots_in_every_key_format() {
-        let now = SystemTime::now();
+        let now = crate::clock::SystemClock.now();
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path();
         // PKCS#1 RSA-2048.
@@ -117,8 +118,10 @@ mod tests {
         let pkcs8 = std::fs::read_to_string(path.join("ec8.pem")).expect("read");
         let sec1 = std::fs::read_to_string(path.join("ec1.pem")).expect("read");
         assert!(pkcs8.contains("BEGIN PRIVATE KEY") && sec1.contains("BEGIN EC PRIVATE KEY"));
-        let (_, from_pkcs8) = import_root(&certificate, &pkcs8, SystemTime::now()).expect("pkcs8");
-        let (_, from_sec1) = import_root(&certificate, &sec1, SystemTime::now()).expect("sec1");
+        let (_, from_pkcs8) =
+            import_root(&certificate, &pkcs8, crate::clock::SystemClock.now()).expect("pkcs8");
+        let (_, from_sec1) =
+            import_root(&certificate, &sec1, crate::clock::SystemClock.now()).expect("sec1");
         assert_eq!(
             from_pkcs8.public_key_der().expect("spki"),
             from_sec1.public_key_der().expect("spki")
@@ -127,7 +130,7 @@ mod tests {
 
     #[test]
     fn import_root_rejections_name_the_check() {
-        let now = SystemTime::now();
+        let now = crate::clock::SystemClock.now();
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path();
         let (root, root_key) = create_root(&root_request("cluster.local"), now).expect("root");

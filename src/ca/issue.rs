@@ -953,7 +953,7 @@ mod tests {
     #[test]
     fn openssl_cross_check_root_intermediate_leaf() {
         // openssl checks validity against the real clock, so use it here.
-        let now = SystemTime::now();
+        let now = crate::clock::SystemClock.now();
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path();
         for name_constraints in [false, true] {

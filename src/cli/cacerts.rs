@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::output::{self, Format};
 use crate::ca::{self, CacertsFiles, Severity};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 
 /// `verify` flags.
 #[derive(Debug, clap::Args)]

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use super::client::{AdminConnection, status_error};
 use super::output::{self, Format};
 use crate::ca::system_time_to_unix;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::sink;

@@ -17,7 +17,7 @@ use super::options::{
 use super::output::{self, Format};
 use super::signal::shutdown_signal;
 use crate::ca::{KeyAlgorithm, system_time_to_unix};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::config::KekSource;
 use crate::files;
 use crate::server::{self, Authority, DataDir, InitOptions};

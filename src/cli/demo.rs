@@ -17,7 +17,7 @@ use super::output;
 use super::signal::shutdown_signal;
 use crate::agent::{self, AgentConfig};
 use crate::ca::{self, Certificate, KeyAlgorithm, PrivateKey, system_time_to_unix};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::server::{self, Authority, DataDir, InitOptions};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::output::{self, Format};
 use crate::ca::system_time_to_unix;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::proto;
 use crate::rotation::{Outcome, Phase};
 use crate::wire;

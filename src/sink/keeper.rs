@@ -237,3 +237,172 @@ impl Keeper {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::fixtures::cacerts_material;
+    use crate::sink::MemorySink;
+
+    /// Hands out prepared sets and counts the calls.
+    struct Prepared {
+        sets: Mutex<Vec<CacertsMaterial>>,
+        calls: Mutex<Vec<IssueReason>>,
+    }
+
+    impl Prepared {
+        fn new(sets: Vec<CacertsMaterial>) -> Self {
+            Self {
+                sets: Mutex::new(sets),
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn calls(&self) -> Vec<IssueReason> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum TestError {
+        #[error(transparent)]
+        Sink(#[from] SinkError),
+        #[error(transparent)]
+        Reconcile(#[from] ReconcileError),
+    }
+
+    #[async_trait::async_trait]
+    impl IntermediateSource for Prepared {
+        type Error = TestError;
+
+        async fn obtain(
+            &self,
+            _bundle: &BundleView<'_>,
+            reason: IssueReason,
+        ) -> Result<CacertsMaterial, TestError> {
+            self.calls.lock().unwrap().push(reason);
+            Ok(self.sets.lock().unwrap().remove(0))
+        }
+    }
+
+    fn view(material: &CacertsMaterial, version: u64) -> BundleView<'_> {
+        BundleView {
+            version,
+            root_cert_pem: &material.root_cert_pem,
+            signing_root_sha256: "",
+            reissue_serial: "",
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_sink_gets_one_checked_write_and_nothing_more_until_a_change() {
+        let set = cacerts_material(1);
+        let sink = Arc::new(MemorySink::new());
+        let mut keeper = Keeper::new(sink.clone(), reconcile::RENEW_FRACTION);
+        let source = Prepared::new(vec![set.clone()]);
+        let now = SystemClock.now();
+        assert!(
+            keeper
+                .reconcile(&source, &view(&set, 1), now)
+                .await
+                .unwrap()
+        );
+        assert_eq!(source.calls(), [IssueReason::NoIntermediate]);
+        assert_eq!(sink.writes(), [set.clone()]);
+        let report = keeper.report(None);
+        assert_eq!(report.applied_bundle_version, 1);
+        assert!(!report.intermediate_serial.is_empty());
+        // The same bundle again: nothing obtained, nothing written.
+        assert!(
+            !keeper
+                .reconcile(&source, &view(&set, 1), now)
+                .await
+                .unwrap()
+        );
+        assert_eq!(sink.writes().len(), 1);
+        assert!(keeper.renew_at().is_some_and(|renew_at| renew_at > now));
+    }
+
+    #[tokio::test]
+    async fn a_valid_set_in_the_sink_is_adopted_and_a_new_bundle_rewrites_only_the_roots() {
+        let set = cacerts_material(0);
+        let sink = Arc::new(MemorySink::with_files(set.to_files()));
+        let mut keeper = Keeper::new(sink.clone(), reconcile::RENEW_FRACTION);
+        let source = Prepared::new(Vec::new());
+        let now = SystemClock.now();
+        // A newer bundle that still holds our root, plus another root.
+        let other = cacerts_material(0);
+        let roots = format!("{}{}", set.root_cert_pem, other.root_cert_pem);
+        let bundle = BundleView {
+            root_cert_pem: &roots,
+            ..view(&set, 4)
+        };
+        assert!(keeper.reconcile(&source, &bundle, now).await.unwrap());
+        assert!(source.calls().is_empty(), "the existing set is adopted");
+        let written = sink.last_write().unwrap();
+        assert_eq!(written.ca_cert_pem, set.ca_cert_pem);
+        assert_eq!(written.root_cert_pem, roots);
+        assert_eq!(written.bundle_version, 4);
+        assert_eq!(keeper.report(None).applied_bundle_version, 4);
+    }
+
+    #[tokio::test]
+    async fn a_recheck_starts_over_only_when_the_sink_changed() {
+        let set = cacerts_material(1);
+        let replacement = cacerts_material(1);
+        let sink = Arc::new(MemorySink::new());
+        let mut keeper = Keeper::new(sink.clone(), reconcile::RENEW_FRACTION);
+        let source = Prepared::new(vec![set.clone(), replacement.clone()]);
+        let now = SystemClock.now();
+        keeper
+            .reconcile(&source, &view(&set, 1), now)
+            .await
+            .unwrap();
+        keeper.recheck();
+        assert!(
+            !keeper
+                .reconcile(&source, &view(&set, 1), now)
+                .await
+                .unwrap()
+        );
+        assert_eq!(source.calls().len(), 1, "unchanged: kept");
+        // Someone else writes a set of another root into the sink.
+        sink.write(&cacerts_material(9)).await.unwrap();
+        keeper.recheck();
+        assert!(
+            keeper
+                .reconcile(&source, &view(&set, 1), now)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            source.calls(),
+            [IssueReason::NoIntermediate, IssueReason::NoIntermediate]
+        );
+        assert_eq!(sink.last_write().unwrap(), replacement);
+    }
+
+    #[tokio::test]
+    async fn a_set_istiod_would_reject_is_not_written() {
+        let set = cacerts_material(1);
+        let mut broken = cacerts_material(1);
+        broken.ca_key_pem = set.ca_key_pem.clone();
+        let sink = Arc::new(MemorySink::new());
+        let mut keeper = Keeper::new(sink.clone(), reconcile::RENEW_FRACTION);
+        let source = Prepared::new(vec![broken.clone()]);
+        let error = keeper
+            .reconcile(&source, &view(&broken, 1), SystemClock.now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, TestError::Reconcile(ReconcileError::Rejected(_))),
+            "{error}"
+        );
+        assert!(sink.writes().is_empty());
+        assert!(keeper.applied().is_none());
+    }
+}

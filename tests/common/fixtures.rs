@@ -53,7 +53,7 @@ pub fn new_root_with_key(organisation: &str) -> (Certificate, PrivateKey) {
             organisation: organisation.into(),
             ..root_request(TRUST_DOMAIN)
         },
-        SystemTime::now(),
+        trustplane::clock::SystemClock.now(),
     )
     .expect("create root")
 }
@@ -99,7 +99,7 @@ pub fn root_and_intermediate(
 /// A real root → intermediate cacerts set at `bundle_version`, valid now
 /// by the real clock, so that checks and serials work.
 pub fn cacerts_material(bundle_version: u64) -> CacertsMaterial {
-    let (root, _, intermediate, key) = root_and_intermediate(SystemTime::now());
+    let (root, _, intermediate, key) = root_and_intermediate(trustplane::clock::SystemClock.now());
     CacertsMaterial {
         ca_cert_pem: intermediate.to_pem(),
         ca_key_pem: key.to_pkcs8_pem(),
@@ -138,6 +138,7 @@ pub fn write_pem(directory: &Path, name: &str, certificates: &[&Certificate]) {
 
 /// The `openssl` executable found on `PATH`; panics, saying how to install
 /// it, when there is none (tests that cross-check with OpenSSL never skip).
+#[allow(clippy::disallowed_methods)] // test tooling: looks up PATH itself, as a shell does
 pub fn openssl() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -43,9 +43,9 @@ pub struct TestServer {
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // RUST_LOG=trustplane=debug shows the server's and agents' logs.
-    if std::env::var_os("RUST_LOG").is_some() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_env_filter(filter)
             .with_test_writer()
             .try_init();
     }

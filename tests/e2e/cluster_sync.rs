@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -585,7 +585,7 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
         },
         &foreign_root,
         &foreign_key,
-        SystemTime::now(),
+        trustplane::clock::SystemClock.now(),
     )
     .unwrap();
     std::fs::write(foreign.join("ca-cert.pem"), foreign_intermediate.to_pem()).unwrap();
@@ -772,7 +772,7 @@ async fn agents_and_push_mode_keep_istio_cacerts_current_in_real_apiservers() {
     );
     let check = ca::check_cacerts(
         &trustplane::cli::read_cacerts_dir(&work.path().join("restored")).unwrap(),
-        SystemTime::now(),
+        trustplane::clock::SystemClock.now(),
         Duration::ZERO,
     );
     assert!(

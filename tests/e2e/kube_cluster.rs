@@ -66,6 +66,7 @@ const START_ATTEMPTS: usize = 3;
 /// True (after printing "skipped (TRUSTPLANE_SKIP_E2E=1)") when the developer
 /// opted out of the e2e tests. CI never sets it: without it, a machine that
 /// cannot build the peers fails the tests.
+#[allow(clippy::disallowed_methods)] // the harness's own switch, not product configuration
 pub fn skip_e2e() -> bool {
     let skip = std::env::var("TRUSTPLANE_SKIP_E2E").is_ok_and(|value| value == "1");
     if skip {
@@ -593,7 +594,9 @@ impl Drop for KubeCluster {
         // kills its child when dropped, before `dir` is removed.
         drop(self.apiserver.take());
         drop(self.etcd.take());
-        if std::env::var_os("TRUSTPLANE_E2E_KEEP").is_some() {
+        #[allow(clippy::disallowed_methods)] // the harness's own switch
+        let keep = std::env::var_os("TRUSTPLANE_E2E_KEEP").is_some();
+        if keep {
             self.dir.disable_cleanup(true);
             eprintln!(
                 "KubeCluster {}: kept {} (TRUSTPLANE_E2E_KEEP)",

@@ -317,7 +317,7 @@ fn the_istio_form_in_a_tls_typed_or_immutable_secret_is_refused() {
 #[test]
 fn reading_back_either_form_gives_a_set_that_passes_the_checks() {
     let material = cacerts_material(1);
-    let now = SystemTime::now();
+    let now = crate::clock::SystemClock.now();
     for format in [SecretFormat::Istio, SecretFormat::Tls] {
         let secret = desired_cacerts_secret(None, &options(format, false), &material)
             .unwrap()
@@ -354,7 +354,12 @@ fn a_partial_secret_reads_as_partial_files() {
             .into_iter()
             .collect(),
     );
-    let files = cacerts_files(&secret, SecretFormat::Istio, SystemTime::now()).unwrap();
+    let files = cacerts_files(
+        &secret,
+        SecretFormat::Istio,
+        crate::clock::SystemClock.now(),
+    )
+    .unwrap();
     assert_eq!(files.ca_cert.as_deref(), Some("cert only"));
     assert!(files.ca_key.is_none() && files.cert_chain.is_none() && files.root_cert.is_none());
 }

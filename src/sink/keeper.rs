@@ -312,7 +312,7 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(source.calls(), [IssueReason::NoIntermediate]);
-        assert_eq!(sink.writes(), [set.clone()]);
+        assert_eq!(sink.writes(), std::slice::from_ref(&set));
         let report = keeper.report(None);
         assert_eq!(report.applied_bundle_version, 1);
         assert!(!report.intermediate_serial.is_empty());

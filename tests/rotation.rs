@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 use trustplane::agent::{self, AgentConfig, AgentHandle};
 use trustplane::ca::{Certificate, KeyAlgorithm};
 use trustplane::cli::connect;
-use trustplane::clock::{SystemClock, TestClock};
+use trustplane::clock::{Clock, SystemClock, TestClock};
 use trustplane::proto;
 use trustplane::proto::admin_service_client::AdminServiceClient;
 use trustplane::sink::ClusterSink;
@@ -762,7 +762,8 @@ async fn rotation_to_an_imported_root_and_refusals_of_bad_imports() {
                 key_algorithm: KeyAlgorithm::EcdsaP384,
                 validity: Duration::from_secs(3 * 365 * 24 * 3600),
             },
-            trustplane::clock::SystemClock.now(),
+            // Made now on the server's clock, which the import checks against.
+            clock.now(),
         )
         .unwrap()
     };

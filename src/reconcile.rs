@@ -178,45 +178,52 @@ pub enum Adoption {
 /// `now`: it passes istiod's checks, is not due for renewal and chains to a
 /// root of `bundle`. A signer change or reissue directive is left to
 /// [`decide`], which runs next.
+///
+/// Errors: [`ReconcileError::Unreadable`] when the bundle does not parse
+/// (nothing is decided against such a bundle).
 pub fn adopt(
     files: Option<&CacertsFiles>,
     bundle: &BundleView<'_>,
     now: SystemTime,
     renew_fraction: f64,
     unit: f64,
-) -> Adoption {
+) -> Result<Adoption, ReconcileError> {
     let Some(files) = files else {
-        return Adoption::Replace("no cacerts yet".to_string());
+        return Ok(Adoption::Replace("no cacerts yet".to_string()));
     };
     let check = ca::check_cacerts(files, now, EXPIRY_WARNING);
     if !check.passed() {
-        return Adoption::Replace(format!(
+        return Ok(Adoption::Replace(format!(
             "the existing cacerts do not pass the checks: {}",
             check_errors(&check)
-        ));
+        )));
     }
     let (Some(ca_cert_pem), Some(cert_chain_pem)) = (&files.ca_cert, &files.cert_chain) else {
-        return Adoption::Replace("the existing cacerts are incomplete".to_string());
+        return Ok(Adoption::Replace(
+            "the existing cacerts are incomplete".to_string(),
+        ));
     };
     let applied = match Applied::read(ca_cert_pem, cert_chain_pem, 0, renew_fraction, unit) {
         Ok(applied) => applied,
         Err(error) => {
-            return Adoption::Replace(format!("the existing cacerts are unusable: {error}"));
+            return Ok(Adoption::Replace(format!(
+                "the existing cacerts are unusable: {error}"
+            )));
         }
     };
     if renewal_due(applied.issued_at, applied.not_after, renew_fraction, now) {
-        return Adoption::Replace(format!(
+        return Ok(Adoption::Replace(format!(
             "the existing intermediate {} is due for renewal",
             applied.serial
-        ));
+        )));
     }
-    if !bundle_contains(bundle.root_cert_pem, &applied.chain_root).unwrap_or(false) {
-        return Adoption::Replace(format!(
+    if !bundle_contains(bundle.root_cert_pem, &applied.chain_root)? {
+        return Ok(Adoption::Replace(format!(
             "the existing intermediate {} chains to a root outside the trust bundle",
             applied.serial
-        ));
+        )));
     }
-    Adoption::Adopt(applied)
+    Ok(Adoption::Adopt(applied))
 }
 
 /// The next action for the applied set (`None`: nothing usable applied) and
@@ -312,6 +319,22 @@ impl StatusReport {
             },
         }
     }
+}
+
+/// How long a driver sleeps before it looks again: until the earliest of
+/// `deadlines` (the renewal time, a retry, a report; `None`s are ignored),
+/// at once for one that has passed, and never longer than `cap` (a driver
+/// re-checks at least that often even when nothing is due).
+pub fn wait_before_next(
+    now: SystemTime,
+    deadlines: &[Option<SystemTime>],
+    cap: Duration,
+) -> Duration {
+    deadlines
+        .iter()
+        .flatten()
+        .map(|deadline| deadline.duration_since(now).unwrap_or(Duration::ZERO))
+        .fold(cap, Duration::min)
 }
 
 /// Whether `root` is one of the certificates in `root_cert_pem`.
@@ -615,11 +638,26 @@ mod tests {
     }
 
     #[test]
+    fn the_next_look_is_the_earliest_deadline_capped() {
+        let cap = Duration::from_secs(60);
+        assert_eq!(wait_before_next(at(100), &[], cap), cap);
+        assert_eq!(wait_before_next(at(100), &[None, Some(at(1000))], cap), cap);
+        assert_eq!(
+            wait_before_next(at(100), &[Some(at(130)), Some(at(110))], cap),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            wait_before_next(at(100), &[Some(at(90)), Some(at(130))], cap),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
     fn nothing_in_the_sink_is_replaced_and_a_report_without_a_set_carries_only_the_error() {
         let roots = self_signed_ca_pem("root A");
         assert!(matches!(
             adopt(None, &view(1, &roots, "", ""), at(1), RENEW_FRACTION, 0.5),
-            Adoption::Replace(_)
+            Ok(Adoption::Replace(_))
         ));
         let report = StatusReport::new(None, Some("down"));
         assert_eq!(report.applied_bundle_version, 0);

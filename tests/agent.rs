@@ -155,7 +155,11 @@ async fn agent_writes_verifiable_cacerts_and_follows_new_bundle_versions() {
 
 #[tokio::test]
 async fn agent_renews_at_two_thirds_of_the_intermediate_lifetime() {
-    let server = common::start_server_with_policy(common::policy_with_lifetime("9s")).await;
+    // Server and agent share a test clock: the lifetime passes when the test
+    // moves the clock, not by waiting.
+    let clock = TestClock::starting_now();
+    let server =
+        common::start_server_with_clock(common::policy_with_lifetime("9s"), clock.clone()).await;
     let work = tempfile::tempdir().unwrap();
     let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
     let token = server.add_cluster("east").await;
@@ -164,25 +168,24 @@ async fn agent_renews_at_two_thirds_of_the_intermediate_lifetime() {
         !status.intermediate_serial.is_empty()
     })
     .await;
-    let issued = Instant::now();
     let first_key = std::fs::read_to_string(cacerts.join("ca-key.pem")).unwrap();
-    let renewed = wait_for(&handle, "renewed intermediate", |status| {
+    // 2/3 of 9 s is 6 s, ±5 % of the lifetime as jitter, and X.509 times
+    // are whole seconds (up to 1 s earlier): renewal is due between 4.55 s
+    // and 6.45 s after issuance. Timed from the backdated NotBefore
+    // instead, renewal would come at once.
+    clock.advance(Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        handle.status.borrow().intermediate_serial,
+        first.intermediate_serial,
+        "renewed too early: before 4 s of a 9 s lifetime"
+    );
+    clock.advance(Duration::from_millis(2500));
+    let renewed = wait_for(&handle, "renewed intermediate by 6.5 s", |status| {
         !status.intermediate_serial.is_empty()
             && status.intermediate_serial != first.intermediate_serial
     })
     .await;
-    let after = issued.elapsed();
-    // 2/3 of 9 s is 6 s, ±5 % of the lifetime as jitter, and X.509 times
-    // are whole seconds (up to 1 s earlier). Timed from the backdated
-    // NotBefore instead, renewal would come at once.
-    assert!(
-        after >= Duration::from_millis(4000),
-        "renewed too early: {after:?}"
-    );
-    assert!(
-        after < Duration::from_millis(9000),
-        "renewed too late: {after:?}"
-    );
     assert_ne!(
         std::fs::read_to_string(cacerts.join("ca-key.pem")).unwrap(),
         first_key,

@@ -16,7 +16,7 @@ use crate::ca::{self, KeyAlgorithm, PrivateKey};
 use crate::proto::intermediate_service_client::IntermediateServiceClient;
 use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
 use crate::proto::{Bundle, ReportStatusRequest, SignIntermediateRequest, WatchBundleRequest};
-use crate::reconcile::{Backoff, BundleView, IssueReason, StatusReport};
+use crate::reconcile::{self, Backoff, BundleView, IssueReason, StatusReport};
 use crate::sink::{CacertsMaterial, ClusterSink, IntermediateSource, Keeper};
 use crate::telemetry::error_text;
 
@@ -276,15 +276,13 @@ impl<'a> Agent<'a> {
         has_bundle: bool,
         report_at: SystemTime,
     ) -> Duration {
-        let now = self.now();
-        let until = |at: SystemTime| at.duration_since(now).unwrap_or(Duration::ZERO);
-        let mut wait = until(report_at).min(REPORT_INTERVAL);
-        match (apply_at, self.keeper.renew_at()) {
-            (Some(apply_at), _) if has_bundle => wait = wait.min(until(apply_at)),
-            (Some(_), _) | (None, None) => {}
-            (None, Some(renew_at)) => wait = wait.min(until(renew_at)),
-        }
-        wait
+        let pending = match (apply_at, has_bundle) {
+            (Some(apply_at), true) => Some(apply_at),
+            // A failed apply waits for its backoff, not for the renewal time.
+            (Some(_), false) => None,
+            (None, _) => self.keeper.renew_at(),
+        };
+        reconcile::wait_before_next(self.now(), &[pending, Some(report_at)], REPORT_INTERVAL)
     }
 
     fn renewal_due(&self) -> bool {

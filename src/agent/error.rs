@@ -110,9 +110,6 @@ pub enum AgentError {
         #[source]
         source: CaError,
     },
-    /// The server's answer lacks something the agent needs.
-    #[error("the server's answer is unusable: {0}")]
-    InvalidResponse(String),
     /// The set in the sink or the one obtained is unusable, or fails the
     /// istiod checks (then it is not written).
     #[error(transparent)]

@@ -41,7 +41,7 @@ pub use issue::{
     create_root, create_successor_root, issue_control_plane_cert, sign_intermediate, sign_workload,
 };
 pub use key::PrivateKey;
-pub use probe::probe_ca_key;
+pub use probe::{probe_ca_key, probe_workload};
 pub use verify::{
     has_uri_name_constraints, key_matches_certificate, verify_chain_to_roots, verify_issued,
     verify_leaf_path,

@@ -30,7 +30,32 @@ pub fn probe_ca_key(
     let certificate_authority = chain
         .first()
         .ok_or(CaError::EmptyChain { what: "CA chain" })?;
-    let leaf = sign_probe_leaf(certificate_authority, key, now)?;
+    probe_workload(
+        chain,
+        key,
+        roots,
+        &probe_identity(certificate_authority),
+        now,
+    )
+}
+
+/// The probe with a chosen workload identity: signs a throwaway workload
+/// certificate for `spiffe_id` with `key` as the first CA of `chain` and
+/// verifies it through `chain` to `roots` — what a peer in another cluster
+/// does with that workload's certificate (the demo shows it per pair).
+///
+/// Errors: as [`probe_ca_key`].
+pub fn probe_workload(
+    chain: &[Certificate],
+    key: &PrivateKey,
+    roots: &[Certificate],
+    spiffe_id: &str,
+    now: SystemTime,
+) -> Result<(), CaError> {
+    let certificate_authority = chain
+        .first()
+        .ok_or(CaError::EmptyChain { what: "CA chain" })?;
+    let leaf = sign_leaf(certificate_authority, key, spiffe_id, now)?;
     verify_leaf_path(&leaf, chain, roots, now)
 }
 
@@ -57,10 +82,22 @@ fn sign_probe_leaf(
     key: &PrivateKey,
     now: SystemTime,
 ) -> Result<Certificate, CaError> {
+    let identity = probe_identity(certificate_authority);
+    sign_leaf(certificate_authority, key, &identity, now)
+}
+
+/// A throwaway workload certificate for `spiffe_id` and a fresh P-256 key,
+/// signed with `key` as `certificate_authority`.
+fn sign_leaf(
+    certificate_authority: &Certificate,
+    key: &PrivateKey,
+    spiffe_id: &str,
+    now: SystemTime,
+) -> Result<Certificate, CaError> {
     let probe_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
     sign_workload(
         &probe_key.public_key_der()?,
-        &probe_identity(certificate_authority),
+        spiffe_id,
         certificate_authority,
         key,
         PROBE_LIFETIME,

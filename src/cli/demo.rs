@@ -109,17 +109,7 @@ fn verify_workload(
     spiffe_id: &str,
     now: SystemTime,
 ) -> anyhow::Result<Result<(), String>> {
-    let intermediate = chain.first().context("empty chain")?;
-    let workload_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
-    let leaf = ca::sign_workload(
-        &workload_key.public_key_der()?,
-        spiffe_id,
-        intermediate,
-        key,
-        Duration::from_secs(3600),
-        now,
-    )?;
-    Ok(ca::verify_leaf_path(&leaf, chain, roots, now).map_err(|error| error.to_string()))
+    Ok(ca::probe_workload(chain, key, roots, spiffe_id, now).map_err(|error| error.to_string()))
 }
 
 /// Runs the demo.

@@ -334,6 +334,15 @@ pub enum RotationError {
     /// The new root is not usable.
     #[error("the new root: {0}")]
     NewRoot(String),
+    /// The new root (or the old one) cannot be read.
+    #[error("the {which} root cannot be read")]
+    UnreadableRoot {
+        /// "new" or "old".
+        which: &'static str,
+        /// Why.
+        #[source]
+        source: crate::ca::CaError,
+    },
     /// A bundle operation failed.
     #[error(transparent)]
     Bundle(#[from] BundleError),
@@ -604,7 +613,10 @@ pub fn start(
     }
     let not_after = new_root
         .not_after()
-        .map_err(|error| RotationError::NewRoot(error.to_string()))?;
+        .map_err(|source| RotationError::UnreadableRoot {
+            which: "new",
+            source,
+        })?;
     if not_after <= now {
         return Err(RotationError::NewRoot("it has expired".into()));
     }
@@ -615,15 +627,15 @@ pub fn start(
         now,
     )?;
     let now_unix = system_time_to_unix(now);
-    let id = |root: &Certificate| {
+    let id = |root: &Certificate, which: &'static str| {
         root.serial_hex()
-            .map_err(|error| RotationError::NewRoot(error.to_string()))
+            .map_err(|source| RotationError::UnreadableRoot { which, source })
     };
     Ok(Step {
         rotation: Rotation {
             phase: Phase::TrustNew,
-            old_root_id: id(old_root)?,
-            new_root_id: id(new_root)?,
+            old_root_id: id(old_root, "old")?,
+            new_root_id: id(new_root, "new")?,
             bundle_version: bundle.version(),
             started_unix: now_unix,
             entered_unix: now_unix,

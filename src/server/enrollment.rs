@@ -270,11 +270,8 @@ impl Enrollment {
             .and_then(|chain| chain.first())
             .ok_or(ServerError::Unauthenticated)?;
         let certificate = Certificate::from_der(first.clone())?;
-        ca::verify_issued(&certificate, &core.control_plane_ca, core.now()).map_err(|error| {
-            ServerError::PermissionDenied(format!(
-                "client certificate is not a current trustplane control-plane certificate: {error}"
-            ))
-        })?;
+        ca::verify_issued(&certificate, &core.control_plane_ca, core.now())
+            .map_err(|source| ServerError::NotControlPlaneCertificate { source })?;
         let serial = certificate.serial_hex()?;
         let uris = certificate.uri_sans()?;
         for uri in &uris {

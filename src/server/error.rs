@@ -21,6 +21,23 @@ pub enum ServerError {
     /// The request is malformed (bad CSR, bad name, ...).
     #[error("invalid request: {0}")]
     InvalidArgument(String),
+    /// A push-mode kubeconfig that does not parse.
+    #[error("invalid request: the kubeconfig does not parse: {source}")]
+    InvalidKubeconfig {
+        /// The parser's error.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// A client certificate the control-plane CA did not issue, or that is
+    /// not valid now.
+    #[error(
+        "permission denied: client certificate is not a current trustplane control-plane certificate: {source}"
+    )]
+    NotControlPlaneCertificate {
+        /// Why it does not verify.
+        #[source]
+        source: CaError,
+    },
     /// A CSR or certificate problem.
     #[error("{0}")]
     Certificate(#[source] CaError),
@@ -149,7 +166,10 @@ impl ServerError {
         match self {
             ServerError::Unauthenticated => "unauthenticated",
             ServerError::PermissionDenied(_) => "permission_denied",
-            ServerError::InvalidArgument(_) => "invalid_argument",
+            ServerError::InvalidArgument(_) | ServerError::InvalidKubeconfig { .. } => {
+                "invalid_argument"
+            }
+            ServerError::NotControlPlaneCertificate { .. } => "permission_denied",
             ServerError::Certificate(_) => "certificate",
             ServerError::Policy(_) => "policy",
             ServerError::NotFound(_) => "not_found",
@@ -174,7 +194,10 @@ impl From<ServerError> for tonic::Status {
         let code = match &error {
             ServerError::Unauthenticated => Code::Unauthenticated,
             ServerError::PermissionDenied(_) | ServerError::JoinToken(_) => Code::PermissionDenied,
-            ServerError::InvalidArgument(_) => Code::InvalidArgument,
+            ServerError::InvalidArgument(_) | ServerError::InvalidKubeconfig { .. } => {
+                Code::InvalidArgument
+            }
+            ServerError::NotControlPlaneCertificate { .. } => Code::PermissionDenied,
             ServerError::Certificate(error) if error.is_internal() => Code::Internal,
             ServerError::Certificate(_) => Code::InvalidArgument,
             ServerError::Policy(PolicyError::Invalid { .. }) => Code::Internal,

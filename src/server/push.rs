@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::authority::Authority;
 use super::error::ServerError;
 use crate::ca::KeyAlgorithm;
-use crate::reconcile::{Backoff, BundleView, IssueReason, RENEW_FRACTION, StatusReport};
+use crate::reconcile::{self, Backoff, BundleView, IssueReason, RENEW_FRACTION, StatusReport};
 use crate::sink::kube;
 use crate::sink::{
     CacertsMaterial, IntermediateSource, Keeper, KubernetesSink, KubernetesSinkOptions,
@@ -156,11 +156,7 @@ async fn push_loop(
             Ok(keeper) => {
                 backoff.reset();
                 record(&authority, &cluster, keeper.report(None));
-                let until_renewal = keeper
-                    .renew_at()
-                    .and_then(|renew_at| renew_at.duration_since(authority.now()).ok())
-                    .unwrap_or(Duration::ZERO);
-                until_renewal.min(RECHECK_INTERVAL)
+                reconcile::wait_before_next(authority.now(), &[keeper.renew_at()], RECHECK_INTERVAL)
             }
             Err(error) => {
                 let delay = backoff.next_delay();
@@ -171,8 +167,12 @@ async fn push_loop(
                     "push to the cluster failed; retrying in {:.1} s",
                     delay.as_secs_f64()
                 );
-                // Error only: the server keeps what was applied before.
-                record(&authority, &cluster, StatusReport::new(None, Some(&text)));
+                // What is applied, if anything, and the error: as the agent reports.
+                let report = keeper.as_ref().map_or_else(
+                    || StatusReport::new(None, Some(&text)),
+                    |keeper| keeper.report(Some(&text)),
+                );
+                record(&authority, &cluster, report);
                 delay
             }
         };

@@ -151,9 +151,8 @@ impl Registry {
                 "kubeconfig larger than 256 KiB".into(),
             ));
         }
-        kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|error| {
-            ServerError::InvalidArgument(format!("the kubeconfig does not parse: {error}"))
-        })?;
+        kube::config::Kubeconfig::from_yaml(kubeconfig)
+            .map_err(|source| ServerError::InvalidKubeconfig { source })?;
         let namespace = if namespace.is_empty() {
             crate::sink::kube::DEFAULT_NAMESPACE
         } else {

@@ -101,7 +101,7 @@ impl Keeper {
             self.drop_if_changed().await?;
         }
         if self.current.is_none() {
-            self.current = self.adopt(bundle, now).await?;
+            self.current = self.adopt::<S::Error>(bundle, now).await?;
             changed = self.current.is_some();
         }
         match reconcile::decide(self.applied(), bundle, now)? {
@@ -153,15 +153,15 @@ impl Keeper {
     }
 
     /// The set already in the sink, if the reconciler may adopt it.
-    async fn adopt(
+    async fn adopt<E: From<SinkError> + From<ReconcileError>>(
         &self,
         bundle: &BundleView<'_>,
         now: SystemTime,
-    ) -> Result<Option<(CacertsMaterial, Applied)>, SinkError> {
+    ) -> Result<Option<(CacertsMaterial, Applied)>, E> {
         let target = self.sink.describe();
         let files = self.sink.read().await?;
         let unit = reconcile::random_unit();
-        match reconcile::adopt(files.as_ref(), bundle, now, self.renew_fraction, unit) {
+        match reconcile::adopt(files.as_ref(), bundle, now, self.renew_fraction, unit)? {
             Adoption::Replace(reason) => {
                 tracing::info!(sink = %target, "{reason}; obtaining a new set");
                 Ok(None)

@@ -200,15 +200,16 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    /// A stored record that does not decode.
-    #[error("corrupt record {table}/{key}: {message}")]
+    /// A stored record that does not decode (or a value that does not encode).
+    #[error("corrupt record {table}/{key}")]
     Corrupt {
         /// Table name.
         table: &'static str,
         /// Key.
         key: String,
-        /// Decoder message.
-        message: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
     },
 }
 

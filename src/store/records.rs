@@ -214,10 +214,10 @@ pub fn get_json<T: DeserializeOwned>(
         None => Ok(None),
         Some(stored) => {
             let value =
-                serde_json::from_slice(&stored.value).map_err(|error| StoreError::Corrupt {
+                serde_json::from_slice(&stored.value).map_err(|source| StoreError::Corrupt {
                     table: table.name(),
                     key: key.to_string(),
-                    message: error.to_string(),
+                    source,
                 })?;
             Ok(Some((value, stored.version)))
         }
@@ -234,10 +234,10 @@ pub fn list_json<T: DeserializeOwned>(
         .into_iter()
         .map(|(key, stored)| {
             let value =
-                serde_json::from_slice(&stored.value).map_err(|error| StoreError::Corrupt {
+                serde_json::from_slice(&stored.value).map_err(|source| StoreError::Corrupt {
                     table: table.name(),
                     key: key.clone(),
-                    message: error.to_string(),
+                    source,
                 })?;
             Ok((key, value, stored.version))
         })
@@ -254,10 +254,10 @@ impl Batch {
         expect: Option<Expect>,
     ) -> Result<Self, StoreError> {
         let key = key.into();
-        let bytes = serde_json::to_vec(value).map_err(|error| StoreError::Corrupt {
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
             table: table.name(),
             key: key.clone(),
-            message: error.to_string(),
+            source,
         })?;
         Ok(self.put(table, key, bytes, expect))
     }

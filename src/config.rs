@@ -1,9 +1,11 @@
 //! Where trustplane's settings come from, and the one module that reads the
 //! process environment.
 //!
-//! Owns: every `std::env` read outside tests and clap (the key-encryption key
-//! given as `TRUSTPLANE_KEK`, the temporary directory), and the one lookup
-//! order for the key-encryption key ([`kek_source`]).
+//! Owns: every `std::env` read of our own outside tests and clap (the
+//! key-encryption key given as `TRUSTPLANE_KEK`, the temporary directory),
+//! and the one lookup order for the key-encryption key ([`kek_source`]).
+//! Libraries read their own conventional variables themselves: `RUST_LOG`
+//! (tracing's filter) and `KUBECONFIG` (kube's configuration inference).
 //!
 //! Does not own: flags. Every flag `--foo-bar` that may also come from the
 //! environment is declared in `cli` with clap's `env = "TRUSTPLANE_FOO_BAR"`,
@@ -16,6 +18,26 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 pub use crate::signer::sealed::KEK_ENV;
+
+/// Environment variables an earlier release read, and the names that
+/// replaced them (one flag, one variable, one name).
+pub const RENAMED_VARIABLES: &[(&str, &str)] = &[
+    ("TRUSTPLANE_CA_CERT", "TRUSTPLANE_SERVER_CA"),
+    ("TRUSTPLANE_LOG", "TRUSTPLANE_LOG_LEVEL"),
+    ("TRUSTPLANE_SERVER_NAMES", "TRUSTPLANE_SERVER_NAME"),
+    ("POD_NAME", "TRUSTPLANE_LEASE_HOLDER"),
+];
+
+/// The renamed variables that are set in this process's environment, as
+/// `(old, new)`: they are no longer read, so the caller warns about each.
+#[allow(clippy::disallowed_methods)] // the one module that reads the environment
+pub fn renamed_variables_in_use() -> Vec<(&'static str, &'static str)> {
+    RENAMED_VARIABLES
+        .iter()
+        .copied()
+        .filter(|(old, new)| std::env::var_os(old).is_some() && std::env::var_os(new).is_none())
+        .collect()
+}
 
 /// Where the key-encryption key (KEK) comes from; the first that applies wins:
 ///

@@ -8,8 +8,9 @@
 //! The crate has a pure core (`ca`, `policy`, `bundle`, `rotation`,
 //! `reconcile`: values in, values out, no I/O, no clock) and I/O at the
 //! edges (`sink`, `store`, `signer`, `server`, `agent`, `cli`, `telemetry`).
-//! Time is read through one [`clock::Clock`], durable files are written
-//! through [`files`].
+//! Time is read through one [`clock::Clock`], the environment in [`config`],
+//! durable files are written through [`files`], and the typed vocabulary
+//! meets the proto enums in [`wire`].
 #![forbid(unsafe_code)]
 
 pub mod agent;

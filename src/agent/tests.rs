@@ -1,5 +1,5 @@
 //! Agent tests that do not need `crate::ca`'s key and check functions:
-//! decisions, config, errors, startup failures, stopping, and the mTLS
+//! config, errors, startup failures, stopping, and the mTLS
 //! wiring against an in-process bundle service (certificates made with
 //! rcgen directly).
 

@@ -141,6 +141,9 @@ pub async fn main() -> anyhow::Result<()> {
         _ => "info",
     };
     crate::telemetry::init(cli.log_level.as_deref().unwrap_or(default_level));
+    for (old, new) in crate::config::renamed_variables_in_use() {
+        tracing::warn!("{old} is set but no longer read: set {new} instead");
+    }
     run(cli.command).await
 }
 

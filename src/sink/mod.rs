@@ -4,10 +4,12 @@
 //! the way the kubelet's AtomicWriter lays out a Secret volume, a Kubernetes
 //! Secret (with the Kubernetes client helpers the agent and push mode share)
 //! and an in-memory sink for tests. Every backend writes the four files as
-//! one atomic change.
+//! one atomic change. `keeper.rs` is the driver half the agent and push mode
+//! share: it applies the reconciler's decisions to one sink, and the two
+//! differ only in their [`IntermediateSource`].
 //!
-//! Not here: deciding what to write (`reconcile`) and the loops that write
-//! (`agent`, push mode in `server`).
+//! Not here: deciding what to write (`reconcile`) and the loops that run a
+//! keeper (`agent`, push mode in `server`).
 
 mod contract;
 mod directory;

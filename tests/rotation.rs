@@ -757,10 +757,10 @@ async fn rotation_to_an_imported_root_and_refusals_of_bad_imports() {
     let make = |organisation: &str| {
         trustplane::ca::create_root(
             &trustplane::ca::RootRequest {
-                trust_domain: "cluster.local".into(),
                 organisation: organisation.into(),
                 key_algorithm: KeyAlgorithm::EcdsaP384,
                 validity: Duration::from_secs(3 * 365 * 24 * 3600),
+                ..common::fixtures::root_request(common::fixtures::TRUST_DOMAIN)
             },
             // Made now on the server's clock, which the import checks against.
             clock.now(),

@@ -17,7 +17,9 @@ use super::core::ClusterBundle;
 use super::enrollment::Caller;
 use super::error::ServerError;
 use super::registry::{ClusterStatus, ServerStatus};
-use super::rotation::{ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus};
+use super::rotation_view::{
+    ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus,
+};
 use crate::ca::{self, system_time_to_unix};
 use crate::proto;
 use crate::proto::admin_service_server::AdminService;

@@ -7,7 +7,8 @@
 //! identities), `registry` (clusters, push targets, reports, reissue),
 //! `issuance` (intermediates; the one place an issued certificate is
 //! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`
-//! — and `authority` (all of them as one value); `grpc` (the only file that
+//! with `rotation_view` (its options, status and plan as values) — and
+//! `authority` (all of them as one value); `grpc` (the only file that
 //! speaks protobuf), `push` (the push-mode driver), `init`, `error`.
 
 mod audit;
@@ -22,6 +23,7 @@ mod publication;
 pub mod push;
 pub mod registry;
 mod rotation;
+mod rotation_view;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -44,9 +46,8 @@ pub use init::{DataDir, InitOptions, InitOutcome, initialize};
 pub use issuance::{Issuance, LocalIssue, SignedIntermediate};
 pub use publication::Publication;
 pub use registry::{ClusterMode, ClusterState, ClusterStatus, Registry, ServerStatus};
-pub use rotation::{
-    ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus, Rotations,
-};
+pub use rotation::Rotations;
+pub use rotation_view::{ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus};
 
 pub use crate::clock::{Clock, SystemClock};
 use crate::proto::admin_service_server::AdminServiceServer;

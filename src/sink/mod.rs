@@ -16,6 +16,7 @@ mod directory;
 mod keeper;
 pub mod kube;
 mod memory;
+mod secret_format;
 
 pub use contract::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, CacertsMaterial, ClusterSink, ROOT_CERT_FILE,

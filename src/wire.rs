@@ -7,8 +7,8 @@
 
 use crate::proto;
 use crate::rotation::{Outcome, Phase};
-use crate::server::registry::{ClusterMode, ClusterState};
 use crate::sink::SecretFormat;
+use crate::store::records::{ClusterMode, ClusterState};
 
 impl From<Phase> for proto::RotationPhase {
     fn from(phase: Phase) -> Self {

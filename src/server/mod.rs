@@ -21,7 +21,7 @@ pub mod init;
 mod issuance;
 mod publication;
 pub mod push;
-pub mod registry;
+mod registry;
 mod rotation;
 mod rotation_view;
 

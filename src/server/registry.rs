@@ -15,59 +15,13 @@ use crate::reconcile::StatusReport;
 use crate::signer::sealed::{seal, unseal};
 use crate::sink::SecretFormat;
 use crate::store::records::{self, ClusterRecord, ClusterReport, PushTarget};
+pub use crate::store::records::{ClusterMode, ClusterState};
 use crate::store::{Batch, Expect, StoreError, Table};
 
 /// The largest push-mode kubeconfig accepted.
 const MAX_KUBECONFIG_BYTES: usize = 256 * 1024;
 /// How often a status report is retried against concurrent record writes.
 const REPORT_ATTEMPTS: u32 = 5;
-
-/// Whether a registered cluster has enrolled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClusterState {
-    /// A join token was issued; the agent has not enrolled yet.
-    Pending,
-    /// Enrolled (push-mode clusters are enrolled when added).
-    Enrolled,
-}
-
-impl ClusterState {
-    /// The text form: `pending` or `enrolled`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClusterState::Pending => "pending",
-            ClusterState::Enrolled => "enrolled",
-        }
-    }
-}
-
-/// Who writes a cluster's `cacerts`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClusterMode {
-    /// An enrolled agent in the cluster.
-    Agent,
-    /// The server itself, through the cluster's kubeconfig.
-    Push,
-}
-
-impl ClusterMode {
-    /// The text form: `agent` or `push`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClusterMode::Agent => "agent",
-            ClusterMode::Push => "push",
-        }
-    }
-
-    /// The mode of a cluster record.
-    pub fn of(record: &ClusterRecord) -> Self {
-        if record.push.is_some() {
-            ClusterMode::Push
-        } else {
-            ClusterMode::Agent
-        }
-    }
-}
 
 /// A registered cluster and its last report.
 #[derive(Clone, Debug)]

@@ -101,6 +101,53 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// Whether a registered cluster has enrolled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// A join token was issued; the agent has not enrolled yet.
+    Pending,
+    /// Enrolled (push-mode clusters are enrolled when added).
+    Enrolled,
+}
+
+impl ClusterState {
+    /// The text form: `pending` or `enrolled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Pending => "pending",
+            ClusterState::Enrolled => "enrolled",
+        }
+    }
+}
+
+/// Who writes a cluster's `cacerts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// An enrolled agent in the cluster.
+    Agent,
+    /// The server itself, through the cluster's kubeconfig.
+    Push,
+}
+
+impl ClusterMode {
+    /// The text form: `agent` or `push`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterMode::Agent => "agent",
+            ClusterMode::Push => "push",
+        }
+    }
+
+    /// The mode of a cluster record.
+    pub fn of(record: &ClusterRecord) -> Self {
+        if record.push.is_some() {
+            ClusterMode::Push
+        } else {
+            ClusterMode::Agent
+        }
+    }
+}
+
 /// Where the server writes a push-mode cluster's cacerts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -405,10 +405,12 @@ fn lazy_channel(server: &str, tls: ClientTlsConfig) -> Result<Channel, AgentErro
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn identity() -> ClientIdentity {
+    /// A complete identity with placeholder texts (shared with the
+    /// Kubernetes identity store's tests).
+    pub(crate) fn identity() -> ClientIdentity {
         ClientIdentity {
             cluster: "east".into(),
             server_ca_pem: "ca pem".into(),

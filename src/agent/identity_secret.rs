@@ -203,6 +203,7 @@ fn stored_identity(secret: &Secret) -> StoredIdentity {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use super::super::identity::tests::identity;
     use super::*;
 
     fn bytes(text: &str) -> ByteString {
@@ -211,16 +212,6 @@ mod tests {
 
     fn text(secret: &Secret, key: &str) -> Option<String> {
         data_text(secret, key)
-    }
-
-    fn identity() -> ClientIdentity {
-        ClientIdentity {
-            cluster: "east".into(),
-            server_ca_pem: "ca pem".into(),
-            client_cert_pem: "cert pem".into(),
-            client_key_pem: Zeroizing::new("key pem".into()),
-            server: Some("https://trustplane.example:8443".into()),
-        }
     }
 
     fn identity_object() -> SecretObject {

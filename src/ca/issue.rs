@@ -541,7 +541,7 @@ fn issuer_from_certificate<'key>(
 #[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 mod tests {
     use x509_parser::certificate::X509Certificate;
-    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::extensions::GeneralName;
     use x509_parser::oid_registry::{
         OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_KEY_USAGE, OID_X509_EXT_NAME_CONSTRAINTS,
         OID_X509_EXT_SUBJECT_ALT_NAME,
@@ -549,7 +549,9 @@ mod tests {
 
     use super::*;
     use crate::ca::csr::{create_csr, verify_csr};
-    use crate::ca::verify::{key_matches_certificate, verify_leaf_path};
+    use crate::ca::verify::{
+        authority_key_identifier, key_matches_certificate, subject_key_identifier, verify_leaf_path,
+    };
     use crate::fixtures::{
         DAY, new_intermediate, openssl_genpkey, openssl_verify, profile, root_and_intermediate,
         root_request, run_openssl, test_now, write_pem,
@@ -567,27 +569,6 @@ mod tests {
             .expect("unique")
             .expect("present")
             .critical
-    }
-
-    fn subject_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
-        parsed
-            .iter_extensions()
-            .find_map(|extension| match extension.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(identifier) => Some(identifier.0.to_vec()),
-                _ => None,
-            })
-    }
-
-    fn authority_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
-        parsed
-            .iter_extensions()
-            .find_map(|extension| match extension.parsed_extension() {
-                ParsedExtension::AuthorityKeyIdentifier(identifier) => identifier
-                    .key_identifier
-                    .as_ref()
-                    .map(|key_identifier| key_identifier.0.to_vec()),
-                _ => None,
-            })
     }
 
     fn serial_bytes(parsed: &X509Certificate<'_>) -> Vec<u8> {

@@ -343,7 +343,8 @@ pub(crate) fn rfc3339(time: ASN1Time) -> String {
     )
 }
 
-fn subject_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
+/// The SubjectKeyIdentifier of `parsed`, if it has one.
+pub(crate) fn subject_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
     parsed
         .iter_extensions()
         .find_map(|extension| match extension.parsed_extension() {
@@ -352,7 +353,8 @@ fn subject_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
         })
 }
 
-fn authority_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
+/// The key identifier of `parsed`'s AuthorityKeyIdentifier, if it has one.
+pub(crate) fn authority_key_identifier(parsed: &X509Certificate<'_>) -> Option<Vec<u8>> {
     parsed
         .iter_extensions()
         .find_map(|extension| match extension.parsed_extension() {

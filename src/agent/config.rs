@@ -22,10 +22,11 @@ pub struct AgentConfig {
     /// identity store holds no identity yet. Never printed.
     pub join_token: Option<zeroize::Zeroizing<String>>,
     /// Directory holding `cluster`, `server-ca.pem`, `client.pem`,
-    /// `client-key.pem` (0600) and `server`: the identity store of [`spawn`]
-    /// and [`run`]. Ignored by the entry points that take an
-    /// [`IdentityStore`] ([`spawn_with_identity`], [`run_with_identity`],
-    /// [`run_with_leader_election`]).
+    /// `client-key.pem` (0600) and `server`: the identity store of
+    /// [`crate::agent::spawn`] and [`crate::agent::run`]. Ignored by the entry
+    /// points that take an [`crate::agent::IdentityStore`]
+    /// ([`crate::agent::spawn_with_identity`], [`crate::agent::run_with_identity`],
+    /// [`crate::agent::run_with_leader_election`]).
     pub identity_dir: PathBuf,
     /// Algorithm of the intermediate CA key (ECDSA only: ring cannot
     /// generate RSA keys).
@@ -123,7 +124,7 @@ impl std::fmt::Debug for AgentConfig {
     }
 }
 
-/// What the agent has applied, published on [`AgentHandle::status`].
+/// What the agent has applied, published on [`crate::agent::AgentHandle::status`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentStatus {
     /// The cluster this agent acts for (empty until known).

@@ -34,7 +34,7 @@ impl AgentHandle {
     }
 
     /// A receiver that becomes `true` once [`AgentHandle::stop`] is called,
-    /// e.g. for [`serve_health`] to end with the agent.
+    /// e.g. for [`crate::agent::serve_health`] to end with the agent.
     pub fn stop_signal(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
     }

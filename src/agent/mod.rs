@@ -2,7 +2,7 @@
 //! (enrollment with a one-time join token), generates the intermediate CA
 //! key inside the cluster, has the server sign it from a CSR, watches the
 //! trust bundle, renews before expiry, and keeps Istio's `cacerts` current
-//! through a [`ClusterSink`] with one atomic write per change.
+//! through a [`crate::sink::ClusterSink`] with one atomic write per change.
 //!
 //! It owns enrollment, the bundle loop, the identity stores (directory,
 //! Kubernetes Secret), leader election among replicas and the health

@@ -7,11 +7,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::core::{ClusterBundle, Core, PublishedBundle, is_conflict, validate_cluster_name};
+use super::core::{ClusterBundle, Core, PublishedBundle, validate_cluster_name};
 use super::error::ServerError;
 use crate::ca::{self, Certificate, PrivateKey, system_time_to_unix};
 use crate::store::records::{IssuedKind, IssuedRecord};
-use crate::store::{Batch, Expect, Table};
+use crate::store::{Batch, Expect, StoreError, Table};
 
 /// How often a serial collision is answered with a new certificate.
 const ISSUE_ATTEMPTS: u32 = 3;
@@ -37,11 +37,13 @@ pub fn issued_record(
 
 /// Signs with `sign` and records the certificate under its serial in one
 /// store transaction together with what `with` adds to the batch for that
-/// certificate (e.g. a used join token). A serial that exists already (or any other lost
-/// compare-and-swap) is answered by signing again, up to three times, so a
-/// serial is never reused.
+/// certificate (e.g. a used join token). A serial that exists already is
+/// answered by signing again, up to three times, so a serial is never
+/// reused; any other lost compare-and-swap (e.g. a join token used
+/// concurrently) is returned at once, since signing again cannot fix it.
 ///
-/// Errors: the signer's, the store's after the last attempt.
+/// Errors: the signer's, the store's (a serial collision after the last
+/// attempt).
 pub(super) async fn record_issued<Sign, Signed>(
     core: &Core,
     kind: IssuedKind,
@@ -66,12 +68,16 @@ where
             &issued,
             Some(Expect::Absent),
         )?;
-        match core.store.commit(batch).map_err(ServerError::from) {
+        match core.store.commit(batch) {
             Ok(()) => return Ok(certificate),
-            Err(error) if is_conflict(&error) && attempts < ISSUE_ATTEMPTS => {
-                tracing::warn!(serial = %serial, "serial collision or concurrent change; issuing again");
+            Err(StoreError::Conflict { table, key, .. })
+                if table == Table::Certificates.name()
+                    && key == serial
+                    && attempts < ISSUE_ATTEMPTS =>
+            {
+                tracing::warn!(serial = %serial, "serial collision; issuing again");
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         }
     }
 }

@@ -3,8 +3,9 @@
 //! speaks protobuf.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use super::admins::Admins;
 use super::audit::AuditTrail;
 use super::core::Core;
 use super::enrollment::Enrollment;
@@ -35,6 +36,8 @@ pub struct Authority {
     pub rotation: Rotations,
     /// The audit trail.
     pub audit: AuditTrail,
+    /// Named admin credentials.
+    pub admins: Admins,
 }
 
 impl Authority {
@@ -56,7 +59,19 @@ impl Authority {
             publication: Publication::new(core.clone()),
             rotation: Rotations::new(core.clone()),
             audit: AuditTrail::new(core.clone()),
+            admins: Admins::new(core.clone()),
             core,
+        })
+    }
+
+    /// The same, issuing agent client certificates for `lifetime`
+    /// (`trustplane server --client-cert-lifetime`).
+    ///
+    /// Errors: as [`Enrollment::with_client_cert_lifetime`].
+    pub fn with_client_cert_lifetime(self, lifetime: Duration) -> Result<Self, ServerError> {
+        Ok(Self {
+            enrollment: self.enrollment.with_client_cert_lifetime(lifetime)?,
+            ..self
         })
     }
 

@@ -276,6 +276,14 @@ impl Core {
 ///
 /// Errors: [`ServerError::InvalidArgument`] saying what a name may hold.
 pub fn validate_cluster_name(name: &str) -> Result<(), ServerError> {
+    validate_name("cluster", name)
+}
+
+/// Checks the name of a `what` (cluster, admin): a DNS label, as
+/// [`validate_cluster_name`].
+///
+/// Errors: [`ServerError::InvalidArgument`] saying what a name may hold.
+pub(super) fn validate_name(what: &str, name: &str) -> Result<(), ServerError> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name
@@ -287,7 +295,7 @@ pub fn validate_cluster_name(name: &str) -> Result<(), ServerError> {
         Ok(())
     } else {
         Err(ServerError::InvalidArgument(format!(
-            "cluster name {name:?} must be a DNS label: lowercase letters, digits and '-', 1 to 63 characters, starting and ending with a letter or digit"
+            "{what} name {name:?} must be a DNS label: lowercase letters, digits and '-', 1 to 63 characters, starting and ending with a letter or digit"
         )))
     }
 }

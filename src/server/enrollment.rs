@@ -16,7 +16,10 @@ use super::issuance::record_issued;
 use crate::ca::{
     self, Certificate, ControlPlaneRole, PrivateKey, system_time_to_unix, unix_to_system_time,
 };
-use crate::store::records::{self, AdminRecord, ClusterRecord, IssuedKind, TokenRecord};
+use super::audit::AuditTrail;
+use crate::store::records::{
+    self, AdminRecord, AdminRole, ClusterRecord, IssuedKind, TokenRecord,
+};
 use crate::store::{Batch, Expect, StoreError, Table};
 
 /// URI prefix of cluster client identities.
@@ -25,8 +28,15 @@ pub const CLUSTER_IDENTITY_PREFIX: &str = "spiffe://trustplane.control/cluster/"
 pub const ADMIN_IDENTITY_PREFIX: &str = "spiffe://trustplane.control/admin/";
 /// Default join token lifetime.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
-/// Lifetime of agent client certificates.
-pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default lifetime of agent client certificates: short, because agents
+/// renew them at 2/3 of their lifetime (`RenewIdentity`). The server's
+/// `--client-cert-lifetime` sets another.
+pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default lifetime of admin credentials (`init`, `trustplane admin add`):
+/// they are minted offline and not renewed, so they last a year.
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest client certificate lifetime the server accepts as a setting.
+pub const MAX_CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
 /// Lifetime of the server's TLS certificate (issued fresh at every start).
 pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The longest join token lifetime.
@@ -38,7 +48,21 @@ pub enum Caller {
     /// An enrolled cluster's agent.
     Cluster(String),
     /// An admin credential.
-    Admin(String),
+    Admin {
+        /// Its name.
+        name: String,
+        /// What it may do.
+        role: AdminRole,
+    },
+}
+
+/// A renewed control-plane client identity.
+#[derive(Clone, Debug)]
+pub struct RenewedIdentity {
+    /// The new client certificate (same identity, new key and serial).
+    pub client_certificate: Certificate,
+    /// The control-plane CA.
+    pub control_plane_ca: Certificate,
 }
 
 /// What an agent receives for its join token.
@@ -84,12 +108,39 @@ fn new_token(cluster: &str) -> Result<Zeroizing<String>, ServerError> {
 #[derive(Clone, Debug)]
 pub struct Enrollment {
     core: Arc<Core>,
+    client_cert_lifetime: Duration,
 }
 
 impl Enrollment {
-    /// Enrollment over the shared state.
+    /// Enrollment over the shared state, issuing agent client certificates
+    /// for [`CLIENT_CERT_LIFETIME`].
     pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+        Self {
+            core,
+            client_cert_lifetime: CLIENT_CERT_LIFETIME,
+        }
+    }
+
+    /// The same, issuing agent client certificates for `lifetime`.
+    ///
+    /// Errors: [`ServerError::InvalidArgument`] for a lifetime under one
+    /// minute or over [`MAX_CLIENT_CERT_LIFETIME`].
+    pub fn with_client_cert_lifetime(self, lifetime: Duration) -> Result<Self, ServerError> {
+        if lifetime < Duration::from_secs(60) || lifetime > MAX_CLIENT_CERT_LIFETIME {
+            return Err(ServerError::InvalidArgument(format!(
+                "client certificate lifetime {} must be between 1m and 2 years (agents renew at 2/3 of it)",
+                humantime::format_duration(lifetime)
+            )));
+        }
+        Ok(Self {
+            client_cert_lifetime: lifetime,
+            ..self
+        })
+    }
+
+    /// The lifetime of the agent client certificates issued here.
+    pub fn client_cert_lifetime(&self) -> Duration {
+        self.client_cert_lifetime
     }
 
     /// Registers a cluster (or re-tokens a pending one) and returns a new
@@ -208,7 +259,7 @@ impl Enrollment {
                     &role,
                     &core.control_plane_ca,
                     &core.control_plane_key,
-                    CLIENT_CERT_LIFETIME,
+                    self.client_cert_lifetime,
                     now,
                 )
                 .map_err(ServerError::from),
@@ -257,6 +308,99 @@ impl Enrollment {
         })
     }
 
+    /// Replaces `cluster`'s control-plane client certificate, presented with
+    /// serial `presented_serial`, by one for the key in `client_csr_pem`.
+    /// The new serial replaces the old on the cluster record (compare-and-swap)
+    /// in the transaction that records the certificate and its audit entry,
+    /// so the old certificate is refused from then on.
+    ///
+    /// Errors: [`ServerError::PermissionDenied`] when the presented
+    /// certificate is no longer the cluster's (renewed or re-enrolled
+    /// meanwhile), CSR errors, store errors.
+    pub async fn renew_identity(
+        &self,
+        audit: &AuditTrail,
+        cluster: &str,
+        presented_serial: &str,
+        client_csr_pem: &str,
+    ) -> Result<RenewedIdentity, ServerError> {
+        let core = &self.core;
+        let superseded = || {
+            ServerError::PermissionDenied(format!(
+                "client certificate {presented_serial} is no longer the identity of cluster {cluster:?} (it was renewed or re-enrolled meanwhile); use the current one"
+            ))
+        };
+        let (record, version) = core.enrolled_cluster(cluster)?;
+        if record.client_cert_serial.as_deref() != Some(presented_serial) {
+            return Err(superseded());
+        }
+        let csr = ca::verify_csr(client_csr_pem.as_bytes())?;
+        let now = core.now();
+        let role = ControlPlaneRole::Client {
+            uri: format!("{CLUSTER_IDENTITY_PREFIX}{cluster}"),
+        };
+        let sign = || {
+            std::future::ready(
+                ca::issue_control_plane_cert(
+                    &csr.public_key.spki_der,
+                    &role,
+                    &core.control_plane_ca,
+                    &core.control_plane_key,
+                    self.client_cert_lifetime,
+                    now,
+                )
+                .map_err(ServerError::from),
+            )
+        };
+        let with = |batch: Batch, certificate: &Certificate| -> Result<Batch, ServerError> {
+            let serial = certificate.serial_hex()?;
+            let mut renewed = record.clone();
+            renewed.client_cert_serial = Some(serial.clone());
+            let batch = batch.put_json(
+                Table::Clusters,
+                cluster,
+                &renewed,
+                Some(Expect::Version(version)),
+            )?;
+            audit.record(
+                batch,
+                &format!("cluster/{cluster}"),
+                "identity.renew",
+                format!(
+                    "cluster {cluster:?} renewed its client certificate: {presented_serial} replaced by {serial}, expires {}",
+                    humantime::format_rfc3339_seconds(certificate.not_after()?)
+                ),
+            )
+        };
+        let certificate = record_issued(
+            core,
+            IssuedKind::ControlPlaneClient,
+            Some(cluster),
+            now,
+            sign,
+            with,
+        )
+        .await
+        .map_err(|error| match error {
+            ServerError::Store(StoreError::Conflict { ref table, .. })
+                if *table == Table::Clusters.name() =>
+            {
+                superseded()
+            }
+            other => other,
+        })?;
+        tracing::info!(
+            cluster,
+            old = presented_serial,
+            serial = %certificate.serial_hex().unwrap_or_default(),
+            "client identity renewed"
+        );
+        Ok(RenewedIdentity {
+            client_certificate: certificate,
+            control_plane_ca: core.control_plane_ca.clone(),
+        })
+    }
+
     /// Identifies a caller from its TLS client certificate chain (already
     /// verified against the control-plane CA by the TLS layer). A cluster or
     /// admin whose record is gone, or whose certificate is not the one on
@@ -295,8 +439,21 @@ impl Enrollment {
                     &records::admin_key(admin),
                 )?;
                 return match record {
+                    Some((record, _))
+                        if record.client_cert_serial == serial && record.revoked_unix.is_none() =>
+                    {
+                        Ok(Caller::Admin {
+                            name: admin.to_string(),
+                            role: record.role,
+                        })
+                    }
                     Some((record, _)) if record.client_cert_serial == serial => {
-                        Ok(Caller::Admin(admin.to_string()))
+                        Err(ServerError::PermissionDenied(format!(
+                            "admin credential {admin:?} ({serial}) was revoked at {}; ask an admin for a new one (`trustplane admin add`)",
+                            humantime::format_rfc3339_seconds(unix_to_system_time(
+                                record.revoked_unix.unwrap_or_default()
+                            ))
+                        )))
                     }
                     _ => Err(ServerError::PermissionDenied(format!(
                         "admin credential {admin:?} ({serial}) is not on record"

@@ -26,7 +26,7 @@ use crate::proto::admin_service_server::AdminService;
 use crate::proto::intermediate_service_server::IntermediateService;
 use crate::proto::trust_bundle_service_server::TrustBundleService;
 use crate::reconcile::StatusReport;
-use crate::store::records::AuditRecord;
+use crate::store::records::{AdminRole, AuditRecord};
 use crate::wire;
 
 fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, ServerError> {
@@ -42,7 +42,7 @@ fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, Serv
 fn require_cluster<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
     match caller(authority, request)? {
         Caller::Cluster(name) => Ok(name),
-        Caller::Admin(_) => Err(ServerError::PermissionDenied(
+        Caller::Admin { .. } => Err(ServerError::PermissionDenied(
             "this call is for cluster agents; admins use AdminService".into(),
         )),
     }
@@ -59,13 +59,73 @@ fn same_cluster(caller: &str, requested: &str) -> Result<(), ServerError> {
     }
 }
 
-fn require_admin<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
+/// What an `AdminService` call needs of the caller's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Permission {
+    /// Reading: list, status, rotation status and plan, audit log
+    /// (`auditor`, `operator`, `admin`).
+    Read,
+    /// Changing clusters or the rotation: add (enroll), remove, reissue,
+    /// rotate start/advance/abort (`operator`, `admin`).
+    Operate,
+}
+
+impl Permission {
+    /// Whether `role` has this permission.
+    pub(crate) fn allows(self, role: AdminRole) -> bool {
+        match self {
+            Permission::Read => true,
+            Permission::Operate => matches!(role, AdminRole::Admin | AdminRole::Operator),
+        }
+    }
+
+    /// The roles that have it, in words.
+    fn roles(self) -> String {
+        AdminRole::ALL
+            .into_iter()
+            .filter(|role| self.allows(*role))
+            .map(AdminRole::as_str)
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Permission::Read => "read the server's state",
+            Permission::Operate => "change clusters or the root rotation",
+        }
+    }
+}
+
+/// The one authorisation check of every `AdminService` method: the caller
+/// must be an admin credential whose role has `permission`. Returns the
+/// admin's name (the actor in the audit trail).
+///
+/// Errors: as [`caller`]; [`ServerError::PermissionDenied`] naming the
+/// admin, its role and the roles needed, or for a cluster certificate.
+fn require_role<T>(
+    authority: &Authority,
+    request: &Request<T>,
+    permission: Permission,
+) -> Result<String, ServerError> {
     match caller(authority, request)? {
-        Caller::Admin(name) => Ok(name),
+        Caller::Admin { name, role } if permission.allows(role) => Ok(name),
+        Caller::Admin { name, role } => Err(ServerError::PermissionDenied(format!(
+            "admin {name:?} has role {role}, which may not {}: that needs role {}",
+            permission.describe(),
+            permission.roles()
+        ))),
         Caller::Cluster(cluster) => Err(ServerError::PermissionDenied(format!(
-            "cluster {cluster:?} may not call AdminService; use the admin credential from `trustplane init`"
+            "cluster {cluster:?} may not call AdminService; use an admin credential (`trustplane init` or `trustplane admin add`)"
         ))),
     }
+}
+
+/// The hex serial of the client certificate the caller presented.
+fn presented_serial<T>(request: &Request<T>) -> Result<String, ServerError> {
+    let certificates = request.peer_certs().ok_or(ServerError::Unauthenticated)?;
+    let first = certificates.first().ok_or(ServerError::Unauthenticated)?;
+    Ok(ca::Certificate::from_der(first.to_vec())?.serial_hex()?)
 }
 
 /// The wire form of a bundle as `cluster` sees it.
@@ -253,7 +313,7 @@ impl TrustBundleService for BundleApi {
     ) -> Result<Response<proto::Bundle>, Status> {
         let cluster = match caller(&self.authority, &request)? {
             Caller::Cluster(name) => Some(name),
-            Caller::Admin(_) => None,
+            Caller::Admin { .. } => None,
         };
         Ok(Response::new(bundle_message(
             &self.authority.publication.for_cluster(cluster.as_deref()),
@@ -269,7 +329,7 @@ impl TrustBundleService for BundleApi {
         let who = caller(&self.authority, &request)?;
         let cluster = match &who {
             Caller::Cluster(name) => Some(name.clone()),
-            Caller::Admin(_) => None,
+            Caller::Admin { .. } => None,
         };
         let authority = self.authority.clone();
         let mut bundles = self.authority.publication.subscribe();
@@ -366,6 +426,31 @@ impl IntermediateService for IntermediateApi {
         self.authority.registry.report_status(&cluster, report)?;
         Ok(Response::new(proto::ReportStatusResponse {}))
     }
+
+    async fn renew_identity(
+        &self,
+        request: Request<proto::RenewIdentityRequest>,
+    ) -> Result<Response<proto::RenewIdentityResponse>, Status> {
+        let cluster = require_cluster(&self.authority, &request)?;
+        let serial = presented_serial(&request)?;
+        let body = request.into_inner();
+        let renewed = self
+            .authority
+            .enrollment
+            .renew_identity(&self.authority.audit, &cluster, &serial, &body.client_csr_pem)
+            .await
+            .inspect_err(|error| tracing::warn!(cluster, error = %error, "identity renewal refused"))?;
+        Ok(Response::new(proto::RenewIdentityResponse {
+            client_certificate_pem: renewed.client_certificate.to_pem(),
+            control_plane_ca_pem: renewed.control_plane_ca.to_pem(),
+            not_after_unix: system_time_to_unix(
+                renewed
+                    .client_certificate
+                    .not_after()
+                    .map_err(ServerError::from)?,
+            ),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -374,7 +459,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::AddClusterRequest>,
     ) -> Result<Response<proto::AddClusterResponse>, Status> {
-        require_admin(&self.authority, &request)?;
+        require_role(&self.authority, &request, Permission::Operate)?;
         let body = request.into_inner();
         if !body.kubeconfig.is_empty() {
             let secret_format = wire::secret_format(body.format, &body.secret_format)
@@ -399,7 +484,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::ListClustersRequest>,
     ) -> Result<Response<proto::ListClustersResponse>, Status> {
-        require_admin(&self.authority, &request)?;
+        require_role(&self.authority, &request, Permission::Read)?;
         Ok(Response::new(proto::ListClustersResponse {
             clusters: self
                 .authority
@@ -416,7 +501,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RemoveClusterRequest>,
     ) -> Result<Response<proto::RemoveClusterResponse>, Status> {
-        require_admin(&self.authority, &request)?;
+        require_role(&self.authority, &request, Permission::Operate)?;
         self.authority
             .registry
             .remove_cluster(&request.into_inner().name)?;
@@ -427,7 +512,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        require_admin(&self.authority, &request)?;
+        require_role(&self.authority, &request, Permission::Read)?;
         Ok(Response::new(server_status_message(
             self.authority.registry.status()?,
         )?))
@@ -437,7 +522,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::ReissueClusterRequest>,
     ) -> Result<Response<proto::ReissueClusterResponse>, Status> {
-        let admin = require_admin(&self.authority, &request)?;
+        let admin = require_role(&self.authority, &request, Permission::Operate)?;
         self.authority
             .registry
             .reissue_cluster(&request.into_inner().name, &admin)?;
@@ -448,7 +533,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RotatePlanRequest>,
     ) -> Result<Response<proto::RotatePlanResponse>, Status> {
-        require_admin(&self.authority, &request)?;
+        require_role(&self.authority, &request, Permission::Read)?;
         let options = rotation_options(request.into_inner().options.unwrap_or_default())?;
         Ok(Response::new(plan_message(
             self.authority.rotation.plan(&options)?,
@@ -459,7 +544,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RotateStartRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
-        let admin = require_admin(&self.authority, &request)?;
+        let admin = require_role(&self.authority, &request, Permission::Operate)?;
         let options = rotation_options(request.into_inner().options.unwrap_or_default())?;
         let authority = self.authority.clone();
         // Root key generation and sealing are CPU work: keep them off the
@@ -478,7 +563,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RotateStatusRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
-        require_admin(&self.authority, &request)?;
+        require_role(&self.authority, &request, Permission::Read)?;
         Ok(Response::new(rotation_status_message(
             self.authority.rotation.status()?,
         )))
@@ -488,7 +573,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RotateAdvanceRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
-        let admin = require_admin(&self.authority, &request)?;
+        let admin = require_role(&self.authority, &request, Permission::Operate)?;
         let body = request.into_inner();
         let expected = expected_phase(body.expected, &body.expected_phase)?;
         Ok(Response::new(rotation_status_message(
@@ -500,7 +585,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RotateAbortRequest>,
     ) -> Result<Response<proto::RotationStatus>, Status> {
-        let admin = require_admin(&self.authority, &request)?;
+        let admin = require_role(&self.authority, &request, Permission::Operate)?;
         let body = request.into_inner();
         let expected = expected_phase(body.expected, &body.expected_phase)?;
         Ok(Response::new(rotation_status_message(
@@ -512,7 +597,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::AuditLogRequest>,
     ) -> Result<Response<proto::AuditLogResponse>, Status> {
-        require_admin(&self.authority, &request)?;
+        require_role(&self.authority, &request, Permission::Read)?;
         let limit = match request.into_inner().limit {
             0 => 100,
             limit => limit as usize,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
 
 use super::core::bundle_record;
-use super::enrollment::{ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME};
+use super::enrollment::{ADMIN_CERT_LIFETIME, ADMIN_IDENTITY_PREFIX};
 use super::error::ServerError;
 use super::issuance::issued_record;
 use crate::bundle::TrustBundle;
@@ -17,7 +17,7 @@ use crate::ca::{
 use crate::files::{self, PUBLIC_MODE};
 use crate::policy::Policy;
 use crate::signer::sealed::{Kek, seal, write_private_file};
-use crate::store::records::{self, AdminRecord, CaSettings, IssuedKind, RootRecord};
+use crate::store::records::{self, AdminRecord, AdminRole, CaSettings, IssuedKind, RootRecord};
 use crate::store::{Batch, Expect, Store, Table};
 
 /// Where things live under `--data-dir`.
@@ -44,14 +44,67 @@ impl DataDir {
     pub fn control_plane_ca_path(&self) -> PathBuf {
         self.path.join("control-plane-ca.pem")
     }
+    /// The directory of admin credentials (`init`'s, and by default those
+    /// of `trustplane admin add`).
+    pub fn admin_dir(&self) -> PathBuf {
+        self.path.join("admin")
+    }
     /// The admin client certificate.
     pub fn admin_cert_path(&self) -> PathBuf {
-        self.path.join("admin").join("admin.pem")
+        admin_credential_paths(&self.admin_dir(), "admin").0
     }
     /// The admin client key (0600).
     pub fn admin_key_path(&self) -> PathBuf {
-        self.path.join("admin").join("admin-key.pem")
+        admin_credential_paths(&self.admin_dir(), "admin").1
     }
+}
+
+/// Where the credential of admin `name` lives in `dir`: `<name>.pem` and
+/// `<name>-key.pem`.
+pub fn admin_credential_paths(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")))
+}
+
+/// A fresh key and a control-plane client certificate for admin `name`,
+/// valid for `lifetime` from `now`.
+///
+/// Errors: key generation and signing errors.
+pub(super) fn issue_admin_credential(
+    control_plane_ca: &Certificate,
+    control_plane_key: &PrivateKey,
+    name: &str,
+    lifetime: Duration,
+    now: SystemTime,
+) -> Result<(Certificate, PrivateKey), ServerError> {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
+    let certificate = ca::issue_control_plane_cert(
+        &key.public_key_der()?,
+        &ControlPlaneRole::Client {
+            uri: format!("{ADMIN_IDENTITY_PREFIX}{name}"),
+        },
+        control_plane_ca,
+        control_plane_key,
+        lifetime,
+        now,
+    )?;
+    Ok((certificate, key))
+}
+
+/// Writes admin `name`'s credential into `dir` (created if missing): the
+/// key (0600) first, then the certificate. Returns the two paths.
+///
+/// Errors: [`ServerError::Signer`] naming the file that could not be written.
+pub(super) fn write_admin_credential(
+    dir: &std::path::Path,
+    name: &str,
+    certificate: &Certificate,
+    key: &PrivateKey,
+) -> Result<(PathBuf, PathBuf), ServerError> {
+    std::fs::create_dir_all(dir).map_err(files::failed("create directory", dir))?;
+    let (cert_path, key_path) = admin_credential_paths(dir, name);
+    write_private_file(&key_path, key.to_pkcs8_pem().as_bytes())?;
+    files::replace_atomically(&cert_path, certificate.to_pem().as_bytes(), PUBLIC_MODE)?;
+    Ok((cert_path, key_path))
 }
 
 /// What `init` creates.
@@ -165,15 +218,11 @@ pub fn initialize(
         Duration::from_secs(10 * 365 * 24 * 3600),
         now,
     )?;
-    let admin_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)?;
-    let admin_certificate = ca::issue_control_plane_cert(
-        &admin_key.public_key_der()?,
-        &ControlPlaneRole::Client {
-            uri: format!("{ADMIN_IDENTITY_PREFIX}admin"),
-        },
+    let (admin_certificate, admin_key) = issue_admin_credential(
         &control_plane_ca,
         &control_plane_key,
-        CLIENT_CERT_LIFETIME,
+        "admin",
+        ADMIN_CERT_LIFETIME,
         now,
     )?;
 
@@ -191,6 +240,9 @@ pub fn initialize(
         name: "admin".into(),
         client_cert_serial: admin_certificate.serial_hex()?,
         created_unix: system_time_to_unix(now),
+        role: AdminRole::Admin,
+        revoked_unix: None,
+        not_after_unix: Some(system_time_to_unix(admin_certificate.not_after()?)),
     };
     let (batch, _) = put_root(Batch::new(), kek, &root, &root_key, imported, now)?;
     let batch = batch
@@ -249,15 +301,11 @@ pub fn initialize(
     // uninitialised store (running `init` again overwrites the files); once
     // the commit is done, the admin credential is already on disk. Only one
     // process can hold the store open, so no other `init` races this one.
-    let admin_dir = data_dir.path.join("admin");
-    std::fs::create_dir_all(&admin_dir).map_err(files::failed("create directory", &admin_dir))?;
-    write_private_file(
-        &data_dir.admin_key_path(),
-        admin_key.to_pkcs8_pem().as_bytes(),
-    )?;
-    write_private_file(
-        &data_dir.admin_cert_path(),
-        admin_certificate.to_pem().as_bytes(),
+    write_admin_credential(
+        &data_dir.admin_dir(),
+        "admin",
+        &admin_certificate,
+        &admin_key,
     )?;
     let ca_path = data_dir.control_plane_ca_path();
     files::replace_atomically(&ca_path, control_plane_ca.to_pem().as_bytes(), PUBLIC_MODE)?;

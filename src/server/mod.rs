@@ -11,6 +11,7 @@
 //! `authority` (all of them as one value); `grpc` (the only file that
 //! speaks protobuf), `push` (the push-mode driver), `init`, `error`.
 
+mod admins;
 mod audit;
 pub mod authority;
 mod core;
@@ -35,14 +36,16 @@ pub use self::core::{
     ClusterBundle, Core, PublishedBundle, SPIFFE_REFRESH_HINT, bundle_from_record, bundle_record,
     load_sealed_key, load_signer, validate_cluster_name,
 };
+pub use admins::{Admins, MintedAdmin};
 pub use audit::AuditTrail;
 pub use authority::Authority;
 pub use enrollment::{
-    ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, CLUSTER_IDENTITY_PREFIX, Caller,
-    DEFAULT_TOKEN_TTL, Enrolled, Enrollment, SERVER_CERT_LIFETIME, cluster_from_token, token_hash,
+    ADMIN_CERT_LIFETIME, ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, CLUSTER_IDENTITY_PREFIX,
+    Caller, DEFAULT_TOKEN_TTL, Enrolled, Enrollment, MAX_CLIENT_CERT_LIFETIME, RenewedIdentity,
+    SERVER_CERT_LIFETIME, cluster_from_token, token_hash,
 };
 pub use error::ServerError;
-pub use init::{DataDir, InitOptions, InitOutcome, initialize};
+pub use init::{DataDir, InitOptions, InitOutcome, admin_credential_paths, initialize};
 pub use issuance::{Issuance, LocalIssue, SignedIntermediate};
 pub use publication::Publication;
 pub use registry::{ClusterMode, ClusterState, ClusterStatus, Registry, ServerStatus};

@@ -239,6 +239,60 @@ pub struct AdminRecord {
     pub client_cert_serial: String,
     /// Creation (Unix seconds).
     pub created_unix: i64,
+    /// What it may do (`admin` for records written before roles existed).
+    #[serde(default)]
+    pub role: AdminRole,
+    /// When it was revoked (Unix seconds); a revoked credential is refused.
+    #[serde(default)]
+    pub revoked_unix: Option<i64>,
+    /// Its certificate's expiry (Unix seconds; None for records written
+    /// before it was kept).
+    #[serde(default)]
+    pub not_after_unix: Option<i64>,
+}
+
+/// What an admin credential may do with `AdminService`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminRole {
+    /// Everything.
+    #[default]
+    Admin,
+    /// Add, enroll and remove clusters, reissue, rotate; and read.
+    Operator,
+    /// Read only: list, status, rotation status and plan, audit log.
+    Auditor,
+}
+
+impl AdminRole {
+    /// Every role, strongest first.
+    pub const ALL: [AdminRole; 3] = [AdminRole::Admin, AdminRole::Operator, AdminRole::Auditor];
+
+    /// The text form: `admin`, `operator` or `auditor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Admin => "admin",
+            AdminRole::Operator => "operator",
+            AdminRole::Auditor => "auditor",
+        }
+    }
+}
+
+impl std::fmt::Display for AdminRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AdminRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        AdminRole::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| format!("unknown role {text:?}: use admin, operator or auditor"))
+    }
 }
 
 /// Key of an admin record in [`Table::Meta`].

@@ -39,6 +39,18 @@ pub fn renamed_variables_in_use() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+/// The name of the local OS user running this process (`USER`, else
+/// `LOGNAME`), or `local`: the actor of offline commands in the audit trail.
+#[allow(clippy::disallowed_methods)] // the one module that reads the environment
+pub fn local_user() -> String {
+    ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|name| name.trim().to_string())
+        .find(|name| !name.is_empty())
+        .map_or_else(|| "local".to_string(), |name| format!("local:{name}"))
+}
+
 /// Where the key-encryption key (KEK) comes from; the first that applies wins:
 ///
 /// 1. `--kek-file <file>` (or its environment form `TRUSTPLANE_KEK_FILE`);

@@ -75,6 +75,14 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub server_names: Vec<String>,
+    /// Lifetime of the agents' control-plane client certificates (agents renew at 2/3 of it; 1m to 2 years).
+    #[arg(
+        long,
+        env = "TRUSTPLANE_CLIENT_CERT_LIFETIME",
+        default_value = "30d",
+        value_parser = humantime::parse_duration
+    )]
+    pub client_cert_lifetime: Duration,
     /// `--policy`.
     #[command(flatten)]
     pub policy: PolicyOption,
@@ -228,7 +236,10 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
 /// `trustplane server`: serves gRPC over TLS until Ctrl-C or SIGTERM.
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
-    let authority = Arc::new(open_authority(&data_dir, &args.kek, &args.policy)?);
+    let authority = Arc::new(
+        open_authority(&data_dir, &args.kek, &args.policy)?
+            .with_client_cert_lifetime(args.client_cert_lifetime)?,
+    );
     let mut dns_names = Vec::new();
     let mut ip_addresses = Vec::new();
     for name in args.server_names {

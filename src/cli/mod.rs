@@ -14,6 +14,7 @@
 //! - `rotate.rs`: `rotate plan|start|status|advance|abort`, and
 //!   `rotate_output.rs`: the rotation status, plan and progress they print.
 //! - `audit.rs`: `audit`.
+//! - `admin.rs`: `admin add|revoke|list` (offline).
 //! - `demo.rs`: `demo`.
 //!
 //! and what they share:
@@ -23,6 +24,7 @@
 //! - `output.rs`: tables, JSON and time formatting.
 //! - `signal.rs`: waiting for Ctrl-C or SIGTERM.
 
+mod admin;
 mod agent;
 mod audit;
 mod bundle;
@@ -39,6 +41,7 @@ mod signal;
 
 use clap::{Parser, Subcommand};
 
+pub use admin::{AdminCommand, OfflineStore};
 pub use agent::{AgentArgs, AgentSink};
 pub use audit::AuditArgs;
 pub use bundle::{BundleCommand, BundleFormat};
@@ -112,6 +115,12 @@ pub enum Command {
         after_help = "Phases: stable {A} -> trust-new {A,B} -> sign-new (B signs; grace) -> retire-old {B} -> stable.\nEach step waits until every enrolled, non-excluded cluster has acknowledged it.\n\nExamples:\n  trustplane rotate plan\n  trustplane rotate start\n  trustplane rotate status\n  trustplane rotate advance --wait                 # trust-new -> sign-new\n  trustplane rotate advance --wait --timeout 30h   # sign-new -> retire-old, after the grace (24h)\n  trustplane rotate advance --wait                 # retire-old -> stable\n  trustplane rotate abort"
     )]
     Rotate(RotateCommand),
+    /// Named admin credentials with roles: add, revoke, list (offline: data directory and KEK, server stopped).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  trustplane admin add alice --role operator\n  trustplane admin list\n  trustplane admin revoke alice"
+    )]
+    Admin(AdminCommand),
     /// Show the audit log: rotation steps, exclusions, reissues (admin).
     #[command(after_help = "Examples:\n  trustplane audit\n  trustplane audit --limit 200 -o json")]
     Audit(AuditArgs),
@@ -160,6 +169,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Rotate(command) => rotate::run(command).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Admin(command) => admin::run(command).await,
         Command::Issue(args) => data_dir::issue(args).await,
         Command::Verify(args) => cacerts::verify(args).await,
         Command::Demo(args) => demo::run(args).await,

@@ -15,7 +15,7 @@ use common::fixtures::new_root;
 use trustplane::agent::{self, AgentConfig, AgentHandle, AgentStatus};
 use trustplane::ca::{self, Certificate, KeyAlgorithm};
 use trustplane::cli::read_cacerts_dir;
-use trustplane::clock::TestClock;
+use trustplane::clock::{Clock as _, TestClock};
 use trustplane::proto;
 use trustplane::sink::{ClusterSink, DirectorySink};
 
@@ -273,6 +273,133 @@ async fn agent_retries_while_the_server_is_down_and_catches_up() {
     )
     .await;
     assert_eq!(status.applied_bundle_version, 2);
+    assert_verifies(&cacerts);
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+}
+
+/// The serial of the client certificate in an identity directory.
+fn identity_serial(identity: &Path) -> String {
+    let pem = std::fs::read_to_string(identity.join("client.pem")).unwrap();
+    Certificate::from_pem(&pem).unwrap().serial_hex().unwrap()
+}
+
+/// The client certificate serial the server holds for `cluster`.
+fn recorded_serial(server: &common::TestServer, cluster: &str) -> String {
+    let (record, _) = server.authority().core().cluster(cluster).unwrap().unwrap();
+    record.client_cert_serial.unwrap()
+}
+
+#[tokio::test]
+async fn an_agent_renews_its_identity_across_three_lifetimes_and_never_loses_service() {
+    // The TLS layer (rustls) checks certificate validity against the real
+    // time, the server's identify() and the agent against the test clock.
+    // Certificates are backdated by ca::BACKDATE (5 min), so a certificate
+    // issued at test time T is valid in real time from T - 5 min: with a
+    // 90 s client lifetime, three lifetimes (270 s) of test time stay inside
+    // that window, and every certificate issued is valid for rustls too
+    // (the test itself takes well under 90 s of real time).
+    const LIFETIME: Duration = Duration::from_secs(90);
+    let clock = TestClock::starting_now();
+    let server = common::start_server_with_client_lifetime(
+        trustplane::Policy::builtin_default().unwrap(),
+        clock.clone(),
+        Some(LIFETIME),
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
+    let token = server.add_cluster("east").await;
+    let handle = spawn_agent(&server, &identity, &cacerts, Some(token));
+    wait_for(&handle, "bundle v1 applied", |status| {
+        status.applied_bundle_version == 1
+    })
+    .await;
+    let intermediate = handle.status.borrow().intermediate_serial.clone();
+    let started = clock.now();
+    let mut serials = vec![identity_serial(&identity)];
+    assert_eq!(recorded_serial(&server, "east"), serials[0]);
+    while clock.now() < started + 3 * LIFETIME {
+        let previous = serials.last().unwrap().clone();
+        let old_certificate = std::fs::read_to_string(identity.join("client.pem")).unwrap();
+        let old_key = std::fs::read_to_string(identity.join("client-key.pem")).unwrap();
+        let issued_at = Certificate::from_pem(&old_certificate)
+            .unwrap()
+            .not_before()
+            .unwrap()
+            + ca::BACKDATE;
+        // Move one second at a time until the agent renewed (due at 2/3 of
+        // the lifetime, ±5 %, i.e. 55.5 s to 64.5 s after issuance).
+        while recorded_serial(&server, "east") == previous {
+            assert!(
+                clock.now() < issued_at + LIFETIME - Duration::from_secs(20),
+                "no renewal by {:?} after issuance",
+                clock.now().duration_since(issued_at).unwrap()
+            );
+            clock.advance(Duration::from_secs(1));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let status = handle.status.borrow().clone();
+            assert_eq!(status.last_error, None, "service lost: {status:?}");
+            assert_eq!(status.applied_bundle_version, 1);
+        }
+        let renewed_after = clock.now().duration_since(issued_at).unwrap();
+        assert!(
+            renewed_after >= Duration::from_secs(55),
+            "renewed after only {renewed_after:?} of a {LIFETIME:?} lifetime"
+        );
+        // The new identity is on disk, whole, and the old one is refused.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while identity_serial(&identity) != recorded_serial(&server, "east") {
+            assert!(Instant::now() < deadline, "renewed identity never saved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let current = identity_serial(&identity);
+        assert!(!serials.contains(&current), "serial reused: {current}");
+        serials.push(current);
+        let old_channel = trustplane::cli::connect(
+            &server.url(),
+            &server.control_plane_ca_pem,
+            Some((&old_certificate, &old_key)),
+        )
+        .await
+        .unwrap();
+        let refused = proto::intermediate_service_client::IntermediateServiceClient::new(old_channel)
+            .report_status(proto::ReportStatusRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains(&previous), "{}", refused.message());
+        // The agent reports over its new identity at once.
+        let renewed_at = ca::system_time_to_unix(clock.now());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (record, _) = server.authority().core().cluster("east").unwrap().unwrap();
+            if record.report.is_some_and(|report| report.reported_unix >= renewed_at) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no report after the renewal");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(serials.len() >= 4, "expected 3+ renewals: {serials:?}");
+    // The watch stream runs on the last identity: a new bundle arrives.
+    let authority = server.authority().clone();
+    let next = authority
+        .publication
+        .current()
+        .bundle
+        .with_appended(new_root("second"))
+        .unwrap();
+    authority.publication.publish(next).unwrap();
+    let status = wait_for(&handle, "bundle v2 applied", |status| {
+        status.applied_bundle_version == 2
+    })
+    .await;
+    assert_eq!(status.last_error, None);
+    assert_eq!(
+        status.intermediate_serial, intermediate,
+        "identity renewals leave the intermediate alone"
+    );
     assert_verifies(&cacerts);
     handle.stop();
     handle.task.await.unwrap().unwrap();

@@ -15,13 +15,36 @@ use super::error::{AgentError, call, certificate_error};
 use crate::ca::{self, KeyAlgorithm, PrivateKey};
 use crate::proto::intermediate_service_client::IntermediateServiceClient;
 use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
-use crate::proto::{Bundle, ReportStatusRequest, SignIntermediateRequest, WatchBundleRequest};
+use super::identity::{self, ClientIdentity, IdentityStore};
+use crate::proto::{
+    Bundle, RenewIdentityRequest, ReportStatusRequest, SignIntermediateRequest, WatchBundleRequest,
+};
 use crate::reconcile::{self, Backoff, BundleView, IssueReason, StatusReport};
 use crate::sink::{CacertsMaterial, ClusterSink, IntermediateSource, Keeper};
 use crate::telemetry::error_text;
 
 /// How often the agent reports its state even when nothing changed.
 const REPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// The agent renews its control-plane identity at this fraction of the
+/// client certificate's lifetime (jittered like intermediates).
+const IDENTITY_RENEW_FRACTION: f64 = 2.0 / 3.0;
+
+/// When to renew the identity whose client certificate is `client_cert_pem`
+/// (`None` when it does not read: the agent then serves until it expires).
+fn identity_renewal_time(client_cert_pem: &str) -> Option<SystemTime> {
+    let certificate = ca::Certificate::parse_pem_chain(client_cert_pem)
+        .ok()?
+        .into_iter()
+        .next()?;
+    let not_before = certificate.not_before().ok()?;
+    let not_after = certificate.not_after().ok()?;
+    Some(reconcile::renewal_time(
+        reconcile::issued_at(not_before, not_after),
+        not_after,
+        IDENTITY_RENEW_FRACTION,
+        reconcile::random_unit(),
+    ))
+}
 
 /// The wire form of a bundle as the reconciler sees it.
 pub(crate) fn bundle_view(bundle: &Bundle) -> BundleView<'_> {
@@ -102,33 +125,162 @@ pub(crate) struct Agent<'a> {
     bundles: TrustBundleServiceClient<Channel>,
     keeper: Keeper,
     last_error: Option<String>,
+    /// The control-plane identity in use, and where it is kept.
+    identity: ClientIdentity,
+    identity_store: Arc<dyn IdentityStore>,
+    /// When to renew it next (or retry a failed renewal or save).
+    identity_due: Option<SystemTime>,
+    /// A renewed identity in use that the store does not hold yet.
+    identity_unsaved: bool,
+    identity_backoff: Backoff,
+}
+
+/// What ended one watch stream.
+enum StreamEnd {
+    /// An error: reopen after a backoff.
+    Failed(AgentError),
+    /// The identity was renewed: reopen at once on the new channel.
+    NewIdentity,
 }
 
 impl<'a> Agent<'a> {
-    /// An agent for `cluster` talking to the server over `channel` and
-    /// keeping `sink` current.
+    /// An agent acting as `identity` (kept in `identity_store`, renewed at
+    /// 2/3 of its lifetime) and keeping `sink` current.
+    ///
+    /// Errors: [`AgentError::Transport`] for a bad server URL.
     pub(crate) fn new(
         config: AgentConfig,
-        cluster: String,
-        channel: Channel,
+        identity: ClientIdentity,
+        identity_store: Arc<dyn IdentityStore>,
         sink: Arc<dyn ClusterSink>,
         status: &'a watch::Sender<AgentStatus>,
-    ) -> Self {
+    ) -> Result<Self, AgentError> {
+        let channel = identity::mtls_channel(&config.server, &identity)?;
         let intermediates = IntermediateServiceClient::new(channel.clone());
-        Self {
+        let cluster = identity.cluster.clone();
+        Ok(Self {
             source: CsrSource {
                 cluster: cluster.clone(),
                 key_algorithm: config.key_algorithm,
                 intermediates: intermediates.clone(),
             },
             keeper: Keeper::new(sink, config.renew_fraction),
+            identity_due: identity_renewal_time(&identity.client_cert_pem),
+            identity_unsaved: false,
+            identity_backoff: Backoff::new(config.max_backoff),
+            identity,
+            identity_store,
             config,
             status,
             cluster,
             intermediates,
             bundles: TrustBundleServiceClient::new(channel),
             last_error: None,
+        })
+    }
+
+    /// Talks to the server over `channel` from now on.
+    fn use_channel(&mut self, channel: Channel) {
+        self.intermediates = IntermediateServiceClient::new(channel.clone());
+        self.source.intermediates = self.intermediates.clone();
+        self.bundles = TrustBundleServiceClient::new(channel);
+    }
+
+    /// Renews the control-plane identity when due: a fresh key made here, a
+    /// CSR, `RenewIdentity` over the current identity, the new identity
+    /// saved whole (directory files replaced atomically, or the Secret
+    /// replaced under its resourceVersion) and the channel switched to it.
+    /// The server refuses the old certificate once it answered, so the new
+    /// identity is used at once even if saving it failed (the save is
+    /// retried). On failure the current identity serves on until it
+    /// expires, and renewal is retried with backoff. Returns whether the
+    /// channel changed.
+    async fn renew_identity_if_due(&mut self) -> bool {
+        if self.identity_due.is_none_or(|due| self.now() < due) {
+            return false;
         }
+        if self.identity_unsaved {
+            self.save_identity().await;
+            return false;
+        }
+        match self.renew_identity().await {
+            Ok(renewed) => {
+                let channel = match identity::mtls_channel(&self.config.server, &renewed) {
+                    Ok(channel) => channel,
+                    Err(error) => {
+                        self.identity_failed("switching to the renewed identity", &error);
+                        return false;
+                    }
+                };
+                self.use_channel(channel);
+                self.identity_due = identity_renewal_time(&renewed.client_cert_pem);
+                self.identity = renewed;
+                self.identity_unsaved = true;
+                self.identity_backoff.reset();
+                self.save_identity().await;
+                true
+            }
+            Err(error) => {
+                self.identity_failed("renewing the control-plane identity", &error);
+                false
+            }
+        }
+    }
+
+    async fn renew_identity(&self) -> Result<ClientIdentity, AgentError> {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)
+            .map_err(certificate_error("could not generate the client key"))?;
+        let csr = ca::create_csr(&key, &format!("trustplane agent {}", self.cluster))
+            .map_err(certificate_error("could not create the client CSR"))?;
+        let request = RenewIdentityRequest {
+            client_csr_pem: csr,
+        };
+        let response = call(
+            "RenewIdentity",
+            self.intermediates.clone().renew_identity(request),
+        )
+        .await?;
+        ca::Certificate::parse_pem_chain(&response.client_certificate_pem).map_err(
+            certificate_error("the server sent an unusable client certificate"),
+        )?;
+        let mut renewed = self.identity.clone();
+        renewed.client_cert_pem = response.client_certificate_pem;
+        renewed.client_key_pem = key.to_pkcs8_pem();
+        if !response.control_plane_ca_pem.trim().is_empty() {
+            renewed.server_ca_pem = response.control_plane_ca_pem;
+        }
+        tracing::info!(
+            cluster = %self.cluster,
+            not_after = %humantime::format_rfc3339_seconds(ca::unix_to_system_time(response.not_after_unix)),
+            "control-plane identity renewed"
+        );
+        Ok(renewed)
+    }
+
+    async fn save_identity(&mut self) {
+        match self.identity_store.save(&self.identity).await {
+            Ok(()) => {
+                self.identity_unsaved = false;
+                self.identity_backoff.reset();
+                self.identity_due = identity_renewal_time(&self.identity.client_cert_pem);
+                tracing::info!(identity = %self.identity_store.describe(), "renewed identity saved");
+            }
+            Err(error) => self.identity_failed("saving the renewed identity", &error),
+        }
+    }
+
+    /// Logs a failed identity step and schedules its retry with backoff.
+    fn identity_failed(&mut self, what: &str, error: &AgentError) {
+        let delay = self.identity_backoff.next_delay();
+        let text = error_text(error);
+        tracing::warn!(
+            error = %text,
+            identity = %self.identity_store.describe(),
+            "{what} failed; the current identity serves on; retrying in {:.1} s",
+            delay.as_secs_f64()
+        );
+        self.identity_due = Some(self.now() + delay);
+        self.record_error(format!("{what}: {text}"));
     }
 
     fn now(&self) -> SystemTime {
@@ -150,7 +302,7 @@ impl<'a> Agent<'a> {
         loop {
             let stream_error = match self.open_watch().await {
                 Err(error) => error,
-                Ok(mut stream) => loop {
+                Ok(mut stream) => match loop {
                     let wait = self.next_wake(apply_at, latest.is_some(), report_at);
                     let clock = self.config.clock.clone();
                     tokio::select! {
@@ -161,11 +313,11 @@ impl<'a> Agent<'a> {
                                 latest = Some(bundle);
                                 apply_at = Some(self.now());
                             }
-                            Ok(None) => break AgentError::Rpc {
+                            Ok(None) => break StreamEnd::Failed(AgentError::Rpc {
                                 call: "WatchBundle",
                                 source: tonic::Status::unavailable("the server closed the stream"),
-                            },
-                            Err(source) => break AgentError::Rpc { call: "WatchBundle", source },
+                            }),
+                            Err(source) => break StreamEnd::Failed(AgentError::Rpc { call: "WatchBundle", source }),
                         },
                         () = clock.sleep(wait) => {}
                     }
@@ -183,6 +335,16 @@ impl<'a> Agent<'a> {
                     }
                     if report_at <= self.now() {
                         report_at = self.report_and_schedule(&mut report_backoff).await;
+                    }
+                    if self.renew_identity_if_due().await {
+                        break StreamEnd::NewIdentity;
+                    }
+                } {
+                    StreamEnd::Failed(error) => error,
+                    StreamEnd::NewIdentity => {
+                        // Show at once that the new identity works.
+                        report_at = self.now();
+                        continue;
                     }
                 },
             };
@@ -282,7 +444,11 @@ impl<'a> Agent<'a> {
             (Some(_), false) => None,
             (None, _) => self.keeper.renew_at(),
         };
-        reconcile::wait_before_next(self.now(), &[pending, Some(report_at)], REPORT_INTERVAL)
+        reconcile::wait_before_next(
+            self.now(),
+            &[pending, Some(report_at), self.identity_due],
+            REPORT_INTERVAL,
+        )
     }
 
     fn renewal_due(&self) -> bool {

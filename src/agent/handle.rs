@@ -9,7 +9,7 @@ use super::config::{AgentConfig, AgentStatus};
 use super::driver::Agent;
 use super::enroll::obtain_identity;
 use super::error::AgentError;
-use super::identity::{self, FileIdentityStore, IdentityStore};
+use super::identity::{FileIdentityStore, IdentityStore};
 use crate::sink::ClusterSink;
 use crate::telemetry::error_text;
 
@@ -146,7 +146,6 @@ pub(crate) async fn run_until_fatal(
     }
     let identity = obtain_identity(&config, store.as_ref(), status).await?;
     status.send_modify(|current| current.cluster.clone_from(&identity.cluster));
-    let channel = identity::mtls_channel(&config.server, &identity)?;
     tracing::info!(
         cluster = %identity.cluster,
         server = %config.server,
@@ -154,7 +153,7 @@ pub(crate) async fn run_until_fatal(
         sink = %sink.describe(),
         "agent started"
     );
-    Agent::new(config, identity.cluster, channel, sink, status)
+    Agent::new(config, identity, store, sink, status)?
         .watch_and_apply()
         .await
 }

@@ -27,6 +27,12 @@ pub(crate) const CLIENT_CERT_FILE: &str = "client.pem";
 pub(crate) const CLIENT_KEY_FILE: &str = "client-key.pem";
 /// File holding the server URL used at enrollment (optional).
 pub(crate) const SERVER_FILE: &str = "server";
+/// File holding a new client certificate and its key together (0600) while
+/// [`save_identity`] replaces the two files: a save interrupted between
+/// them leaves this file, and [`load_identity`] takes the pair from it.
+pub(crate) const PENDING_FILE: &str = "client-pending.pem";
+/// The PEM label that starts the key in [`PENDING_FILE`].
+const KEY_PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 
 /// The prefix of every join token this agent understands.
 const JOIN_TOKEN_PREFIX: &str = "tp1";
@@ -267,7 +273,18 @@ pub(crate) fn load_identity(dir: &Path) -> Result<StoredIdentity, AgentError> {
     let server_ca_pem = read_optional(&dir.join(SERVER_CA_FILE))?;
     let client_cert_pem = read_optional(&dir.join(CLIENT_CERT_FILE))?;
     let key_path = dir.join(CLIENT_KEY_FILE);
-    let client_key_pem = read_optional(&key_path)?.map(Zeroizing::new);
+    let mut client_key_pem = read_optional(&key_path)?.map(Zeroizing::new);
+    let mut client_cert_pem = client_cert_pem;
+    if let Some(pending) = read_optional(&dir.join(PENDING_FILE))?.map(Zeroizing::new)
+        && let Some(split) = pending.find(KEY_PEM_BEGIN)
+    {
+        tracing::warn!(
+            dir = %dir.display(),
+            "an identity save was interrupted; using the client certificate and key it was writing"
+        );
+        client_cert_pem = Some(pending[..split].to_string());
+        client_key_pem = Some(Zeroizing::new(pending[split..].to_string()));
+    }
     match (cluster, server_ca_pem, client_cert_pem, client_key_pem) {
         (Some(cluster), Some(server_ca_pem), Some(client_cert_pem), Some(client_key_pem)) => {
             if let Ok(metadata) = fs::metadata(&key_path) {
@@ -324,8 +341,18 @@ pub(crate) fn prepare_identity_dir(dir: &Path) -> Result<(), AgentError> {
 /// Saves the identity: each file written to a temporary name and renamed,
 /// the key with mode 0600, the cluster name last so that a complete
 /// `cluster` file means a complete identity (blocking).
+///
+/// The certificate and key are first written together to one file
+/// ([`PENDING_FILE`]), removed once both are in place, so that a crash
+/// between the two never leaves a key that does not match its certificate.
 pub(crate) fn save_identity(dir: &Path, identity: &ClientIdentity) -> Result<(), AgentError> {
     prepare_identity_dir(dir)?;
+    let pending_path = dir.join(PENDING_FILE);
+    let pending = Zeroizing::new(format!(
+        "{}{}",
+        identity.client_cert_pem, *identity.client_key_pem
+    ));
+    files::replace_atomically(&pending_path, pending.as_bytes(), PRIVATE_MODE)?;
     let server = identity.server.as_ref().map(|server| format!("{server}\n"));
     let cluster = format!("{}\n", identity.cluster);
     let files: [(&str, Option<&[u8]>, u32); 5] = [
@@ -356,6 +383,8 @@ pub(crate) fn save_identity(dir: &Path, identity: &ClientIdentity) -> Result<(),
             files::replace_atomically(&dir.join(name), bytes, mode)?;
         }
     }
+    fs::remove_file(&pending_path).map_err(identity_io("remove", &pending_path))?;
+    files::sync_directory(dir)?;
     Ok(())
 }
 
@@ -479,6 +508,27 @@ pub(crate) mod tests {
             .filter(|name| name.starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_save_interrupted_between_key_and_certificate_loads_the_new_pair() {
+        let temp = tempfile::tempdir().unwrap();
+        save_identity(temp.path(), &identity()).unwrap();
+        assert!(!temp.path().join(PENDING_FILE).exists());
+        // The state a crash leaves after the new key replaced the old one
+        // but before the new certificate did.
+        let pending = "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nnewkey\n-----END PRIVATE KEY-----\n";
+        fs::write(temp.path().join(PENDING_FILE), pending).unwrap();
+        fs::write(temp.path().join(CLIENT_KEY_FILE), "-----BEGIN PRIVATE KEY-----\nnewkey\n-----END PRIVATE KEY-----\n").unwrap();
+        let StoredIdentity::Complete(loaded) = load_identity(temp.path()).unwrap() else {
+            panic!("identity not complete");
+        };
+        assert!(loaded.client_cert_pem.contains("new"), "{loaded:?}");
+        assert!(loaded.client_key_pem.contains("newkey"));
+        assert!(!loaded.client_cert_pem.contains("PRIVATE KEY"));
+        // The next whole save removes the pending pair.
+        save_identity(temp.path(), &loaded).unwrap();
+        assert!(!temp.path().join(PENDING_FILE).exists());
     }
 
     #[test]

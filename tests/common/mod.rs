@@ -73,6 +73,16 @@ pub async fn start_server_with_clock(
     policy: trustplane::Policy,
     clock: Arc<dyn Clock>,
 ) -> TestServer {
+    start_server_with_client_lifetime(policy, clock, None).await
+}
+
+/// The same, issuing agent client certificates for `client_cert_lifetime`
+/// (`None`: the default), as `trustplane server --client-cert-lifetime`.
+pub async fn start_server_with_client_lifetime(
+    policy: trustplane::Policy,
+    clock: Arc<dyn Clock>,
+    client_cert_lifetime: Option<Duration>,
+) -> TestServer {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = DataDir::new(dir.path().join("server"));
@@ -95,7 +105,15 @@ pub async fn start_server_with_clock(
         clock.now(),
     )
     .unwrap();
-    let running = open_and_start(&data_dir, store, policy.clone(), "127.0.0.1:0", &clock).await;
+    let running = open_and_start(
+        &data_dir,
+        store,
+        policy.clone(),
+        "127.0.0.1:0",
+        &clock,
+        client_cert_lifetime,
+    )
+    .await;
     let control_plane_ca_pem = std::fs::read_to_string(data_dir.control_plane_ca_path()).unwrap();
     TestServer {
         dir,
@@ -113,9 +131,14 @@ async fn open_and_start(
     policy: trustplane::Policy,
     listen: &str,
     clock: &Arc<dyn Clock>,
+    client_cert_lifetime: Option<Duration>,
 ) -> RunningServer {
     let kek = Kek::load(Some(&data_dir.kek_path()), None).unwrap();
-    let authority = Arc::new(Authority::open(store, &kek, policy, clock.clone()).unwrap());
+    let mut authority = Authority::open(store, &kek, policy, clock.clone()).unwrap();
+    if let Some(lifetime) = client_cert_lifetime {
+        authority = authority.with_client_cert_lifetime(lifetime).unwrap();
+    }
+    let authority = Arc::new(authority);
     server::start(
         authority,
         &server::ServerConfig {
@@ -158,6 +181,7 @@ impl TestServer {
             policy.clone(),
             &address.to_string(),
             &clock,
+            None,
         )
         .await;
         let control_plane_ca_pem =

@@ -46,13 +46,18 @@ impl Admins {
     ///
     /// Errors: store errors.
     pub fn list(&self) -> Result<Vec<AdminRecord>, ServerError> {
-        Ok(
-            records::list_json::<AdminRecord>(self.core.store.as_ref(), Table::Meta)?
-                .into_iter()
-                .filter(|(key, _, _)| key.starts_with(&records::admin_key("")))
-                .map(|(_, record, _)| record)
-                .collect(),
-        )
+        // Meta holds other singletons too: decode the admin keys only.
+        let store = self.core.store.as_ref();
+        let prefix = records::admin_key("");
+        let mut admins = Vec::new();
+        for (key, _) in store.list(Table::Meta)? {
+            if key.starts_with(&prefix)
+                && let Some((record, _)) = records::get_json::<AdminRecord>(store, Table::Meta, &key)?
+            {
+                admins.push(record);
+            }
+        }
+        Ok(admins)
     }
 
     /// Mints a credential for admin `name` with `role`, valid for

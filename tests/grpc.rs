@@ -665,3 +665,104 @@ async fn push_mode_registration_validates_its_input() {
     assert_eq!(listed.clusters[0].mode, "push");
     assert_eq!(listed.clusters[0].state, "enrolled");
 }
+
+#[tokio::test]
+async fn renew_identity_replaces_the_serial_refuses_the_old_certificate_and_is_audited() {
+    let server = common::start_server().await;
+    let token = server.add_cluster("east").await;
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let enrolled = IntermediateServiceClient::new(server.anonymous().await)
+        .enroll(proto::EnrollRequest {
+            cluster: "east".into(),
+            join_token: token,
+            client_csr_pem: ca::create_csr(&key, "agent").unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let old_serial = Certificate::from_pem(&enrolled.client_cert_pem)
+        .unwrap()
+        .serial_hex()
+        .unwrap();
+    let as_identity = |certificate: String, key: &PrivateKey| {
+        let key_pem = key.to_pkcs8_pem();
+        let url = server.url();
+        let ca_pem = server.control_plane_ca_pem.clone();
+        async move {
+            IntermediateServiceClient::new(
+                trustplane::cli::connect(&url, &ca_pem, Some((&certificate, &key_pem)))
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let mut old = as_identity(enrolled.client_cert_pem.clone(), &key).await;
+    let new_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let renewed = old
+        .renew_identity(proto::RenewIdentityRequest {
+            client_csr_pem: ca::create_csr(&new_key, "agent").unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let certificate = Certificate::from_pem(&renewed.client_certificate_pem).unwrap();
+    let new_serial = certificate.serial_hex().unwrap();
+    assert_ne!(new_serial, old_serial);
+    assert_eq!(
+        certificate.public_key_der().unwrap(),
+        new_key.public_key_der().unwrap()
+    );
+    assert_eq!(
+        renewed.not_after_unix,
+        ca::system_time_to_unix(certificate.not_after().unwrap())
+    );
+    // 30 days by default (renewed at 2/3), not a year.
+    let lifetime = certificate
+        .not_after()
+        .unwrap()
+        .duration_since(certificate.not_before().unwrap())
+        .unwrap();
+    assert_eq!(lifetime, trustplane::server::CLIENT_CERT_LIFETIME + ca::BACKDATE);
+    assert_eq!(renewed.control_plane_ca_pem, server.control_plane_ca_pem);
+    let (record, _) = server.authority().core().cluster("east").unwrap().unwrap();
+    assert_eq!(record.client_cert_serial.as_deref(), Some(new_serial.as_str()));
+    // The old certificate is refused from now on, also for another renewal.
+    let refused = old
+        .report_status(proto::ReportStatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains(&old_serial), "{}", refused.message());
+    let refused = old
+        .renew_identity(proto::RenewIdentityRequest {
+            client_csr_pem: ca::create_csr(&new_key, "agent").unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    // The new one works.
+    as_identity(renewed.client_certificate_pem.clone(), &new_key)
+        .await
+        .report_status(proto::ReportStatusRequest::default())
+        .await
+        .unwrap();
+    let audit = server.authority().audit.entries(100).unwrap();
+    let entry = audit
+        .iter()
+        .find(|entry| entry.action == "identity.renew")
+        .expect("renewal audited");
+    assert_eq!(entry.actor, "cluster/east");
+    assert!(
+        entry.detail.contains(&old_serial) && entry.detail.contains(&new_serial),
+        "{}",
+        entry.detail
+    );
+    // Admins do not renew over this call.
+    let admin_refused = IntermediateServiceClient::new(server.admin_channel().await)
+        .renew_identity(proto::RenewIdentityRequest {
+            client_csr_pem: ca::create_csr(&new_key, "agent").unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(admin_refused.code(), Code::PermissionDenied);
+}

@@ -205,16 +205,20 @@ impl TestServer {
     }
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.admin_channel().await)
+    }
+
+    /// A channel presenting `init`'s admin credential.
+    pub async fn admin_channel(&self) -> Channel {
         let certificate = std::fs::read_to_string(self.data_dir.admin_cert_path()).unwrap();
         let key = std::fs::read_to_string(self.data_dir.admin_key_path()).unwrap();
-        let channel = connect(
+        connect(
             &self.url(),
             &self.control_plane_ca_pem,
             Some((&certificate, &key)),
         )
         .await
-        .unwrap();
-        AdminServiceClient::new(channel)
+        .unwrap()
     }
 
     /// A channel without a client certificate.

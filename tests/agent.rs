@@ -363,18 +363,26 @@ async fn an_agent_renews_its_identity_across_three_lifetimes_and_never_loses_ser
         )
         .await
         .unwrap();
-        let refused = proto::intermediate_service_client::IntermediateServiceClient::new(old_channel)
-            .report_status(proto::ReportStatusRequest::default())
-            .await
-            .unwrap_err();
+        let refused =
+            proto::intermediate_service_client::IntermediateServiceClient::new(old_channel)
+                .report_status(proto::ReportStatusRequest::default())
+                .await
+                .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-        assert!(refused.message().contains(&previous), "{}", refused.message());
+        assert!(
+            refused.message().contains(&previous),
+            "{}",
+            refused.message()
+        );
         // The agent reports over its new identity at once.
         let renewed_at = ca::system_time_to_unix(clock.now());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let (record, _) = server.authority().core().cluster("east").unwrap().unwrap();
-            if record.report.is_some_and(|report| report.reported_unix >= renewed_at) {
+            if record
+                .report
+                .is_some_and(|report| report.reported_unix >= renewed_at)
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "no report after the renewal");

@@ -634,16 +634,36 @@ fn admin_add_list_revoke_name_people_with_roles_offline() {
     ok(&["init", "--data-dir", data_arg]);
     let out = work.path().join("alice");
     let added = ok(&[
-        "admin", "add", "alice", "--role", "auditor", "--data-dir", data_arg, "--out",
-        out.to_str().unwrap(), "-o", "json",
+        "admin",
+        "add",
+        "alice",
+        "--role",
+        "auditor",
+        "--data-dir",
+        data_arg,
+        "--out",
+        out.to_str().unwrap(),
+        "-o",
+        "json",
     ]);
     let added: serde_json::Value = serde_json::from_str(&added).unwrap();
     assert_eq!(added["role"], "auditor");
     use std::os::unix::fs::PermissionsExt as _;
-    let key_mode = std::fs::metadata(out.join("alice-key.pem")).unwrap().permissions().mode();
+    let key_mode = std::fs::metadata(out.join("alice-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(key_mode & 0o777, 0o600);
     assert!(out.join("control-plane-ca.pem").exists());
-    let bad = trustplane(&["admin", "add", "bob", "--role", "root", "--data-dir", data_arg]);
+    let bad = trustplane(&[
+        "admin",
+        "add",
+        "bob",
+        "--role",
+        "root",
+        "--data-dir",
+        data_arg,
+    ]);
     assert!(!bad.status.success());
 
     let (server, url) = start_server(&data, "127.0.0.1:0");
@@ -654,8 +674,23 @@ fn admin_add_list_revoke_name_people_with_roles_offline() {
             out.join("alice-key.pem"),
             out.join("control-plane-ca.pem"),
         );
-        let paths = [cert.to_str().unwrap().to_string(), key.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string()];
-        args.extend(["--server", &url, "--data-dir", data_arg, "--admin-cert", &paths[0], "--admin-key", &paths[1], "--server-ca", &paths[2]]);
+        let paths = [
+            cert.to_str().unwrap().to_string(),
+            key.to_str().unwrap().to_string(),
+            ca.to_str().unwrap().to_string(),
+        ];
+        args.extend([
+            "--server",
+            &url,
+            "--data-dir",
+            data_arg,
+            "--admin-cert",
+            &paths[0],
+            "--admin-key",
+            &paths[1],
+            "--server-ca",
+            &paths[2],
+        ]);
         trustplane(&args)
     };
     let status = as_alice(&["status"]);
@@ -675,20 +710,45 @@ fn admin_add_list_revoke_name_people_with_roles_offline() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|admin| (admin["name"].as_str().unwrap().to_string(), admin["role"].as_str().unwrap().to_string()))
+        .map(|admin| {
+            (
+                admin["name"].as_str().unwrap().to_string(),
+                admin["role"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(roles, [("admin".into(), "admin".into()), ("alice".into(), "auditor".into())]);
+    assert_eq!(
+        roles,
+        [
+            ("admin".into(), "admin".into()),
+            ("alice".into(), "auditor".into())
+        ]
+    );
     let table = ok(&["admin", "list", "--data-dir", data_arg]);
-    assert!(table.contains("alice") && table.contains("auditor"), "{table}");
+    assert!(
+        table.contains("alice") && table.contains("auditor"),
+        "{table}"
+    );
     ok(&["admin", "revoke", "alice", "--data-dir", data_arg]);
     let again = trustplane(&["admin", "revoke", "alice", "--data-dir", data_arg]);
     assert!(text(&again).contains("already revoked"), "{}", text(&again));
 
     let (_server, url2) = start_server(&data, "127.0.0.1:0");
     let mut args = vec!["status".to_string()];
-    args.extend(["--server".into(), url2.clone(), "--data-dir".into(), data_arg.into()]);
-    args.extend(["--admin-cert".into(), out.join("alice.pem").to_str().unwrap().into()]);
-    args.extend(["--admin-key".into(), out.join("alice-key.pem").to_str().unwrap().into()]);
+    args.extend([
+        "--server".into(),
+        url2.clone(),
+        "--data-dir".into(),
+        data_arg.into(),
+    ]);
+    args.extend([
+        "--admin-cert".into(),
+        out.join("alice.pem").to_str().unwrap().into(),
+    ]);
+    args.extend([
+        "--admin-key".into(),
+        out.join("alice-key.pem").to_str().unwrap().into(),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let revoked = trustplane(&args);
     assert!(!revoked.status.success());

@@ -722,17 +722,27 @@ async fn renew_identity_replaces_the_serial_refuses_the_old_certificate_and_is_a
         .unwrap()
         .duration_since(certificate.not_before().unwrap())
         .unwrap();
-    assert_eq!(lifetime, trustplane::server::CLIENT_CERT_LIFETIME + ca::BACKDATE);
+    assert_eq!(
+        lifetime,
+        trustplane::server::CLIENT_CERT_LIFETIME + ca::BACKDATE
+    );
     assert_eq!(renewed.control_plane_ca_pem, server.control_plane_ca_pem);
     let (record, _) = server.authority().core().cluster("east").unwrap().unwrap();
-    assert_eq!(record.client_cert_serial.as_deref(), Some(new_serial.as_str()));
+    assert_eq!(
+        record.client_cert_serial.as_deref(),
+        Some(new_serial.as_str())
+    );
     // The old certificate is refused from now on, also for another renewal.
     let refused = old
         .report_status(proto::ReportStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
-    assert!(refused.message().contains(&old_serial), "{}", refused.message());
+    assert!(
+        refused.message().contains(&old_serial),
+        "{}",
+        refused.message()
+    );
     let refused = old
         .renew_identity(proto::RenewIdentityRequest {
             client_csr_pem: ca::create_csr(&new_key, "agent").unwrap(),

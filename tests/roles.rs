@@ -34,7 +34,8 @@ const MATRIX: &[(&str, [bool; 3])] = &[
 /// The `rpc` names of `AdminService` in the proto file.
 fn admin_service_methods() -> BTreeSet<String> {
     let proto = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/trustplane/v1/trustplane.proto"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("proto/trustplane/v1/trustplane.proto"),
     )
     .unwrap();
     let start = proto.find("service AdminService {").unwrap();
@@ -136,7 +137,8 @@ async fn admin_channel(
 
 #[tokio::test]
 async fn every_admin_method_is_allowed_or_refused_by_role_as_the_matrix_says() {
-    let matrix_methods: BTreeSet<String> = MATRIX.iter().map(|(name, _)| name.to_string()).collect();
+    let matrix_methods: BTreeSet<String> =
+        MATRIX.iter().map(|(name, _)| name.to_string()).collect();
     assert_eq!(
         matrix_methods,
         admin_service_methods(),
@@ -161,7 +163,8 @@ async fn every_admin_method_is_allowed_or_refused_by_role_as_the_matrix_says() {
             let result = call(channel, method).await;
             let refused = matches!(&result, Err(status) if status.code() == Code::PermissionDenied);
             assert_eq!(
-                !refused, expected,
+                !refused,
+                expected,
                 "{method} by {name}: expected {}, got {result:?}",
                 if expected { "allowed" } else { "refused" }
             );
@@ -222,7 +225,13 @@ async fn a_revoked_admin_is_refused_and_both_steps_are_audited() {
     let listed = authority.admins.list().unwrap();
     let names: Vec<_> = listed
         .iter()
-        .map(|record| (record.name.as_str(), record.role, record.revoked_unix.is_some()))
+        .map(|record| {
+            (
+                record.name.as_str(),
+                record.role,
+                record.revoked_unix.is_some(),
+            )
+        })
         .collect();
     assert_eq!(
         names,

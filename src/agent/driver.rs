@@ -12,10 +12,10 @@ use tonic::transport::Channel;
 
 use super::config::{AgentConfig, AgentStatus};
 use super::error::{AgentError, call, certificate_error};
+use super::identity::{self, ClientIdentity, IdentityStore};
 use crate::ca::{self, KeyAlgorithm, PrivateKey};
 use crate::proto::intermediate_service_client::IntermediateServiceClient;
 use crate::proto::trust_bundle_service_client::TrustBundleServiceClient;
-use super::identity::{self, ClientIdentity, IdentityStore};
 use crate::proto::{
     Bundle, RenewIdentityRequest, ReportStatusRequest, SignIntermediateRequest, WatchBundleRequest,
 };

@@ -519,7 +519,11 @@ pub(crate) mod tests {
         // but before the new certificate did.
         let pending = "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nnewkey\n-----END PRIVATE KEY-----\n";
         fs::write(temp.path().join(PENDING_FILE), pending).unwrap();
-        fs::write(temp.path().join(CLIENT_KEY_FILE), "-----BEGIN PRIVATE KEY-----\nnewkey\n-----END PRIVATE KEY-----\n").unwrap();
+        fs::write(
+            temp.path().join(CLIENT_KEY_FILE),
+            "-----BEGIN PRIVATE KEY-----\nnewkey\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let StoredIdentity::Complete(loaded) = load_identity(temp.path()).unwrap() else {
             panic!("identity not complete");
         };

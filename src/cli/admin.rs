@@ -105,9 +105,10 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             let data_dir = store.data_dir.layout();
             let authority = open_authority(&data_dir, &store.kek, &store.policy)?;
             let out = out.unwrap_or_else(|| data_dir.admin_dir());
-            let minted = authority
-                .admins
-                .add(&authority.audit, &actor, &name, role, lifetime, &out)?;
+            let minted =
+                authority
+                    .admins
+                    .add(&authority.audit, &actor, &name, role, lifetime, &out)?;
             let ca_path = out.join("control-plane-ca.pem");
             crate::files::replace_atomically(
                 &ca_path,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::audit::AuditTrail;
 use super::core::{Core, validate_name};
 use super::error::ServerError;
-use super::issuance::issued_record;
 use super::init::{issue_admin_credential, write_admin_credential};
+use super::issuance::issued_record;
 use crate::ca::{Certificate, system_time_to_unix};
 use crate::store::records::{self, AdminRecord, AdminRole, IssuedKind};
 use crate::store::{Batch, Expect, Table};
@@ -52,7 +52,8 @@ impl Admins {
         let mut admins = Vec::new();
         for (key, _) in store.list(Table::Meta)? {
             if key.starts_with(&prefix)
-                && let Some((record, _)) = records::get_json::<AdminRecord>(store, Table::Meta, &key)?
+                && let Some((record, _)) =
+                    records::get_json::<AdminRecord>(store, Table::Meta, &key)?
             {
                 admins.push(record);
             }

@@ -10,16 +10,14 @@ use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
+use super::audit::AuditTrail;
 use super::core::{Core, validate_cluster_name};
 use super::error::ServerError;
 use super::issuance::record_issued;
 use crate::ca::{
     self, Certificate, ControlPlaneRole, PrivateKey, system_time_to_unix, unix_to_system_time,
 };
-use super::audit::AuditTrail;
-use crate::store::records::{
-    self, AdminRecord, AdminRole, ClusterRecord, IssuedKind, TokenRecord,
-};
+use crate::store::records::{self, AdminRecord, AdminRole, ClusterRecord, IssuedKind, TokenRecord};
 use crate::store::{Batch, Expect, StoreError, Table};
 
 /// URI prefix of cluster client identities.
@@ -382,8 +380,8 @@ impl Enrollment {
         )
         .await
         .map_err(|error| match error {
-            ServerError::Store(StoreError::Conflict { ref table, .. })
-                if *table == Table::Clusters.name() =>
+            ServerError::Store(StoreError::Conflict { table, .. })
+                if table == Table::Clusters.name() =>
             {
                 superseded()
             }

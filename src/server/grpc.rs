@@ -437,9 +437,16 @@ impl IntermediateService for IntermediateApi {
         let renewed = self
             .authority
             .enrollment
-            .renew_identity(&self.authority.audit, &cluster, &serial, &body.client_csr_pem)
+            .renew_identity(
+                &self.authority.audit,
+                &cluster,
+                &serial,
+                &body.client_csr_pem,
+            )
             .await
-            .inspect_err(|error| tracing::warn!(cluster, error = %error, "identity renewal refused"))?;
+            .inspect_err(
+                |error| tracing::warn!(cluster, error = %error, "identity renewal refused"),
+            )?;
         Ok(Response::new(proto::RenewIdentityResponse {
             client_certificate_pem: renewed.client_certificate.to_pem(),
             control_plane_ca_pem: renewed.control_plane_ca.to_pem(),

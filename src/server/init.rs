@@ -62,7 +62,10 @@ impl DataDir {
 /// Where the credential of admin `name` lives in `dir`: `<name>.pem` and
 /// `<name>-key.pem`.
 pub fn admin_credential_paths(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
-    (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")))
+    (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    )
 }
 
 /// A fresh key and a control-plane client certificate for admin `name`,

@@ -6,8 +6,8 @@
 //! signer, published bundle), the parts over it — `enrollment` (join tokens,
 //! identities), `registry` (clusters, push targets, reports, reissue),
 //! `issuance` (intermediates; the one place an issued certificate is
-//! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`
-//! with `rotation_view` (its options, status and plan as values) — and
+//! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`,
+//! `admins` (named admin credentials), with `rotation_view` (its options, status and plan as values) — and
 //! `authority` (all of them as one value); `grpc` (the only file that
 //! speaks protobuf), `push` (the push-mode driver), `init`, `error`.
 

@@ -13,6 +13,7 @@ use super::options::{DataDirOption, KekOption, PolicyOption};
 use super::output::{self, Format};
 use crate::ca::system_time_to_unix;
 use crate::config;
+use crate::server::ADMIN_CERT_LIFETIME;
 use crate::store::records::{AdminRecord, AdminRole};
 
 /// Where the store is and how to open it.
@@ -45,9 +46,9 @@ pub enum AdminCommand {
         /// Directory for `<name>.pem`, `<name>-key.pem` (0600) and `control-plane-ca.pem` [default: <data-dir>/admin].
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        /// Certificate lifetime (the same default as `init`'s credential).
-        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
-        lifetime: Duration,
+        /// Certificate lifetime [default: 365d, as `init`'s credential].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lifetime: Option<Duration>,
         /// The store.
         #[command(flatten)]
         store: OfflineStore,
@@ -105,10 +106,14 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             let data_dir = store.data_dir.layout();
             let authority = open_authority(&data_dir, &store.kek, &store.policy)?;
             let out = out.unwrap_or_else(|| data_dir.admin_dir());
-            let minted =
-                authority
-                    .admins
-                    .add(&authority.audit, &actor, &name, role, lifetime, &out)?;
+            let minted = authority.admins.add(
+                &authority.audit,
+                &actor,
+                &name,
+                role,
+                lifetime.unwrap_or(ADMIN_CERT_LIFETIME),
+                &out,
+            )?;
             let ca_path = out.join("control-plane-ca.pem");
             crate::files::replace_atomically(
                 &ca_path,

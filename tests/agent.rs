@@ -412,3 +412,68 @@ async fn an_agent_renews_its_identity_across_three_lifetimes_and_never_loses_ser
     handle.stop();
     handle.task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_identity_renewal_missed_while_the_server_is_down_happens_once_it_is_back() {
+    // Test-clock times stay within the 5 min backdate of real time, as in
+    // the three-lifetimes test above.
+    const LIFETIME: Duration = Duration::from_secs(90);
+    let clock = TestClock::starting_now();
+    let server = common::start_server_with_client_lifetime(
+        trustplane::Policy::builtin_default().unwrap(),
+        clock.clone(),
+        Some(LIFETIME),
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
+    let token = server.add_cluster("east").await;
+    let handle = spawn_agent(&server, &identity, &cacerts, Some(token));
+    wait_for(&handle, "bundle v1 applied", |status| {
+        status.applied_bundle_version == 1
+    })
+    .await;
+    let first = identity_serial(&identity);
+    let pem = std::fs::read_to_string(identity.join("client.pem")).unwrap();
+    let issued_at = Certificate::from_pem(&pem).unwrap().not_before().unwrap() + ca::BACKDATE;
+
+    let stopped = server.stop().await;
+    // Past the renewal time (at most 64.5 s) with the server down: the agent
+    // keeps its identity and its cacerts, and says what fails.
+    while clock.now() < issued_at + Duration::from_secs(70) {
+        clock.advance(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let down = wait_moving(&handle, None, "the outage noticed", |status| {
+        status.last_error.is_some()
+    })
+    .await;
+    assert_eq!(down.applied_bundle_version, 1);
+    assert_eq!(identity_serial(&identity), first);
+    assert_verifies(&cacerts);
+
+    let server = common::TestServer::resume(stopped).await;
+    let renewed = loop {
+        let recorded = recorded_serial(&server, "east");
+        if recorded != first {
+            break recorded;
+        }
+        assert!(
+            clock.now() < issued_at + LIFETIME,
+            "not renewed before the identity expired"
+        );
+        clock.advance(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while identity_serial(&identity) != renewed {
+        assert!(Instant::now() < deadline, "renewed identity never saved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_moving(&handle, Some(&clock), "healthy again", |status| {
+        status.last_error.is_none() && status.applied_bundle_version == 1
+    })
+    .await;
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+}

@@ -93,8 +93,8 @@ pub(super) fn issue_admin_credential(
     Ok((certificate, key))
 }
 
-/// Writes admin `name`'s credential into `dir` (created if missing): the
-/// key (0600) first, then the certificate. Returns the two paths.
+/// Writes admin `name`'s credential into `dir` (created 0700 if missing):
+/// the key (0600) first, then the certificate. Returns the two paths.
 ///
 /// Errors: [`ServerError::Signer`] naming the file that could not be written.
 pub(super) fn write_admin_credential(
@@ -103,7 +103,9 @@ pub(super) fn write_admin_credential(
     certificate: &Certificate,
     key: &PrivateKey,
 ) -> Result<(PathBuf, PathBuf), ServerError> {
-    std::fs::create_dir_all(dir).map_err(files::failed("create directory", dir))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(files::failed("create directory", dir))?;
     let (cert_path, key_path) = admin_credential_paths(dir, name);
     write_private_file(&key_path, key.to_pkcs8_pem().as_bytes())?;
     files::replace_atomically(&cert_path, certificate.to_pem().as_bytes(), PUBLIC_MODE)?;

@@ -28,6 +28,8 @@ pub struct Stopped {
     pub policy: trustplane::Policy,
     pub address: std::net::SocketAddr,
     pub clock: Arc<dyn Clock>,
+    /// The lifetime of the agent client certificates it issued.
+    pub client_cert_lifetime: Duration,
 }
 
 pub struct TestServer {
@@ -155,6 +157,7 @@ impl TestServer {
     /// Stops the server (the port is then closed) and returns its address.
     pub async fn stop(self) -> Stopped {
         let address = self.running.address;
+        let client_cert_lifetime = self.running.authority.enrollment.client_cert_lifetime();
         self.running.shutdown().await.unwrap();
         Stopped {
             dir: self.dir,
@@ -162,6 +165,7 @@ impl TestServer {
             policy: self.policy,
             address,
             clock: self.clock,
+            client_cert_lifetime,
         }
     }
 
@@ -173,6 +177,7 @@ impl TestServer {
             policy,
             address,
             clock,
+            client_cert_lifetime,
         } = stopped;
         let store = Arc::new(RedbStore::open(&data_dir.store_path()).unwrap());
         let running = open_and_start(
@@ -181,7 +186,7 @@ impl TestServer {
             policy.clone(),
             &address.to_string(),
             &clock,
-            None,
+            Some(client_cert_lifetime),
         )
         .await;
         let control_plane_ca_pem =

@@ -158,6 +158,13 @@ impl<'a> Agent<'a> {
         let channel = identity::mtls_channel(&config.server, &identity)?;
         let intermediates = IntermediateServiceClient::new(channel.clone());
         let cluster = identity.cluster.clone();
+        let identity_due = identity_renewal_time(&identity.client_cert_pem);
+        if identity_due.is_none() {
+            tracing::warn!(
+                identity = %identity_store.describe(),
+                "the client certificate does not read; it will not be renewed (enroll again before it expires)"
+            );
+        }
         Ok(Self {
             source: CsrSource {
                 cluster: cluster.clone(),
@@ -165,7 +172,7 @@ impl<'a> Agent<'a> {
                 intermediates: intermediates.clone(),
             },
             keeper: Keeper::new(sink, config.renew_fraction),
-            identity_due: identity_renewal_time(&identity.client_cert_pem),
+            identity_due,
             identity_unsaved: false,
             identity_backoff: Backoff::new(config.max_backoff),
             identity,
@@ -205,20 +212,24 @@ impl<'a> Agent<'a> {
         }
         match self.renew_identity().await {
             Ok(renewed) => {
-                let channel = match identity::mtls_channel(&self.config.server, &renewed) {
-                    Ok(channel) => channel,
-                    Err(error) => {
-                        self.identity_failed("switching to the renewed identity", &error);
-                        return false;
-                    }
-                };
-                self.use_channel(channel);
-                self.identity_due = identity_renewal_time(&renewed.client_cert_pem);
+                // The server refuses the old certificate from now on: keep
+                // the new identity whatever happens next.
                 self.identity = renewed;
                 self.identity_unsaved = true;
                 self.identity_backoff.reset();
                 self.save_identity().await;
-                true
+                match identity::mtls_channel(&self.config.server, &self.identity) {
+                    Ok(channel) => {
+                        self.use_channel(channel);
+                        true
+                    }
+                    Err(error) => {
+                        // Only a server URL that does not parse fails here,
+                        // and it parsed for the current channel.
+                        tracing::error!(error = %error_text(&error), "cannot switch to the renewed identity");
+                        false
+                    }
+                }
             }
             Err(error) => {
                 self.identity_failed("renewing the control-plane identity", &error);

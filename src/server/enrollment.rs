@@ -27,8 +27,9 @@ pub const ADMIN_IDENTITY_PREFIX: &str = "spiffe://trustplane.control/admin/";
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Lifetime of agent client certificates.
 pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Lifetime of the server's TLS certificate (issued fresh at every start).
-pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the server's TLS certificate: issued fresh at every start
+/// and renewed at ⅔ of it while the server runs.
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The longest join token lifetime.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 

@@ -73,6 +73,15 @@ pub async fn start_server_with_clock(
     policy: trustplane::Policy,
     clock: Arc<dyn Clock>,
 ) -> TestServer {
+    start_server_with_limits(policy, clock, server::Limits::default()).await
+}
+
+/// A server with its own `limits`.
+pub async fn start_server_with_limits(
+    policy: trustplane::Policy,
+    clock: Arc<dyn Clock>,
+    limits: server::Limits,
+) -> TestServer {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = DataDir::new(dir.path().join("server"));
@@ -95,7 +104,15 @@ pub async fn start_server_with_clock(
         clock.now(),
     )
     .unwrap();
-    let running = open_and_start(&data_dir, store, policy.clone(), "127.0.0.1:0", &clock).await;
+    let running = open_and_start(
+        &data_dir,
+        store,
+        policy.clone(),
+        "127.0.0.1:0",
+        &clock,
+        limits,
+    )
+    .await;
     let control_plane_ca_pem = std::fs::read_to_string(data_dir.control_plane_ca_path()).unwrap();
     TestServer {
         dir,
@@ -113,6 +130,7 @@ async fn open_and_start(
     policy: trustplane::Policy,
     listen: &str,
     clock: &Arc<dyn Clock>,
+    limits: server::Limits,
 ) -> RunningServer {
     let kek = Kek::load(Some(&data_dir.kek_path()), None).unwrap();
     let authority = Arc::new(Authority::open(store, &kek, policy, clock.clone()).unwrap());
@@ -122,6 +140,7 @@ async fn open_and_start(
             listen: listen.parse().unwrap(),
             dns_names: vec![],
             ip_addresses: vec![],
+            limits,
         },
     )
     .await
@@ -158,6 +177,7 @@ impl TestServer {
             policy.clone(),
             &address.to_string(),
             &clock,
+            server::Limits::default(),
         )
         .await;
         let control_plane_ca_pem =

@@ -9,7 +9,10 @@
 //! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`
 //! with `rotation_view` (its options, status and plan as values) — and
 //! `authority` (all of them as one value); `grpc` (the only file that
-//! speaks protobuf), `push` (the push-mode driver), `init`, `error`.
+//! speaks protobuf), `listener` (the accept loop: TLS handshake timeout and
+//! connection caps), `tls` (the server certificate, renewed in place),
+//! `limits` (every bound, the watch-stream and call-rate counters), `push`
+//! (the push-mode driver), `init`, `error`.
 
 mod audit;
 pub mod authority;
@@ -86,6 +89,8 @@ pub struct RunningServer {
     pub identity: Arc<ServerIdentity>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The accept loop; it owns the listening socket.
+    accept: tokio::task::JoinHandle<()>,
     push: push::PushController,
 }
 
@@ -99,6 +104,13 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         self.push.shutdown().await;
         let _ = self.shutdown.send(true);
+        // The port is free once this returns (a restart may bind it again).
+        if let Err(source) = self.accept.await {
+            return Err(ServerError::Task {
+                task: "accept loop",
+                source,
+            });
+        }
         match self.task.await {
             Ok(result) => Ok(result?),
             Err(source) => Err(ServerError::Task {
@@ -202,7 +214,7 @@ pub async fn start(
     // Handshaken connections wait here for tonic; the accept loop is the
     // only sender, so tonic's incoming stream ends when the loop does.
     let (connections, incoming) = mpsc::channel(64);
-    tokio::spawn(listener::accept(
+    let accept = tokio::spawn(listener::accept(
         listener,
         acceptor,
         limits.clone(),
@@ -261,5 +273,6 @@ pub async fn start(
         identity,
         shutdown,
         task,
+        accept,
     })
 }

@@ -255,7 +255,7 @@ pub async fn start(
                 _ = ticker_stop.changed() => break,
             }
             ticks += 1;
-            if ticks % 60 == 0 {
+            if ticks.is_multiple_of(60) {
                 rates.forget_idle();
             }
             let authority = ticker_authority.clone();

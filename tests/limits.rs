@@ -443,3 +443,60 @@ async fn the_server_certificate_is_renewed_at_two_thirds_of_its_lifetime_without
     assert_eq!(second.version, 2);
     drop(before);
 }
+
+#[tokio::test]
+async fn a_flood_of_idle_and_slow_connections_leaves_agents_served() {
+    let timeout = Duration::from_secs(2);
+    let server = server_with(
+        Limits {
+            tls_handshake_timeout: timeout,
+            ..Limits::default()
+        },
+        SystemClock::shared(),
+    )
+    .await;
+    let agent = server.enroll("east").await;
+    served(agent.clone()).await;
+
+    // 1 500 idle TCP connections: more than the 1 000 unauthenticated places.
+    let mut idle = Vec::new();
+    for _ in 0..1_500 {
+        idle.push(TcpStream::connect(server.running.address).await.unwrap());
+    }
+    // A slowloris client: a TLS record header, then one byte at a time.
+    let mut slow = TcpStream::connect(server.running.address).await.unwrap();
+    let slow_started = Instant::now();
+    let slowloris = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let hello = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+        for byte in hello.iter().chain(std::iter::repeat(&0u8)) {
+            if slow.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        slow_started.elapsed()
+    });
+
+    // Meanwhile the agent is served on its connection.
+    let started = Instant::now();
+    served(agent.clone()).await;
+    assert!(started.elapsed() < MARGIN);
+
+    // The server closes the slow client and every idle connection within
+    // the handshake timeout (plus a margin).
+    let slow_closed = tokio::time::timeout(timeout + MARGIN, slowloris)
+        .await
+        .expect("the slowloris client was kept open")
+        .unwrap();
+    assert!(slow_closed < timeout + MARGIN);
+    for connection in idle.iter_mut() {
+        closed_within(connection, timeout + MARGIN).await;
+    }
+    drop(idle);
+
+    // Once the flood is gone, a new agent connects, enrolls and is served.
+    let west = server.enroll("west").await;
+    served(west).await;
+    served(agent).await;
+}

@@ -468,7 +468,9 @@ async fn a_flood_of_idle_and_slow_connections_leaves_agents_served() {
     let slow_started = Instant::now();
     let slowloris = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
-        let hello = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+        let hello = [
+            0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
         for byte in hello.iter().chain(std::iter::repeat(&0u8)) {
             if slow.write_all(&[*byte]).await.is_err() {
                 break;

@@ -89,6 +89,9 @@ pub struct ServerArgs {
     /// `--kek-file` and the KEK lookup order.
     #[command(flatten)]
     pub kek: KekOption,
+    /// Timeouts, connection caps and call rates.
+    #[command(flatten)]
+    pub limits: super::LimitsOptions,
 }
 
 /// `issue` flags.
@@ -252,6 +255,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         dns_names,
         ip_addresses,
+        limits: args.limits.into(),
     };
     let mut running = server::start(authority, &config).await?;
     println!(

@@ -174,6 +174,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             listen: "127.0.0.1:0".parse()?,
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
+            limits: server::Limits::default(),
         },
     )
     .await?;

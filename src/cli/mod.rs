@@ -16,6 +16,7 @@
 //! - `audit.rs`: `audit`.
 //! - `admin.rs`: `admin add|revoke|list` (offline).
 //! - `demo.rs`: `demo`.
+//! - `limits.rs`: `server`'s limit flags.
 //!
 //! and what they share:
 //!
@@ -33,6 +34,7 @@ mod client;
 mod cluster;
 mod data_dir;
 mod demo;
+mod limits;
 mod options;
 mod output;
 mod rotate;
@@ -49,6 +51,7 @@ pub use cacerts::{VerifyArgs, read_cacerts_dir};
 pub use client::{AdminConnection, connect, status_error};
 pub use cluster::{ClusterCommand, StatusArgs};
 pub use data_dir::{InitArgs, IssueArgs, ServerArgs, open_authority};
+pub use limits::LimitsOptions;
 pub use options::{
     DEFAULT_DATA_DIR, DEFAULT_SERVER_URL, DataDirOption, KekOption, MissingKek, PolicyOption,
     ServerCaOption, ServerOption, load_policy,
@@ -86,7 +89,7 @@ pub enum Command {
     Init(InitArgs),
     /// Run the central server (gRPC over TLS).
     #[command(
-        after_help = "Examples:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com\n  # the KEK from a secret manager (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  TRUSTPLANE_KEK=\"$(cat /secure/trustplane-kek)\" trustplane server --data-dir trustplane-data"
+        after_help = "Examples:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com\n  # the KEK from a secret manager (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  TRUSTPLANE_KEK=\"$(cat /secure/trustplane-kek)\" trustplane server --data-dir trustplane-data\n  # tighter limits (README, \"Limits\", sizes the defaults for 10 000 clusters)\n  trustplane server --tls-handshake-timeout 5s --max-unauthenticated-connections 200 --report-status-per-minute 10"
     )]
     Server(ServerArgs),
     /// Run a cluster agent that keeps Istio's cacerts (Secret or directory) current.

@@ -82,6 +82,9 @@ pub struct Core {
     bundle: watch::Sender<Arc<PublishedBundle>>,
     pub(super) kek: Kek,
     clusters_changed: Notify,
+    /// Bumped with `clusters_changed`, for waiters that must not miss a
+    /// change between two waits (watch streams of removed clusters).
+    clusters_generation: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Core {
@@ -141,6 +144,7 @@ impl Core {
             bundle: watch::Sender::new(Arc::new(published)),
             kek: kek.clone(),
             clusters_changed: Notify::new(),
+            clusters_generation: watch::Sender::new(0),
         })
     }
 
@@ -210,6 +214,13 @@ impl Core {
     /// Tells push mode that a cluster was added or removed.
     pub(super) fn notify_clusters_changed(&self) {
         self.clusters_changed.notify_waiters();
+        self.clusters_generation
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver that changes when a cluster was added or removed.
+    pub fn subscribe_clusters(&self) -> watch::Receiver<u64> {
+        self.clusters_generation.subscribe()
     }
 
     /// Resolves when a cluster was added or removed (push mode reacts).

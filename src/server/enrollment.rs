@@ -35,8 +35,9 @@ pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The longest client certificate lifetime the server accepts as a setting.
 pub const MAX_CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
-/// Lifetime of the server's TLS certificate (issued fresh at every start).
-pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the server's TLS certificate: issued fresh at every start
+/// and renewed at ⅔ of it while the server runs.
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The longest join token lifetime.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 

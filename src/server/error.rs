@@ -130,6 +130,37 @@ pub enum ServerError {
     /// nothing in progress, …); the message says what to do.
     #[error("rotation: {0}")]
     Rotation(#[from] crate::rotation::RotationError),
+    /// rustls refused the server's TLS settings or key.
+    #[error("TLS settings: {source}")]
+    Tls {
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// A caller already holds the most watch streams one identity may.
+    #[error(
+        "{identity} already has {limit} open WatchBundle streams (the server's --max-watch-streams-per-identity); close one before opening another"
+    )]
+    TooManyWatchStreams {
+        /// The caller, as `cluster "name"` or `admin "name"`.
+        identity: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A cluster called too often.
+    #[error(
+        "cluster {cluster:?} called {call} more often than the server allows ({limit}); retry after {retry_after_seconds} s"
+    )]
+    RateLimited {
+        /// The RPC.
+        call: &'static str,
+        /// The caller.
+        cluster: String,
+        /// The limit and its flag, as text.
+        limit: String,
+        /// Whole seconds until a call is accepted again.
+        retry_after_seconds: u64,
+    },
 }
 
 impl ServerError {
@@ -179,6 +210,9 @@ impl ServerError {
             ServerError::Signer(_) => "signer",
             ServerError::Sink(_) | ServerError::Kubernetes(_) | ServerError::Cacerts(_) => "push",
             ServerError::Rotation(_) => "rotation",
+            ServerError::TooManyWatchStreams { .. } | ServerError::RateLimited { .. } => {
+                "resource_exhausted"
+            }
             // The server itself: data, files, listener, tasks.
             _ => "setup",
         }
@@ -210,6 +244,9 @@ impl From<ServerError> for tonic::Status {
             }
             ServerError::Rotation(_) => Code::FailedPrecondition,
             ServerError::Store(StoreError::Conflict { .. }) => Code::Aborted,
+            ServerError::TooManyWatchStreams { .. } | ServerError::RateLimited { .. } => {
+                Code::ResourceExhausted
+            }
             // Store, signer, push and setup failures: the server's own.
             _ => Code::Internal,
         };
@@ -222,6 +259,18 @@ impl From<ServerError> for tonic::Status {
             };
             return tonic::Status::new(code, message);
         }
-        tonic::Status::new(code, error.to_string())
+        let mut status = tonic::Status::new(code, error.to_string());
+        if let ServerError::RateLimited {
+            retry_after_seconds,
+            ..
+        } = error
+        {
+            // Like HTTP's Retry-After: whole seconds.
+            status.metadata_mut().insert(
+                "retry-after",
+                tonic::metadata::MetadataValue::from(retry_after_seconds),
+            );
+        }
+        status
     }
 }

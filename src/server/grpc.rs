@@ -16,6 +16,7 @@ use super::authority::Authority;
 use super::core::ClusterBundle;
 use super::enrollment::Caller;
 use super::error::ServerError;
+use super::limits::{CallRates, WatchStreams};
 use super::registry::{ClusterStatus, ServerStatus};
 use super::rotation_view::{
     ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus,
@@ -287,6 +288,8 @@ pub struct BundleApi {
     pub authority: Arc<Authority>,
     /// Ends watch streams when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Open watch streams per caller identity.
+    pub watches: Arc<WatchStreams>,
 }
 
 /// `IntermediateService`.
@@ -294,6 +297,26 @@ pub struct BundleApi {
 pub struct IntermediateApi {
     /// Shared state.
     pub authority: Arc<Authority>,
+    /// Per-cluster call rates.
+    pub rates: Arc<CallRates>,
+}
+
+/// Runs `call` on the blocking pool: the store is synchronous (redb), so
+/// calls that write it stay off the async workers that serve every
+/// connection.
+async fn off_workers<T, F>(
+    authority: &Arc<Authority>,
+    what: &'static str,
+    call: F,
+) -> Result<T, ServerError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Authority) -> Result<T, ServerError> + Send + 'static,
+{
+    let authority = authority.clone();
+    tokio::task::spawn_blocking(move || call(&authority))
+        .await
+        .map_err(|source| ServerError::Task { task: what, source })?
 }
 
 /// `AdminService`.
@@ -327,11 +350,13 @@ impl TrustBundleService for BundleApi {
         request: Request<proto::WatchBundleRequest>,
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
         let who = caller(&self.authority, &request)?;
-        let cluster = match &who {
-            Caller::Cluster(name) => Some(name.clone()),
-            Caller::Admin { .. } => None,
+        let (cluster, identity) = match &who {
+            Caller::Cluster(name) => (Some(name.clone()), format!("cluster {name:?}")),
+            Caller::Admin { name, .. } => (None, format!("admin {name:?}")),
         };
+        let slot = self.watches.open(&identity)?;
         let authority = self.authority.clone();
+        let mut clusters = self.authority.core().subscribe_clusters();
         let mut bundles = self.authority.publication.subscribe();
         let mut directives = self.authority.publication.subscribe_directives();
         let mut shutdown = self.shutdown.clone();
@@ -339,10 +364,27 @@ impl TrustBundleService for BundleApi {
         // older ones in the watch channel, so it gets the latest, not a backlog.
         let (sender, receiver) = mpsc::channel(1);
         tokio::spawn(async move {
+            // Held while the stream is open.
+            let _slot = slot;
             let mut last_sent: Option<proto::Bundle> = None;
             loop {
                 bundles.borrow_and_update();
                 directives.borrow_and_update();
+                clusters.borrow_and_update();
+                if let Some(removed) = cluster.as_deref().filter(|name| {
+                    // A store error keeps the stream: the next change
+                    // checks again.
+                    matches!(authority.core().cluster(name), Ok(None))
+                }) {
+                    let status = Status::permission_denied(format!(
+                        "cluster removed: {removed:?} is no longer registered; re-add it with `trustplane cluster add {removed}` and enroll again"
+                    ));
+                    tokio::select! {
+                        _ = sender.send(Err(status)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    break;
+                }
                 let latest = bundle_message(&authority.publication.for_cluster(cluster.as_deref()));
                 if last_sent.as_ref() != Some(&latest) {
                     tokio::select! {
@@ -354,6 +396,7 @@ impl TrustBundleService for BundleApi {
                 tokio::select! {
                     changed = bundles.changed() => if changed.is_err() { break },
                     changed = directives.changed() => if changed.is_err() { break },
+                    changed = clusters.changed() => if changed.is_err() { break },
                     _ = shutdown.changed() => break,
                     _ = sender.closed() => break,
                 }
@@ -373,11 +416,15 @@ impl IntermediateService for IntermediateApi {
         request: Request<proto::EnrollRequest>,
     ) -> Result<Response<proto::EnrollResponse>, Status> {
         let body = request.into_inner();
-        let enrolled = self
-            .authority
-            .enrollment
-            .enroll(&body.cluster, &body.join_token, &body.client_csr_pem)
-            .await?;
+        let runtime = tokio::runtime::Handle::current();
+        let enrolled = off_workers(&self.authority, "Enroll", move |authority| {
+            runtime.block_on(authority.enrollment.enroll(
+                &body.cluster,
+                &body.join_token,
+                &body.client_csr_pem,
+            ))
+        })
+        .await?;
         Ok(Response::new(proto::EnrollResponse {
             client_cert_pem: enrolled.client_certificate.to_pem(),
             control_plane_ca_pem: enrolled.control_plane_ca.to_pem(),
@@ -392,12 +439,14 @@ impl IntermediateService for IntermediateApi {
         let cluster = require_cluster(&self.authority, &request)?;
         let body = request.into_inner();
         same_cluster(&cluster, &body.cluster)?;
-        let signed = self
-            .authority
-            .issuance
-            .sign_intermediate(&cluster, &body.csr)
-            .await
-            .inspect_err(|error| tracing::warn!(cluster, error = %error, "intermediate refused"))?;
+        self.rates.sign_intermediate(&cluster)?;
+        let runtime = tokio::runtime::Handle::current();
+        let signer = cluster.clone();
+        let signed = off_workers(&self.authority, "SignIntermediate", move |authority| {
+            runtime.block_on(authority.issuance.sign_intermediate(&signer, &body.csr))
+        })
+        .await
+        .inspect_err(|error| tracing::warn!(cluster, error = %error, "intermediate refused"))?;
         Ok(Response::new(proto::SignIntermediateResponse {
             certificate_pem: signed.certificate.to_pem(),
             cert_chain_pem: signed.cert_chain_pem,
@@ -416,6 +465,7 @@ impl IntermediateService for IntermediateApi {
         let cluster = require_cluster(&self.authority, &request)?;
         let body = request.into_inner();
         same_cluster(&cluster, &body.cluster)?;
+        self.rates.report_status(&cluster)?;
         let report = StatusReport {
             applied_bundle_version: body.applied_bundle_version,
             intermediate_serial: body.intermediate_serial,
@@ -423,7 +473,10 @@ impl IntermediateService for IntermediateApi {
             cert_chain_pem: body.cert_chain_pem,
             error: body.error,
         };
-        self.authority.registry.report_status(&cluster, report)?;
+        off_workers(&self.authority, "ReportStatus", move |authority| {
+            authority.registry.report_status(&cluster, report)
+        })
+        .await?;
         Ok(Response::new(proto::ReportStatusResponse {}))
     }
 
@@ -434,19 +487,18 @@ impl IntermediateService for IntermediateApi {
         let cluster = require_cluster(&self.authority, &request)?;
         let serial = presented_serial(&request)?;
         let body = request.into_inner();
-        let renewed = self
-            .authority
-            .enrollment
-            .renew_identity(
-                &self.authority.audit,
-                &cluster,
+        let runtime = tokio::runtime::Handle::current();
+        let renewing = cluster.clone();
+        let renewed = off_workers(&self.authority, "RenewIdentity", move |authority| {
+            runtime.block_on(authority.enrollment.renew_identity(
+                &authority.audit,
+                &renewing,
                 &serial,
                 &body.client_csr_pem,
-            )
-            .await
-            .inspect_err(
-                |error| tracing::warn!(cluster, error = %error, "identity renewal refused"),
-            )?;
+            ))
+        })
+        .await
+        .inspect_err(|error| tracing::warn!(cluster, error = %error, "identity renewal refused"))?;
         Ok(Response::new(proto::RenewIdentityResponse {
             client_certificate_pem: renewed.client_certificate.to_pem(),
             control_plane_ca_pem: renewed.control_plane_ca.to_pem(),

@@ -9,7 +9,10 @@
 //! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`,
 //! `admins` (named admin credentials), with `rotation_view` (its options, status and plan as values) — and
 //! `authority` (all of them as one value); `grpc` (the only file that
-//! speaks protobuf), `push` (the push-mode driver), `init`, `error`.
+//! speaks protobuf), `listener` (the accept loop: TLS handshake timeout and
+//! connection caps), `tls` (the server certificate, renewed in place),
+//! `limits` (every bound, the watch-stream and call-rate counters), `push`
+//! (the push-mode driver), `init`, `error`.
 
 mod admins;
 mod audit;
@@ -20,17 +23,19 @@ mod error;
 mod grpc;
 pub mod init;
 mod issuance;
+mod limits;
+mod listener;
 mod publication;
 pub mod push;
 mod registry;
 mod rotation;
 mod rotation_view;
+mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::sync::watch;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tokio::sync::{mpsc, watch};
 
 pub use self::core::{
     ClusterBundle, Core, PublishedBundle, SPIFFE_REFRESH_HINT, bundle_from_record, bundle_record,
@@ -47,10 +52,12 @@ pub use enrollment::{
 pub use error::ServerError;
 pub use init::{DataDir, InitOptions, InitOutcome, admin_credential_paths, initialize};
 pub use issuance::{Issuance, LocalIssue, SignedIntermediate};
+pub use limits::{CallRates, Limits, WatchSlot, WatchStreams};
 pub use publication::Publication;
 pub use registry::{ClusterMode, ClusterState, ClusterStatus, Registry, ServerStatus};
 pub use rotation::Rotations;
 pub use rotation_view::{ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus};
+pub use tls::{ServerIdentity, renewal_time};
 
 pub use crate::clock::{Clock, SystemClock};
 use crate::proto::admin_service_server::AdminServiceServer;
@@ -70,6 +77,8 @@ pub struct ServerConfig {
     pub dns_names: Vec<String>,
     /// IP addresses in the server certificate (besides 127.0.0.1 and ::1).
     pub ip_addresses: Vec<IpAddr>,
+    /// Timeouts, caps and rates.
+    pub limits: Limits,
 }
 
 /// A server running in this process.
@@ -79,8 +88,12 @@ pub struct RunningServer {
     pub address: SocketAddr,
     /// The shared state.
     pub authority: Arc<Authority>,
+    /// The certificate new TLS handshakes get (renewed in place).
+    pub identity: Arc<ServerIdentity>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The accept loop; it owns the listening socket.
+    accept: tokio::task::JoinHandle<()>,
     push: push::PushController,
 }
 
@@ -94,6 +107,13 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         self.push.shutdown().await;
         let _ = self.shutdown.send(true);
+        // The port is free once this returns (a restart may bind it again).
+        if let Err(source) = self.accept.await {
+            return Err(ServerError::Task {
+                task: "accept loop",
+                source,
+            });
+        }
         match self.task.await {
             Ok(result) => Ok(result?),
             Err(source) => Err(ServerError::Task {
@@ -116,13 +136,22 @@ impl RunningServer {
 }
 
 /// Binds `config.listen`, issues a fresh server certificate from the
-/// control-plane CA, and serves the three services over TLS. Client
+/// control-plane CA (renewed at ⅔ of its lifetime while the server runs),
+/// and serves the three services over TLS within `config.limits`. Client
 /// certificates are optional at the TLS layer (enrollment has none) and
 /// required by every call except `Enroll`.
+///
+/// Errors: [`ServerError::InvalidArgument`] for limits that cannot work,
+/// [`ServerError::Listen`], and certificate, store and TLS errors.
 pub async fn start(
     authority: Arc<Authority>,
     config: &ServerConfig,
 ) -> Result<RunningServer, ServerError> {
+    let limits = config.limits.clone();
+    let problems = limits.problems();
+    if !problems.is_empty() {
+        return Err(ServerError::InvalidArgument(problems.join("; ")));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -145,32 +174,36 @@ pub async fn start(
     if !address.ip().is_unspecified() && !ip_addresses.contains(&address.ip()) {
         ip_addresses.push(address.ip());
     }
-    let (certificate, key) = authority
-        .enrollment
-        .issue_server_identity(dns_names, ip_addresses)
-        .await?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            certificate.to_pem(),
-            key.to_pkcs8_pem().as_bytes(),
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(
-            authority.control_plane_ca().to_pem(),
-        ))
-        .client_auth_optional(true);
+    let names = tls::ServerNames {
+        dns_names,
+        ip_addresses,
+    };
+    let (certificate, key) = tls::issue(&authority, &names).await?;
+    let identity = Arc::new(ServerIdentity::new(tls::provider(), certificate, &key)?);
+    drop(key);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(
+        &authority,
+        identity.clone(),
+    )?));
     let (shutdown, shutdown_receiver) = watch::channel(false);
+    let rates = Arc::new(CallRates::new(&limits, authority.core().clock().clone()));
     let bundle_api = grpc::BundleApi {
         authority: authority.clone(),
         shutdown: shutdown_receiver.clone(),
+        watches: Arc::new(WatchStreams::new(limits.max_watch_streams_per_identity)),
     };
     let intermediate_api = grpc::IntermediateApi {
         authority: authority.clone(),
+        rates: rates.clone(),
     };
     let admin_api = grpc::AdminApi {
         authority: authority.clone(),
     };
     let router = tonic::transport::Server::builder()
-        .tls_config(tls)?
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .add_service(
             TrustBundleServiceServer::new(bundle_api).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -181,11 +214,27 @@ pub async fn start(
         .add_service(
             AdminServiceServer::new(admin_api).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
+    // Handshaken connections wait here for tonic; the accept loop is the
+    // only sender, so tonic's incoming stream ends when the loop does.
+    let (connections, incoming) = mpsc::channel(64);
+    let accept = tokio::spawn(listener::accept(
+        listener,
+        acceptor,
+        limits.clone(),
+        connections,
+        shutdown_receiver.clone(),
+    ));
+    tokio::spawn(tls::renew(
+        authority.clone(),
+        identity.clone(),
+        names,
+        shutdown_receiver.clone(),
+    ));
     let mut stop = shutdown_receiver;
     let task = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tokio_stream::wrappers::ReceiverStream::new(incoming),
                 async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 },
@@ -195,16 +244,22 @@ pub async fn start(
     tracing::info!(%address, "trustplane server listening (TLS)");
     let push = push::PushController::spawn(authority.clone());
     // Notes when every cluster acknowledged a rotation phase and runs
-    // `--auto` steps, once a second, off the request path.
+    // `--auto` steps, once a second, off the request path; once a minute
+    // it forgets the rate allowances of clusters that are idle again.
     let ticker_authority = authority.clone();
     let mut ticker_stop = shutdown.subscribe();
     tokio::spawn(async move {
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 // A polling cadence, not a span of time: gates compare
                 // against the authority's clock.
                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = ticker_stop.changed() => break,
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(60) {
+                rates.forget_idle();
             }
             let authority = ticker_authority.clone();
             match tokio::task::spawn_blocking(move || authority.rotation.tick()).await {
@@ -218,7 +273,9 @@ pub async fn start(
         address,
         push,
         authority,
+        identity,
         shutdown,
         task,
+        accept,
     })
 }

@@ -75,7 +75,7 @@ pub async fn start_server_with_clock(
     policy: trustplane::Policy,
     clock: Arc<dyn Clock>,
 ) -> TestServer {
-    start_server_with_client_lifetime(policy, clock, None).await
+    start_server_configured(policy, clock, None, server::Limits::default()).await
 }
 
 /// The same, issuing agent client certificates for `client_cert_lifetime`
@@ -84,6 +84,31 @@ pub async fn start_server_with_client_lifetime(
     policy: trustplane::Policy,
     clock: Arc<dyn Clock>,
     client_cert_lifetime: Option<Duration>,
+) -> TestServer {
+    start_server_configured(
+        policy,
+        clock,
+        client_cert_lifetime,
+        server::Limits::default(),
+    )
+    .await
+}
+
+/// A server with its own `limits`.
+pub async fn start_server_with_limits(
+    policy: trustplane::Policy,
+    clock: Arc<dyn Clock>,
+    limits: server::Limits,
+) -> TestServer {
+    start_server_configured(policy, clock, None, limits).await
+}
+
+/// A server with a client certificate lifetime and limits of its own.
+pub async fn start_server_configured(
+    policy: trustplane::Policy,
+    clock: Arc<dyn Clock>,
+    client_cert_lifetime: Option<Duration>,
+    limits: server::Limits,
 ) -> TestServer {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
@@ -114,6 +139,7 @@ pub async fn start_server_with_client_lifetime(
         "127.0.0.1:0",
         &clock,
         client_cert_lifetime,
+        limits,
     )
     .await;
     let control_plane_ca_pem = std::fs::read_to_string(data_dir.control_plane_ca_path()).unwrap();
@@ -134,6 +160,7 @@ async fn open_and_start(
     listen: &str,
     clock: &Arc<dyn Clock>,
     client_cert_lifetime: Option<Duration>,
+    limits: server::Limits,
 ) -> RunningServer {
     let kek = Kek::load(Some(&data_dir.kek_path()), None).unwrap();
     let mut authority = Authority::open(store, &kek, policy, clock.clone()).unwrap();
@@ -147,6 +174,7 @@ async fn open_and_start(
             listen: listen.parse().unwrap(),
             dns_names: vec![],
             ip_addresses: vec![],
+            limits,
         },
     )
     .await
@@ -187,6 +215,7 @@ impl TestServer {
             &address.to_string(),
             &clock,
             Some(client_cert_lifetime),
+            server::Limits::default(),
         )
         .await;
         let control_plane_ca_pem =

@@ -112,8 +112,10 @@ pub enum Command {
         after_help = "Phases: stable {A} -> trust-new {A,B} -> sign-new (B signs; grace) -> retire-old {B} -> stable.\nEach step waits until every enrolled, non-excluded cluster has acknowledged it.\n\nExamples:\n  trustplane rotate plan\n  trustplane rotate start\n  trustplane rotate status\n  trustplane rotate advance --wait                 # trust-new -> sign-new\n  trustplane rotate advance --wait --timeout 30h   # sign-new -> retire-old, after the grace (24h)\n  trustplane rotate advance --wait                 # retire-old -> stable\n  trustplane rotate abort"
     )]
     Rotate(RotateCommand),
-    /// Show the audit log: rotation steps, exclusions, reissues (admin).
-    #[command(after_help = "Examples:\n  trustplane audit\n  trustplane audit --limit 200 -o json")]
+    /// Show the audit trail: every state change and refused admin call, with its actor (admin); `audit verify` checks its hash chain offline.
+    #[command(
+        after_help = "Examples:\n  trustplane audit\n  trustplane audit --since 24h --action rotate\n  trustplane audit --since 2026-12-01T00:00:00Z --limit 200 -o json\n  trustplane audit verify --data-dir trustplane-data   # offline, server stopped"
+    )]
     Audit(AuditArgs),
     /// Offline: generate a cluster's key and sign its cacerts files locally (server must be stopped).
     #[command(

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
+use super::audit;
 use super::core::{Core, validate_cluster_name};
 use super::error::ServerError;
 use super::issuance::record_issued;
@@ -92,14 +93,15 @@ impl Enrollment {
         Self { core }
     }
 
-    /// Registers a cluster (or re-tokens a pending one) and returns a new
-    /// one-time join token and its expiry. A new token replaces every
-    /// earlier one of the cluster.
+    /// Registers a cluster (or re-tokens a pending one) at the request of
+    /// `actor` and returns a new one-time join token and its expiry. A new
+    /// token replaces every earlier one of the cluster.
     ///
     /// Errors: invalid name or lifetime, [`ServerError::AlreadyExists`] for
     /// an enrolled cluster, store errors.
     pub fn add_cluster(
         &self,
+        actor: &str,
         name: &str,
         token_ttl: Option<Duration>,
     ) -> Result<(Zeroizing<String>, SystemTime), ServerError> {
@@ -112,13 +114,13 @@ impl Enrollment {
                 "join token lifetime must be between 1 s and 7 days".into(),
             ));
         }
-        let (record, expect) = match core.cluster(name)? {
+        let (record, expect, action) = match core.cluster(name)? {
             Some((record, _)) if record.enrolled_unix.is_some() => {
                 return Err(ServerError::AlreadyExists(format!(
                     "cluster {name:?} is already enrolled; to enroll it again run `trustplane cluster remove {name}` first"
                 )));
             }
-            Some((record, version)) => (record, Expect::Version(version)),
+            Some((record, version)) => (record, Expect::Version(version), "cluster-retoken"),
             None => (
                 ClusterRecord {
                     name: name.to_string(),
@@ -131,6 +133,7 @@ impl Enrollment {
                     reissue_serial: None,
                 },
                 Expect::Absent,
+                "cluster-add",
             ),
         };
         let token = new_token(name)?;
@@ -150,6 +153,17 @@ impl Enrollment {
                 &token_record,
                 Some(Expect::Absent),
             )?;
+        let batch = audit::append(
+            batch,
+            &core.kek,
+            system_time_to_unix(now),
+            actor,
+            action,
+            format!(
+                "cluster {name} (agent mode): join token issued, expires {}",
+                humantime::format_rfc3339_seconds(expires)
+            ),
+        );
         core.store.commit(batch)?;
         tracing::info!(cluster = name, "cluster registered; join token issued");
         Ok((token, expires))
@@ -222,6 +236,17 @@ impl Enrollment {
             enrolled.client_cert_serial = Some(certificate.serial_hex()?);
             let mut used = token_record.clone();
             used.used_unix = Some(system_time_to_unix(now));
+            let batch = audit::append(
+                batch,
+                &core.kek,
+                system_time_to_unix(now),
+                &audit::cluster_actor(cluster),
+                "cluster-enroll",
+                format!(
+                    "cluster {cluster} enrolled with its join token; client certificate {}",
+                    certificate.serial_hex()?
+                ),
+            );
             Ok(batch
                 .put_json(
                     Table::Tokens,
@@ -238,6 +263,7 @@ impl Enrollment {
         };
         let certificate = record_issued(
             core,
+            &audit::cluster_actor(cluster),
             IssuedKind::ControlPlaneClient,
             Some(cluster),
             now,
@@ -327,6 +353,7 @@ impl Enrollment {
         };
         let certificate = record_issued(
             core,
+            "server",
             IssuedKind::ControlPlaneServer,
             None,
             now,

@@ -7,6 +7,8 @@
 //! identities), `registry` (clusters, push targets, reports, reissue),
 //! `issuance` (intermediates; the one place an issued certificate is
 //! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`
+//! (the hash-chained audit trail), `integrity` (MACs on the records that
+//! decide trust)
 //! with `rotation_view` (its options, status and plan as values) — and
 //! `authority` (all of them as one value); `grpc` (the only file that
 //! speaks protobuf), `push` (the push-mode driver), `init`, `error`.
@@ -18,6 +20,7 @@ mod enrollment;
 mod error;
 mod grpc;
 pub mod init;
+pub mod integrity;
 mod issuance;
 mod publication;
 pub mod push;
@@ -35,7 +38,10 @@ pub use self::core::{
     ClusterBundle, Core, PublishedBundle, SPIFFE_REFRESH_HINT, bundle_from_record, bundle_record,
     load_sealed_key, load_signer, validate_cluster_name,
 };
-pub use audit::AuditTrail;
+pub use audit::{
+    AuditQuery, AuditTrail, ChainError, ChainSummary, OFFLINE_ACTOR, Upgraded, cluster_actor,
+    upgrade_store, verify_chain,
+};
 pub use authority::Authority;
 pub use enrollment::{
     ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, CLUSTER_IDENTITY_PREFIX, Caller,

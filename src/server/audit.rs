@@ -306,16 +306,16 @@ pub fn verify_chain(store: &dyn Store, kek: &Kek) -> Result<ChainSummary, Server
         if record.seq == 0 || key.contains('-') {
             return Err(at("an entry from before the audit chain: run `trustplane audit upgrade` once (server stopped)".into()));
         }
+        if *key != entry_key(record.seq) || record.seq < expected {
+            return Err(at(format!(
+                "found entry {} under key {key} where entry {expected} belongs: the chain was reordered",
+                record.seq
+            )));
+        }
         if record.seq > expected {
             return Err(at(format!(
                 "entries {expected} to {} are missing: deleted from the chain",
                 record.seq - 1
-            )));
-        }
-        if record.seq != expected || *key != entry_key(record.seq) {
-            return Err(at(format!(
-                "found entry {} under key {key} where entry {expected} belongs: the chain was reordered",
-                record.seq
             )));
         }
         if record.prev_hash != previous_hash {

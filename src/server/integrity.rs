@@ -104,6 +104,13 @@ fn split_mac(stored: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     Some((plain, &stored[field_start + MAC_FIELD.len()..length - 2]))
 }
 
+/// Whether the record has a top-level `mac` field anywhere.
+fn has_mac_field(stored: &[u8]) -> bool {
+    split_mac(stored).is_some()
+        || serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(stored)
+            .is_ok_and(|object| object.contains_key("mac"))
+}
+
 /// Checks the MAC of a stored record and returns its bytes without it.
 ///
 /// Errors: [`StoreError::Integrity`] naming the record, what is wrong and
@@ -114,7 +121,18 @@ pub fn open_bytes(
     key: &str,
     stored: &[u8],
 ) -> Result<Vec<u8>, StoreError> {
-    let (plain, mac_hex) = split_mac(stored).ok_or_else(|| integrity(table, key, NO_MAC_HELP))?;
+    let (plain, mac_hex) = split_mac(stored).ok_or_else(|| {
+        // A `mac` field elsewhere than last: the record was rewritten.
+        integrity(
+            table,
+            key,
+            if has_mac_field(stored) {
+                BAD_MAC_HELP
+            } else {
+                NO_MAC_HELP
+            },
+        )
+    })?;
     let tag = hex::decode(mac_hex).map_err(|_| integrity(table, key, BAD_MAC_HELP))?;
     ring::hmac::verify(&mac_key(kek), &mac_input(table, key, &plain), &tag)
         .map_err(|_| integrity(table, key, BAD_MAC_HELP))?;
@@ -166,11 +184,11 @@ pub fn get_json<T: DeserializeOwned>(
     }
 }
 
-/// Every authenticated record of the store, as (table, key, stored bytes,
-/// version).
-fn authenticated_records(
-    store: &dyn Store,
-) -> Result<Vec<(Table, String, Vec<u8>, u64)>, StoreError> {
+/// One stored record: table, key, bytes as stored, version.
+type StoredRecord = (Table, String, Vec<u8>, u64);
+
+/// Every authenticated record of the store.
+fn authenticated_records(store: &dyn Store) -> Result<Vec<StoredRecord>, StoreError> {
     let mut found = Vec::new();
     for table in [Table::Roots, Table::Bundles] {
         for (key, stored) in store.list(table)? {
@@ -197,7 +215,7 @@ pub fn verify_records(store: &dyn Store, kek: &Kek) -> Result<(), ServerError> {
     let legacy = store.get(Table::Meta, AUDIT_HEAD_KEY)?.is_none()
         && records
             .iter()
-            .all(|(_, _, stored, _)| split_mac(stored).is_none());
+            .all(|(_, _, stored, _)| !has_mac_field(stored));
     if legacy && !records.is_empty() {
         return Err(ServerError::LegacyStore);
     }
@@ -220,7 +238,7 @@ pub fn authenticate_legacy(
 ) -> Result<(Batch, Vec<String>), ServerError> {
     let mut authenticated = Vec::new();
     for (table, key, stored, version) in authenticated_records(store)? {
-        if split_mac(&stored).is_some() {
+        if has_mac_field(&stored) {
             open_bytes(kek, table, &key, &stored)?;
             continue;
         }

@@ -39,8 +39,8 @@ pub use self::core::{
     load_sealed_key, load_signer, validate_cluster_name,
 };
 pub use audit::{
-    AuditQuery, AuditTrail, ChainError, ChainSummary, OFFLINE_ACTOR, Upgraded, cluster_actor,
-    upgrade_store, verify_chain,
+    AuditQuery, AuditTrail, ChainError, ChainSummary, GENESIS_HASH, OFFLINE_ACTOR, Upgraded,
+    cluster_actor, entry_hash, entry_key, upgrade_store, verify_chain,
 };
 pub use authority::Authority;
 pub use enrollment::{

@@ -101,6 +101,8 @@ impl File {
 /// A store after a run of every kind of change, stopped, with its KEK.
 struct Run {
     _dir: tempfile::TempDir,
+    /// A copy of the store file taken before the rotation (an old backup).
+    backup: PathBuf,
     data_dir: server::DataDir,
     kek: Kek,
     policy: trustplane::Policy,
@@ -175,6 +177,14 @@ async fn mixed_run() -> Run {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 
+    // An old copy of the file, as an attacker might keep one.
+    drop(admin);
+    drop(east);
+    let stopped = server.stop().await;
+    let backup = stopped.dir.path().join("backup.redb");
+    std::fs::copy(stopped.data_dir.store_path(), &backup).unwrap();
+    let server = common::TestServer::resume(stopped).await;
+    let mut admin = server.admin().await;
     admin
         .rotate_start(proto::RotateStartRequest {
             options: Some(proto::RotationOptions::default()),
@@ -191,6 +201,7 @@ async fn mixed_run() -> Run {
     let stopped = server.stop().await;
     let kek = Kek::load(Some(&stopped.data_dir.kek_path()), None).unwrap();
     Run {
+        backup,
         _dir: stopped.dir,
         data_dir: stopped.data_dir,
         kek,
@@ -542,6 +553,18 @@ async fn a_root_added_to_the_bundle_a_moved_rotation_or_a_swapped_root_is_refuse
     moved.write("bundles", &[("cluster.local", &history)], &[]);
     let (changed, _, _) = integrity_error(run.open(&moved));
     assert_eq!(changed, "bundles/cluster.local");
+
+    // The current bundle put back to an older authentic copy of itself.
+    let older = case("older");
+    // From the attacker's old copy of the file, taken before the rotation.
+    let backup = File {
+        path: run.backup.clone(),
+    };
+    let rolled_back = backup.get("bundles", "cluster.local").unwrap().1;
+    older.write("bundles", &[("cluster.local", &rolled_back)], &[]);
+    let (changed, reason, _) = integrity_error(run.open(&older));
+    assert_eq!(changed, "bundles/cluster.local");
+    assert!(reason.contains("history goes up to version 2"), "{reason}");
 
     // The untouched copy still opens.
     run.open(&case("untouched")).unwrap();

@@ -242,3 +242,21 @@ fn upgrade(args: OfflineArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_duration_back_from_now_or_an_rfc3339_time() {
+        let now = crate::ca::unix_to_system_time(1_000_000);
+        assert_eq!(parse_since("1h").unwrap().unix(now), 1_000_000 - 3600);
+        assert_eq!(
+            parse_since("2026-12-01T00:00:00Z").unwrap().unix(now),
+            1_796_083_200
+        );
+        let error = parse_since("yesterday").unwrap_err();
+        assert!(error.contains("neither a duration"), "{error}");
+    }
+}

@@ -586,3 +586,144 @@ impl AuditTrail {
         Ok(entries.into_iter().skip(skip).collect())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn entry(unix: i64, action: &str) -> AuditRecord {
+        AuditRecord {
+            seq: 1,
+            unix,
+            actor: "admin".into(),
+            action: action.into(),
+            detail: String::new(),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_query_filters_by_time_and_by_action_or_its_prefix() {
+        let query = AuditQuery {
+            since_unix: Some(100),
+            action: Some("rotate".into()),
+            limit: 10,
+        };
+        assert!(query.matches(&entry(100, "rotate-start")));
+        assert!(query.matches(&entry(200, "rotate")));
+        assert!(!query.matches(&entry(99, "rotate-start")), "too old");
+        assert!(
+            !query.matches(&entry(200, "rotated")),
+            "not a prefix at a '-'"
+        );
+        assert!(!query.matches(&entry(200, "cluster-add")));
+        assert!(AuditQuery::default().matches(&entry(0, "anything")));
+    }
+
+    #[test]
+    fn every_field_of_an_entry_is_covered_by_its_hash() {
+        let base = entry(5, "cluster-add");
+        let hash = entry_hash(&base);
+        let changed = [
+            AuditRecord {
+                seq: 2,
+                ..base.clone()
+            },
+            AuditRecord {
+                unix: 6,
+                ..base.clone()
+            },
+            AuditRecord {
+                actor: "other".into(),
+                ..base.clone()
+            },
+            AuditRecord {
+                action: "cluster-remove".into(),
+                ..base.clone()
+            },
+            AuditRecord {
+                detail: "x".into(),
+                ..base.clone()
+            },
+            AuditRecord {
+                prev_hash: "1".repeat(64),
+                ..base.clone()
+            },
+            // Moving bytes between fields changes the hash too.
+            AuditRecord {
+                actor: "admincluster-add".into(),
+                action: String::new(),
+                ..base.clone()
+            },
+        ];
+        for record in changed {
+            assert_ne!(entry_hash(&record), hash, "{record:?}");
+        }
+    }
+
+    #[test]
+    fn an_append_refuses_a_head_the_kek_did_not_sign() {
+        let kek = Kek::generate().unwrap();
+        let store = MemoryStore::new();
+        store
+            .commit(append(
+                Batch::new(),
+                &kek,
+                1,
+                "init",
+                "init",
+                "first".into(),
+            ))
+            .unwrap();
+        // Someone without the KEK rewrites the head.
+        let mut head: AuditHead = records::get_json(&store, Table::Meta, AUDIT_HEAD_KEY)
+            .unwrap()
+            .unwrap()
+            .0;
+        head.hash = GENESIS_HASH.into();
+        store
+            .commit(
+                Batch::new()
+                    .put_json(Table::Meta, AUDIT_HEAD_KEY, &head, None)
+                    .unwrap(),
+            )
+            .unwrap();
+        let refused = store.commit(append(
+            Batch::new(),
+            &kek,
+            2,
+            "admin",
+            "cluster-add",
+            "x".into(),
+        ));
+        match refused {
+            Err(StoreError::Integrity { key, reason, .. }) => {
+                assert_eq!(key, AUDIT_HEAD_KEY);
+                assert!(reason.contains("does not authenticate"), "{reason}");
+            }
+            other => panic!("expected the append to be refused, got {other:?}"),
+        }
+        // A store with another KEK: the same.
+        let other = Kek::generate().unwrap();
+        let fresh = MemoryStore::new();
+        fresh
+            .commit(append(
+                Batch::new(),
+                &kek,
+                1,
+                "init",
+                "init",
+                "first".into(),
+            ))
+            .unwrap();
+        assert!(
+            fresh
+                .commit(append(Batch::new(), &other, 2, "admin", "x", String::new()))
+                .is_err()
+        );
+        assert_eq!(fresh.list(Table::Audit).unwrap().len(), 1);
+    }
+}

@@ -8,7 +8,8 @@
 //! The MAC is the record's last JSON field, `"mac":"<hex>"`, over the exact
 //! bytes of the record without it, so no canonical form is needed. What a
 //! MAC cannot catch is a rollback to an older authenticated value of the
-//! same key; the audit chain records every bundle version and step.
+//! same key, for the store as a whole (a restored old copy of the file); a
+//! current bundle put back alone is caught by its history.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -219,8 +220,43 @@ pub fn verify_records(store: &dyn Store, kek: &Kek) -> Result<(), ServerError> {
     if legacy && !records.is_empty() {
         return Err(ServerError::LegacyStore);
     }
+    let mut bundle_versions = Vec::new();
     for (table, key, stored, _) in &records {
-        open_bytes(kek, *table, key, stored)?;
+        let plain = open_bytes(kek, *table, key, stored)?;
+        if *table == Table::Bundles {
+            let version = decode::<serde_json::Value>(*table, key, &plain)?
+                .get("version")
+                .and_then(serde_json::Value::as_u64);
+            bundle_versions.push((key.as_str(), version));
+        }
+    }
+    check_bundle_history(&bundle_versions)?;
+    Ok(())
+}
+
+/// A current bundle record put back alone to an older authentic copy of
+/// itself (from an old backup of the file): its history, written in the same
+/// transactions, has a newer version.
+fn check_bundle_history(versions: &[(&str, Option<u64>)]) -> Result<(), StoreError> {
+    for (trust_domain, current) in versions.iter().filter(|(key, _)| !key.contains('/')) {
+        let prefix = format!("{trust_domain}/");
+        let newest = versions
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .filter_map(|(_, version)| *version)
+            .max();
+        if let Some(newest) = newest
+            && Some(newest) != *current
+        {
+            return Err(integrity(
+                Table::Bundles,
+                trust_domain,
+                format!(
+                    "the current bundle is version {} but its history goes up to version {newest}: the record was put back to an older copy; restore the store from a backup and find out who could write the file",
+                    current.map_or_else(|| "unknown".to_string(), |version| version.to_string())
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -61,7 +61,7 @@ fn same_cluster(caller: &str, requested: &str) -> Result<(), ServerError> {
 }
 
 fn require_admin<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
-    let refused = match caller(authority, request) {
+    let (actor, error) = match caller(authority, request) {
         Ok(Caller::Admin(name)) => return Ok(name),
         Ok(Caller::Cluster(cluster)) => {
             let error = ServerError::PermissionDenied(format!(
@@ -71,7 +71,6 @@ fn require_admin<T>(authority: &Authority, request: &Request<T>) -> Result<Strin
         }
         Err(error) => (None, error),
     };
-    let (actor, error) = refused;
     audit_refusal(authority, actor.as_deref(), method_of::<T>(), &error);
     Err(error)
 }

@@ -2,7 +2,8 @@
 //! chain verifies after a mixed run; an attacker who can write the redb
 //! file but has no KEK (the tests open the file with redb directly) cannot
 //! edit, delete, reorder, truncate, extend or rewrite the chain, add a root
-//! to the bundle, move the rotation or swap a root unnoticed.
+//! to the bundle, move the rotation, swap a root or plant a join token
+//! unnoticed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -489,7 +490,8 @@ fn attacker_root() -> String {
 }
 
 #[tokio::test]
-async fn a_root_added_to_the_bundle_a_moved_rotation_or_a_swapped_root_is_refused_at_open() {
+async fn a_root_added_to_the_bundle_a_moved_rotation_a_swapped_root_or_a_planted_token_is_refused_at_open()
+ {
     let run = mixed_run().await;
     let scratch = tempfile::tempdir().unwrap();
     let case = |name: &str| {
@@ -566,6 +568,31 @@ async fn a_root_added_to_the_bundle_a_moved_rotation_or_a_swapped_root_is_refuse
     assert_eq!(changed, "bundles/cluster.local");
     assert!(reason.contains("history goes up to version 2"), "{reason}");
 
+    // (d) A join token the attacker knows, planted for a cluster of theirs:
+    // it would enroll them and get them intermediates from the root.
+    let token = case("token");
+    let planted = "tp1.evil.known-to-the-attacker";
+    token.put_json(
+        "clusters",
+        "evil",
+        &serde_json::json!({
+            "name": "evil", "trust_domain": "cluster.local", "created_unix": 1,
+            "enrolled_unix": null, "client_cert_serial": null, "report": null,
+        }),
+    );
+    let hash = server::token_hash(planted);
+    token.put_json(
+        "tokens",
+        &hash,
+        &serde_json::json!({
+            "cluster": "evil", "created_unix": 1, "expires_unix": 4_000_000_000i64,
+            "used_unix": null,
+        }),
+    );
+    let (changed, reason, _) = integrity_error(run.open(&token));
+    assert_eq!(changed, format!("tokens/{hash}"));
+    assert!(reason.contains("carries no MAC"), "{reason}");
+
     // The untouched copy still opens.
     run.open(&case("untouched")).unwrap();
 }
@@ -577,7 +604,7 @@ async fn a_store_from_before_the_chain_is_refused_until_upgraded_once() {
     let file = run.copy(scratch.path());
     // Make it look as an older trustplane wrote it: no MACs, no head, audit
     // entries keyed by time without chain fields.
-    for name in ["roots", "bundles"] {
+    for name in ["roots", "bundles", "tokens"] {
         for (key, _) in file.list(name) {
             let mut record = file.json(name, &key);
             record.as_object_mut().unwrap().remove("mac");

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use super::audit;
 use super::core::{Core, validate_cluster_name};
 use super::error::ServerError;
+use super::integrity;
 use super::issuance::record_issued;
 use crate::ca::{
     self, Certificate, ControlPlaneRole, PrivateKey, system_time_to_unix, unix_to_system_time,
@@ -144,15 +145,20 @@ impl Enrollment {
             expires_unix: system_time_to_unix(expires),
             used_unix: None,
         };
-        let batch = self
-            .without_tokens_of(name, Batch::new())?
-            .put_json(Table::Clusters, name, &record, Some(expect))?
-            .put_json(
-                Table::Tokens,
-                token_hash(&token),
-                &token_record,
-                Some(Expect::Absent),
-            )?;
+        let batch = self.without_tokens_of(name, Batch::new())?.put_json(
+            Table::Clusters,
+            name,
+            &record,
+            Some(expect),
+        )?;
+        let batch = integrity::put_json(
+            batch,
+            &core.kek,
+            Table::Tokens,
+            &token_hash(&token),
+            &token_record,
+            Some(Expect::Absent),
+        )?;
         let batch = audit::append(
             batch,
             &core.kek,
@@ -190,9 +196,13 @@ impl Enrollment {
                 "join token for cluster {cluster:?} {reason}; create a new one with `trustplane cluster add {cluster}`"
             ))
         };
-        let (token_record, token_version) =
-            records::get_json::<TokenRecord>(core.store.as_ref(), Table::Tokens, &hash)?
-                .ok_or_else(|| refused("is unknown"))?;
+        let (token_record, token_version) = integrity::get_json::<TokenRecord>(
+            core.store.as_ref(),
+            &core.kek,
+            Table::Tokens,
+            &hash,
+        )?
+        .ok_or_else(|| refused("is unknown"))?;
         if token_record.cluster != cluster {
             return Err(refused("belongs to another cluster"));
         }
@@ -247,19 +257,20 @@ impl Enrollment {
                     certificate.serial_hex()?
                 ),
             );
-            Ok(batch
-                .put_json(
-                    Table::Tokens,
-                    &hash,
-                    &used,
-                    Some(Expect::Version(token_version)),
-                )?
-                .put_json(
-                    Table::Clusters,
-                    cluster,
-                    &enrolled,
-                    Some(Expect::Version(cluster_version)),
-                )?)
+            Ok(integrity::put_json(
+                batch,
+                &core.kek,
+                Table::Tokens,
+                &hash,
+                &used,
+                Some(Expect::Version(token_version)),
+            )?
+            .put_json(
+                Table::Clusters,
+                cluster,
+                &enrolled,
+                Some(Expect::Version(cluster_version)),
+            )?)
         };
         let certificate = record_issued(
             core,
@@ -384,13 +395,15 @@ impl Enrollment {
         cluster: &str,
         batch: Batch,
     ) -> Result<Batch, ServerError> {
-        Ok(
-            records::list_json::<TokenRecord>(self.core.store.as_ref(), Table::Tokens)?
-                .into_iter()
-                .filter(|(_, record, _)| record.cluster == cluster)
-                .fold(batch, |batch, (hash, _, version)| {
-                    batch.delete(Table::Tokens, hash, Some(Expect::Version(version)))
-                }),
-        )
+        Ok(integrity::list_json::<TokenRecord>(
+            self.core.store.as_ref(),
+            &self.core.kek,
+            Table::Tokens,
+        )?
+        .into_iter()
+        .filter(|(_, record, _)| record.cluster == cluster)
+        .fold(batch, |batch, (hash, _, version)| {
+            batch.delete(Table::Tokens, hash, Some(Expect::Version(version)))
+        }))
     }
 }

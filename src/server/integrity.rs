@@ -1,9 +1,11 @@
 //! Store integrity: the records that decide what the mesh trusts — every
 //! root, every bundle version (current and history), the rotation state and
-//! the CA settings — carry a MAC keyed from the KEK, over their table, key
-//! and content. Whoever can write the store file but has no KEK can neither
-//! add a root to the published bundle nor move the rotation: the record is
-//! refused on load, and the server refuses to start.
+//! the CA settings — and the join tokens (which turn into a cluster identity,
+//! and so into intermediates) carry a MAC keyed from the KEK, over their
+//! table, key and content. Whoever can write the store file but has no KEK
+//! can neither add a root to the published bundle, nor move the rotation,
+//! nor plant a join token they know: the record is refused on load, and the
+//! server refuses to start.
 //!
 //! The MAC is the record's last JSON field, `"mac":"<hex>"`, over the exact
 //! bytes of the record without it, so no canonical form is needed. What a
@@ -40,7 +42,7 @@ const BAD_MAC_HELP: &str = "its MAC does not match its content: the record was c
 /// Whether `table`/`key` is a record this module authenticates.
 pub fn is_authenticated(table: Table, key: &str) -> bool {
     match table {
-        Table::Roots | Table::Bundles => true,
+        Table::Roots | Table::Bundles | Table::Tokens => true,
         Table::Meta => key == CA_SETTINGS_KEY || key == ROTATION_KEY,
         _ => false,
     }
@@ -185,13 +187,34 @@ pub fn get_json<T: DeserializeOwned>(
     }
 }
 
+/// Reads every MAC'd JSON record of `table` with its key and version,
+/// ordered by key; every MAC is checked.
+///
+/// Errors: [`StoreError::Integrity`] for the first that does not verify,
+/// store and decoding errors.
+pub fn list_json<T: DeserializeOwned>(
+    store: &dyn Store,
+    kek: &Kek,
+    table: Table,
+) -> Result<Vec<(String, T, u64)>, ServerError> {
+    store
+        .list(table)?
+        .into_iter()
+        .map(|(key, stored)| {
+            let plain = open_bytes(kek, table, &key, &stored.value)?;
+            let value = decode(table, &key, &plain)?;
+            Ok((key, value, stored.version))
+        })
+        .collect()
+}
+
 /// One stored record: table, key, bytes as stored, version.
 type StoredRecord = (Table, String, Vec<u8>, u64);
 
 /// Every authenticated record of the store.
 fn authenticated_records(store: &dyn Store) -> Result<Vec<StoredRecord>, StoreError> {
     let mut found = Vec::new();
-    for table in [Table::Roots, Table::Bundles] {
+    for table in [Table::Roots, Table::Bundles, Table::Tokens] {
         for (key, stored) in store.list(table)? {
             found.push((table, key, stored.value, stored.version));
         }
@@ -205,8 +228,8 @@ fn authenticated_records(store: &dyn Store) -> Result<Vec<StoredRecord>, StoreEr
 }
 
 /// Checks every authenticated record (all roots, all bundle versions, the
-/// CA settings and the rotation state); the server calls it before it
-/// trusts anything in the store.
+/// join tokens, the CA settings and the rotation state); the server calls
+/// it before it trusts anything in the store.
 ///
 /// Errors: [`ServerError::LegacyStore`] for a store written before record
 /// MACs and the audit chain; [`StoreError::Integrity`] for the first record

@@ -756,10 +756,18 @@ async fn renew_identity_replaces_the_serial_refuses_the_old_certificate_and_is_a
         .report_status(proto::ReportStatusRequest::default())
         .await
         .unwrap();
-    let audit = server.authority().audit.entries(100).unwrap();
+    let audit = server
+        .authority()
+        .audit
+        .entries(&trustplane::server::AuditQuery {
+            since_unix: None,
+            action: None,
+            limit: 100,
+        })
+        .unwrap();
     let entry = audit
         .iter()
-        .find(|entry| entry.action == "identity.renew")
+        .find(|entry| entry.action == "identity-renew")
         .expect("renewal audited");
     assert_eq!(entry.actor, "cluster/east");
     assert!(

@@ -551,7 +551,10 @@ async fn removed_cluster_stops_blocking_and_reissue_replaces_an_intermediate() {
     assert!(open.clusters.iter().all(|ack| ack.name != "r2"));
     advance(&mut admin).await.unwrap();
     let audit = admin
-        .audit_log(proto::AuditLogRequest { limit: 10 })
+        .audit_log(proto::AuditLogRequest {
+            limit: 1000,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

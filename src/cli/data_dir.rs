@@ -280,7 +280,12 @@ pub async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let authority = open_authority(&data_dir, &args.kek, &args.policy)?;
     let issued = authority
         .issuance
-        .issue_with_local_key(&args.cluster, args.key_algorithm, args.lifetime)
+        .issue_with_local_key(
+            server::OFFLINE_ACTOR,
+            &args.cluster,
+            args.key_algorithm,
+            args.lifetime,
+        )
         .await?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

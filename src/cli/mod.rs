@@ -124,8 +124,10 @@ pub enum Command {
         after_help = "Examples:\n  trustplane admin add alice --role operator\n  trustplane admin list\n  trustplane admin revoke alice"
     )]
     Admin(AdminCommand),
-    /// Show the audit log: rotation steps, exclusions, reissues (admin).
-    #[command(after_help = "Examples:\n  trustplane audit\n  trustplane audit --limit 200 -o json")]
+    /// Show the audit trail: every state change and refused admin call, with its actor (admin); `audit verify` checks its hash chain offline.
+    #[command(
+        after_help = "Examples:\n  trustplane audit\n  trustplane audit --since 24h --action rotate\n  trustplane audit --since 2026-12-01T00:00:00Z --limit 200 -o json\n  trustplane audit verify --data-dir trustplane-data   # offline, server stopped"
+    )]
     Audit(AuditArgs),
     /// Offline: generate a cluster's key and sign its cacerts files locally (server must be stopped).
     #[command(

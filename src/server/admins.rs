@@ -120,7 +120,7 @@ impl Admins {
         let batch = audit.record(
             batch,
             actor,
-            "admin.add",
+            "admin-add",
             format!(
                 "admin credential {name:?} minted with role {role}: serial {serial}, expires {}",
                 humantime::format_rfc3339_seconds(certificate.not_after()?)
@@ -173,7 +173,7 @@ impl Admins {
         let batch = audit.record(
             batch,
             actor,
-            "admin.revoke",
+            "admin-revoke",
             format!(
                 "admin credential {name:?} (role {}, serial {}) revoked",
                 record.role, record.client_cert_serial

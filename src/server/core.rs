@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
+use super::audit;
 use super::error::ServerError;
+use super::integrity;
 use crate::bundle::TrustBundle;
 use crate::ca::{Certificate, PrivateKey, system_time_to_unix};
 use crate::clock::Clock;
@@ -99,20 +101,36 @@ impl Core {
     /// Opens an initialised store: unseals the signing root key and the
     /// control-plane CA key with `kek` and loads the current bundle.
     ///
-    /// Errors: [`ServerError::NotInitialised`], [`ServerError::Missing`] for
-    /// a record the store should hold, and store, KEK and certificate errors.
+    /// Errors: [`ServerError::NotInitialised`]; [`ServerError::LegacyStore`]
+    /// for a store older than record MACs; a [`StoreError::Integrity`] naming
+    /// a root, bundle, rotation or settings record changed without the KEK;
+    /// [`ServerError::AuditChain`] for an audit head that does not
+    /// authenticate or match; [`ServerError::Missing`] for a record the
+    /// store should hold; and store, KEK and certificate errors.
     pub fn open(
         store: Arc<dyn Store>,
         kek: &Kek,
         policy: Policy,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
-        let (settings, _) =
-            records::get_json::<CaSettings>(store.as_ref(), Table::Meta, records::CA_SETTINGS_KEY)?
-                .ok_or(ServerError::NotInitialised)?;
-        policy.trust_domain(&settings.trust_domain)?;
-        let (root_record, _) = records::get_json::<RootRecord>(
+        if store.get(Table::Meta, records::CA_SETTINGS_KEY)?.is_none() {
+            return Err(ServerError::NotInitialised);
+        }
+        // Nothing in the store is trusted before the records that decide
+        // trust and the audit chain's head authenticate under the KEK.
+        integrity::verify_records(store.as_ref(), kek)?;
+        audit::check_head(store.as_ref(), kek)?;
+        let (settings, _) = integrity::get_json::<CaSettings>(
             store.as_ref(),
+            kek,
+            Table::Meta,
+            records::CA_SETTINGS_KEY,
+        )?
+        .ok_or(ServerError::NotInitialised)?;
+        policy.trust_domain(&settings.trust_domain)?;
+        let (root_record, _) = integrity::get_json::<RootRecord>(
+            store.as_ref(),
+            kek,
             Table::Roots,
             &settings.signing_root_id,
         )?
@@ -123,8 +141,9 @@ impl Core {
         let control_plane_ca = Certificate::from_pem(&settings.control_plane_ca_pem)?;
         let control_plane_key =
             load_sealed_key(store.as_ref(), kek, records::CONTROL_PLANE_KEY_SECRET)?;
-        let (bundle_record, _) = records::get_json::<BundleRecord>(
+        let (bundle_record, _) = integrity::get_json::<BundleRecord>(
             store.as_ref(),
+            kek,
             Table::Bundles,
             &settings.trust_domain,
         )?

@@ -10,9 +10,10 @@ use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use super::audit::AuditTrail;
+use super::audit::{self, AuditTrail};
 use super::core::{Core, validate_cluster_name};
 use super::error::ServerError;
+use super::integrity;
 use super::issuance::record_issued;
 use crate::ca::{
     self, Certificate, ControlPlaneRole, PrivateKey, system_time_to_unix, unix_to_system_time,
@@ -142,14 +143,15 @@ impl Enrollment {
         self.client_cert_lifetime
     }
 
-    /// Registers a cluster (or re-tokens a pending one) and returns a new
-    /// one-time join token and its expiry. A new token replaces every
-    /// earlier one of the cluster.
+    /// Registers a cluster (or re-tokens a pending one) at the request of
+    /// `actor` and returns a new one-time join token and its expiry. A new
+    /// token replaces every earlier one of the cluster.
     ///
     /// Errors: invalid name or lifetime, [`ServerError::AlreadyExists`] for
     /// an enrolled cluster, store errors.
     pub fn add_cluster(
         &self,
+        actor: &str,
         name: &str,
         token_ttl: Option<Duration>,
     ) -> Result<(Zeroizing<String>, SystemTime), ServerError> {
@@ -162,13 +164,13 @@ impl Enrollment {
                 "join token lifetime must be between 1 s and 7 days".into(),
             ));
         }
-        let (record, expect) = match core.cluster(name)? {
+        let (record, expect, action) = match core.cluster(name)? {
             Some((record, _)) if record.enrolled_unix.is_some() => {
                 return Err(ServerError::AlreadyExists(format!(
                     "cluster {name:?} is already enrolled; to enroll it again run `trustplane cluster remove {name}` first"
                 )));
             }
-            Some((record, version)) => (record, Expect::Version(version)),
+            Some((record, version)) => (record, Expect::Version(version), "cluster-retoken"),
             None => (
                 ClusterRecord {
                     name: name.to_string(),
@@ -181,6 +183,7 @@ impl Enrollment {
                     reissue_serial: None,
                 },
                 Expect::Absent,
+                "cluster-add",
             ),
         };
         let token = new_token(name)?;
@@ -191,15 +194,31 @@ impl Enrollment {
             expires_unix: system_time_to_unix(expires),
             used_unix: None,
         };
-        let batch = self
-            .without_tokens_of(name, Batch::new())?
-            .put_json(Table::Clusters, name, &record, Some(expect))?
-            .put_json(
-                Table::Tokens,
-                token_hash(&token),
-                &token_record,
-                Some(Expect::Absent),
-            )?;
+        let batch = self.without_tokens_of(name, Batch::new())?.put_json(
+            Table::Clusters,
+            name,
+            &record,
+            Some(expect),
+        )?;
+        let batch = integrity::put_json(
+            batch,
+            &core.kek,
+            Table::Tokens,
+            &token_hash(&token),
+            &token_record,
+            Some(Expect::Absent),
+        )?;
+        let batch = audit::append(
+            batch,
+            &core.kek,
+            system_time_to_unix(now),
+            actor,
+            action,
+            format!(
+                "cluster {name} (agent mode): join token issued, expires {}",
+                humantime::format_rfc3339_seconds(expires)
+            ),
+        );
         core.store.commit(batch)?;
         tracing::info!(cluster = name, "cluster registered; join token issued");
         Ok((token, expires))
@@ -226,9 +245,13 @@ impl Enrollment {
                 "join token for cluster {cluster:?} {reason}; create a new one with `trustplane cluster add {cluster}`"
             ))
         };
-        let (token_record, token_version) =
-            records::get_json::<TokenRecord>(core.store.as_ref(), Table::Tokens, &hash)?
-                .ok_or_else(|| refused("is unknown"))?;
+        let (token_record, token_version) = integrity::get_json::<TokenRecord>(
+            core.store.as_ref(),
+            &core.kek,
+            Table::Tokens,
+            &hash,
+        )?
+        .ok_or_else(|| refused("is unknown"))?;
         if token_record.cluster != cluster {
             return Err(refused("belongs to another cluster"));
         }
@@ -272,22 +295,35 @@ impl Enrollment {
             enrolled.client_cert_serial = Some(certificate.serial_hex()?);
             let mut used = token_record.clone();
             used.used_unix = Some(system_time_to_unix(now));
-            Ok(batch
-                .put_json(
-                    Table::Tokens,
-                    &hash,
-                    &used,
-                    Some(Expect::Version(token_version)),
-                )?
-                .put_json(
-                    Table::Clusters,
-                    cluster,
-                    &enrolled,
-                    Some(Expect::Version(cluster_version)),
-                )?)
+            let batch = audit::append(
+                batch,
+                &core.kek,
+                system_time_to_unix(now),
+                &audit::cluster_actor(cluster),
+                "cluster-enroll",
+                format!(
+                    "cluster {cluster} enrolled with its join token; client certificate {}",
+                    certificate.serial_hex()?
+                ),
+            );
+            Ok(integrity::put_json(
+                batch,
+                &core.kek,
+                Table::Tokens,
+                &hash,
+                &used,
+                Some(Expect::Version(token_version)),
+            )?
+            .put_json(
+                Table::Clusters,
+                cluster,
+                &enrolled,
+                Some(Expect::Version(cluster_version)),
+            )?)
         };
         let certificate = record_issued(
             core,
+            &audit::cluster_actor(cluster),
             IssuedKind::ControlPlaneClient,
             Some(cluster),
             now,
@@ -363,8 +399,8 @@ impl Enrollment {
             )?;
             audit.record(
                 batch,
-                &format!("cluster/{cluster}"),
-                "identity.renew",
+                &audit::cluster_actor(cluster),
+                "identity-renew",
                 format!(
                     "cluster {cluster:?} renewed its client certificate: {presented_serial} replaced by {serial}, expires {}",
                     humantime::format_rfc3339_seconds(certificate.not_after()?)
@@ -373,6 +409,7 @@ impl Enrollment {
         };
         let certificate = record_issued(
             core,
+            &audit::cluster_actor(cluster),
             IssuedKind::ControlPlaneClient,
             Some(cluster),
             now,
@@ -483,6 +520,7 @@ impl Enrollment {
         };
         let certificate = record_issued(
             core,
+            "server",
             IssuedKind::ControlPlaneServer,
             None,
             now,
@@ -513,13 +551,15 @@ impl Enrollment {
         cluster: &str,
         batch: Batch,
     ) -> Result<Batch, ServerError> {
-        Ok(
-            records::list_json::<TokenRecord>(self.core.store.as_ref(), Table::Tokens)?
-                .into_iter()
-                .filter(|(_, record, _)| record.cluster == cluster)
-                .fold(batch, |batch, (hash, _, version)| {
-                    batch.delete(Table::Tokens, hash, Some(Expect::Version(version)))
-                }),
-        )
+        Ok(integrity::list_json::<TokenRecord>(
+            self.core.store.as_ref(),
+            &self.core.kek,
+            Table::Tokens,
+        )?
+        .into_iter()
+        .filter(|(_, record, _)| record.cluster == cluster)
+        .fold(batch, |batch, (hash, _, version)| {
+            batch.delete(Table::Tokens, hash, Some(Expect::Version(version)))
+        }))
     }
 }

@@ -64,6 +64,16 @@ pub enum ServerError {
         "the data directory is not initialised: run `trustplane init --trust-domain <td>` first"
     )]
     NotInitialised,
+    /// The store was written by a trustplane older than record MACs and the
+    /// audit chain.
+    #[error(
+        "the store was written by a trustplane older than record MACs and the audit chain: stop the server and run `trustplane audit upgrade --data-dir <dir>` once to authenticate it with the KEK (only for a store you trust: whatever it holds now will be vouched for), then start again"
+    )]
+    LegacyStore,
+    /// The audit chain does not verify (an entry edited, deleted, reordered
+    /// or added, or a head that does not authenticate).
+    #[error("audit chain: {0}")]
+    AuditChain(#[from] super::audit::ChainError),
     /// A record the store must hold is missing (the store is inconsistent).
     #[error("{what} is missing from the store")]
     Missing {

@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
+use super::audit::AuditQuery;
 use super::authority::Authority;
 use super::core::ClusterBundle;
 use super::enrollment::Caller;
@@ -100,7 +101,8 @@ impl Permission {
 
 /// The one authorisation check of every `AdminService` method: the caller
 /// must be an admin credential whose role has `permission`. Returns the
-/// admin's name (the actor in the audit trail).
+/// admin's name (the actor in the audit trail). Every refusal is audited
+/// (see [`audit_refusal`]).
 ///
 /// Errors: as [`caller`]; [`ServerError::PermissionDenied`] naming the
 /// admin, its role and the roles needed, or for a cluster certificate.
@@ -109,16 +111,69 @@ fn require_role<T>(
     request: &Request<T>,
     permission: Permission,
 ) -> Result<String, ServerError> {
-    match caller(authority, request)? {
-        Caller::Admin { name, role } if permission.allows(role) => Ok(name),
-        Caller::Admin { name, role } => Err(ServerError::PermissionDenied(format!(
-            "admin {name:?} has role {role}, which may not {}: that needs role {}",
-            permission.describe(),
-            permission.roles()
-        ))),
-        Caller::Cluster(cluster) => Err(ServerError::PermissionDenied(format!(
-            "cluster {cluster:?} may not call AdminService; use an admin credential (`trustplane init` or `trustplane admin add`)"
-        ))),
+    let (actor, error) = match caller(authority, request) {
+        Ok(Caller::Admin { name, role }) if permission.allows(role) => return Ok(name),
+        Ok(Caller::Admin { name, role }) => {
+            let error = ServerError::PermissionDenied(format!(
+                "admin {name:?} has role {role}, which may not {}: that needs role {}",
+                permission.describe(),
+                permission.roles()
+            ));
+            (Some(name), error)
+        }
+        Ok(Caller::Cluster(cluster)) => {
+            let error = ServerError::PermissionDenied(format!(
+                "cluster {cluster:?} may not call AdminService; use an admin credential (`trustplane init` or `trustplane admin add`)"
+            ));
+            (Some(super::audit::cluster_actor(&cluster)), error)
+        }
+        Err(error) => (None, error),
+    };
+    audit_refusal(authority, actor.as_deref(), method_of::<T>(), &error);
+    Err(error)
+}
+
+/// The AdminService method a request message belongs to: its type name
+/// without `Request` (`RotateStartRequest` → `RotateStart`); every admin
+/// method has its own request message.
+fn method_of<T>() -> &'static str {
+    let name = std::any::type_name::<T>();
+    let name = name.rsplit("::").next().unwrap_or(name);
+    name.strip_suffix("Request").unwrap_or(name)
+}
+
+/// Records a refused admin call: `actor` (None: a caller without a
+/// trustplane identity) called `method` and was refused with `error`.
+/// Callers whose certificate verified against the control-plane CA get an
+/// audit entry (`admin-call-refused`); a caller without any certificate is
+/// only logged, so that an unauthenticated flood cannot turn into durable
+/// store writes. A failure to record is logged, and the call is refused
+/// all the same.
+fn audit_refusal(authority: &Authority, actor: Option<&str>, method: &str, error: &ServerError) {
+    let actor = match (actor, error) {
+        (Some(actor), _) => actor.to_string(),
+        (None, ServerError::Unauthenticated) => {
+            tracing::warn!(
+                target: "trustplane::audit",
+                method,
+                error = %error,
+                "admin call refused: no client certificate"
+            );
+            return;
+        }
+        (None, _) => "unidentified client certificate".to_string(),
+    };
+    let detail = format!("AdminService/{method}: {error}");
+    if let Err(record_error) = authority
+        .audit
+        .record_alone(&actor, "admin-call-refused", detail)
+    {
+        tracing::error!(
+            actor = %actor,
+            method,
+            error = %record_error,
+            "could not record a refused admin call in the audit trail"
+        );
     }
 }
 
@@ -278,6 +333,8 @@ fn audit_message(record: AuditRecord) -> proto::AuditEntry {
         actor: record.actor,
         action: record.action,
         detail: record.detail,
+        seq: record.seq,
+        hash: record.hash,
     }
 }
 
@@ -518,12 +575,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::AddClusterRequest>,
     ) -> Result<Response<proto::AddClusterResponse>, Status> {
-        require_role(&self.authority, &request, Permission::Operate)?;
+        let admin = require_role(&self.authority, &request, Permission::Operate)?;
         let body = request.into_inner();
         if !body.kubeconfig.is_empty() {
             let secret_format = wire::secret_format(body.format, &body.secret_format)
                 .map_err(ServerError::InvalidArgument)?;
             self.authority.registry.add_push_cluster(
+                &admin,
                 &body.name,
                 &body.kubeconfig,
                 &body.namespace,
@@ -532,7 +590,10 @@ impl AdminService for AdminApi {
             return Ok(Response::new(proto::AddClusterResponse::default()));
         }
         let ttl = (body.token_ttl_seconds > 0).then(|| Duration::from_secs(body.token_ttl_seconds));
-        let (token, expires) = self.authority.enrollment.add_cluster(&body.name, ttl)?;
+        let (token, expires) = self
+            .authority
+            .enrollment
+            .add_cluster(&admin, &body.name, ttl)?;
         Ok(Response::new(proto::AddClusterResponse {
             join_token: token.to_string(),
             token_expires_unix: crate::ca::system_time_to_unix(expires),
@@ -560,10 +621,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RemoveClusterRequest>,
     ) -> Result<Response<proto::RemoveClusterResponse>, Status> {
-        require_role(&self.authority, &request, Permission::Operate)?;
+        let admin = require_role(&self.authority, &request, Permission::Operate)?;
         self.authority
             .registry
-            .remove_cluster(&request.into_inner().name)?;
+            .remove_cluster(&admin, &request.into_inner().name)?;
         Ok(Response::new(proto::RemoveClusterResponse {}))
     }
 
@@ -657,15 +718,20 @@ impl AdminService for AdminApi {
         request: Request<proto::AuditLogRequest>,
     ) -> Result<Response<proto::AuditLogResponse>, Status> {
         require_role(&self.authority, &request, Permission::Read)?;
-        let limit = match request.into_inner().limit {
-            0 => 100,
-            limit => limit as usize,
+        let body = request.into_inner();
+        let query = AuditQuery {
+            since_unix: (body.since_unix != 0).then_some(body.since_unix),
+            action: (!body.action.is_empty()).then_some(body.action),
+            limit: match body.limit {
+                0 => 100,
+                limit => limit as usize,
+            },
         };
         Ok(Response::new(proto::AuditLogResponse {
             entries: self
                 .authority
                 .audit
-                .entries(limit)?
+                .entries(&query)?
                 .into_iter()
                 .map(audit_message)
                 .collect(),

@@ -6,10 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use zeroize::Zeroizing;
 
+use super::audit;
 use super::core::bundle_record;
 use super::enrollment::{ADMIN_CERT_LIFETIME, ADMIN_IDENTITY_PREFIX};
 use super::error::ServerError;
-use super::issuance::issued_record;
+use super::integrity;
+use super::issuance::{audit_issued, issued_record};
 use crate::bundle::TrustBundle;
 use crate::ca::{
     self, Certificate, ControlPlaneRole, KeyAlgorithm, PrivateKey, system_time_to_unix,
@@ -19,6 +21,9 @@ use crate::policy::Policy;
 use crate::signer::sealed::{Kek, seal, write_private_file};
 use crate::store::records::{self, AdminRecord, AdminRole, CaSettings, IssuedKind, RootRecord};
 use crate::store::{Batch, Expect, Store, Table};
+
+/// The actor of everything `init` does.
+const INIT_ACTOR: &str = "init";
 
 /// Where things live under `--data-dir`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,12 +145,14 @@ pub struct InitOutcome {
     pub control_plane_ca: Certificate,
 }
 
-/// Adds a mesh root to `batch`: its record, its key sealed with `kek`
-/// (as `root-key/<id>`) and its issued-certificate record, each only if
-/// absent. Returns the batch and the root's id (its hex serial).
+/// Adds a mesh root to `batch`: its record (with its MAC), its key sealed
+/// with `kek` (as `root-key/<id>`) and its issued-certificate record, each
+/// only if absent, and its `certificate-issue` audit entry by `actor`.
+/// Returns the batch and the root's id (its hex serial).
 pub fn put_root(
     batch: Batch,
     kek: &Kek,
+    actor: &str,
     root: &Certificate,
     key: &PrivateKey,
     imported: bool,
@@ -160,8 +167,7 @@ pub fn put_root(
         created_unix: system_time_to_unix(now),
         imported,
     };
-    let batch = batch
-        .put_json(Table::Roots, &id, &record, Some(Expect::Absent))?
+    let batch = integrity::put_json(batch, kek, Table::Roots, &id, &record, Some(Expect::Absent))?
         .put(
             Table::Secrets,
             &key_name,
@@ -174,6 +180,7 @@ pub fn put_root(
             &issued_record(root, IssuedKind::Root, None, now)?,
             Some(Expect::Absent),
         )?;
+    let batch = audit_issued(batch, kek, now, actor, root, IssuedKind::Root, None)?;
     Ok((batch, id))
 }
 
@@ -249,59 +256,105 @@ pub fn initialize(
         revoked_unix: None,
         not_after_unix: Some(system_time_to_unix(admin_certificate.not_after()?)),
     };
-    let (batch, _) = put_root(Batch::new(), kek, &root, &root_key, imported, now)?;
-    let batch = batch
-        .put_json(
-            Table::Meta,
-            records::CA_SETTINGS_KEY,
-            &settings,
-            Some(Expect::Absent),
-        )?
-        .put_json(
-            Table::Meta,
-            records::admin_key("admin"),
-            &admin_record,
-            None,
-        )?
-        .put(
-            Table::Secrets,
+    let (batch, _) = put_root(
+        Batch::new(),
+        kek,
+        INIT_ACTOR,
+        &root,
+        &root_key,
+        imported,
+        now,
+    )?;
+    let batch = integrity::put_json(
+        batch,
+        kek,
+        Table::Meta,
+        records::CA_SETTINGS_KEY,
+        &settings,
+        Some(Expect::Absent),
+    )?
+    .put_json(
+        Table::Meta,
+        records::admin_key("admin"),
+        &admin_record,
+        None,
+    )?
+    .put(
+        Table::Secrets,
+        records::CONTROL_PLANE_KEY_SECRET,
+        seal(
+            kek,
             records::CONTROL_PLANE_KEY_SECRET,
-            seal(
-                kek,
-                records::CONTROL_PLANE_KEY_SECRET,
-                control_plane_key.pkcs8_der(),
-            )?,
-            Some(Expect::Absent),
-        )
-        .put_json(
-            Table::Bundles,
-            &options.trust_domain,
-            &bundle_record,
-            Some(Expect::Absent),
-        )?
-        .put_json(
-            Table::Bundles,
-            records::bundle_history_key(&options.trust_domain, 1),
-            &bundle_record,
-            Some(Expect::Absent),
-        )?
-        .put_json(
-            Table::Certificates,
+            control_plane_key.pkcs8_der(),
+        )?,
+        Some(Expect::Absent),
+    );
+    let batch = integrity::put_json(
+        batch,
+        kek,
+        Table::Bundles,
+        &options.trust_domain,
+        &bundle_record,
+        Some(Expect::Absent),
+    )?;
+    let batch = integrity::put_json(
+        batch,
+        kek,
+        Table::Bundles,
+        &records::bundle_history_key(&options.trust_domain, 1),
+        &bundle_record,
+        Some(Expect::Absent),
+    )?
+    .put_json(
+        Table::Certificates,
+        control_plane_ca.serial_hex()?,
+        &issued_record(&control_plane_ca, IssuedKind::ControlPlaneCa, None, now)?,
+        Some(Expect::Absent),
+    )?
+    .put_json(
+        Table::Certificates,
+        admin_certificate.serial_hex()?,
+        &issued_record(
+            &admin_certificate,
+            IssuedKind::ControlPlaneClient,
+            None,
+            now,
+        )?,
+        Some(Expect::Absent),
+    )?;
+    let batch = audit_issued(
+        batch,
+        kek,
+        now,
+        INIT_ACTOR,
+        &control_plane_ca,
+        IssuedKind::ControlPlaneCa,
+        None,
+    )?;
+    let batch = audit_issued(
+        batch,
+        kek,
+        now,
+        INIT_ACTOR,
+        &admin_certificate,
+        IssuedKind::ControlPlaneClient,
+        None,
+    )?;
+    let batch = audit::append(
+        batch,
+        kek,
+        system_time_to_unix(now),
+        INIT_ACTOR,
+        "init",
+        format!(
+            "trust domain {}, {} root {}, control-plane CA {}, admin credential \"admin\" ({}), bundle version 1",
+            options.trust_domain,
+            if imported { "imported" } else { "new" },
+            root_id,
             control_plane_ca.serial_hex()?,
-            &issued_record(&control_plane_ca, IssuedKind::ControlPlaneCa, None, now)?,
-            Some(Expect::Absent),
-        )?
-        .put_json(
-            Table::Certificates,
-            admin_certificate.serial_hex()?,
-            &issued_record(
-                &admin_certificate,
-                IssuedKind::ControlPlaneClient,
-                None,
-                now,
-            )?,
-            Some(Expect::Absent),
-        )?;
+            admin_certificate.serial_hex()?
+        ),
+    );
     // The files first, the store last: a crash before the commit leaves an
     // uninitialised store (running `init` again overwrites the files); once
     // the commit is done, the admin credential is already on disk. Only one

@@ -35,9 +35,61 @@ pub fn issued_record(
     })
 }
 
+/// The audit detail of an issued certificate: kind, serial, cluster,
+/// SHA-256 of its public key (SubjectPublicKeyInfo), lifetime and expiry.
+///
+/// Errors: a certificate whose fields do not read.
+pub fn issuance_detail(
+    certificate: &Certificate,
+    kind: IssuedKind,
+    cluster: Option<&str>,
+) -> Result<String, ServerError> {
+    let not_before = certificate.not_before()?;
+    let not_after = certificate.not_after()?;
+    let lifetime = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
+    Ok(format!(
+        "{} serial {}, cluster {}, public key sha256 {}, lifetime {} (not after {})",
+        kind.as_str(),
+        certificate.serial_hex()?,
+        cluster.unwrap_or("-"),
+        hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &certificate.public_key_der()?
+        )),
+        humantime::format_duration(lifetime),
+        humantime::format_rfc3339_seconds(not_after),
+    ))
+}
+
+/// Adds to `batch` the `certificate-issue` audit entry of `certificate`,
+/// issued at the request of `actor`.
+///
+/// Errors: as [`issuance_detail`].
+pub fn audit_issued(
+    batch: Batch,
+    kek: &crate::signer::sealed::Kek,
+    now: SystemTime,
+    actor: &str,
+    certificate: &Certificate,
+    kind: IssuedKind,
+    cluster: Option<&str>,
+) -> Result<Batch, ServerError> {
+    Ok(super::audit::append(
+        batch,
+        kek,
+        system_time_to_unix(now),
+        actor,
+        "certificate-issue",
+        issuance_detail(certificate, kind, cluster)?,
+    ))
+}
+
 /// Signs with `sign` and records the certificate under its serial in one
 /// store transaction together with what `with` adds to the batch for that
-/// certificate (e.g. a used join token). A serial that exists already is
+/// certificate (e.g. a used join token), and its `certificate-issue` audit
+/// entry by `actor`. A serial that exists already is
 /// answered by signing again, up to three times, so a serial is never
 /// reused; any other lost compare-and-swap (e.g. a join token used
 /// concurrently) is returned at once, since signing again cannot fix it.
@@ -46,6 +98,7 @@ pub fn issued_record(
 /// attempt).
 pub(super) async fn record_issued<Sign, Signed>(
     core: &Core,
+    actor: &str,
     kind: IssuedKind,
     cluster: Option<&str>,
     now: SystemTime,
@@ -68,6 +121,7 @@ where
             &issued,
             Some(Expect::Absent),
         )?;
+        let batch = audit_issued(batch, &core.kek, now, actor, &certificate, kind, cluster)?;
         match core.store.commit(batch) {
             Ok(()) => return Ok(certificate),
             Err(StoreError::Conflict { table, key, .. })
@@ -140,7 +194,8 @@ impl Issuance {
         let core = &self.core;
         core.enrolled_cluster(cluster)?;
         let csr = ca::verify_csr(csr)?;
-        let (certificate, root, _) = self.sign(cluster, &csr, None).await?;
+        let actor = super::audit::cluster_actor(cluster);
+        let (certificate, root, _) = self.sign(&actor, cluster, &csr, None).await?;
         tracing::info!(
             cluster,
             serial = %certificate.serial_hex().unwrap_or_default(),
@@ -159,6 +214,7 @@ impl Issuance {
     /// Returns the certificate, the root that signed it and the time used.
     async fn sign(
         &self,
+        actor: &str,
         cluster: &str,
         csr: &ca::VerifiedCsr,
         lifetime: Option<Duration>,
@@ -171,6 +227,7 @@ impl Issuance {
         let signer = core.signer();
         let certificate = record_issued(
             core,
+            actor,
             IssuedKind::Intermediate,
             Some(cluster),
             now,
@@ -182,13 +239,15 @@ impl Issuance {
     }
 
     /// Generates a key for `cluster` in this process and signs its
-    /// intermediate (offline `issue` and push mode). The key is never
-    /// stored. `lifetime` None takes the policy default.
+    /// intermediate (offline `issue` and push mode), recorded as asked by
+    /// `actor`. The key is never stored. `lifetime` None takes the policy
+    /// default.
     ///
     /// Errors: invalid name, policy refusal, signer and store errors, a
     /// certificate that fails the probe through the chain.
     pub async fn issue_with_local_key(
         &self,
+        actor: &str,
         cluster: &str,
         key_algorithm: ca::KeyAlgorithm,
         lifetime: Option<Duration>,
@@ -198,7 +257,7 @@ impl Issuance {
         let key = PrivateKey::generate(key_algorithm)?;
         let csr_pem = ca::create_csr(&key, &format!("{cluster} intermediate CA"))?;
         let csr = ca::verify_csr(csr_pem.as_bytes())?;
-        let (certificate, root, now) = self.sign(cluster, &csr, lifetime).await?;
+        let (certificate, root, now) = self.sign(actor, cluster, &csr, lifetime).await?;
         let chain = vec![certificate.clone(), root.clone()];
         let bundle = core.current_bundle();
         ca::probe_ca_key(&chain, &key, bundle.bundle.roots(), now)?;

@@ -6,8 +6,10 @@
 //! signer, published bundle), the parts over it — `enrollment` (join tokens,
 //! identities), `registry` (clusters, push targets, reports, reissue),
 //! `issuance` (intermediates; the one place an issued certificate is
-//! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`,
-//! `admins` (named admin credentials), with `rotation_view` (its options, status and plan as values) — and
+//! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`
+//! (the hash-chained audit trail), `integrity` (MACs on the records that
+//! decide trust), `admins` (named admin credentials), with `rotation_view`
+//! (its options, status and plan as values) — and
 //! `authority` (all of them as one value); `grpc` (the only file that
 //! speaks protobuf), `listener` (the accept loop: TLS handshake timeout and
 //! connection caps), `tls` (the server certificate, renewed in place),
@@ -22,6 +24,7 @@ mod enrollment;
 mod error;
 mod grpc;
 pub mod init;
+pub mod integrity;
 mod issuance;
 mod limits;
 mod listener;
@@ -41,8 +44,10 @@ pub use self::core::{
     ClusterBundle, Core, PublishedBundle, SPIFFE_REFRESH_HINT, bundle_from_record, bundle_record,
     load_sealed_key, load_signer, validate_cluster_name,
 };
-pub use admins::{Admins, MintedAdmin};
-pub use audit::AuditTrail;
+pub use audit::{
+    AuditQuery, AuditTrail, ChainError, ChainSummary, GENESIS_HASH, OFFLINE_ACTOR, Upgraded,
+    cluster_actor, entry_hash, entry_key, upgrade_store, verify_chain,
+};
 pub use authority::Authority;
 pub use enrollment::{
     ADMIN_CERT_LIFETIME, ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, CLUSTER_IDENTITY_PREFIX,

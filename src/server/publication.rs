@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::audit::AuditTrail;
 use super::core::{ClusterBundle, Core, PublishedBundle, bundle_record};
 use super::error::ServerError;
+use super::integrity;
 use crate::bundle::TrustBundle;
 use crate::signer::RootSigner;
 use crate::store::records::{self, BundleRecord};
@@ -17,12 +19,16 @@ use crate::store::{Batch, Expect, Table};
 #[derive(Clone, Debug)]
 pub struct Publication {
     core: Arc<Core>,
+    audit: AuditTrail,
 }
 
 impl Publication {
     /// Publication over the shared state.
     pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+        Self {
+            audit: AuditTrail::new(core.clone()),
+            core,
+        }
     }
 
     /// The bundle published now.
@@ -51,17 +57,19 @@ impl Publication {
     /// exactly the current one + 1; store errors.
     pub fn publish(&self, bundle: TrustBundle) -> Result<(), ServerError> {
         let _guard = self.core.lock_rotation();
-        self.commit_and_publish(Some(bundle), Batch::new(), None)
+        self.commit_and_publish(Some(bundle), Batch::new(), None, "server")
     }
 
     /// Commits `extra` together with `bundle` (when Some) in one store
-    /// transaction; only then switches to `signer` (when Some) and publishes
-    /// the bundle to watchers. Callers hold the rotation lock.
+    /// transaction, with a `bundle-publish` audit entry by `actor`; only then
+    /// switches to `signer` (when Some) and publishes the bundle to
+    /// watchers. Callers hold the rotation lock.
     pub(super) fn commit_and_publish(
         &self,
         bundle: Option<TrustBundle>,
         extra: Batch,
         signer: Option<Arc<dyn RootSigner>>,
+        actor: &str,
     ) -> Result<(), ServerError> {
         let core = &self.core;
         let Some(bundle) = bundle else {
@@ -84,25 +92,32 @@ impl Publication {
         };
         let published = PublishedBundle::new(bundle, &signing_root)?;
         let record = bundle_record(&published.bundle, core.now());
-        let (_, stored_version) = records::get_json::<BundleRecord>(
+        let (_, stored_version) = integrity::get_json::<BundleRecord>(
             core.store.as_ref(),
+            &core.kek,
             Table::Bundles,
             core.trust_domain(),
         )?
         .ok_or_else(|| ServerError::missing("the published trust bundle"))?;
-        let batch = extra
-            .put_json(
-                Table::Bundles,
-                core.trust_domain(),
-                &record,
-                Some(Expect::Version(stored_version)),
-            )?
-            .put_json(
-                Table::Bundles,
-                records::bundle_history_key(core.trust_domain(), record.version),
-                &record,
-                Some(Expect::Absent),
-            )?;
+        let batch = integrity::put_json(
+            extra,
+            &core.kek,
+            Table::Bundles,
+            core.trust_domain(),
+            &record,
+            Some(Expect::Version(stored_version)),
+        )?;
+        let batch = integrity::put_json(
+            batch,
+            &core.kek,
+            Table::Bundles,
+            &records::bundle_history_key(core.trust_domain(), record.version),
+            &record,
+            Some(Expect::Absent),
+        )?;
+        let batch =
+            self.audit
+                .record(batch, actor, "bundle-publish", bundle_detail(&published)?)?;
         core.store.commit(batch)?;
         if let Some(signer) = signer {
             core.replace_signer(signer);
@@ -110,4 +125,23 @@ impl Publication {
         core.publish(published);
         Ok(())
     }
+}
+
+/// The audit detail of a bundle version: version, digest, signing root and
+/// every root by serial.
+fn bundle_detail(published: &PublishedBundle) -> Result<String, ServerError> {
+    let roots = published
+        .bundle
+        .roots()
+        .iter()
+        .map(|root| root.serial_hex())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(format!(
+        "trust domain {}, version {}, digest {}, roots [{}], signing root sha256 {}",
+        published.bundle.trust_domain(),
+        published.bundle.version(),
+        published.digest,
+        roots.join(", "),
+        published.signing_root_sha256
+    ))
 }

@@ -127,7 +127,7 @@ impl IntermediateSource for LocalKeySource<'_> {
         let issued = self
             .authority
             .issuance
-            .issue_with_local_key(self.cluster, KeyAlgorithm::EcdsaP256, None)
+            .issue_with_local_key("server (push)", self.cluster, KeyAlgorithm::EcdsaP256, None)
             .await?;
         Ok(CacertsMaterial {
             ca_cert_pem: issued.certificate.to_pem(),

@@ -86,13 +86,15 @@ impl Registry {
         }
     }
 
-    /// Registers a push-mode cluster: the server writes its cacerts Secret
-    /// through `kubeconfig` (sealed at rest). No join token is issued.
+    /// Registers a push-mode cluster at the request of `actor`: the server
+    /// writes its cacerts Secret through `kubeconfig` (sealed at rest). No
+    /// join token is issued.
     ///
     /// Errors: invalid name, namespace or kubeconfig,
     /// [`ServerError::AlreadyExists`], sealing and store errors.
     pub fn add_push_cluster(
         &self,
+        actor: &str,
         name: &str,
         kubeconfig: &str,
         namespace: &str,
@@ -142,6 +144,27 @@ impl Registry {
         let batch = Batch::new()
             .put_json(Table::Clusters, name, &record, Some(Expect::Absent))?
             .put(Table::Secrets, &secret_name, sealed, None);
+        let batch = self.audit.record(
+            batch,
+            actor,
+            "cluster-add",
+            format!(
+                "cluster {name} (push mode): namespace {namespace}, format {}",
+                secret_format.as_str()
+            ),
+        )?;
+        let batch = self.audit.record(
+            batch,
+            actor,
+            "push-kubeconfig-set",
+            format!(
+                "cluster {name}: kubeconfig sha256 {} sealed as {secret_name}",
+                hex::encode(ring::digest::digest(
+                    &ring::digest::SHA256,
+                    kubeconfig.as_bytes()
+                ))
+            ),
+        )?;
         core.store.commit(batch)?;
         core.notify_clusters_changed();
         tracing::info!(cluster = name, namespace, "push-mode cluster registered");
@@ -243,18 +266,29 @@ impl Registry {
         )
     }
 
-    /// Removes a cluster; its client certificate is refused from then on,
-    /// and its unused join tokens and sealed kubeconfig go with it.
+    /// Removes a cluster at the request of `actor`; its client certificate
+    /// is refused from then on, and its unused join tokens and sealed
+    /// kubeconfig go with it.
     ///
     /// Errors: [`ServerError::NotFound`], store errors.
-    pub fn remove_cluster(&self, name: &str) -> Result<(), ServerError> {
+    pub fn remove_cluster(&self, actor: &str, name: &str) -> Result<(), ServerError> {
         let core = &self.core;
-        let (_, version) = core
+        let (record, version) = core
             .cluster(name)?
             .ok_or_else(|| ServerError::NotFound(format!("cluster {name:?} is not registered")))?;
         let batch = Batch::new()
             .delete(Table::Clusters, name, Some(Expect::Version(version)))
             .delete(Table::Secrets, records::kubeconfig_secret_name(name), None);
+        let batch = self.audit.record(
+            batch,
+            actor,
+            "cluster-remove",
+            format!(
+                "cluster {name} ({} mode, client certificate {})",
+                ClusterMode::of(&record).as_str(),
+                record.client_cert_serial.as_deref().unwrap_or("none")
+            ),
+        )?;
         // Its unused join tokens die with it: a cluster added again under
         // the same name must not be enrolled with an old token.
         core.store

@@ -10,6 +10,7 @@ use super::audit::AuditTrail;
 use super::core::{Core, load_signer};
 use super::error::ServerError;
 use super::init::put_root;
+use super::integrity;
 use super::publication::Publication;
 use super::registry::ClusterMode;
 use super::rotation_view::{
@@ -61,17 +62,22 @@ impl Rotations {
     /// The rotation state and its store version, if a rotation was ever
     /// started.
     pub fn current(&self) -> Result<Option<(Rotation, u64)>, ServerError> {
-        Ok(records::get_json::<Rotation>(
+        integrity::get_json::<Rotation>(
             self.core.store.as_ref(),
+            &self.core.kek,
             Table::Meta,
             records::ROTATION_KEY,
-        )?)
+        )
     }
 
     fn root_certificate(&self, id: &str) -> Result<Certificate, ServerError> {
-        let (record, _) =
-            records::get_json::<RootRecord>(self.core.store.as_ref(), Table::Roots, id)?
-                .ok_or_else(|| ServerError::missing(format!("root {id}")))?;
+        let (record, _) = integrity::get_json::<RootRecord>(
+            self.core.store.as_ref(),
+            &self.core.kek,
+            Table::Roots,
+            id,
+        )?
+        .ok_or_else(|| ServerError::missing(format!("root {id}")))?;
         Ok(Certificate::from_pem(&record.certificate_pem)?)
     }
 
@@ -314,7 +320,9 @@ impl Rotations {
                 )
             }
         );
-        let mut batch = Batch::new().put_json(
+        let mut batch = integrity::put_json(
+            Batch::new(),
+            &self.core.kek,
             Table::Meta,
             records::ROTATION_KEY,
             &step.rotation,
@@ -327,14 +335,17 @@ impl Rotations {
         let mut signer = None;
         let signing_root_id = step.rotation.signing_root_id().to_string();
         if signing_root_id != current_signer_id {
-            let (mut settings, settings_version) = records::get_json::<CaSettings>(
+            let (mut settings, settings_version) = integrity::get_json::<CaSettings>(
                 self.core.store.as_ref(),
+                &self.core.kek,
                 Table::Meta,
                 records::CA_SETTINGS_KEY,
             )?
             .ok_or_else(|| ServerError::missing("the CA settings"))?;
             settings.signing_root_id.clone_from(&signing_root_id);
-            batch = batch.put_json(
+            batch = integrity::put_json(
+                batch,
+                &self.core.kek,
                 Table::Meta,
                 records::CA_SETTINGS_KEY,
                 &settings,
@@ -342,8 +353,9 @@ impl Rotations {
             )?;
             // A step only ever switches to a root already in the store: a
             // new root is stored by `start`, which keeps the old one signing.
-            let (record, _) = records::get_json::<RootRecord>(
+            let (record, _) = integrity::get_json::<RootRecord>(
                 self.core.store.as_ref(),
+                &self.core.kek,
                 Table::Roots,
                 &signing_root_id,
             )?
@@ -358,6 +370,7 @@ impl Rotations {
             (batch, _) = put_root(
                 batch,
                 &self.core.kek,
+                actor,
                 &new_root.certificate,
                 &new_root.key,
                 new_root.imported,
@@ -366,7 +379,7 @@ impl Rotations {
         }
         batch = self.audit.record(batch, actor, action, detail)?;
         self.publication
-            .commit_and_publish(step.bundle, batch, signer)?;
+            .commit_and_publish(step.bundle, batch, signer, actor)?;
         Ok(())
     }
 
@@ -640,11 +653,26 @@ impl Rotations {
         let signing_root = self.core.signing_root();
         let mut version = version;
         if rotation.observe(&views, &signing_root, now) {
-            self.core.store.commit(Batch::new().put_json(
+            let batch = integrity::put_json(
+                Batch::new(),
+                &self.core.kek,
                 Table::Meta,
                 records::ROTATION_KEY,
                 &rotation,
                 Some(Expect::Version(version)),
+            )?;
+            let detail = match rotation.acknowledged_unix {
+                Some(_) => format!("phase {}: every cluster acknowledged", rotation.phase),
+                None => format!(
+                    "phase {}: no longer acknowledged by every cluster",
+                    rotation.phase
+                ),
+            };
+            self.core.store.commit(self.audit.record(
+                batch,
+                "server",
+                "rotate-acknowledged",
+                detail,
             )?)?;
             version += 1;
             if rotation.acknowledged_unix.is_some() {

@@ -155,6 +155,31 @@ impl Kek {
         Ok(files::sync_directory(files::parent_directory(path))?)
     }
 
+    /// A MAC key derived from this KEK with HKDF-SHA256 for one purpose,
+    /// named by `label` (distinct labels give independent keys, and none of
+    /// them is the sealing key). Used to authenticate store records and the
+    /// audit chain's head, so that whoever can write the store but has no
+    /// KEK cannot forge them.
+    pub fn derive_mac_key(&self, label: &'static [u8]) -> ring::hmac::Key {
+        /// Fixed salt: the KEK is already uniformly random.
+        const SALT: &[u8] = b"trustplane kek-derived keys v1";
+        let labels = [label];
+        let pseudo_random_key =
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, SALT).extract(&self.0[..]);
+        let derived = pseudo_random_key.expand(&labels, ring::hmac::HMAC_SHA256);
+        match derived {
+            Ok(okm) => ring::hmac::Key::from(okm),
+            // Fails only for an output longer than 255 × 32 bytes (HMAC-SHA256
+            // asks for 32), so never; HMAC(KEK, label) is an equally sound
+            // derivation and keeps this infallible.
+            Err(ring::error::Unspecified) => {
+                let fallback = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0[..]);
+                let tag = ring::hmac::sign(&fallback, label);
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref())
+            }
+        }
+    }
+
     fn aead_key(&self) -> Result<LessSafeKey, SignerError> {
         let key = UnboundKey::new(&AES_256_GCM, &self.0[..])
             .map_err(|_| SignerError::Kek("not usable as an AES-256 key".to_string()))?;

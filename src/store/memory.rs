@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{Batch, Operation, Store, StoreError, Table, Versioned, check_batch, next_version};
+use super::{
+    Batch, Expect, Operation, Store, StoreError, Table, Versioned, check_batch, check_precondition,
+    next_version,
+};
 
 /// A store in process memory (lost on exit). For tests.
 #[derive(Debug, Default)]
@@ -48,33 +51,63 @@ impl Store for MemoryStore {
                 .get(&(table, key.to_string()))
                 .map(|stored| stored.version))
         })?;
-        // Versions are computed before anything is written, so that an
-        // overflow (the only possible failure) also leaves the map untouched.
-        let mut versions: BTreeMap<(Table, String), Option<u64>> = BTreeMap::new();
-        let mut writes = Vec::with_capacity(batch.operations.len());
+        // Every write is staged first (later operations of the batch read
+        // the staged state), so that a failure (a version overflow, a
+        // refused append) leaves the map untouched.
+        let mut staged: BTreeMap<(Table, String), Option<Versioned>> = BTreeMap::new();
+        let current = |staged: &BTreeMap<(Table, String), Option<Versioned>>,
+                       slot: &(Table, String)| match staged.get(slot) {
+            Some(pending) => pending.clone(),
+            None => entries.get(slot).cloned(),
+        };
         for operation in batch.operations {
             match operation {
                 Operation::Put {
                     table, key, value, ..
                 } => {
                     let slot = (table, key);
-                    let previous = match versions.get(&slot) {
-                        Some(pending) => *pending,
-                        None => entries.get(&slot).map(|stored| stored.version),
-                    };
+                    let previous = current(&staged, &slot).map(|stored| stored.version);
                     let version = next_version(table, &slot.1, previous)?;
-                    versions.insert(slot.clone(), Some(version));
-                    writes.push((slot, Some(Versioned { value, version })));
+                    staged.insert(slot, Some(Versioned { value, version }));
                 }
                 Operation::Delete { table, key, .. } => {
-                    let slot = (table, key);
-                    versions.insert(slot.clone(), None);
-                    writes.push((slot, None));
+                    staged.insert((table, key), None);
+                }
+                Operation::Append {
+                    table,
+                    head_table,
+                    head_key,
+                    link,
+                } => {
+                    let head_slot = (head_table, head_key);
+                    let head = current(&staged, &head_slot);
+                    let linked = link
+                        .0
+                        .link(head.as_ref().map(|stored| stored.value.as_slice()))?;
+                    let entry_slot = (table, linked.key);
+                    let existing = current(&staged, &entry_slot).map(|stored| stored.version);
+                    check_precondition(table, &entry_slot.1, Expect::Absent, existing)?;
+                    staged.insert(
+                        entry_slot,
+                        Some(Versioned {
+                            value: linked.value,
+                            version: 1,
+                        }),
+                    );
+                    let version =
+                        next_version(head_table, &head_slot.1, head.map(|stored| stored.version))?;
+                    staged.insert(
+                        head_slot,
+                        Some(Versioned {
+                            value: linked.head,
+                            version,
+                        }),
+                    );
                 }
                 Operation::Check { .. } => {}
             }
         }
-        for (slot, write) in writes {
+        for (slot, write) in staged {
             match write {
                 Some(stored) => entries.insert(slot, stored),
                 None => entries.remove(&slot),
@@ -88,7 +121,6 @@ impl Store for MemoryStore {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::store::Expect;
 
     crate::store::store_conformance_tests!((MemoryStore::new(), ()));
 

@@ -30,8 +30,10 @@ pub enum Table {
     Bundles,
     /// Join tokens, by SHA-256 hex of the token.
     Tokens,
-    /// Audit entries (rotation steps, exclusions, reissues), by
-    /// `<unix nanos, 20 digits>-<random>` so keys sort by time.
+    /// The audit chain: one entry per state change or refused admin call,
+    /// by sequence number (20 digits), appended with [`Operation::Append`].
+    /// Stores written before the chain keyed entries
+    /// `<unix nanos, 20 digits>-<random>`.
     Audit,
 }
 
@@ -106,6 +108,23 @@ pub enum Operation {
         /// Optional precondition.
         expect: Option<Expect>,
     },
+    /// Appends the next entry of a chain: inside the write transaction, the
+    /// backend reads the head record (`head_table`/`head_key`, as changed by
+    /// earlier operations of the same batch), asks `link` for the entry and
+    /// the new head, and writes both (the entry's key must be absent). Two
+    /// batches that append to one chain are thereby serialised by the
+    /// backend's transaction: the chain never forks and no batch has to
+    /// retry for it.
+    Append {
+        /// Table of the entries.
+        table: Table,
+        /// Table of the head record.
+        head_table: Table,
+        /// Key of the head record.
+        head_key: String,
+        /// Builds the entry from the head.
+        link: Link,
+    },
     /// Only check a precondition.
     Check {
         /// Table.
@@ -116,6 +135,38 @@ pub enum Operation {
         expect: Expect,
     },
 }
+
+/// Builds the next entry of an append-only chain from the chain's head,
+/// inside the backend's write transaction (see [`Operation::Append`]).
+pub trait ChainLink: Send + Sync + std::fmt::Debug {
+    /// From the current head (`None`: the chain is empty), the new entry and
+    /// the new head. Errors: whatever refuses the append (e.g. a head that
+    /// does not authenticate); the whole batch is then not written.
+    fn link(&self, head: Option<&[u8]>) -> Result<Linked, StoreError>;
+}
+
+/// What a [`ChainLink`] appends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    /// Key of the new entry.
+    pub key: String,
+    /// The new entry.
+    pub value: Vec<u8>,
+    /// The new head record.
+    pub head: Vec<u8>,
+}
+
+/// A shared [`ChainLink`]; two are equal when they are the same object.
+#[derive(Clone, Debug)]
+pub struct Link(pub std::sync::Arc<dyn ChainLink>);
+
+impl PartialEq for Link {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Link {}
 
 /// Operations applied all together or not at all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -153,6 +204,24 @@ impl Batch {
             table,
             key: key.into(),
             expect,
+        });
+        self
+    }
+
+    /// Adds an append to the chain of entries in `table` whose head is
+    /// `head_table`/`head_key` (see [`Operation::Append`]).
+    pub fn append(
+        mut self,
+        table: Table,
+        head_table: Table,
+        head_key: impl Into<String>,
+        link: std::sync::Arc<dyn ChainLink>,
+    ) -> Self {
+        self.operations.push(Operation::Append {
+            table,
+            head_table,
+            head_key: head_key.into(),
+            link: Link(link),
         });
         self
     }
@@ -199,6 +268,18 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A record or chain that fails its integrity check (a MAC that does not
+    /// match, a broken or unauthenticated chain): the store was changed by
+    /// something that does not hold the KEK, or the KEK is not this store's.
+    #[error("integrity check failed for {table}/{key}: {reason}")]
+    Integrity {
+        /// Table name.
+        table: &'static str,
+        /// Key.
+        key: String,
+        /// What does not match, and what to do.
+        reason: String,
     },
     /// A stored record that does not decode (or a value that does not encode).
     #[error("corrupt record {table}/{key}")]
@@ -251,7 +332,9 @@ impl Operation {
                 expect: Some(expect),
             }
             | Operation::Check { table, key, expect } => Some((*table, key.as_str(), *expect)),
-            Operation::Put { expect: None, .. } | Operation::Delete { expect: None, .. } => None,
+            Operation::Put { expect: None, .. }
+            | Operation::Delete { expect: None, .. }
+            | Operation::Append { .. } => None,
         }
     }
 }
@@ -331,6 +414,9 @@ macro_rules! store_conformance_tests {
             delete_removes_and_honours_preconditions,
             list_is_ordered_by_key_within_one_table,
             concurrent_compare_and_swap_loses_no_update,
+            append_links_each_entry_to_the_head_it_sees,
+            a_refused_append_writes_nothing,
+            concurrent_appends_keep_one_linear_chain,
         );
     };
     ($make:expr; $($behaviour:ident),+ $(,)?) => {
@@ -353,7 +439,55 @@ pub(crate) use store_conformance_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub(crate) mod conformance {
-    use super::{Batch, Expect, Store, StoreError, Table, Versioned};
+    use super::{Batch, ChainLink, Expect, Linked, Store, StoreError, Table, Versioned};
+    use std::sync::Arc;
+
+    /// A chain whose head is the number of entries; entry `n` holds the
+    /// head it was linked to, so a fork or a lost append shows.
+    #[derive(Debug)]
+    struct Counter {
+        refuse: bool,
+    }
+
+    impl ChainLink for Counter {
+        fn link(&self, head: Option<&[u8]>) -> Result<Linked, StoreError> {
+            if self.refuse {
+                return Err(StoreError::Integrity {
+                    table: "meta",
+                    key: "head".into(),
+                    reason: "refused".into(),
+                });
+            }
+            let count = head.map_or(0, |head| u64::from_be_bytes(head.try_into().unwrap()));
+            Ok(Linked {
+                key: format!("{:020}", count + 1),
+                value: count.to_be_bytes().to_vec(),
+                head: (count + 1).to_be_bytes().to_vec(),
+            })
+        }
+    }
+
+    fn append(batch: Batch) -> Batch {
+        batch.append(
+            Table::Audit,
+            Table::Meta,
+            "head",
+            Arc::new(Counter { refuse: false }),
+        )
+    }
+
+    /// Asserts entries 1..=count each link to the one before.
+    fn assert_linear(store: &dyn Store, count: u64) {
+        let entries = store.list(Table::Audit).unwrap();
+        assert_eq!(entries.len() as u64, count);
+        for (index, (key, stored)) in entries.iter().enumerate() {
+            assert_eq!(key, &format!("{:020}", index + 1));
+            assert_eq!(stored.value, (index as u64).to_be_bytes());
+        }
+        let head = value(store, Table::Meta, "head").unwrap();
+        assert_eq!(head.value, count.to_be_bytes());
+        assert_eq!(head.version, count);
+    }
 
     fn value(store: &dyn Store, table: Table, key: &str) -> Option<Versioned> {
         store.get(table, key).unwrap()
@@ -686,5 +820,68 @@ pub(crate) mod conformance {
             WRITERS * INCREMENTS
         );
         assert_eq!(stored.version, WRITERS * INCREMENTS + 1);
+    }
+
+    pub(crate) fn append_links_each_entry_to_the_head_it_sees(store: &dyn Store) {
+        store
+            .commit(append(Batch::new().put(
+                Table::Roots,
+                "r",
+                b"x".to_vec(),
+                None,
+            )))
+            .unwrap();
+        // Two appends in one batch: the second sees the head the first left.
+        store.commit(append(append(Batch::new()))).unwrap();
+        assert_linear(store, 3);
+        assert_eq!(value(store, Table::Roots, "r").unwrap().value, b"x");
+    }
+
+    pub(crate) fn a_refused_append_writes_nothing(store: &dyn Store) {
+        store.commit(append(Batch::new())).unwrap();
+        let refused = Batch::new()
+            .put(Table::Roots, "r", b"x".to_vec(), None)
+            .append(
+                Table::Audit,
+                Table::Meta,
+                "head",
+                Arc::new(Counter { refuse: true }),
+            );
+        assert!(matches!(
+            store.commit(refused),
+            Err(StoreError::Integrity { .. })
+        ));
+        // A batch whose precondition fails does not append either.
+        let conflicting = append(Batch::new().check(Table::Roots, "r", Expect::Present));
+        assert!(matches!(
+            store.commit(conflicting),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(value(store, Table::Roots, "r"), None);
+        assert_linear(store, 1);
+    }
+
+    pub(crate) fn concurrent_appends_keep_one_linear_chain(store: &dyn Store) {
+        const WRITERS: u64 = 4;
+        const APPENDS: u64 = 25;
+        std::thread::scope(|scope| {
+            for writer in 0..WRITERS {
+                scope.spawn(move || {
+                    for index in 0..APPENDS {
+                        // Each append rides in a batch with other work, as
+                        // audit entries do; none of them retries.
+                        store
+                            .commit(append(Batch::new().put(
+                                Table::Certificates,
+                                format!("{writer}-{index}"),
+                                Vec::new(),
+                                Some(Expect::Absent),
+                            )))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_linear(store, WRITERS * APPENDS);
     }
 }

@@ -9,6 +9,8 @@ use super::{Batch, Expect, Store, StoreError, Table};
 pub const CA_SETTINGS_KEY: &str = "ca";
 /// Key of the root-rotation state in [`Table::Meta`].
 pub const ROTATION_KEY: &str = "rotation";
+/// Key of the audit chain's head (an [`AuditHead`]) in [`Table::Meta`].
+pub const AUDIT_HEAD_KEY: &str = "audit-head";
 /// Name of the sealed control-plane CA key in [`Table::Secrets`].
 pub const CONTROL_PLANE_KEY_SECRET: &str = "control-plane-ca-key";
 
@@ -87,18 +89,41 @@ pub struct ClusterRecord {
     pub reissue_serial: Option<String>,
 }
 
-/// One audit entry.
+/// One audit entry, a link of the audit chain (see `server::audit`).
+/// Entries written before the chain have no sequence number or hashes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord {
+    /// Position in the chain, from 1 (0: an entry from before the chain).
+    #[serde(default)]
+    pub seq: u64,
     /// When (Unix seconds).
     pub unix: i64,
-    /// Who (admin name, or `server` for automatic steps).
+    /// Who (admin name, `cluster/<name>`, or `server` for automatic steps).
     pub actor: String,
     /// What, e.g. `rotate-start`.
     pub action: String,
     /// Details in words.
     pub detail: String,
+    /// Lowercase hex SHA-256 of the previous entry (64 zeros for the first).
+    #[serde(default)]
+    pub prev_hash: String,
+    /// Lowercase hex SHA-256 of this entry's content and `prev_hash`.
+    #[serde(default)]
+    pub hash: String,
+}
+
+/// The audit chain's head: the last entry's sequence number and hash,
+/// authenticated with a MAC keyed from the KEK.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditHead {
+    /// Sequence number of the last entry.
+    pub seq: u64,
+    /// Its hash (lowercase hex).
+    pub hash: String,
+    /// HMAC-SHA256 (lowercase hex) of `seq` and `hash`.
+    pub mac: String,
 }
 
 /// Whether a registered cluster has enrolled.
@@ -179,6 +204,19 @@ pub enum IssuedKind {
     ControlPlaneServer,
     /// The control-plane CA.
     ControlPlaneCa,
+}
+
+impl IssuedKind {
+    /// The text form, as stored: `root`, `intermediate`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuedKind::Root => "root",
+            IssuedKind::Intermediate => "intermediate",
+            IssuedKind::ControlPlaneClient => "control-plane-client",
+            IssuedKind::ControlPlaneServer => "control-plane-server",
+            IssuedKind::ControlPlaneCa => "control-plane-ca",
+        }
+    }
 }
 
 /// Every issued certificate, keyed by serial so a serial is never reused.

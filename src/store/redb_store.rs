@@ -9,7 +9,10 @@ use std::path::Path;
 
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Batch, Operation, Store, StoreError, Table, Versioned, check_batch, next_version};
+use super::{
+    Batch, Expect, Operation, Store, StoreError, Table, Versioned, check_batch, check_precondition,
+    next_version,
+};
 
 /// Stored value: (version, bytes).
 type Definition = TableDefinition<'static, &'static str, (u64, &'static [u8])>;
@@ -187,6 +190,47 @@ impl Store for RedbStore {
                         .remove(key.as_str())
                         .map_err(backend("delete a value"))?;
                 }
+                Operation::Append {
+                    table,
+                    head_table,
+                    head_key,
+                    link,
+                } => {
+                    let head = {
+                        let opened = transaction
+                            .open_table(definition(*head_table))
+                            .map_err(backend("open a table"))?;
+                        let stored = opened
+                            .get(head_key.as_str())
+                            .map_err(backend("read a value"))?;
+                        stored.map(|guard| {
+                            let (version, value) = guard.value();
+                            (version, value.to_vec())
+                        })
+                    };
+                    let linked = link
+                        .0
+                        .link(head.as_ref().map(|(_, value)| value.as_slice()))?;
+                    let mut entries = transaction
+                        .open_table(definition(*table))
+                        .map_err(backend("open a table"))?;
+                    let existing = entries
+                        .get(linked.key.as_str())
+                        .map_err(backend("read a value"))?
+                        .map(|guard| guard.value().0);
+                    check_precondition(*table, &linked.key, Expect::Absent, existing)?;
+                    entries
+                        .insert(linked.key.as_str(), (1, linked.value.as_slice()))
+                        .map_err(backend("write a value"))?;
+                    drop(entries);
+                    let version =
+                        next_version(*head_table, head_key, head.map(|(version, _)| version))?;
+                    transaction
+                        .open_table(definition(*head_table))
+                        .map_err(backend("open a table"))?
+                        .insert(head_key.as_str(), (version, linked.head.as_slice()))
+                        .map_err(backend("write a value"))?;
+                }
                 Operation::Check { .. } => {}
             }
         }
@@ -198,7 +242,6 @@ impl Store for RedbStore {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::store::Expect;
 
     fn fresh() -> (RedbStore, tempfile::TempDir) {
         let directory = tempfile::tempdir().unwrap();

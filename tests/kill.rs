@@ -1339,3 +1339,68 @@ async fn reissue_names_the_newest_intermediate() {
         bundle.reissue_intermediate_serial, served.serial
     );
 }
+
+/// An agent killed during its first start, after the server accepted its
+/// join token and before the agent saved its identity, must be able to
+/// enroll when restarted the way it was started (same token). Today the
+/// token is spent, the cluster is `enrolled`, the agent has no identity and
+/// exits with "join token ... was already used; create a new one with
+/// `trustplane cluster add`" (which then refuses: the cluster exists). Each
+/// attempt kills the agent the moment the server lists the cluster as
+/// enrolled; with the debug build on a 2-core machine about half of random
+/// kills in the first 250 ms strand the cluster this way.
+#[tokio::test]
+#[ignore = "known bug found by the kill test: an agent killed between Enroll and saving its identity is stranded (token spent, no identity)"]
+async fn agent_killed_during_enrollment_enrolls_again_with_its_token() {
+    common::install_crypto();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let log = work.path().join("agent.log");
+    init(&data);
+    let (_server, url) =
+        spawn_server(&data, "127.0.0.1:0", &work.path().join("server.log")).unwrap();
+    let mut admin = Endpoint::new(&data, &url).admin().await.ok().unwrap();
+    for attempt in 0..5 {
+        let name = format!("e{attempt}");
+        let token = admin
+            .add_cluster(proto::AddClusterRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .join_token;
+        let dir = work.path().join(&name);
+        let state = async |admin: &mut AdminServiceClient<Channel>| {
+            let listed = admin
+                .list_clusters(proto::ListClustersRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let row = listed
+                .clusters
+                .into_iter()
+                .find(|cluster| cluster.name == name)
+                .unwrap();
+            (row.state, row.applied_bundle_version)
+        };
+        let agent = spawn_agent_binary(&url, &data, &dir, Some(&token), &log);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while state(&mut admin).await.0 != "enrolled" {
+            assert!(Instant::now() < deadline, "{name} never enrolled");
+        }
+        let point = format!("{name}: killed the moment the server saw it enrolled");
+        sigkill(agent, "agent", &point, &log);
+        let _again = spawn_agent_binary(&url, &data, &dir, Some(&token), &log);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while state(&mut admin).await.1 < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{point}: restarted with its token, it never applied the bundle; log:\n{}",
+                log_tail(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -60,6 +60,8 @@ const SERVER_KILLS: usize = 22;
 const MAX_SERVER_KILLS: usize = 40;
 /// SIGKILLs of the agent.
 const AGENT_KILLS: usize = 20;
+/// Concurrent client streams in the server test, by cluster-name prefix.
+const STREAMS: [char; 2] = ['s', 't'];
 /// Agents in the server test: they carry the rotation's acknowledgements.
 const AGENTS: usize = 3;
 /// The rotation's grace, and the simulated workload certificate lifetime.
@@ -206,8 +208,9 @@ struct Received {
 #[derive(Default)]
 struct Ledger {
     received: Vec<Received>,
-    /// The call in flight now (named in kill messages).
-    doing: String,
+    /// The call each client stream has in flight now, by the stream's
+    /// cluster-name prefix (named in kill messages).
+    doing: BTreeMap<char, String>,
     /// The rotation phase last seen.
     phase: String,
     /// Server runs so far (1 + kills).
@@ -249,8 +252,9 @@ impl Shared {
         change(&mut self.ledger.lock().unwrap())
     }
 
-    fn doing(&self, what: String) {
-        self.with(|ledger| ledger.doing = what);
+    fn doing(&self, cluster: &str, what: String) {
+        let stream = cluster.chars().next().unwrap_or_default();
+        self.with(|ledger| ledger.doing.insert(stream, what));
     }
 
     fn receive(&self, certificate_pem: &str, kind: IssuedKind, cluster: &str, call: &str) {
@@ -459,15 +463,15 @@ struct Identity {
     key_pem: String,
 }
 
-/// Clusters `s001`, `s002`, … one after the other until stopped: add,
+/// Clusters `<prefix>001`, `<prefix>002`, … one after the other until stopped: add,
 /// enroll, sign three intermediates (each reported), renew the identity,
 /// remove. A call whose answer a kill took, and which is then refused as
 /// already done, abandons the cluster (it is removed) and the next starts.
-async fn client_stream(endpoint: Endpoint, shared: Arc<Shared>) {
+async fn client_stream(prefix: char, endpoint: Endpoint, shared: Arc<Shared>) {
     let mut index = 0;
     while !shared.stopped() {
         index += 1;
-        let name = format!("s{index:03}");
+        let name = format!("{prefix}{index:03}");
         // Done or abandoned, the cluster goes: it would block the rotation.
         let _ = one_cluster(&endpoint, &shared, &name).await;
         remove_cluster(&endpoint, &shared, &name).await;
@@ -475,7 +479,7 @@ async fn client_stream(endpoint: Endpoint, shared: Arc<Shared>) {
 }
 
 async fn one_cluster(endpoint: &Endpoint, shared: &Shared, name: &str) -> Result<(), ()> {
-    shared.doing(format!("AddCluster {name}"));
+    shared.doing(name, format!("AddCluster {name}"));
     let token = retry(shared, &format!("AddCluster {name}"), async || {
         let response = endpoint
             .admin()
@@ -489,7 +493,7 @@ async fn one_cluster(endpoint: &Endpoint, shared: &Shared, name: &str) -> Result
     })
     .await?;
 
-    shared.doing(format!("Enroll {name}"));
+    shared.doing(name, format!("Enroll {name}"));
     let (key, csr) = key_and_csr(&format!("kill test {name}"));
     let enrolled = retry(shared, &format!("Enroll {name}"), async || {
         let response = IntermediateServiceClient::new(endpoint.channel(None).await?)
@@ -533,7 +537,7 @@ async fn sign_and_report(
     round: usize,
 ) -> Result<(), ()> {
     let as_cluster = Some((identity.certificate_pem.as_str(), identity.key_pem.as_str()));
-    shared.doing(format!("SignIntermediate {name} #{round}"));
+    shared.doing(name, format!("SignIntermediate {name} #{round}"));
     let (_, csr) = key_and_csr(&format!("{name} intermediate CA"));
     let signed = retry(shared, &format!("SignIntermediate {name}"), async || {
         let response = IntermediateServiceClient::new(endpoint.channel(as_cluster).await?)
@@ -553,7 +557,7 @@ async fn sign_and_report(
     );
     shared.with(|ledger| ledger.issuances += 1);
 
-    shared.doing(format!("ReportStatus {name} #{round}"));
+    shared.doing(name, format!("ReportStatus {name} #{round}"));
     let version = signed.bundle.as_ref().map_or(0, |bundle| bundle.version);
     retry(shared, &format!("ReportStatus {name}"), async || {
         IntermediateServiceClient::new(endpoint.channel(as_cluster).await?)
@@ -580,7 +584,7 @@ async fn renew(
     name: &str,
     identity: &Identity,
 ) -> Result<Option<Identity>, ()> {
-    shared.doing(format!("RenewIdentity {name}"));
+    shared.doing(name, format!("RenewIdentity {name}"));
     let (key, csr) = key_and_csr(&format!("kill test {name}"));
     let Some(certificate_pem) = retry(shared, &format!("RenewIdentity {name}"), async || {
         renew_identity(endpoint, identity, &csr).await
@@ -633,7 +637,7 @@ async fn renew_identity(
 
 /// Removes `name` (a cluster that is gone already is fine).
 async fn remove_cluster(endpoint: &Endpoint, shared: &Shared, name: &str) {
-    shared.doing(format!("RemoveCluster {name}"));
+    shared.doing(name, format!("RemoveCluster {name}"));
     let removed = retry(shared, &format!("RemoveCluster {name}"), async || {
         let result = endpoint
             .admin()
@@ -891,22 +895,26 @@ async fn server_sigkilled_at_random_points_loses_no_certificate_and_completes_th
 
     // On its own thread and runtime: the retried calls are async closures,
     // whose futures tokio::spawn cannot prove Send.
-    let stream = {
-        let (endpoint, shared) = (endpoint.clone(), shared.clone());
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(client_stream(endpoint, shared));
+    let streams: Vec<_> = STREAMS
+        .iter()
+        .map(|&prefix| {
+            let (endpoint, shared) = (endpoint.clone(), shared.clone());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(client_stream(prefix, endpoint, shared));
+            })
         })
-    };
+        .collect();
     // The kills go on until at least SERVER_KILLS have been made and the
     // rotation, started after the third, has completed (or MAX_SERVER_KILLS
     // were made; it must then complete without more kills).
     let mut rotation = None;
     let started = Instant::now();
     let mut kill_phases: BTreeMap<String, usize> = BTreeMap::new();
+    let mut in_flight: BTreeMap<String, usize> = BTreeMap::new();
     let mut kills = 0;
     while kills < SERVER_KILLS
         || (kills < MAX_SERVER_KILLS
@@ -926,6 +934,11 @@ async fn server_sigkilled_at_random_points_loses_no_certificate_and_completes_th
         let up = Instant::now();
         tokio::time::sleep(delay).await;
         let (doing, phase) = shared.with(|ledger| (ledger.doing.clone(), ledger.phase.clone()));
+        for call in doing.values() {
+            let call = call.split_whitespace().next().unwrap_or_default();
+            *in_flight.entry(call.to_string()).or_default() += 1;
+        }
+        let doing = doing.into_values().collect::<Vec<_>>().join(", ");
         let phase = match (&rotation, phase.as_str()) {
             (None, _) => "before the rotation".to_string(),
             (Some(_), "") => "rotation starting".to_string(),
@@ -952,9 +965,13 @@ async fn server_sigkilled_at_random_points_loses_no_certificate_and_completes_th
         .unwrap()
         .unwrap_or_else(|error| panic!("seed {seed:#x}: after {kills} kills: {error}"));
     shared.stop.store(true, Ordering::SeqCst);
-    tokio::task::spawn_blocking(move || stream.join().unwrap())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        for stream in streams {
+            stream.join().unwrap();
+        }
+    })
+    .await
+    .unwrap();
     for agent in agents {
         agent.stop();
         agent.task.await.unwrap().unwrap();
@@ -988,7 +1005,7 @@ async fn server_sigkilled_at_random_points_loses_no_certificate_and_completes_th
         renewals => renewals.to_string(),
     };
     println!(
-        "kills: {kills} server in {:.1} s (by rotation phase {kill_phases:?}); enrollments {}, issuances {}, renewals {renewals}, reports {}, agent cacerts writes {}, clusters removed {}, answers lost to a kill {}; rotation phases {phases:?} completed; {} certificates received by clients, {} recorded; duplicates 0; unrecorded 0; audit verify {audit}; {} cross-cluster checks, 0 failures",
+        "kills: {kills} server in {:.1} s (by rotation phase {kill_phases:?}; calls in flight at the kills {in_flight:?}); enrollments {}, issuances {}, renewals {renewals}, reports {}, agent cacerts writes {}, clusters removed {}, answers lost to a kill {}; rotation phases {phases:?} completed; {} certificates received by clients, {} recorded; duplicates 0; unrecorded 0; audit verify {audit}; {} cross-cluster checks, 0 failures",
         killing.as_secs_f64(),
         ledger.enrollments,
         ledger.issuances,

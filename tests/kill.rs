@@ -1,14 +1,16 @@
 //! Random kills. The `trustplane server` binary is killed with SIGKILL at
 //! random points (seeded; the seed is printed, `TRUSTPLANE_KILL_SEED`
-//! replays it) while clients enroll clusters, sign intermediates, renew
-//! identities and a root rotation runs, and restarted each time on the same
-//! data directory. After every kill the store must open, every certificate a
-//! client received must be recorded under its serial for the right cluster
-//! and kind, and no serial may have been handed out twice; in the end the
+//! replays it) while clients enroll clusters, sign intermediates, report,
+//! renew identities (see the merge switches) and a root rotation runs, and
+//! restarted each time on the same data directory. After every kill the
+//! store must open, every certificate a client received must be recorded
+//! under its serial for the right cluster and kind, no serial may have been
+//! handed out twice, and the audit chain must verify; in the end the
 //! rotation completes. Then the `trustplane agent` binary is killed the same
 //! way while it replaces intermediates and rewrites `cacerts`: what it left
 //! on disk must always be a complete set istiod would load, and the server's
-//! view must converge on it.
+//! view must converge on it. Two ignored tests reproduce what the kills
+//! found, without a kill where possible.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -44,9 +46,9 @@ use trustplane::store::records::{IssuedKind, IssuedRecord, list_json};
 //
 // MERGE SWITCH (audit verify, issue 8 point 6): set to `true` once
 // `trustplane audit verify` exists. It is run on the data directory after
-// the server's last SIGKILL (offline, the store not held by a server); if
-// the command goes through the server instead, move the call in
-// `check_audit_chain` before the final kill and add `--server`.
+// every SIGKILL of the server (offline: no server holds the store then); if
+// the command goes through the server instead, call `check_audit_chain`
+// after each restart and add `--server`.
 const AUDIT_VERIFY: bool = false;
 //
 // MERGE SWITCH (identity renewal, issue 8 point 2): the `RenewIdentity`
@@ -951,6 +953,7 @@ async fn server_sigkilled_at_random_points_loses_no_certificate_and_completes_th
         *kill_phases.entry(phase).or_default() += 1;
         sigkill(server, "server", &point, &log);
         check_store(&data, &shared, &point);
+        check_audit_chain(&data, &point);
         shared.with(|ledger| ledger.run += 1);
         server = spawn_server(&data, &listen, &log)
             .unwrap_or_else(|error| panic!("{point}: the server does not start again: {error}"))
@@ -1154,7 +1157,7 @@ async fn converge(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_sigkilled_at_random_points_leaves_complete_cacerts_and_converges() {
     common::install_crypto();
-    let seed = seed() ^ 0xa6e7;
+    let seed = seed();
     println!("agent kill test seed {seed:#x} (replay: TRUSTPLANE_KILL_SEED={seed:#x})");
     let mut rng = Rng(seed);
     let work = tempfile::tempdir().unwrap();

@@ -621,10 +621,9 @@ async fn renew_identity(
     let response = IntermediateServiceClient::new(endpoint.channel(as_cluster).await?)
         .renew_identity(proto::RenewIdentityRequest {
             client_csr_pem: csr.to_string(),
-            ..Default::default()
         })
         .await?;
-    Ok(Some(response.into_inner().client_cert_pem))
+    Ok(Some(response.into_inner().client_certificate_pem))
 }
 
 /// Stub until `RenewIdentity` exists (see the merge switch above).

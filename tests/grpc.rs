@@ -732,7 +732,7 @@ async fn renew_identity_replaces_the_serial_refuses_the_old_certificate_and_is_a
         record.client_cert_serial.as_deref(),
         Some(new_serial.as_str())
     );
-    // The old certificate is refused from now on, also for another renewal.
+    // The old certificate is refused for everything but another renewal.
     let refused = old
         .report_status(proto::ReportStatusRequest::default())
         .await
@@ -743,6 +743,34 @@ async fn renew_identity_replaces_the_serial_refuses_the_old_certificate_and_is_a
         "{}",
         refused.message()
     );
+    // The answer to that renewal may have been lost (a crash, a dropped
+    // connection): until the new certificate is used, the old one may renew
+    // again, and the unused certificate is replaced in turn.
+    let retry_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let retried = old
+        .renew_identity(proto::RenewIdentityRequest {
+            client_csr_pem: ca::create_csr(&retry_key, "agent").unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let retried_serial = Certificate::from_pem(&retried.client_certificate_pem)
+        .unwrap()
+        .serial_hex()
+        .unwrap();
+    assert_ne!(retried_serial, new_serial);
+    let lost = as_identity(renewed.client_certificate_pem.clone(), &new_key)
+        .await
+        .report_status(proto::ReportStatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(lost.code(), Code::PermissionDenied, "{lost:?}");
+    // The new one works; once it is used, the old one may not renew again.
+    as_identity(retried.client_certificate_pem.clone(), &retry_key)
+        .await
+        .report_status(proto::ReportStatusRequest::default())
+        .await
+        .unwrap();
     let refused = old
         .renew_identity(proto::RenewIdentityRequest {
             client_csr_pem: ca::create_csr(&new_key, "agent").unwrap(),
@@ -750,12 +778,12 @@ async fn renew_identity_replaces_the_serial_refuses_the_old_certificate_and_is_a
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
-    // The new one works.
-    as_identity(renewed.client_certificate_pem.clone(), &new_key)
-        .await
-        .report_status(proto::ReportStatusRequest::default())
-        .await
-        .unwrap();
+    let (record, _) = server.authority().core().cluster("east").unwrap().unwrap();
+    assert_eq!(
+        record.client_cert_serial.as_deref(),
+        Some(retried_serial.as_str())
+    );
+    assert_eq!(record.previous_client_cert_serial, None);
     let audit = server
         .authority()
         .audit

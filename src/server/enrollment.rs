@@ -178,6 +178,7 @@ impl Enrollment {
                     created_unix: system_time_to_unix(now),
                     enrolled_unix: None,
                     client_cert_serial: None,
+                    previous_client_cert_serial: None,
                     report: None,
                     push: None,
                     reissue_serial: None,
@@ -292,6 +293,7 @@ impl Enrollment {
         let with = |batch: Batch, certificate: &Certificate| -> Result<Batch, ServerError> {
             let mut enrolled = cluster_record.clone();
             enrolled.enrolled_unix = Some(system_time_to_unix(now));
+            enrolled.previous_client_cert_serial = None;
             enrolled.client_cert_serial = Some(certificate.serial_hex()?);
             let mut used = token_record.clone();
             used.used_unix = Some(system_time_to_unix(now));
@@ -366,9 +368,16 @@ impl Enrollment {
             ))
         };
         let (record, version) = core.enrolled_cluster(cluster)?;
-        if record.client_cert_serial.as_deref() != Some(presented_serial) {
+        // The current certificate, or the one the last renewal replaced when
+        // its answer was lost (the new one was never used): then that
+        // unused certificate is replaced in turn.
+        let previous = if record.client_cert_serial.as_deref() == Some(presented_serial) {
+            Some(presented_serial.to_string())
+        } else if record.previous_client_cert_serial.as_deref() == Some(presented_serial) {
+            record.previous_client_cert_serial.clone()
+        } else {
             return Err(superseded());
-        }
+        };
         let csr = ca::verify_csr(client_csr_pem.as_bytes())?;
         let now = core.now();
         let role = ControlPlaneRole::Client {
@@ -391,6 +400,7 @@ impl Enrollment {
             let serial = certificate.serial_hex()?;
             let mut renewed = record.clone();
             renewed.client_cert_serial = Some(serial.clone());
+            renewed.previous_client_cert_serial = previous.clone();
             let batch = batch.put_json(
                 Table::Clusters,
                 cluster,
@@ -445,6 +455,26 @@ impl Enrollment {
     /// Errors: [`ServerError::Unauthenticated`] without a certificate,
     /// [`ServerError::PermissionDenied`] saying why it is not accepted.
     pub fn identify(&self, peer_certificates: Option<&[Vec<u8>]>) -> Result<Caller, ServerError> {
+        self.identify_as(peer_certificates, false)
+    }
+
+    /// [`Self::identify`] for `RenewIdentity`, which also accepts the
+    /// certificate a renewal just replaced until the new one is used: the
+    /// answer to that renewal may never have reached the agent.
+    ///
+    /// Errors: as [`Self::identify`].
+    pub fn identify_renewing(
+        &self,
+        peer_certificates: Option<&[Vec<u8>]>,
+    ) -> Result<Caller, ServerError> {
+        self.identify_as(peer_certificates, true)
+    }
+
+    fn identify_as(
+        &self,
+        peer_certificates: Option<&[Vec<u8>]>,
+        renewing: bool,
+    ) -> Result<Caller, ServerError> {
         let core = &self.core;
         let first = peer_certificates
             .and_then(|chain| chain.first())
@@ -460,8 +490,14 @@ impl Enrollment {
                     Some((record, _)) if record.client_cert_serial.as_deref() == Some(&serial) => {
                         Ok(Caller::Cluster(cluster.to_string()))
                     }
+                    Some((record, _))
+                        if renewing
+                            && record.previous_client_cert_serial.as_deref() == Some(&serial) =>
+                    {
+                        Ok(Caller::Cluster(cluster.to_string()))
+                    }
                     Some(_) => Err(ServerError::PermissionDenied(format!(
-                        "client certificate {serial} is no longer valid for cluster {cluster:?} (the cluster was re-enrolled)"
+                        "client certificate {serial} is no longer valid for cluster {cluster:?} (it was renewed, or the cluster re-enrolled); use the current identity, or re-enroll with a new join token"
                     ))),
                     None => Err(ServerError::PermissionDenied(format!(
                         "cluster {cluster:?} is not registered (it was removed); re-add it with `trustplane cluster add {cluster}`"

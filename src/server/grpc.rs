@@ -31,14 +31,20 @@ use crate::reconcile::StatusReport;
 use crate::store::records::{AdminRole, AuditRecord};
 use crate::wire;
 
-fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, ServerError> {
-    let chain: Option<Vec<Vec<u8>>> = request.peer_certs().map(|certificates| {
+/// The client certificate chain the TLS layer verified, if any.
+fn peer_chain<T>(request: &Request<T>) -> Option<Vec<Vec<u8>>> {
+    request.peer_certs().map(|certificates| {
         certificates
             .iter()
             .map(|certificate| certificate.to_vec())
             .collect()
-    });
-    authority.enrollment.identify(chain.as_deref())
+    })
+}
+
+fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, ServerError> {
+    authority
+        .enrollment
+        .identify(peer_chain(request).as_deref())
 }
 
 fn require_cluster<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
@@ -178,6 +184,17 @@ fn audit_refusal(authority: &Authority, actor: Option<&str>, method: &str, error
 }
 
 /// The hex serial of the client certificate the caller presented.
+/// [`caller`] for `RenewIdentity`: also the certificate the last renewal
+/// replaced, while the new one is unused.
+fn identify_renewing<T>(
+    authority: &Authority,
+    request: &Request<T>,
+) -> Result<Caller, ServerError> {
+    authority
+        .enrollment
+        .identify_renewing(peer_chain(request).as_deref())
+}
+
 fn presented_serial<T>(request: &Request<T>) -> Result<String, ServerError> {
     let certificates = request.peer_certs().ok_or(ServerError::Unauthenticated)?;
     let first = certificates.first().ok_or(ServerError::Unauthenticated)?;
@@ -541,7 +558,15 @@ impl IntermediateService for IntermediateApi {
         &self,
         request: Request<proto::RenewIdentityRequest>,
     ) -> Result<Response<proto::RenewIdentityResponse>, Status> {
-        let cluster = require_cluster(&self.authority, &request)?;
+        let cluster = match identify_renewing(&self.authority, &request)? {
+            Caller::Cluster(name) => name,
+            Caller::Admin { .. } => {
+                return Err(ServerError::PermissionDenied(
+                    "this call is for cluster agents; admins use AdminService".into(),
+                )
+                .into());
+            }
+        };
         let serial = presented_serial(&request)?;
         let body = request.into_inner();
         let runtime = tokio::runtime::Handle::current();

@@ -132,6 +132,7 @@ impl Registry {
             created_unix: now,
             enrolled_unix: Some(now),
             client_cert_serial: None,
+            previous_client_cert_serial: None,
             report: None,
             push: Some(PushTarget {
                 namespace: namespace.to_string(),
@@ -221,6 +222,9 @@ impl Registry {
             && !report.error.is_empty();
         for _ in 0..REPORT_ATTEMPTS {
             let (mut record, version) = core.enrolled_cluster(cluster)?;
+            // The report came over the current identity: a certificate the
+            // last renewal replaced is no longer needed for a retry.
+            record.previous_client_cert_serial = None;
             record.report = Some(match (&record.report, error_only) {
                 (Some(previous), true) => ClusterReport {
                     error: report.error.clone(),

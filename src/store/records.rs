@@ -78,6 +78,12 @@ pub struct ClusterRecord {
     pub enrolled_unix: Option<i64>,
     /// Serial of the only control-plane client certificate accepted for it.
     pub client_cert_serial: Option<String>,
+    /// Serial of the certificate the last `RenewIdentity` replaced, until the
+    /// new one is used (its first status report): `RenewIdentity` alone
+    /// still accepts it, so an agent whose renewal answer was lost (a crash,
+    /// a dropped connection) can renew again instead of being stranded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_client_cert_serial: Option<String>,
     /// Last status report.
     pub report: Option<ClusterReport>,
     /// Push mode: the server writes this cluster's cacerts itself.

@@ -593,6 +593,17 @@ async fn a_root_added_to_the_bundle_a_moved_rotation_a_swapped_root_or_a_planted
     assert_eq!(changed, format!("tokens/{hash}"));
     assert!(reason.contains("carries no MAC"), "{reason}");
 
+    // (e) An admin credential's role or revocation changed: the role
+    // decides what the credential may do.
+    let admin = case("admin");
+    let mut record = admin.json("meta", "admin/admin");
+    assert_eq!(record["role"], "admin");
+    record["role"] = "auditor".into();
+    admin.put_json("meta", "admin/admin", &record);
+    let (changed, reason, _) = integrity_error(run.open(&admin));
+    assert_eq!(changed, "meta/admin/admin");
+    assert!(reason.contains("MAC does not match"), "{reason}");
+
     // The untouched copy still opens.
     run.open(&case("untouched")).unwrap();
 }
@@ -611,7 +622,7 @@ async fn a_store_from_before_the_chain_is_refused_until_upgraded_once() {
             file.put_json(name, &key, &record);
         }
     }
-    for key in ["ca", "rotation"] {
+    for key in ["ca", "rotation", "admin/admin"] {
         let mut record = file.json("meta", key);
         record.as_object_mut().unwrap().remove("mac");
         file.put_json("meta", key, &record);

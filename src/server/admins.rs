@@ -12,6 +12,7 @@ use super::audit::AuditTrail;
 use super::core::{Core, validate_name};
 use super::error::ServerError;
 use super::init::{issue_admin_credential, write_admin_credential};
+use super::integrity;
 use super::issuance::issued_record;
 use crate::ca::{Certificate, system_time_to_unix};
 use crate::store::records::{self, AdminRecord, AdminRole, IssuedKind};
@@ -53,7 +54,7 @@ impl Admins {
         for (key, _) in store.list(Table::Meta)? {
             if key.starts_with(&prefix)
                 && let Some((record, _)) =
-                    records::get_json::<AdminRecord>(store, Table::Meta, &key)?
+                    integrity::get_json::<AdminRecord>(store, &self.core.kek, Table::Meta, &key)?
             {
                 admins.push(record);
             }
@@ -81,8 +82,12 @@ impl Admins {
         let core = &self.core;
         validate_name("admin", name)?;
         let key = records::admin_key(name);
-        let expect = match records::get_json::<AdminRecord>(core.store.as_ref(), Table::Meta, &key)?
-        {
+        let expect = match integrity::get_json::<AdminRecord>(
+            core.store.as_ref(),
+            &core.kek,
+            Table::Meta,
+            &key,
+        )? {
             Some((existing, _)) if existing.revoked_unix.is_none() => {
                 return Err(ServerError::AlreadyExists(format!(
                     "admin {name:?} already has an active credential ({}, role {}); revoke it first with `trustplane admin revoke {name}`",
@@ -109,14 +114,20 @@ impl Admins {
             revoked_unix: None,
             not_after_unix: Some(system_time_to_unix(certificate.not_after()?)),
         };
-        let batch = Batch::new()
-            .put_json(Table::Meta, &key, &record, Some(expect))?
-            .put_json(
-                Table::Certificates,
-                &serial,
-                &issued_record(&certificate, IssuedKind::ControlPlaneClient, None, now)?,
-                Some(Expect::Absent),
-            )?;
+        let batch = integrity::put_json(
+            Batch::new(),
+            &core.kek,
+            Table::Meta,
+            &key,
+            &record,
+            Some(expect),
+        )?
+        .put_json(
+            Table::Certificates,
+            &serial,
+            &issued_record(&certificate, IssuedKind::ControlPlaneClient, None, now)?,
+            Some(Expect::Absent),
+        )?;
         let batch = audit.record(
             batch,
             actor,
@@ -154,13 +165,12 @@ impl Admins {
         let core = &self.core;
         let key = records::admin_key(name);
         let (mut record, version) =
-            records::get_json::<AdminRecord>(core.store.as_ref(), Table::Meta, &key)?.ok_or_else(
-                || {
+            integrity::get_json::<AdminRecord>(core.store.as_ref(), &core.kek, Table::Meta, &key)?
+                .ok_or_else(|| {
                     ServerError::NotFound(format!(
                         "no admin credential named {name:?}; see `trustplane admin list`"
                     ))
-                },
-            )?;
+                })?;
         if record.revoked_unix.is_some() {
             return Err(ServerError::InvalidArgument(format!(
                 "admin credential {name:?} ({}) is already revoked",
@@ -168,8 +178,14 @@ impl Admins {
             )));
         }
         record.revoked_unix = Some(system_time_to_unix(core.now()));
-        let batch =
-            Batch::new().put_json(Table::Meta, &key, &record, Some(Expect::Version(version)))?;
+        let batch = integrity::put_json(
+            Batch::new(),
+            &core.kek,
+            Table::Meta,
+            &key,
+            &record,
+            Some(Expect::Version(version)),
+        )?;
         let batch = audit.record(
             batch,
             actor,

@@ -505,8 +505,9 @@ impl Enrollment {
                 };
             }
             if let Some(admin) = uri.strip_prefix(ADMIN_IDENTITY_PREFIX) {
-                let record = records::get_json::<AdminRecord>(
+                let record = integrity::get_json::<AdminRecord>(
                     core.store.as_ref(),
+                    &core.kek,
                     Table::Meta,
                     &records::admin_key(admin),
                 )?;

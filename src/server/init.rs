@@ -272,10 +272,12 @@ pub fn initialize(
         records::CA_SETTINGS_KEY,
         &settings,
         Some(Expect::Absent),
-    )?
-    .put_json(
+    )?;
+    let batch = integrity::put_json(
+        batch,
+        kek,
         Table::Meta,
-        records::admin_key("admin"),
+        &records::admin_key("admin"),
         &admin_record,
         None,
     )?

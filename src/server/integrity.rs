@@ -1,6 +1,6 @@
 //! Store integrity: the records that decide what the mesh trusts — every
 //! root, every bundle version (current and history), the rotation state and
-//! the CA settings — and the join tokens (which turn into a cluster identity,
+//! the CA settings — the admin credentials (name, role, revocation) and the join tokens (which turn into a cluster identity,
 //! and so into intermediates) carry a MAC keyed from the KEK, over their
 //! table, key and content. Whoever can write the store file but has no KEK
 //! can neither add a root to the published bundle, nor move the rotation,
@@ -20,6 +20,9 @@ use crate::signer::sealed::Kek;
 use crate::store::records::{AUDIT_HEAD_KEY, CA_SETTINGS_KEY, ROTATION_KEY};
 use crate::store::{Batch, Expect, Store, StoreError, Table};
 
+/// Key prefix of the admin credential records in `Meta` (their role decides
+/// what a credential may do).
+const ADMIN_PREFIX: &str = "admin/";
 /// HKDF label of the record MAC key (distinct from the audit chain's).
 const RECORD_MAC_LABEL: &[u8] = b"trustplane record-mac v1";
 /// Domain separation of the MAC input.
@@ -43,7 +46,9 @@ const BAD_MAC_HELP: &str = "its MAC does not match its content: the record was c
 pub fn is_authenticated(table: Table, key: &str) -> bool {
     match table {
         Table::Roots | Table::Bundles | Table::Tokens => true,
-        Table::Meta => key == CA_SETTINGS_KEY || key == ROTATION_KEY,
+        Table::Meta => {
+            key == CA_SETTINGS_KEY || key == ROTATION_KEY || key.starts_with(ADMIN_PREFIX)
+        }
         _ => false,
     }
 }
@@ -222,6 +227,11 @@ fn authenticated_records(store: &dyn Store) -> Result<Vec<StoredRecord>, StoreEr
     for key in [CA_SETTINGS_KEY, ROTATION_KEY] {
         if let Some(stored) = store.get(Table::Meta, key)? {
             found.push((Table::Meta, key.to_string(), stored.value, stored.version));
+        }
+    }
+    for (key, stored) in store.list(Table::Meta)? {
+        if key.starts_with(ADMIN_PREFIX) {
+            found.push((Table::Meta, key, stored.value, stored.version));
         }
     }
     Ok(found)

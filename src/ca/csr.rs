@@ -102,6 +102,26 @@ fn csr_der(input: &[u8]) -> Result<Vec<u8>, CaError> {
     if !trimmed.starts_with(b"-----BEGIN") {
         return Ok(input.to_vec());
     }
+    // Text before the block is refused (it is read as DER above); text
+    // after its END line is refused too, rather than silently ignored.
+    let after_end = trimmed
+        .windows(8)
+        .rposition(|window| window == b"-----END")
+        .and_then(|end| {
+            let label_end = end + 8;
+            trimmed[label_end..]
+                .windows(5)
+                .position(|window| window == b"-----")
+                .map(|close| label_end + close + 5)
+        })
+        .map_or(&[][..], |tail| &trimmed[tail..]);
+    if !after_end.trim_ascii().is_empty() {
+        return Err(CaError::Unexpected {
+            what: "CSR PEM",
+            expected: "nothing but whitespace after the END line",
+            found: format!("{} more bytes", after_end.trim_ascii().len()),
+        });
+    }
     let mut blocks = pem::parse_many(trimmed).map_err(|source| CaError::MalformedPem {
         what: "CSR",
         source,
@@ -326,6 +346,19 @@ mod tests {
             verify_csr(wrong_label.as_bytes()),
             Err(CaError::Unexpected { .. })
         ));
+    }
+
+    #[test]
+    fn rejects_text_after_the_end_line() {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
+        let text = create_csr(&key, "east").expect("csr");
+        assert!(verify_csr(format!("{text}\n \r\n").as_bytes()).is_ok());
+        match verify_csr(format!("{text}garbage\x00").as_bytes()) {
+            Err(error @ CaError::Unexpected { .. }) => {
+                assert!(error.to_string().contains("after the END line"), "{error}")
+            }
+            other => panic!("expected Unexpected, got {other:?}"),
+        }
     }
 
     #[test]

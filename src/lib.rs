@@ -20,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod kubeconfig;
 pub mod policy;
 pub mod reconcile;
 pub mod rotation;

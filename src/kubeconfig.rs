@@ -469,8 +469,8 @@ fn check_pem_data(data: &str, path: &str, tags: &[&str]) -> Result<(), Kubeconfi
             .decode(data.trim())
             .map_err(|_| invalid(path, "must be base64 (standard alphabet, padded)"))?,
     );
-    let blocks = pem::parse_many(decoded.as_slice())
-        .map_err(|_| invalid(path, "must be base64 of PEM"))?;
+    let blocks =
+        pem::parse_many(decoded.as_slice()).map_err(|_| invalid(path, "must be base64 of PEM"))?;
     if blocks.is_empty() {
         return Err(invalid(path, "holds no PEM block"));
     }

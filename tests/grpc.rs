@@ -691,7 +691,10 @@ async fn a_kubeconfig_that_runs_a_command_or_reads_a_file_is_refused() {
             "users[0].user.exec",
         ),
         ("    tokenFile: /etc/passwd\n", "users[0].user.tokenFile"),
-        ("    client-key: /var/lib/trustplane/kek\n", "users[0].user.client-key"),
+        (
+            "    client-key: /var/lib/trustplane/kek\n",
+            "users[0].user.client-key",
+        ),
     ];
     for (extra, field) in cases {
         let refused = admin
@@ -702,7 +705,12 @@ async fn a_kubeconfig_that_runs_a_command_or_reads_a_file_is_refused() {
             })
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), Code::InvalidArgument, "{}", refused.message());
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{}",
+            refused.message()
+        );
         assert!(
             refused.message().contains(&format!("{field} is refused")),
             "{}",
@@ -714,7 +722,10 @@ async fn a_kubeconfig_that_runs_a_command_or_reads_a_file_is_refused() {
         .await
         .unwrap()
         .into_inner();
-    assert!(listed.clusters.is_empty(), "a refused kubeconfig stores nothing");
+    assert!(
+        listed.clusters.is_empty(),
+        "a refused kubeconfig stores nothing"
+    );
 }
 
 #[tokio::test]
@@ -764,7 +775,10 @@ async fn a_stored_kubeconfig_that_runs_a_command_is_not_used_and_cluster_list_sa
         if error.contains("stored kubeconfig is refused") {
             break error;
         }
-        assert!(std::time::Instant::now() < deadline, "last error: {error:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last error: {error:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(error.contains("users[0].user.exec is refused"), "{error}");
@@ -867,7 +881,11 @@ async fn status_reports_are_checked_against_what_was_issued_and_published() {
     for (request, code, expected) in cases {
         let refused = client.report_status(request).await.unwrap_err();
         assert_eq!(refused.code(), code, "{}", refused.message());
-        assert!(refused.message().contains(expected), "{}", refused.message());
+        assert!(
+            refused.message().contains(expected),
+            "{}",
+            refused.message()
+        );
     }
     let mut admin = server.admin().await;
     let listed = admin
@@ -876,7 +894,10 @@ async fn status_reports_are_checked_against_what_was_issued_and_published() {
         .unwrap()
         .into_inner();
     assert!(
-        listed.clusters.iter().all(|cluster| cluster.last_report_unix == 0),
+        listed
+            .clusters
+            .iter()
+            .all(|cluster| cluster.last_report_unix == 0),
         "a refused report stores nothing"
     );
 
@@ -901,7 +922,11 @@ async fn status_reports_are_checked_against_what_was_issued_and_published() {
         .await
         .unwrap()
         .into_inner();
-    let east = listed.clusters.iter().find(|cluster| cluster.name == "east").unwrap();
+    let east = listed
+        .clusters
+        .iter()
+        .find(|cluster| cluster.name == "east")
+        .unwrap();
     assert_eq!(east.last_error, "boom [2J  fake: ok");
     assert_eq!(east.intermediate_serial, east_signed.serial);
 }

@@ -11,11 +11,11 @@ use zeroize::Zeroizing;
 use super::client::{AdminConnection, status_error};
 use super::output::{self, Format};
 use crate::ca::system_time_to_unix;
-use crate::telemetry::printable;
 use crate::clock::SystemClock;
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::sink;
+use crate::telemetry::printable;
 use crate::wire;
 
 /// `cluster` subcommands.
@@ -232,7 +232,11 @@ fn print_clusters(
     }
     print!(
         "{}",
-        clusters_text(clusters, bundle_version, system_time_to_unix(SystemClock.now()))
+        clusters_text(
+            clusters,
+            bundle_version,
+            system_time_to_unix(SystemClock.now())
+        )
     );
     Ok(())
 }
@@ -359,7 +363,10 @@ mod tests {
             for bundle_version in [0, u64::MAX] {
                 let text = clusters_text(&clusters, bundle_version, now);
                 assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
-                assert!(!text.contains('\u{7}') && !text.contains('\u{202e}'), "{text}");
+                assert!(
+                    !text.contains('\u{7}') && !text.contains('\u{202e}'),
+                    "{text}"
+                );
                 assert!(text.contains("invalid (-1)"), "{text}");
                 assert!(text.contains(&format!("invalid ({})", i64::MIN)), "{text}");
             }
@@ -368,6 +375,10 @@ mod tests {
             let json = cluster_json(cluster).to_string();
             assert!(!json.contains("\\u001b") && !json.contains("\\r"), "{json}");
         }
-        assert!(cluster_json(&clusters[1]).to_string().contains("invalid (-1)"));
+        assert!(
+            cluster_json(&clusters[1])
+                .to_string()
+                .contains("invalid (-1)")
+        );
     }
 }

@@ -89,11 +89,26 @@ contexts:
 #[test]
 fn refuses_commands_files_and_insecure_settings_naming_the_field() {
     let user_cases = [
-        ("    exec: {command: id, apiVersion: client.authentication.k8s.io/v1}", "users[0].user.exec"),
-        ("    auth-provider: {name: gcp}", "users[0].user.auth-provider"),
-        ("    tokenFile: /var/lib/trustplane/kek", "users[0].user.tokenFile"),
-        ("    client-certificate: /etc/cert.pem", "users[0].user.client-certificate"),
-        ("    client-key: /var/lib/trustplane/kek", "users[0].user.client-key"),
+        (
+            "    exec: {command: id, apiVersion: client.authentication.k8s.io/v1}",
+            "users[0].user.exec",
+        ),
+        (
+            "    auth-provider: {name: gcp}",
+            "users[0].user.auth-provider",
+        ),
+        (
+            "    tokenFile: /var/lib/trustplane/kek",
+            "users[0].user.tokenFile",
+        ),
+        (
+            "    client-certificate: /etc/cert.pem",
+            "users[0].user.client-certificate",
+        ),
+        (
+            "    client-key: /var/lib/trustplane/kek",
+            "users[0].user.client-key",
+        ),
         ("    username: admin", "users[0].user.username"),
         ("    password: secret", "users[0].user.password"),
         ("    as: system:admin", "users[0].user.as"),
@@ -105,10 +120,22 @@ fn refuses_commands_files_and_insecure_settings_naming_the_field() {
         assert_eq!(refused_path(&with_token("", line)), path, "{line}");
     }
     let cluster_cases = [
-        ("    certificate-authority: /etc/ca.pem", "clusters[0].cluster.certificate-authority"),
-        ("    insecure-skip-tls-verify: true", "clusters[0].cluster.insecure-skip-tls-verify"),
-        ("    insecure-skip-tls-verify: false", "clusters[0].cluster.insecure-skip-tls-verify"),
-        ("    proxy-url: http://attacker.example:3128", "clusters[0].cluster.proxy-url"),
+        (
+            "    certificate-authority: /etc/ca.pem",
+            "clusters[0].cluster.certificate-authority",
+        ),
+        (
+            "    insecure-skip-tls-verify: true",
+            "clusters[0].cluster.insecure-skip-tls-verify",
+        ),
+        (
+            "    insecure-skip-tls-verify: false",
+            "clusters[0].cluster.insecure-skip-tls-verify",
+        ),
+        (
+            "    proxy-url: http://attacker.example:3128",
+            "clusters[0].cluster.proxy-url",
+        ),
         ("    extensions: []", "clusters[0].cluster.extensions"),
     ];
     for (line, path) in cluster_cases {
@@ -135,9 +162,13 @@ fn refuses_unknown_fields() {
         Err(KubeconfigError::Unknown { path }) if path == "users[0].user.future-plugin"
     ));
     let text = format!("{}extensions: []\n", with_token("", ""));
-    assert!(matches!(validate(&text), Err(KubeconfigError::Refused { path, .. }) if path == "extensions"));
+    assert!(
+        matches!(validate(&text), Err(KubeconfigError::Refused { path, .. }) if path == "extensions")
+    );
     let text = format!("{}surprise: 1\n", with_token("", ""));
-    assert!(matches!(validate(&text), Err(KubeconfigError::Unknown { path }) if path == "surprise"));
+    assert!(
+        matches!(validate(&text), Err(KubeconfigError::Unknown { path }) if path == "surprise")
+    );
 }
 
 #[test]
@@ -145,7 +176,11 @@ fn refuses_plain_http_user_info_and_bad_data() {
     let good = with_token("", "");
     let http = good.replace("https://edge.example:6443", "http://edge.example:6443");
     let userinfo = good.replace("https://edge.example", "https://me@edge.example");
-    let bad_ca = good.replacen("certificate-authority-data: ", "certificate-authority-data: !!", 1);
+    let bad_ca = good.replacen(
+        "certificate-authority-data: ",
+        "certificate-authority-data: !!",
+        1,
+    );
     for (text, path) in [
         (http, "clusters[0].cluster.server"),
         (userinfo, "clusters[0].cluster.server"),
@@ -166,29 +201,45 @@ fn requires_exactly_one_of_each_and_matching_names() {
         "contexts:",
         "- name: other\n  user:\n    token: x\ncontexts:",
     );
-    assert!(matches!(validate(&two_users), Err(KubeconfigError::Invalid { path, .. }) if path == "users"));
+    assert!(
+        matches!(validate(&two_users), Err(KubeconfigError::Invalid { path, .. }) if path == "users")
+    );
     let no_users = good.replace("users:", "people:");
     assert!(validate(&no_users).is_err());
     let wrong_current = good.replace("current-context: edge", "current-context: west");
-    assert!(matches!(validate(&wrong_current), Err(KubeconfigError::Invalid { path, .. }) if path == "current-context"));
+    assert!(
+        matches!(validate(&wrong_current), Err(KubeconfigError::Invalid { path, .. }) if path == "current-context")
+    );
     let wrong_user = good.replace("    user: pusher", "    user: someone");
-    assert!(matches!(validate(&wrong_user), Err(KubeconfigError::Invalid { path, .. }) if path == "contexts[0].context.user"));
-    let missing_ca = good.replace("    certificate-authority-data:", "    tls-server-name: edge\n    x-ca:");
+    assert!(
+        matches!(validate(&wrong_user), Err(KubeconfigError::Invalid { path, .. }) if path == "contexts[0].context.user")
+    );
+    let missing_ca = good.replace(
+        "    certificate-authority-data:",
+        "    tls-server-name: edge\n    x-ca:",
+    );
     assert!(validate(&missing_ca).is_err());
     let without_ca: String = good
         .lines()
         .filter(|line| !line.contains("certificate-authority-data"))
         .map(|line| format!("{line}\n"))
         .collect();
-    assert!(matches!(validate(&without_ca), Err(KubeconfigError::Missing { path }) if path == "clusters[0].cluster.certificate-authority-data"));
+    assert!(
+        matches!(validate(&without_ca), Err(KubeconfigError::Missing { path }) if path == "clusters[0].cluster.certificate-authority-data")
+    );
 }
 
 #[test]
 fn refuses_a_certificate_without_its_key_and_both_credentials() {
     let (certificate, _) = certificate_and_key();
-    let only_cert = with_token("", &format!("    client-certificate-data: {}", b64(&certificate)))
-        .replace("    token: abc.def\n", "");
-    assert!(matches!(validate(&only_cert), Err(KubeconfigError::Missing { path }) if path == "users[0].user.client-key-data"));
+    let only_cert = with_token(
+        "",
+        &format!("    client-certificate-data: {}", b64(&certificate)),
+    )
+    .replace("    token: abc.def\n", "");
+    assert!(
+        matches!(validate(&only_cert), Err(KubeconfigError::Missing { path }) if path == "users[0].user.client-key-data")
+    );
     let (_, key) = certificate_and_key();
     let both = with_token(
         "",
@@ -198,13 +249,18 @@ fn refuses_a_certificate_without_its_key_and_both_credentials() {
             b64(&key)
         ),
     );
-    assert!(matches!(validate(&both), Err(KubeconfigError::Invalid { path, .. }) if path == "users[0].user"));
+    assert!(
+        matches!(validate(&both), Err(KubeconfigError::Invalid { path, .. }) if path == "users[0].user")
+    );
 }
 
 #[test]
 fn never_panics_on_odd_input() {
     let big = "a".repeat(MAX_KUBECONFIG_BYTES + 1);
-    assert!(matches!(validate(&big), Err(KubeconfigError::TooLarge { .. })));
+    assert!(matches!(
+        validate(&big),
+        Err(KubeconfigError::TooLarge { .. })
+    ));
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n";
     for text in [

@@ -312,11 +312,13 @@ impl IntermediateService for IntermediateApi {
         &self,
         request: Request<proto::EnrollRequest>,
     ) -> Result<Response<proto::EnrollResponse>, Status> {
-        let body = request.into_inner();
+        let mut body = request.into_inner();
+        // Wiped when dropped, whatever the outcome.
+        let join_token = Zeroizing::new(std::mem::take(&mut body.join_token));
         let enrolled = self
             .authority
             .enrollment
-            .enroll(&body.cluster, &body.join_token, &body.client_csr_pem)
+            .enroll(&body.cluster, &join_token, &body.client_csr_pem)
             .await?;
         Ok(Response::new(proto::EnrollResponse {
             client_cert_pem: enrolled.client_certificate.to_pem(),
@@ -375,13 +377,15 @@ impl AdminService for AdminApi {
         request: Request<proto::AddClusterRequest>,
     ) -> Result<Response<proto::AddClusterResponse>, Status> {
         require_admin(&self.authority, &request)?;
-        let body = request.into_inner();
-        if !body.kubeconfig.is_empty() {
+        let mut body = request.into_inner();
+        // Wiped when dropped, whatever the outcome.
+        let kubeconfig = Zeroizing::new(std::mem::take(&mut body.kubeconfig));
+        if !kubeconfig.is_empty() {
             let secret_format = wire::secret_format(body.format, &body.secret_format)
                 .map_err(ServerError::InvalidArgument)?;
             self.authority.registry.add_push_cluster(
                 &body.name,
-                &body.kubeconfig,
+                &kubeconfig,
                 &body.namespace,
                 secret_format,
             )?;

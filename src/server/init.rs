@@ -250,7 +250,7 @@ pub fn initialize(
     // the commit is done, the admin credential is already on disk. Only one
     // process can hold the store open, so no other `init` races this one.
     let admin_dir = data_dir.path.join("admin");
-    std::fs::create_dir_all(&admin_dir).map_err(files::failed("create directory", &admin_dir))?;
+    files::create_private_dir(&admin_dir)?;
     write_private_file(
         &data_dir.admin_key_path(),
         admin_key.to_pkcs8_pem().as_bytes(),

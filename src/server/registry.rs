@@ -16,9 +16,9 @@ use crate::sink::SecretFormat;
 use crate::store::records::{
     self, ClusterRecord, ClusterReport, IssuedKind, IssuedRecord, PushTarget,
 };
-use crate::telemetry::printable;
 pub use crate::store::records::{ClusterMode, ClusterState};
 use crate::store::{Batch, Expect, StoreError, Table};
+use crate::telemetry::printable;
 
 /// The largest `cert-chain.pem` a report may carry.
 const MAX_REPORT_CHAIN_BYTES: usize = 64 * 1024;
@@ -107,7 +107,8 @@ impl Registry {
     ) -> Result<(), ServerError> {
         let core = &self.core;
         validate_cluster_name(name)?;
-        kubeconfig::validate(kubeconfig).map_err(|source| ServerError::InvalidKubeconfig { source })?;
+        kubeconfig::validate(kubeconfig)
+            .map_err(|source| ServerError::InvalidKubeconfig { source })?;
         let namespace = if namespace.is_empty() {
             crate::sink::kube::DEFAULT_NAMESPACE
         } else {

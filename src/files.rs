@@ -2,14 +2,17 @@
 //! created with an exact mode and synced, and a file replaced atomically
 //! (temporary file in the same directory, fsync, rename, fsync of the
 //! directory), so that a crash leaves the old contents or the new ones,
-//! never a mix. Files holding keys are created 0600 through here.
+//! never a mix. Files holding keys are created 0600 through here, and read
+//! through [`read_private`], which refuses one that group or others can
+//! access (as ssh does).
 
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 /// Mode of files holding private keys.
 pub const PRIVATE_MODE: u32 = 0o600;
@@ -27,6 +30,64 @@ pub struct FileError {
     /// The operating system's error.
     #[source]
     pub source: std::io::Error,
+}
+
+/// A private file (a key, the KEK) that cannot be read, or that group or
+/// others can access.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateFileError {
+    /// Opening or reading it failed (`source.source.kind()` is `NotFound`
+    /// for a missing file).
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Group or others have some access: the key may have been read by
+    /// someone else already, and is not used.
+    #[error(
+        "{} is accessible by group or others (mode {mode:03o}); a private key must be readable by its owner only: run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+impl PrivateFileError {
+    /// Whether the file does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, PrivateFileError::File(error) if error.source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Reads a file holding a private key or the KEK into a zeroizing buffer,
+/// after checking on the open handle (so the file read is the file checked)
+/// that neither group nor others have any access to it.
+///
+/// Errors: [`PrivateFileError::TooOpen`] naming the file, its mode and the
+/// `chmod` that fixes it; [`PrivateFileError::File`] when it cannot be read.
+pub fn read_private(path: &Path) -> Result<Zeroizing<String>, PrivateFileError> {
+    let mut handle = File::open(path).map_err(failed("open", path))?;
+    let metadata = handle.metadata().map_err(failed("read", path))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(PrivateFileError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    // Room for the whole file up front: a reallocation could leave an
+    // unwiped copy of the key behind.
+    let capacity = usize::try_from(metadata.len())
+        .unwrap_or(0)
+        .saturating_add(1);
+    let mut text = Zeroizing::new(String::with_capacity(capacity));
+    handle
+        .read_to_string(&mut text)
+        .map_err(failed("read", path))?;
+    Ok(text)
 }
 
 /// An error constructor for `action` on `path`, for `map_err`.
@@ -54,6 +115,25 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> 
         .map_err(failed("set permissions on", path))?;
     file.write_all(bytes).map_err(failed("write", path))?;
     file.sync_all().map_err(failed("sync", path))
+}
+
+/// Mode of directories holding private files (the data directory, the
+/// admin credential).
+pub const PRIVATE_DIRECTORY_MODE: u32 = 0o700;
+
+/// Creates `path` and any missing parents with mode 0700, and sets `path`
+/// itself to exactly 0700 if it existed: it holds keys, so only its owner
+/// may list or enter it.
+///
+/// Errors: [`FileError`].
+pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIRECTORY_MODE)
+        .create(path)
+        .map_err(failed("create directory", path))?;
+    fs::set_permissions(path, Permissions::from_mode(PRIVATE_DIRECTORY_MODE))
+        .map_err(failed("set permissions on", path))
 }
 
 /// Replaces `path` with `bytes` in one rename, the new file created with
@@ -140,6 +220,53 @@ mod tests {
         assert_eq!(mode(&path), 0o600);
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_private_file_open_to_group_or_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        write_new(&path, b"secret", 0o644).unwrap();
+        let error = read_private(&path).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!(
+                "{} is accessible by group or others (mode 644)",
+                path.display()
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("chmod 600 {}", path.display())),
+            "{message}"
+        );
+        for mode in [0o640, 0o604, 0o660, 0o601] {
+            fs::set_permissions(&path, Permissions::from_mode(mode)).unwrap();
+            assert!(
+                matches!(read_private(&path), Err(PrivateFileError::TooOpen { mode: found, .. }) if found == mode)
+            );
+        }
+        fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_private(&path).unwrap().as_str(), "secret");
+        fs::set_permissions(&path, Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(read_private(&path).unwrap().as_str(), "secret");
+        assert!(
+            read_private(&dir.path().join("absent"))
+                .unwrap_err()
+                .is_not_found()
+        );
+    }
+
+    #[test]
+    fn private_directories_are_0700_new_or_existing() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a").join("b");
+        create_private_dir(&nested).unwrap();
+        assert_eq!(mode(&nested), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        fs::set_permissions(&nested, Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&nested).unwrap();
+        assert_eq!(mode(&nested), 0o700);
     }
 
     #[test]

@@ -21,6 +21,11 @@ async fn main() -> std::process::ExitCode {
         }
         default_hook(info);
     }));
+    // Before any key is read: no core dump may hold one.
+    if let Err(error) = trustplane::hardening::disable_core_dumps() {
+        eprintln!("error: {}", trustplane::telemetry::error_text(&error));
+        return std::process::ExitCode::FAILURE;
+    }
     // One TLS stack: ring. Installing it fails only if one is already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match trustplane::cli::main().await {

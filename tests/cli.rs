@@ -100,6 +100,15 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
             & 0o777;
         assert_eq!(mode, 0o600, "{secret} must be 0600, is {mode:o}");
     }
+    for directory in [data.to_path_buf(), data.join("admin")] {
+        let mode = std::fs::metadata(&directory).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode,
+            0o700,
+            "{} must be 0700, is {mode:o}",
+            directory.display()
+        );
+    }
     let again = trustplane(&["init", "--data-dir", data_arg]);
     assert!(!again.status.success());
     assert!(
@@ -165,6 +174,20 @@ fn init_server_enroll_agent_and_inspect_like_a_user() {
         assert!(Instant::now() < deadline, "agent never reported: {listed}");
         std::thread::sleep(Duration::from_millis(300));
     };
+    // Both processes hold keys: neither may leave a core dump (the agent
+    // has reported by now, so it is past its start).
+    for (process, pid) in [("server", _server.0.id()), ("agent", _agent.0.id())] {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let core = limits
+            .lines()
+            .find(|line| line.starts_with("Max core file size"))
+            .unwrap();
+        assert_eq!(
+            core.split_whitespace().collect::<Vec<_>>(),
+            ["Max", "core", "file", "size", "0", "0", "bytes"],
+            "{process}: {core}"
+        );
+    }
     assert_eq!(listed["clusters"][0]["state"], "enrolled");
 
     let table = ok(&["cluster", "list", "--server", &url, "--data-dir", data_arg]);

@@ -652,7 +652,7 @@ async fn push_mode_registration_validates_its_input() {
     admin
         .add_cluster(proto::AddClusterRequest {
             name: "edge".into(),
-            kubeconfig: "apiVersion: v1\nkind: Config\nclusters: []\n".into(),
+            kubeconfig: inline_kubeconfig(""),
             ..Default::default()
         })
         .await
@@ -811,4 +811,269 @@ async fn renew_identity_replaces_the_serial_refuses_the_old_certificate_and_is_a
         .await
         .unwrap_err();
     assert_eq!(admin_refused.code(), Code::PermissionDenied);
+}
+
+/// A push-mode kubeconfig with inline credentials for an API server that
+/// is not there (127.0.0.1:1), plus `user_extra` (indented YAML lines) in
+/// its user.
+fn inline_kubeconfig(user_extra: &str) -> String {
+    use base64::Engine;
+    let certificate = rcgen::generate_simple_self_signed(vec!["kube.example".to_string()])
+        .unwrap()
+        .cert
+        .pem();
+    let ca = base64::engine::general_purpose::STANDARD.encode(certificate);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: edge\n  cluster:\n    server: https://127.0.0.1:1\n    certificate-authority-data: {ca}\nusers:\n- name: pusher\n  user:\n    token: abc\n{user_extra}contexts:\n- name: edge\n  context: {{cluster: edge, user: pusher}}\ncurrent-context: edge\n"
+    )
+}
+
+#[tokio::test]
+async fn a_kubeconfig_that_runs_a_command_or_reads_a_file_is_refused() {
+    let server = common::start_server().await;
+    let mut admin = server.admin().await;
+    let cases = [
+        (
+            "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: id\n",
+            "users[0].user.exec",
+        ),
+        ("    tokenFile: /etc/passwd\n", "users[0].user.tokenFile"),
+        (
+            "    client-key: /var/lib/trustplane/kek\n",
+            "users[0].user.client-key",
+        ),
+    ];
+    for (extra, field) in cases {
+        let refused = admin
+            .add_cluster(proto::AddClusterRequest {
+                name: "edge".into(),
+                kubeconfig: inline_kubeconfig(extra),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused.message().contains(&format!("{field} is refused")),
+            "{}",
+            refused.message()
+        );
+    }
+    let listed = admin
+        .list_clusters(proto::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.clusters.is_empty(),
+        "a refused kubeconfig stores nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_stored_kubeconfig_that_runs_a_command_is_not_used_and_cluster_list_says_why() {
+    use trustplane::signer::sealed::{Kek, seal};
+    use trustplane::store::{Batch, RedbStore, Store, Table, records};
+
+    let server = common::start_server().await;
+    server
+        .admin()
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: "edge".into(),
+            kubeconfig: inline_kubeconfig(""),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // An old store: the kubeconfig was sealed before the check existed.
+    // Its exec plugin would leave a mark if it ran.
+    let stopped = server.stop().await;
+    let marker = stopped.dir.path().join("exec-ran");
+    let exec = inline_kubeconfig(&format!(
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: touch\n      args: [{}]\n",
+        marker.display()
+    ))
+    .replace("    token: abc\n", "");
+    {
+        let store = RedbStore::open(&stopped.data_dir.store_path()).unwrap();
+        let kek = Kek::load(Some(&stopped.data_dir.kek_path()), None).unwrap();
+        let name = records::kubeconfig_secret_name("edge");
+        let sealed = seal(&kek, &name, exec.as_bytes()).unwrap();
+        store
+            .commit(Batch::new().put(Table::Secrets, &name, sealed, None))
+            .unwrap();
+    }
+    let server = common::TestServer::resume(stopped).await;
+    let mut admin = server.admin().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        let listed = admin
+            .list_clusters(proto::ListClustersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let error = listed.clusters[0].last_error.clone();
+        if error.contains("stored kubeconfig is refused") {
+            break error;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last error: {error:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.contains("users[0].user.exec is refused"), "{error}");
+    assert!(!marker.exists(), "the exec plugin ran on the CA host");
+}
+
+#[tokio::test]
+async fn status_reports_are_checked_against_what_was_issued_and_published() {
+    let server = common::start_server().await;
+    let east = server.enroll("east").await;
+    let west = server.enroll("west").await;
+    let sign = |channel: tonic::transport::Channel| async move {
+        let (_, csr) = intermediate_csr();
+        IntermediateServiceClient::new(channel)
+            .sign_intermediate(proto::SignIntermediateRequest {
+                csr: csr.into_bytes(),
+                cluster: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let east_signed = sign(east.clone()).await;
+    let west_signed = sign(west.clone()).await;
+    let good = proto::ReportStatusRequest {
+        applied_bundle_version: 1,
+        intermediate_serial: east_signed.serial.clone(),
+        intermediate_not_after_unix: east_signed.not_after_unix,
+        cert_chain_pem: east_signed.cert_chain_pem.clone(),
+        ..Default::default()
+    };
+    let mut client = IntermediateServiceClient::new(east.clone());
+    let cases = [
+        (
+            proto::ReportStatusRequest {
+                intermediate_serial: west_signed.serial.clone(),
+                intermediate_not_after_unix: west_signed.not_after_unix,
+                ..good.clone()
+            },
+            Code::FailedPrecondition,
+            "was not issued to cluster \"east\"",
+        ),
+        (
+            proto::ReportStatusRequest {
+                intermediate_serial: "abcdef".into(),
+                ..good.clone()
+            },
+            Code::FailedPrecondition,
+            "was not issued to cluster",
+        ),
+        (
+            proto::ReportStatusRequest {
+                applied_bundle_version: u64::MAX,
+                ..good.clone()
+            },
+            Code::FailedPrecondition,
+            "above the published version 1",
+        ),
+        (
+            proto::ReportStatusRequest {
+                intermediate_not_after_unix: -1,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "is negative",
+        ),
+        (
+            proto::ReportStatusRequest {
+                intermediate_not_after_unix: i64::MAX,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "more than 100 years ahead",
+        ),
+        (
+            proto::ReportStatusRequest {
+                intermediate_not_after_unix: east_signed.not_after_unix + 1,
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "is not the expiry",
+        ),
+        (
+            proto::ReportStatusRequest {
+                intermediate_serial: "\u{1b}[31mZZ".into(),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "lowercase hex",
+        ),
+        (
+            proto::ReportStatusRequest {
+                intermediate_serial: String::new(),
+                ..good.clone()
+            },
+            Code::InvalidArgument,
+            "without an intermediate serial",
+        ),
+    ];
+    for (request, code, expected) in cases {
+        let refused = client.report_status(request).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{}", refused.message());
+        assert!(
+            refused.message().contains(expected),
+            "{}",
+            refused.message()
+        );
+    }
+    let mut admin = server.admin().await;
+    let listed = admin
+        .list_clusters(proto::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed
+            .clusters
+            .iter()
+            .all(|cluster| cluster.last_report_unix == 0),
+        "a refused report stores nothing"
+    );
+
+    // Nothing applied yet with an error, then the real report with an
+    // error full of terminal escapes: accepted, stored printable.
+    client
+        .report_status(proto::ReportStatusRequest {
+            error: "cannot write".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .report_status(proto::ReportStatusRequest {
+            error: "boom\u{1b}[2J\r\nfake: ok".into(),
+            ..good
+        })
+        .await
+        .unwrap();
+    let listed = admin
+        .list_clusters(proto::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let east = listed
+        .clusters
+        .iter()
+        .find(|cluster| cluster.name == "east")
+        .unwrap();
+    assert_eq!(east.last_error, "boom [2J  fake: ok");
+    assert_eq!(east.intermediate_serial, east_signed.serial);
 }

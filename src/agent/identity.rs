@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -273,7 +273,21 @@ pub(crate) fn load_identity(dir: &Path) -> Result<StoredIdentity, AgentError> {
     let server_ca_pem = read_optional(&dir.join(SERVER_CA_FILE))?;
     let client_cert_pem = read_optional(&dir.join(CLIENT_CERT_FILE))?;
     let key_path = dir.join(CLIENT_KEY_FILE);
-    let mut client_key_pem = read_optional(&key_path)?.map(Zeroizing::new);
+    let mut client_key_pem = match crate::files::read_private(&key_path) {
+        Ok(text) => Some(text),
+        Err(error) if error.is_not_found() => None,
+        Err(crate::files::PrivateFileError::File(error)) => return Err(error.into()),
+        Err(too_open) => {
+            return Err(AgentError::IdentityIo {
+                action: "use",
+                path: key_path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    too_open.to_string(),
+                ),
+            });
+        }
+    };
     let mut client_cert_pem = client_cert_pem;
     if let Some(pending) = read_optional(&dir.join(PENDING_FILE))?.map(Zeroizing::new)
         && let Some(split) = pending.find(KEY_PEM_BEGIN)
@@ -287,16 +301,6 @@ pub(crate) fn load_identity(dir: &Path) -> Result<StoredIdentity, AgentError> {
     }
     match (cluster, server_ca_pem, client_cert_pem, client_key_pem) {
         (Some(cluster), Some(server_ca_pem), Some(client_cert_pem), Some(client_key_pem)) => {
-            if let Ok(metadata) = fs::metadata(&key_path) {
-                let mode = metadata.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        path = %key_path.display(),
-                        mode = format_args!("{mode:o}"),
-                        "the client key is readable by other users; run chmod 600 on it"
-                    );
-                }
-            }
             Ok(StoredIdentity::Complete(ClientIdentity {
                 cluster: cluster.trim().to_string(),
                 server_ca_pem,
@@ -436,6 +440,7 @@ fn lazy_channel(server: &str, tls: ClientTlsConfig) -> Result<Channel, AgentErro
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub(crate) mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     /// A complete identity with placeholder texts (shared with the
     /// Kubernetes identity store's tests).
@@ -538,12 +543,33 @@ pub(crate) mod tests {
     #[test]
     fn a_partial_identity_lists_the_missing_files() {
         let temp = tempfile::tempdir().unwrap();
-        fs::write(temp.path().join(CLIENT_KEY_FILE), "key").unwrap();
+        files::write_new(&temp.path().join(CLIENT_KEY_FILE), b"key", 0o600).unwrap();
         fs::write(temp.path().join(CLIENT_CERT_FILE), "cert").unwrap();
         let StoredIdentity::Incomplete(missing) = load_identity(temp.path()).unwrap() else {
             panic!("expected an incomplete identity");
         };
         assert_eq!(missing, vec![CLUSTER_FILE, SERVER_CA_FILE]);
+    }
+
+    #[test]
+    fn a_client_key_readable_by_others_is_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("identity");
+        save_identity(&dir, &identity()).unwrap();
+        let key = dir.join(CLIENT_KEY_FILE);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = crate::telemetry::error_text(&load_identity(&dir).unwrap_err());
+        assert!(
+            error.contains(&format!(
+                "{} is accessible by group or others (mode 644)",
+                key.display()
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!("chmod 600 {}", key.display())),
+            "{error}"
+        );
     }
 
     #[test]

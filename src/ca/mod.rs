@@ -386,11 +386,15 @@ pub(crate) fn may_sign_certificates(
 
 /// Seconds since the Unix epoch (negative before it) to `SystemTime`.
 pub fn unix_to_system_time(seconds: i64) -> SystemTime {
+    let offset = Duration::from_secs(seconds.unsigned_abs());
+    // Total: a time the platform cannot represent (i64::MIN seconds) is
+    // clamped to the epoch rather than panicking.
     if seconds >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs())
+        SystemTime::UNIX_EPOCH.checked_add(offset)
     } else {
-        SystemTime::UNIX_EPOCH - Duration::from_secs(seconds.unsigned_abs())
+        SystemTime::UNIX_EPOCH.checked_sub(offset)
     }
+    .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// `SystemTime` to seconds since the Unix epoch (negative before it).

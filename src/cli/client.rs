@@ -73,7 +73,12 @@ impl AdminConnection {
             .unwrap_or_else(|| data_dir.admin_key_path());
         let ca = read(&ca_path, "control-plane CA", "server-ca")?;
         let certificate = read(&cert_path, "admin cert", "admin-cert")?;
-        let key = zeroize::Zeroizing::new(read(&key_path, "admin key", "admin-key")?);
+        let key = crate::files::read_private(&key_path).with_context(|| {
+            format!(
+                "cannot use the admin key at {}: pass --data-dir (the directory `trustplane init` wrote) or --admin-key",
+                key_path.display()
+            )
+        })?;
         connect(self.server_url(), &ca, Some((&certificate, &key))).await
     }
 }

@@ -15,6 +15,7 @@ use crate::clock::SystemClock;
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::sink;
+use crate::telemetry::printable;
 use crate::wire;
 
 /// `cluster` subcommands.
@@ -209,10 +210,10 @@ fn cluster_json(cluster: &proto::ClusterStatus) -> serde_json::Value {
         "state": wire::cluster_state(cluster.cluster_state, &cluster.state).as_str(),
         "created": output::time(cluster.created_unix),
         "applied_bundle_version": cluster.applied_bundle_version,
-        "intermediate_serial": cluster.intermediate_serial,
+        "intermediate_serial": printable(&cluster.intermediate_serial),
         "intermediate_not_after": output::time(cluster.intermediate_not_after_unix),
         "last_report": output::time(cluster.last_report_unix),
-        "last_error": cluster.last_error,
+        "last_error": printable(&cluster.last_error),
     })
 }
 
@@ -229,7 +230,20 @@ fn print_clusters(
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
-    let now = system_time_to_unix(SystemClock.now());
+    print!(
+        "{}",
+        clusters_text(
+            clusters,
+            bundle_version,
+            system_time_to_unix(SystemClock.now())
+        )
+    );
+    Ok(())
+}
+
+/// The clusters as a table at `now` (Unix seconds). Total: any value a
+/// cluster can report is shown, never a panic; its text is [`printable`].
+fn clusters_text(clusters: &[proto::ClusterStatus], bundle_version: u64, now: i64) -> String {
     let mut table = output::table(&[
         "CLUSTER",
         "STATE",
@@ -256,22 +270,21 @@ fn print_clusters(
                 .as_str()
                 .to_string(),
             bundle,
-            output::short_hex(&cluster.intermediate_serial),
+            output::short_hex(&printable(&cluster.intermediate_serial)),
             output::time(cluster.intermediate_not_after_unix),
             output::age(cluster.last_report_unix, now),
             if cluster.last_error.is_empty() {
                 "-".into()
             } else {
-                cluster.last_error.clone()
+                printable(&cluster.last_error)
             },
         ]);
     }
     if clusters.is_empty() {
-        println!("no clusters yet: add one with `trustplane cluster add <name>`");
+        "no clusters yet: add one with `trustplane cluster add <name>`\n".into()
     } else {
-        println!("{table}");
+        format!("{table}\n")
     }
-    Ok(())
 }
 
 /// `trustplane status`: trust domain, bundle, signing root and clusters.
@@ -318,4 +331,54 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     ]);
     println!("{table}");
     print_clusters(&response.clusters, bundle.version, Format::Table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every extreme a cluster (or an old record) can put in a status.
+    fn extreme_clusters() -> Vec<proto::ClusterStatus> {
+        [i64::MIN, -1, 0, i64::MAX]
+            .into_iter()
+            .zip([0, 1, u64::MAX - 1, u64::MAX])
+            .map(|(unix, version)| proto::ClusterStatus {
+                name: "east".into(),
+                state: "enrolled".into(),
+                created_unix: unix,
+                applied_bundle_version: version,
+                intermediate_serial: "\u{1b}[31mdeadbeef\u{1b}[0m\u{202e}".into(),
+                intermediate_not_after_unix: unix,
+                last_report_unix: unix,
+                last_error: "boom\r\n\u{1b}[2Jfake row\u{7}".into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cluster_output_is_total_and_printable() {
+        let clusters = extreme_clusters();
+        for now in [i64::MIN, 0, 1_700_000_000, i64::MAX] {
+            for bundle_version in [0, u64::MAX] {
+                let text = clusters_text(&clusters, bundle_version, now);
+                assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+                assert!(
+                    !text.contains('\u{7}') && !text.contains('\u{202e}'),
+                    "{text}"
+                );
+                assert!(text.contains("invalid (-1)"), "{text}");
+                assert!(text.contains(&format!("invalid ({})", i64::MIN)), "{text}");
+            }
+        }
+        for cluster in &clusters {
+            let json = cluster_json(cluster).to_string();
+            assert!(!json.contains("\\u001b") && !json.contains("\\r"), "{json}");
+        }
+        assert!(
+            cluster_json(&clusters[1])
+                .to_string()
+                .contains("invalid (-1)")
+        );
+    }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use zeroize::Zeroizing;
 
 use super::options::{
     DataDirOption, KekOption, MissingKek, PolicyOption, parse_generated_algorithm,
@@ -146,17 +145,14 @@ pub fn open_authority(
 /// and the admin credential under `--data-dir`.
 pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
-    std::fs::create_dir_all(&data_dir.path)
-        .with_context(|| format!("cannot create {}", data_dir.path.display()))?;
+    crate::files::create_private_dir(&data_dir.path)?;
     let policy = args.policy.load()?;
     let import = match (&args.import_root, &args.import_key) {
         (Some(certificate), Some(key)) => Some((
             std::fs::read_to_string(certificate)
                 .with_context(|| format!("cannot read {}", certificate.display()))?,
-            Zeroizing::new(
-                std::fs::read_to_string(key)
-                    .with_context(|| format!("cannot read {}", key.display()))?,
-            ),
+            crate::files::read_private(key)
+                .with_context(|| format!("cannot use --import-key {}", key.display()))?,
         )),
         _ => None,
     };

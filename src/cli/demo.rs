@@ -128,7 +128,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let data_dir = DataDir::new(work_dir.join("server"));
-    std::fs::create_dir_all(&data_dir.path)?;
+    crate::files::create_private_dir(&data_dir.path)?;
 
     step.next(&format!(
         "creating the mesh root for {} in {}",

@@ -172,7 +172,8 @@ impl RotationFlags {
         match (&self.import_root, &self.import_key) {
             (Some(root), Some(key)) => {
                 options.import_root_pem = read_file(root, "--import-root")?.to_string();
-                let key = read_file(key, "--import-key")?;
+                let key = crate::files::read_private(key)
+                    .with_context(|| format!("cannot use --import-key {}", key.display()))?;
                 if send_key {
                     options.import_key_pem = key.to_string();
                 }

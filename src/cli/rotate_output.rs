@@ -9,6 +9,7 @@ use crate::ca::system_time_to_unix;
 use crate::clock::SystemClock;
 use crate::proto;
 use crate::rotation::{Outcome, Phase};
+use crate::telemetry::printable;
 use crate::wire;
 
 /// The phase a status names: the enum, or the string from an older server.
@@ -117,7 +118,7 @@ pub fn print_plan(
             "clusters": plan.clusters,
             "excluded": excluded,
             "preflight_ok": plan.preflight_ok,
-            "preflight_failures": plan.preflight_failures,
+            "preflight_failures": plan.preflight_failures.iter().map(|failure| printable(failure)).collect::<Vec<_>>(),
             "current": status_json(&current),
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -207,7 +208,7 @@ pub fn print_plan(
         } else {
             println!("pre-flight: FAILED, the next step would be refused:");
             for failure in &plan.preflight_failures {
-                println!("  {failure}");
+                println!("  {}", printable(failure));
             }
         }
         if in_progress {
@@ -251,14 +252,14 @@ fn ack_json(cluster: &proto::ClusterAck) -> serde_json::Value {
         "name": cluster.name,
         "mode": wire::cluster_mode(cluster.cluster_mode, &cluster.mode).as_str(),
         "applied_bundle_version": cluster.applied_bundle_version,
-        "chain_root_subject": cluster.chain_root_subject,
-        "chain_root_serial": cluster.chain_root_serial,
+        "chain_root_subject": printable(&cluster.chain_root_subject),
+        "chain_root_serial": printable(&cluster.chain_root_serial),
         "last_report": output::time(cluster.last_report_unix),
         "acknowledged": cluster.acknowledged,
-        "blocking_reason": cluster.blocking_reason,
+        "blocking_reason": printable(&cluster.blocking_reason),
         "overdue": cluster.overdue,
         "excluded": cluster.excluded,
-        "last_error": cluster.last_error,
+        "last_error": printable(&cluster.last_error),
     })
 }
 
@@ -286,7 +287,7 @@ fn status_json(status: &proto::RotationStatus) -> serde_json::Value {
         "auto_advance": status.auto_advance,
         "excluded": status.excluded,
         "gate_holds": status.gate_holds,
-        "blocking": status.blocking,
+        "blocking": printable(&status.blocking),
         "next_step": status.next_step,
         "clusters": status.clusters.iter().map(ack_json).collect::<Vec<_>>(),
     })
@@ -294,7 +295,11 @@ fn status_json(status: &proto::RotationStatus) -> serde_json::Value {
 
 /// A root as its subject and short serial.
 fn root(subject: &str, serial: &str) -> String {
-    format!("{subject} ({})", output::short_hex(serial))
+    format!(
+        "{} ({})",
+        printable(subject),
+        output::short_hex(&printable(serial))
+    )
 }
 
 /// Whole seconds as a readable duration.
@@ -308,7 +313,17 @@ pub fn print_status(status: &proto::RotationStatus, format: Format) -> anyhow::R
         println!("{}", serde_json::to_string_pretty(&status_json(status))?);
         return Ok(());
     }
-    let now = system_time_to_unix(SystemClock.now());
+    print!(
+        "{}",
+        status_text(status, system_time_to_unix(SystemClock.now()))
+    );
+    Ok(())
+}
+
+/// A rotation status as tables, at `now` (Unix seconds). Total: any value
+/// the server or a cluster sends is shown, never a panic; cluster-supplied
+/// text is [`printable`].
+fn status_text(status: &proto::RotationStatus, now: i64) -> String {
     let in_progress = phase_of(status) != Phase::Stable;
     let bundle = status.bundle.clone().unwrap_or_default();
     let mut table = output::table(&["", ""]);
@@ -426,17 +441,17 @@ pub fn print_status(status: &proto::RotationStatus, format: Format) -> anyhow::R
         row(
             "blocking",
             if status.gate_holds {
-                format!("nothing: the gate holds ({})", status.blocking)
+                format!("nothing: the gate holds ({})", printable(&status.blocking))
             } else {
-                status.blocking.clone()
+                printable(&status.blocking)
             },
         );
     }
     row("next step", status.next_step.clone());
-    println!("{table}");
+    let mut text = format!("{table}\n");
     if status.clusters.is_empty() {
-        println!("no enrolled clusters");
-        return Ok(());
+        text.push_str("no enrolled clusters\n");
+        return text;
     }
     let mut clusters = output::table(&[
         "CLUSTER",
@@ -461,10 +476,10 @@ pub fn print_status(status: &proto::RotationStatus, format: Format) -> anyhow::R
         let mut blocking = if cluster.blocking_reason.is_empty() {
             "-".to_string()
         } else {
-            cluster.blocking_reason.clone()
+            printable(&cluster.blocking_reason)
         };
         if !cluster.last_error.is_empty() {
-            blocking.push_str(&format!("\nlast error: {}", cluster.last_error));
+            blocking.push_str(&format!("\nlast error: {}", printable(&cluster.last_error)));
         }
         clusters.add_row(vec![
             cluster.name.clone(),
@@ -487,8 +502,8 @@ pub fn print_status(status: &proto::RotationStatus, format: Format) -> anyhow::R
             if cluster.overdue { "OVERDUE" } else { "" }.to_string(),
         ]);
     }
-    println!("{clusters}");
-    Ok(())
+    text.push_str(&format!("{clusters}\n"));
+    text
 }
 
 #[cfg(test)]
@@ -560,5 +575,61 @@ mod tests {
             assert!(phase_rank(&pair[1]) > phase_rank(&pair[0]));
         }
         assert!(phase_rank(&status("stable", "aborted")) < phase_rank(&order[0]));
+    }
+}
+
+#[cfg(test)]
+mod extreme_value_tests {
+    use super::*;
+
+    #[test]
+    fn rotation_output_is_total_and_printable() {
+        let hostile = "x\r\n\u{1b}[2Jfake\u{202e}";
+        for (unix, seconds, version) in [
+            (i64::MIN, u64::MAX, u64::MAX),
+            (-1, 0, 0),
+            (i64::MAX, u64::MAX / 2, 1),
+        ] {
+            for (phase, has_rotation) in [("sign-new", true), ("stable", false), ("", true)] {
+                let status = proto::RotationStatus {
+                    phase: phase.into(),
+                    has_rotation,
+                    started_unix: unix,
+                    entered_unix: unix,
+                    acknowledged_unix: unix,
+                    grace_seconds: seconds,
+                    grace_left_seconds: seconds,
+                    ack_timeout_seconds: seconds,
+                    phase_bundle_version: version,
+                    blocking: hostile.into(),
+                    clusters: vec![proto::ClusterAck {
+                        name: "east".into(),
+                        applied_bundle_version: version,
+                        last_report_unix: unix,
+                        chain_root_subject: hostile.into(),
+                        chain_root_serial: hostile.into(),
+                        blocking_reason: hostile.into(),
+                        last_error: hostile.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                for now in [i64::MIN, 0, i64::MAX] {
+                    let text = status_text(&status, now);
+                    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+                    assert!(!text.contains('\u{202e}'), "{text}");
+                }
+                let json = status_json(&status).to_string();
+                assert!(!json.contains("\\u001b") && !json.contains("\\r"), "{json}");
+                let _ = progress(&status);
+                let plan = proto::RotatePlanResponse {
+                    preflight_failures: vec![hostile.into()],
+                    current: Some(status.clone()),
+                    ..Default::default()
+                };
+                assert!(print_plan(&plan, &[], Format::Json).is_ok());
+                assert!(print_plan(&plan, &[], Format::Table).is_ok());
+            }
+        }
     }
 }

@@ -21,13 +21,29 @@ pub enum ServerError {
     /// The request is malformed (bad CSR, bad name, ...).
     #[error("invalid request: {0}")]
     InvalidArgument(String),
-    /// A push-mode kubeconfig that does not parse.
-    #[error("invalid request: the kubeconfig does not parse: {source}")]
+    /// A push-mode kubeconfig refused by [`crate::kubeconfig::validate`].
+    #[error("invalid request: push-mode kubeconfig refused: {source}")]
     InvalidKubeconfig {
-        /// The parser's error.
+        /// The validator's error (names the field).
         #[source]
-        source: kube::config::KubeconfigError,
+        source: crate::kubeconfig::KubeconfigError,
     },
+    /// A push-mode kubeconfig in the store that no longer passes
+    /// [`crate::kubeconfig::validate`] (stored by an older version): it is
+    /// not used, and the message is what `cluster list` shows.
+    #[error(
+        "the stored kubeconfig is refused and not used: {source}; register the cluster again: `trustplane cluster remove NAME`, then `trustplane cluster add NAME --kubeconfig FILE`"
+    )]
+    StoredKubeconfigRefused {
+        /// The validator's error (names the field).
+        #[source]
+        source: crate::kubeconfig::KubeconfigError,
+    },
+    /// A request that is well-formed but contradicts the server's state
+    /// (e.g. a status report naming an intermediate the caller was not
+    /// issued).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     /// A client certificate the control-plane CA did not issue, or that is
     /// not valid now.
     #[error(
@@ -211,6 +227,8 @@ impl ServerError {
                 "invalid_argument"
             }
             ServerError::NotControlPlaneCertificate { .. } => "permission_denied",
+            ServerError::FailedPrecondition(_) => "failed_precondition",
+            ServerError::StoredKubeconfigRefused { .. } => "push",
             ServerError::Certificate(_) => "certificate",
             ServerError::Policy(_) => "policy",
             ServerError::NotFound(_) => "not_found",
@@ -242,6 +260,7 @@ impl From<ServerError> for tonic::Status {
                 Code::InvalidArgument
             }
             ServerError::NotControlPlaneCertificate { .. } => Code::PermissionDenied,
+            ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServerError::Certificate(error) if error.is_internal() => Code::Internal,
             ServerError::Certificate(_) => Code::InvalidArgument,
             ServerError::Policy(PolicyError::Invalid { .. }) => Code::Internal,

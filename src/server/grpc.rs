@@ -489,12 +489,14 @@ impl IntermediateService for IntermediateApi {
         &self,
         request: Request<proto::EnrollRequest>,
     ) -> Result<Response<proto::EnrollResponse>, Status> {
-        let body = request.into_inner();
+        let mut body = request.into_inner();
+        // Wiped when dropped, whatever the outcome.
+        let join_token = Zeroizing::new(std::mem::take(&mut body.join_token));
         let runtime = tokio::runtime::Handle::current();
         let enrolled = off_workers(&self.authority, "Enroll", move |authority| {
             runtime.block_on(authority.enrollment.enroll(
                 &body.cluster,
-                &body.join_token,
+                &join_token,
                 &body.client_csr_pem,
             ))
         })
@@ -601,14 +603,16 @@ impl AdminService for AdminApi {
         request: Request<proto::AddClusterRequest>,
     ) -> Result<Response<proto::AddClusterResponse>, Status> {
         let admin = require_role(&self.authority, &request, Permission::Operate)?;
-        let body = request.into_inner();
-        if !body.kubeconfig.is_empty() {
+        let mut body = request.into_inner();
+        // Wiped when dropped, whatever the outcome.
+        let kubeconfig = Zeroizing::new(std::mem::take(&mut body.kubeconfig));
+        if !kubeconfig.is_empty() {
             let secret_format = wire::secret_format(body.format, &body.secret_format)
                 .map_err(ServerError::InvalidArgument)?;
             self.authority.registry.add_push_cluster(
                 &admin,
                 &body.name,
-                &body.kubeconfig,
+                &kubeconfig,
                 &body.namespace,
                 secret_format,
             )?;

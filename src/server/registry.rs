@@ -4,22 +4,29 @@
 
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
 use super::audit::AuditTrail;
 use super::core::{Core, PublishedBundle, is_conflict, validate_cluster_name};
 use super::enrollment::Enrollment;
 use super::error::ServerError;
 use crate::ca::{Certificate, system_time_to_unix};
+use crate::kubeconfig::{self, ValidatedKubeconfig};
 use crate::reconcile::StatusReport;
 use crate::signer::sealed::{seal, unseal};
 use crate::sink::SecretFormat;
-use crate::store::records::{self, ClusterRecord, ClusterReport, PushTarget};
+use crate::store::records::{
+    self, ClusterRecord, ClusterReport, IssuedKind, IssuedRecord, PushTarget,
+};
 pub use crate::store::records::{ClusterMode, ClusterState};
 use crate::store::{Batch, Expect, StoreError, Table};
+use crate::telemetry::printable;
 
-/// The largest push-mode kubeconfig accepted.
-const MAX_KUBECONFIG_BYTES: usize = 256 * 1024;
+/// The largest `cert-chain.pem` a report may carry.
+const MAX_REPORT_CHAIN_BYTES: usize = 64 * 1024;
+/// The longest error text a report may carry.
+const MAX_REPORT_ERROR_BYTES: usize = 4096;
+/// How far ahead a reported intermediate expiry may be (100 years): any
+/// later is nonsense, whatever the policy.
+const MAX_NOT_AFTER_AHEAD_SECONDS: i64 = 100 * 366 * 24 * 3600;
 /// How often a status report is retried against concurrent record writes.
 const REPORT_ATTEMPTS: u32 = 5;
 
@@ -102,12 +109,7 @@ impl Registry {
     ) -> Result<(), ServerError> {
         let core = &self.core;
         validate_cluster_name(name)?;
-        if kubeconfig.len() > MAX_KUBECONFIG_BYTES {
-            return Err(ServerError::InvalidArgument(
-                "kubeconfig larger than 256 KiB".into(),
-            ));
-        }
-        kube::config::Kubeconfig::from_yaml(kubeconfig)
+        kubeconfig::validate(kubeconfig)
             .map_err(|source| ServerError::InvalidKubeconfig { source })?;
         let namespace = if namespace.is_empty() {
             crate::sink::kube::DEFAULT_NAMESPACE
@@ -184,10 +186,13 @@ impl Registry {
         )
     }
 
-    /// Unseals a push-mode cluster's kubeconfig.
+    /// Unseals a push-mode cluster's kubeconfig and checks it again with
+    /// [`kubeconfig::validate`]: one stored before the check existed (or by
+    /// an older version) is not used.
     ///
-    /// Errors: [`ServerError::Missing`], [`ServerError::NotUtf8`], KEK errors.
-    pub fn push_kubeconfig(&self, target: &PushTarget) -> Result<Zeroizing<String>, ServerError> {
+    /// Errors: [`ServerError::Missing`], [`ServerError::NotUtf8`], KEK
+    /// errors, [`ServerError::StoredKubeconfigRefused`].
+    pub fn push_kubeconfig(&self, target: &PushTarget) -> Result<ValidatedKubeconfig, ServerError> {
         let core = &self.core;
         let sealed = core
             .store
@@ -196,27 +201,28 @@ impl Registry {
                 ServerError::missing(format!("sealed kubeconfig {:?}", target.kubeconfig_secret))
             })?;
         let plain = unseal(&core.kek, &target.kubeconfig_secret, &sealed.value)?;
-        String::from_utf8(plain.to_vec())
-            .map(Zeroizing::new)
-            .map_err(|_| ServerError::NotUtf8 {
-                what: "the sealed kubeconfig",
-            })
+        let text = std::str::from_utf8(&plain).map_err(|_| ServerError::NotUtf8 {
+            what: "the sealed kubeconfig",
+        })?;
+        kubeconfig::validate(text).map_err(|source| ServerError::StoredKubeconfigRefused { source })
     }
 
-    /// Records what `cluster` has applied. An error-only report (nothing
-    /// applied, no chain) keeps what the cluster applied before: the gates
-    /// and pre-flight still need it.
+    /// Records what `cluster` has applied, after [`Registry::check_report`].
+    /// An error-only report (nothing applied, no chain) keeps what the
+    /// cluster applied before: the gates and pre-flight still need it. The
+    /// error text is stored [`printable`].
     ///
-    /// Errors: oversized report, unknown or not enrolled cluster, store
-    /// errors (after retrying concurrent writes).
+    /// Errors: a report refused by [`Registry::check_report`], unknown or
+    /// not enrolled cluster, store errors (after retrying concurrent
+    /// writes).
     pub fn report_status(&self, cluster: &str, report: StatusReport) -> Result<(), ServerError> {
         let core = &self.core;
-        if report.cert_chain_pem.len() > 64 * 1024 || report.error.len() > 4096 {
-            return Err(ServerError::InvalidArgument(
-                "status report too large (chain ≤ 64 KiB, error ≤ 4 KiB)".into(),
-            ));
-        }
         let now = system_time_to_unix(core.now());
+        self.check_report(cluster, &report, now)?;
+        let report = StatusReport {
+            error: printable(&report.error),
+            ..report
+        };
         let error_only = report.applied_bundle_version == 0
             && report.cert_chain_pem.is_empty()
             && !report.error.is_empty();
@@ -256,6 +262,88 @@ impl Registry {
             message: "status report kept conflicting with concurrent writes".into(),
             source: None,
         }))
+    }
+
+    /// Checks a report before it is stored: sizes; the applied bundle
+    /// version not above the published one; the intermediate serial one the
+    /// server issued to `cluster` (kind intermediate), with that
+    /// certificate's expiry; a report without a serial (nothing applied yet)
+    /// carries no expiry and no chain.
+    ///
+    /// Errors: [`ServerError::InvalidArgument`] for a malformed report,
+    /// [`ServerError::FailedPrecondition`] for one that contradicts what
+    /// the server issued or published; store errors.
+    pub fn check_report(
+        &self,
+        cluster: &str,
+        report: &StatusReport,
+        now_unix: i64,
+    ) -> Result<(), ServerError> {
+        if report.cert_chain_pem.len() > MAX_REPORT_CHAIN_BYTES
+            || report.error.len() > MAX_REPORT_ERROR_BYTES
+        {
+            return Err(ServerError::InvalidArgument(
+                "status report too large (chain ≤ 64 KiB, error ≤ 4 KiB)".into(),
+            ));
+        }
+        let published = self.core.current_bundle().bundle.version();
+        if report.applied_bundle_version > published {
+            return Err(ServerError::FailedPrecondition(format!(
+                "applied bundle version {} is above the published version {published}; report only a version the server sent",
+                report.applied_bundle_version
+            )));
+        }
+        let not_after = report.intermediate_not_after_unix;
+        if not_after < 0 {
+            return Err(ServerError::InvalidArgument(format!(
+                "intermediate_not_after_unix {not_after} is negative"
+            )));
+        }
+        if not_after > now_unix.saturating_add(MAX_NOT_AFTER_AHEAD_SECONDS) {
+            return Err(ServerError::InvalidArgument(format!(
+                "intermediate_not_after_unix {not_after} is more than 100 years ahead"
+            )));
+        }
+        let serial = report.intermediate_serial.as_str();
+        if serial.is_empty() {
+            if not_after != 0 || !report.cert_chain_pem.is_empty() {
+                return Err(ServerError::InvalidArgument(
+                    "a report without an intermediate serial carries no expiry and no chain; send the serial of the intermediate in use"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        if serial.len() > 64
+            || !serial
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+        {
+            return Err(ServerError::InvalidArgument(
+                "intermediate_serial must be lowercase hex of at most 64 digits".into(),
+            ));
+        }
+        let issued = records::get_json::<IssuedRecord>(
+            self.core.store.as_ref(),
+            Table::Certificates,
+            serial,
+        )?
+        .map(|(issued, _)| issued)
+        .filter(|issued| {
+            issued.kind == IssuedKind::Intermediate && issued.cluster.as_deref() == Some(cluster)
+        })
+        .ok_or_else(|| {
+            ServerError::FailedPrecondition(format!(
+                "intermediate {serial} was not issued to cluster {cluster:?}; report the serial of the intermediate the server signed for this cluster"
+            ))
+        })?;
+        if issued.not_after_unix != not_after {
+            return Err(ServerError::InvalidArgument(format!(
+                "intermediate_not_after_unix {not_after} is not the expiry {} of intermediate {serial}",
+                issued.not_after_unix
+            )));
+        }
+        Ok(())
     }
 
     /// Every registered cluster with its last report.

@@ -7,9 +7,6 @@
 //! associated data, so a sealed value only opens under the name it was
 //! sealed for.
 
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::Engine;
@@ -50,13 +47,6 @@ impl std::fmt::Debug for Kek {
 
 fn random_failed() -> SignerError {
     SignerError::Kek("the system random number generator failed".to_string())
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SignerError + '_ {
-    move |source| SignerError::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 impl Kek {
@@ -119,23 +109,13 @@ impl Kek {
     }
 
     fn load_file(path: &Path) -> Result<Kek, SignerError> {
-        let mut handle = File::open(path).map_err(io_error(path))?;
-        // Checked on the open handle, so the file read is the file checked.
-        let mode = handle
-            .metadata()
-            .map_err(io_error(path))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(SignerError::Kek(format!(
-                "{} is accessible by group or others (mode {:03o}); run `chmod 600 {}`",
-                path.display(),
-                mode & 0o777,
-                path.display()
-            )));
-        }
-        let mut text = Zeroizing::new(String::with_capacity(128));
-        handle.read_to_string(&mut text).map_err(io_error(path))?;
+        let text = crate::files::read_private(path).map_err(|error| match error {
+            crate::files::PrivateFileError::File(error) => SignerError::Io {
+                path: error.path.display().to_string(),
+                source: error.source,
+            },
+            too_open => SignerError::Kek(too_open.to_string()),
+        })?;
         Kek::from_text(&text).map_err(|error| match error {
             SignerError::Kek(message) => SignerError::Kek(format!("{}: {message}", path.display())),
             other => other,
@@ -265,6 +245,7 @@ impl From<files::FileError> for SignerError {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777

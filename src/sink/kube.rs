@@ -29,6 +29,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 use std::sync::Arc;
 
+use crate::kubeconfig::ValidatedKubeconfig;
+
 use super::contract::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, CacertsMaterial, ClusterSink, ROOT_CERT_FILE,
     SinkError,
@@ -197,24 +199,32 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, Kubernet
     })
 }
 
-/// A Kubernetes client from the text of a kubeconfig (push mode keeps them
-/// sealed in the store), with the same 30 s response limit as [`connect`].
+/// A Kubernetes client from a kubeconfig that passed
+/// [`crate::kubeconfig::validate`] (push mode keeps them sealed in the
+/// store; the type makes sure no unchecked one reaches kube, whose `exec`
+/// and file fields would run and read on the CA host), with the same 30 s
+/// response limit as [`connect`].
 ///
 /// Errors: [`KubernetesError::Config`].
-pub async fn connect_with_kubeconfig(kubeconfig: &str) -> Result<kube::Client, KubernetesError> {
-    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|source| {
+pub async fn connect_with_kubeconfig(
+    kubeconfig: &ValidatedKubeconfig,
+) -> Result<kube::Client, KubernetesError> {
+    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig.text()).map_err(|source| {
         KubernetesError::Config {
             context: "the kubeconfig does not parse".to_string(),
             source: Box::new(source),
         }
     })?;
-    let mut config =
-        kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|source| KubernetesError::Config {
-                context: "the kubeconfig is unusable".to_string(),
-                source: Box::new(source),
-            })?;
+    let options = kube::config::KubeConfigOptions {
+        context: Some(kubeconfig.context().to_string()),
+        ..kube::config::KubeConfigOptions::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(parsed, &options)
+        .await
+        .map_err(|source| KubernetesError::Config {
+            context: "the kubeconfig is unusable".to_string(),
+            source: Box::new(source),
+        })?;
     config.read_timeout = Some(CALL_TIMEOUT);
     kube::Client::try_from(config).map_err(|source| KubernetesError::Config {
         context: "cannot create a Kubernetes client from the kubeconfig".to_string(),

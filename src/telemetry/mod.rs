@@ -1,5 +1,6 @@
-//! Logging setup and the one way an error chain is printed. Metrics and
-//! health endpoints plug in here.
+//! Logging setup, the one way an error chain is printed, and the one way
+//! text from outside (a cluster's report) is made safe to store and print.
+//! Metrics and health endpoints plug in here.
 
 /// Initialises `tracing` to stderr; `RUST_LOG` overrides `default_level`.
 pub fn init(default_level: &str) {
@@ -26,4 +27,44 @@ pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
         cause = current.source();
     }
     text
+}
+
+/// `text` with every control character (C0 and C1, so ANSI escapes, `\r`
+/// and `\n` too) and every bidirectional-override character replaced by a
+/// space: text a cluster supplies can then neither move a terminal's cursor,
+/// colour it, fake a line of output, nor reorder what is shown.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|character| {
+            if character.is_control() || is_bidi_control(character) {
+                ' '
+            } else {
+                character
+            }
+        })
+        .collect()
+}
+
+/// Unicode's explicit directional formatting characters.
+fn is_bidi_control(character: char) -> bool {
+    matches!(
+        character,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_replaces_control_escape_and_bidi_characters() {
+        assert_eq!(printable("ok"), "ok");
+        assert_eq!(printable("a\nb\rc\td"), "a b c d");
+        assert_eq!(printable("\u{1b}[2J\u{1b}[31mred"), " [2J [31mred");
+        assert_eq!(printable("\u{9b}31m"), " 31m");
+        assert_eq!(printable("\u{7f}x\u{0}"), " x ");
+        assert_eq!(printable("abc\u{202e}fed"), "abc fed");
+        assert_eq!(printable("grüße ✓"), "grüße ✓");
+    }
 }

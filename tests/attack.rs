@@ -11,12 +11,8 @@
 //! links the crate anyway, and a command that prints every record (sealed
 //! keys included) is surface the product does not need. The only
 //! differences allowed are listed in [`legitimate`]: the server's own TLS
-//! certificate, issued at every start, and an audit entry for a refused
-//! call.
-//!
-//! Cases that need a feature not built yet are written out in
-//! [`pending_cases`], each marked `// needs: <feature>`; they are not run
-//! until moved into [`cases`], and the summary names them.
+//! certificate, issued at every start (with its audit entry), the audit
+//! chain's head, and an audit entry for a refused call.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -772,25 +768,8 @@ fn cases() -> Vec<Case> {
             "push kubeconfigs with exec, tokenFile, a key path, insecure-skip-tls-verify",
             unsafe_kubeconfigs
         ),
-    ]
-}
-
-/// Cases that wait for a feature, each with what it needs: not run until
-/// moved into [`cases`] (at merge time), and named in the summary.
-fn pending_cases() -> Vec<(&'static str, Case)> {
-    vec![
-        // needs: a CSR extension check (finding: today the CSR is signed, its
-        // basicConstraints ignored; the intermediate gets pathLen 0)
-        (
-            "refusing CSRs that request more than the profile grants (no helper owns it)",
-            case!("CSR asking for CA:true with pathLen 5", csr_path_length_5),
-        ),
-        // needs: a limit on requested SANs (finding: today the CSR is signed,
-        // its 1 000 SANs ignored)
-        (
-            "a limit on the SANs a CSR may request (no helper owns it)",
-            case!("CSR with 1 000 SANs", csr_thousand_sans),
-        ),
+        case!("CSR asking for CA:true with pathLen 5", csr_path_length_5),
+        case!("CSR with 1 000 SANs", csr_thousand_sans),
     ]
 }
 
@@ -1539,7 +1518,7 @@ async fn csr_thousand_sans(target: Arc<Target>) -> Vec<Attempt> {
 }
 
 // ---------------------------------------------------------------------------
-// Pending cases (see `pending_cases`).
+// Requests beyond what the profiles grant, push kubeconfigs, floods.
 
 /// The directory `trustplane admin add` writes a credential to.
 fn credential_dir(arena: &Arena, name: &str) -> PathBuf {
@@ -1968,7 +1947,7 @@ async fn run_case(arena: &Arc<Arena>, case: &Case) -> Verdict {
 /// Prepares an arena, runs `cases` one after another, prints each verdict
 /// and the summary line, and fails unless every case was refused with the
 /// store unchanged.
-async fn run_suite(cases: &[Case], pending: &[(&'static str, Case)]) {
+async fn run_suite(cases: &[Case]) {
     let started = Instant::now();
     let arena = Arc::new(prepare().await);
     let mut verdicts = Vec::new();
@@ -1983,16 +1962,6 @@ async fn run_suite(cases: &[Case], pending: &[(&'static str, Case)]) {
         .filter(|verdict| !verdict.store_unchanged)
         .map(|verdict| verdict.name)
         .collect();
-    if !pending.is_empty() {
-        println!(
-            "{} pending case(s), not run until their feature lands \
-             (`cargo test --test attack -- --ignored` runs them):",
-            pending.len()
-        );
-        for (needs, case) in pending {
-            println!("  {} (needs: {needs})", case.name);
-        }
-    }
     println!(
         "{} cases, {refused} refused, {} ({:.1} s)",
         verdicts.len(),
@@ -2016,14 +1985,5 @@ async fn run_suite(cases: &[Case], pending: &[(&'static str, Case)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_attacker_is_refused_and_the_store_stays_unchanged() {
-    run_suite(&cases(), &pending_cases()).await;
-}
-
-/// The pending cases with the same assertions: fails until every feature
-/// they need has landed (then they move into [`cases`]).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "pending cases: they need features that are not built yet"]
-async fn pending_attacks_are_refused_too() {
-    let cases: Vec<Case> = pending_cases().into_iter().map(|(_, case)| case).collect();
-    run_suite(&cases, &[]).await;
+    run_suite(&cases()).await;
 }

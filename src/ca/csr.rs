@@ -6,6 +6,7 @@
 
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::error::X509Error;
+use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
     OID_PKCS1_RSAENCRYPTION, OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_SIG_ED448,
@@ -66,10 +67,52 @@ pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
         }
         Err(source) => return Err(CaError::CsrBadSignature { source }),
     }
+    check_requested_extensions(&request)?;
     Ok(VerifiedCsr {
         public_key,
         subject: info.subject.to_string(),
     })
+}
+
+/// The most subject alternative names a CSR may request. trustplane's
+/// profiles set the names themselves and ignore the requested ones; a CSR
+/// asking for more than this is refused rather than silently trimmed.
+pub const MAX_CSR_SANS: usize = 64;
+
+/// Refuses a CSR that requests more than any trustplane profile grants:
+/// a basicConstraints path length above 0 (intermediates are issued with
+/// pathLen 0, so a request for more is a misconfiguration or an attack),
+/// or more than [`MAX_CSR_SANS`] subject alternative names.
+fn check_requested_extensions(request: &X509CertificationRequest<'_>) -> Result<(), CaError> {
+    let Some(extensions) = request.requested_extensions() else {
+        return Ok(());
+    };
+    for extension in extensions {
+        match extension {
+            ParsedExtension::BasicConstraints(constraints) => {
+                if let Some(path_length) = constraints.path_len_constraint
+                    && path_length > 0
+                {
+                    return Err(CaError::Unexpected {
+                        what: "CSR",
+                        expected: "no basicConstraints, or pathLen 0 (trustplane issues intermediates with pathLen 0)",
+                        found: format!("a request for basicConstraints pathLen {path_length}"),
+                    });
+                }
+            }
+            ParsedExtension::SubjectAlternativeName(names)
+                if names.general_names.len() > MAX_CSR_SANS =>
+            {
+                return Err(CaError::Unexpected {
+                    what: "CSR",
+                    expected: "at most 64 subjectAltName entries (trustplane sets the names itself)",
+                    found: format!("{} subjectAltName entries", names.general_names.len()),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Creates a PEM CSR signed by `key` with subject `CN=<common_name>`.

@@ -1355,15 +1355,15 @@ async fn reissue_names_the_newest_intermediate() {
 
 /// An agent killed during its first start, after the server accepted its
 /// join token and before the agent saved its identity, must be able to
-/// enroll when restarted the way it was started (same token). Today the
-/// token is spent, the cluster is `enrolled`, the agent has no identity and
-/// exits with "join token ... was already used; create a new one with
-/// `trustplane cluster add`" (which then refuses: the cluster exists). Each
-/// attempt kills the agent the moment the server lists the cluster as
-/// enrolled; with the debug build on a 2-core machine about half of random
-/// kills in the first 250 ms strand the cluster this way.
+/// enroll when restarted the way it was started (same token). (Found by the
+/// kill test: the token was spent, the cluster `enrolled`, the agent had no
+/// identity and exited with "join token ... was already used".) The agent
+/// now saves its key before `Enroll` and repeats it with the same token and
+/// key, which the server answers again. Each attempt kills the agent the
+/// moment the server lists the cluster as enrolled; with the debug build on
+/// a 2-core machine about half of such kills land before the identity is
+/// saved.
 #[tokio::test]
-#[ignore = "known bug found by the kill test: an agent killed between Enroll and saving its identity is stranded (token spent, no identity)"]
 async fn agent_killed_during_enrollment_enrolls_again_with_its_token() {
     common::install_crypto();
     let work = tempfile::tempdir().unwrap();

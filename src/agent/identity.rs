@@ -652,6 +652,41 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn the_enrolling_key_is_private_and_gone_once_the_identity_is_saved() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("identity");
+        let store = FileIdentityStore::new(dir.clone());
+        assert!(store.load_enrolling_key().await.unwrap().is_none());
+        let key = Zeroizing::new("enrolling key pem".to_string());
+        store.save_enrolling_key(&key).await.unwrap();
+        let mode = fs::metadata(dir.join(ENROLLING_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            store.load_enrolling_key().await.unwrap().as_deref(),
+            Some(&"enrolling key pem".to_string())
+        );
+        assert!(
+            matches!(store.load().await.unwrap(), StoredIdentity::Absent),
+            "an enrolling key alone is no identity"
+        );
+        store.save(&identity()).await.unwrap();
+        assert!(!dir.join(ENROLLING_KEY_FILE).exists());
+        assert!(store.load_enrolling_key().await.unwrap().is_none());
+        // Saving again (a renewal) without an enrolling key is fine.
+        store.save(&identity()).await.unwrap();
+
+        let memory = MemoryIdentityStore::new();
+        memory.save_enrolling_key(&key).await.unwrap();
+        assert!(memory.load_enrolling_key().await.unwrap().is_some());
+        memory.save(&identity()).await.unwrap();
+        assert!(memory.load_enrolling_key().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
     async fn memory_store_counts_saves() {
         let store = MemoryIdentityStore::new();
         assert!(matches!(

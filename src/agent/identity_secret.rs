@@ -291,7 +291,8 @@ mod tests {
         with_extra.metadata.resource_version = Some("12".into());
         let mut moved = identity();
         moved.server = Some("https://elsewhere:8443".into());
-        let updated = desired_identity_secret(Some(&with_extra), &object, Contents::Identity(&moved));
+        let updated =
+            desired_identity_secret(Some(&with_extra), &object, Contents::Identity(&moved));
         assert_eq!(text(&updated, "note").as_deref(), Some("kept"));
         assert_eq!(
             text(&updated, SERVER_FILE).as_deref(),
@@ -303,8 +304,8 @@ mod tests {
         assert!(probe.data.is_none(), "a dry run carries no identity");
     }
 
-    #[test]
-    fn the_enrolling_key_is_kept_until_the_identity_replaces_it() {
+    #[tokio::test]
+    async fn the_enrolling_key_is_kept_until_the_identity_replaces_it() {
         let object = identity_object();
         let key = Zeroizing::new("enrolling key pem".to_string());
         let enrolling = desired_identity_secret(None, &object, Contents::EnrollingKey(&key));
@@ -316,9 +317,13 @@ mod tests {
             matches!(stored_identity(&enrolling), StoredIdentity::Absent),
             "an enrolling key alone is no identity"
         );
-        let saved = desired_identity_secret(Some(&enrolling), &object, Contents::Identity(&identity()));
+        let saved =
+            desired_identity_secret(Some(&enrolling), &object, Contents::Identity(&identity()));
         assert!(text(&saved, ENROLLING_KEY_FILE).is_none());
-        assert!(matches!(stored_identity(&saved), StoredIdentity::Complete(_)));
+        assert!(matches!(
+            stored_identity(&saved),
+            StoredIdentity::Complete(_)
+        ));
     }
 
     #[test]

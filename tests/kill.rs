@@ -414,8 +414,9 @@ impl From<tonic::Status> for Failure {
 /// Calls `attempt` until it succeeds, is refused, or the server stays down
 /// for 30 s (or the stream stops). A refusal on the first try is recorded
 /// as a bug; a refusal after an outage is counted as an answer lost to a
-/// kill (the lost attempt may have been carried out: a token used, a name
-/// taken). Either way the caller abandons the cluster.
+/// kill (the lost attempt may have been carried out: a name taken), except
+/// for `RenewIdentity` and `Enroll`, which answer a repeat with the same
+/// key again. Either way the caller abandons the cluster.
 async fn retry<T>(
     shared: &Shared,
     what: &str,
@@ -426,7 +427,13 @@ async fn retry<T>(
     loop {
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(Failure::Refused(_)) if outages > 0 && !what.starts_with("RenewIdentity") => {
+            // A lost `RenewIdentity` or `Enroll` answer is answered again
+            // (same key): a refusal of those is a bug.
+            Err(Failure::Refused(_))
+                if outages > 0
+                    && !what.starts_with("RenewIdentity")
+                    && !what.starts_with("Enroll ") =>
+            {
                 let call = what.split_whitespace().next().unwrap_or_default();
                 shared
                     .with(|ledger| *ledger.lost_answers.entry(call.to_string()).or_default() += 1);

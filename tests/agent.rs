@@ -153,6 +153,65 @@ async fn agent_writes_verifiable_cacerts_and_follows_new_bundle_versions() {
     handle.task.await.unwrap().unwrap();
 }
 
+/// An agent killed after the server accepted its token and before it saved
+/// the answer left only its enrolling key (saved before `Enroll`):
+/// restarted with the same token, it enrolls again with that key, and the
+/// key becomes the identity's.
+#[tokio::test]
+async fn an_agent_whose_enrollment_answer_was_lost_enrolls_again_with_its_saved_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = common::start_server().await;
+    let work = tempfile::tempdir().unwrap();
+    let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
+    let token = server.add_cluster("east").await;
+    // What the killed agent left: its key, and a spent token.
+    let key = ca::PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    std::fs::create_dir_all(&identity).unwrap();
+    let enrolling_key = identity.join("enrolling-key.pem");
+    std::fs::write(&enrolling_key, key.to_pkcs8_pem().as_bytes()).unwrap();
+    std::fs::set_permissions(&enrolling_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let lost = trustplane::proto::intermediate_service_client::IntermediateServiceClient::new(
+        server.anonymous().await,
+    )
+    .enroll(proto::EnrollRequest {
+        cluster: "east".into(),
+        join_token: token.clone(),
+        client_csr_pem: ca::create_csr(&key, "agent").unwrap(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let lost_serial = Certificate::from_pem(&lost.client_cert_pem)
+        .unwrap()
+        .serial_hex()
+        .unwrap();
+
+    let handle = spawn_agent(&server, &identity, &cacerts, Some(token));
+    wait_for(&handle, "bundle v1 applied", |status| {
+        status.applied_bundle_version == 1
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(identity.join("client-key.pem")).unwrap(),
+        *key.to_pkcs8_pem(),
+        "the saved enrolling key is the identity's key"
+    );
+    assert!(
+        !enrolling_key.exists(),
+        "the enrolling key is gone once the identity is saved"
+    );
+    let saved_serial =
+        Certificate::from_pem(&std::fs::read_to_string(identity.join("client.pem")).unwrap())
+            .unwrap()
+            .serial_hex()
+            .unwrap();
+    assert_ne!(saved_serial, lost_serial);
+    let (record, _) = server.authority().core().cluster("east").unwrap().unwrap();
+    assert_eq!(record.client_cert_serial, Some(saved_serial));
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn agent_renews_at_two_thirds_of_the_intermediate_lifetime() {
     // Server and agent share a test clock: the lifetime passes when the test

@@ -223,7 +223,14 @@ async fn join_tokens_are_single_use_and_bound_to_their_cluster() {
         "{}",
         replayed.message()
     );
-    assert!(replayed.message().contains("trustplane cluster add east"));
+    assert!(
+        replayed
+            .message()
+            .contains("trustplane cluster remove east")
+            && replayed.message().contains("trustplane cluster add east"),
+        "{}",
+        replayed.message()
+    );
 
     let unknown = server
         .enroll_with("west", "tp1.west.not-a-real-token")
@@ -323,6 +330,145 @@ async fn join_tokens_are_stored_hashed_and_last_an_hour_by_default() {
             "the database file holds the join token in plain text"
         );
     }
+}
+
+/// An agent killed after the server accepted its join token and before it
+/// saved the answer repeats `Enroll` with the same token and key: it is
+/// answered again with a fresh certificate whose serial replaces the
+/// unclaimed one. Any other reuse of the token stays refused.
+#[tokio::test]
+async fn a_repeated_enrollment_with_the_same_key_is_answered_again() {
+    let clock = TestClock::starting_now();
+    let server = common::start_server_with_clock(
+        trustplane::Policy::builtin_default().unwrap(),
+        clock.clone(),
+    )
+    .await;
+    let mut admin = server.admin().await;
+    let mut token_for = async |name: &str| {
+        admin
+            .add_cluster(proto::AddClusterRequest {
+                name: name.into(),
+                token_ttl_seconds: 600,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .join_token
+    };
+    let token = token_for("east").await;
+    let west_token = token_for("west").await;
+    let enroll = |cluster: &str, token: &str, key: &PrivateKey| {
+        let request = proto::EnrollRequest {
+            cluster: cluster.into(),
+            join_token: token.into(),
+            client_csr_pem: ca::create_csr(key, "agent").unwrap(),
+        };
+        let server = &server;
+        async move {
+            IntermediateServiceClient::new(server.anonymous().await)
+                .enroll(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let serial = |pem: &str| Certificate::from_pem(pem).unwrap().serial_hex().unwrap();
+    let as_identity = |certificate: String, key: &PrivateKey| {
+        let key_pem = key.to_pkcs8_pem();
+        let url = server.url();
+        let ca_pem = server.control_plane_ca_pem.clone();
+        async move {
+            trustplane::cli::connect(&url, &ca_pem, Some((&certificate, &key_pem)))
+                .await
+                .unwrap()
+        }
+    };
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let first = enroll("east", &token, &key).await.unwrap();
+    let repeated = enroll("east", &token, &key).await.unwrap();
+    let (first_serial, repeated_serial) = (
+        serial(&first.client_cert_pem),
+        serial(&repeated.client_cert_pem),
+    );
+    assert_ne!(first_serial, repeated_serial, "a repeat gets a new serial");
+    let (record, _) = server.authority().core().cluster("east").unwrap().unwrap();
+    assert_eq!(
+        record.client_cert_serial.as_deref(),
+        Some(repeated_serial.as_str())
+    );
+    // The first, unclaimed certificate is refused from now on; the new one works.
+    let refused = TrustBundleServiceClient::new(as_identity(first.client_cert_pem, &key).await)
+        .get_bundle(proto::GetBundleRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::PermissionDenied,
+        "{}",
+        refused.message()
+    );
+    let repeated_channel = as_identity(repeated.client_cert_pem.clone(), &key).await;
+    TrustBundleServiceClient::new(repeated_channel.clone())
+        .get_bundle(proto::GetBundleRequest {})
+        .await
+        .unwrap();
+    let audit = server
+        .authority()
+        .audit
+        .entries(&trustplane::server::AuditQuery {
+            since_unix: None,
+            action: Some("cluster-enroll".into()),
+            limit: 100,
+        })
+        .unwrap();
+    assert!(
+        audit.iter().any(|entry| entry.detail.contains("repeated")
+            && entry.detail.contains(&first_serial)
+            && entry.detail.contains(&repeated_serial)),
+        "{audit:?}"
+    );
+
+    // The same token with another key is a replay.
+    let other_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let replayed = enroll("east", &token, &other_key).await.unwrap_err();
+    assert_eq!(replayed.code(), Code::PermissionDenied);
+    assert!(
+        replayed.message().contains("was already used")
+            && replayed
+                .message()
+                .contains("trustplane cluster remove east"),
+        "{}",
+        replayed.message()
+    );
+
+    // Once the agent renewed (it has its identity), the same key is refused too.
+    let renewed_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    IntermediateServiceClient::new(repeated_channel)
+        .renew_identity(proto::RenewIdentityRequest {
+            client_csr_pem: ca::create_csr(&renewed_key, "agent").unwrap(),
+        })
+        .await
+        .unwrap();
+    let claimed = enroll("east", &token, &key).await.unwrap_err();
+    assert_eq!(claimed.code(), Code::PermissionDenied);
+    assert!(
+        claimed.message().contains("was already used"),
+        "{}",
+        claimed.message()
+    );
+
+    // After the token's expiry, the same key is refused.
+    let west_key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    enroll("west", &west_token, &west_key).await.unwrap();
+    clock.advance(Duration::from_secs(600));
+    let expired = enroll("west", &west_token, &west_key).await.unwrap_err();
+    assert_eq!(expired.code(), Code::PermissionDenied);
+    assert!(
+        expired.message().contains("was already used"),
+        "{}",
+        expired.message()
+    );
 }
 
 #[tokio::test]

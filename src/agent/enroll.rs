@@ -1,5 +1,8 @@
 //! Enrollment: load the saved identity, or trade the one-time join token
-//! and a CSR for the agent's client certificate and save it.
+//! and a CSR for the agent's client certificate and save it. The key is
+//! saved before `Enroll` is called, so that an agent killed before it saved
+//! the answer repeats `Enroll` with the same token and key (which the
+//! server answers again) instead of being stranded with a spent token.
 
 use tokio::sync::watch;
 
@@ -21,6 +24,33 @@ pub(crate) fn enrollment_refused(code: tonic::Code) -> bool {
             | tonic::Code::InvalidArgument
             | tonic::Code::NotFound
     )
+}
+
+/// The key of an enrollment that never saved its identity, or a new one,
+/// saved (0600 / in the identity Secret) before the token is sent.
+///
+/// Errors: the store cannot be read or written, key generation failed.
+async fn enrolling_key(store: &dyn IdentityStore) -> Result<PrivateKey, AgentError> {
+    if let Some(pem) = store.load_enrolling_key().await? {
+        match PrivateKey::from_pem(&pem) {
+            Ok(key) => {
+                tracing::info!(
+                    identity = %store.describe(),
+                    "an earlier enrollment did not save its identity; enrolling again with its key"
+                );
+                return Ok(key);
+            }
+            Err(error) => tracing::warn!(
+                identity = %store.describe(),
+                error = %error_text(&error),
+                "the saved enrolling key is unreadable; enrolling with a new key"
+            ),
+        }
+    }
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)
+        .map_err(certificate_error("could not generate the client key"))?;
+    store.save_enrolling_key(&key.to_pkcs8_pem()).await?;
+    Ok(key)
 }
 
 /// Loads the identity (recording a new server URL in it), or enrolls with
@@ -86,8 +116,7 @@ pub(crate) async fn obtain_identity(
     // Fail on an unwritable store before the one-time token is spent.
     store.prepare().await?;
 
-    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256)
-        .map_err(certificate_error("could not generate the client key"))?;
+    let key = enrolling_key(store).await?;
     let csr = ca::create_csr(&key, &format!("trustplane agent {cluster}"))
         .map_err(certificate_error("could not create the client CSR"))?;
     let mut client = IntermediateServiceClient::new(identity::enrollment_channel(

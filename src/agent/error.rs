@@ -13,6 +13,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const NEW_TOKEN_ADVICE: &str =
     "ask your admin for a new token (`trustplane cluster add <name>`)";
 
+/// The advice after a refusal from the server, unless the server's
+/// `message` already gives one (a used token's advice differs: the
+/// cluster must be removed before it is added again).
+fn token_advice(message: &str) -> String {
+    if message.contains("trustplane cluster") {
+        String::new()
+    } else {
+        format!("; {NEW_TOKEN_ADVICE}")
+    }
+}
+
 /// Errors of the agent. Messages never contain key material or join tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -45,8 +56,9 @@ pub enum AgentError {
     /// The join token is not of the form `tp1.<cluster>.<secret>`.
     #[error("the join token is malformed (expected tp1.<cluster>.<secret>); {NEW_TOKEN_ADVICE}")]
     InvalidJoinToken,
-    /// The server refused the join token (used, expired or unknown).
-    #[error("the server refused the join token: {message}; {NEW_TOKEN_ADVICE}")]
+    /// The server refused the join token (used, expired or unknown). The
+    /// server's message says what to do; generic advice only when it does not.
+    #[error("the server refused the join token: {message}{}", token_advice(.message))]
     EnrollmentRefused {
         /// The server's explanation.
         message: String,

@@ -31,6 +31,11 @@ pub(crate) const SERVER_FILE: &str = "server";
 /// [`save_identity`] replaces the two files: a save interrupted between
 /// them leaves this file, and [`load_identity`] takes the pair from it.
 pub(crate) const PENDING_FILE: &str = "client-pending.pem";
+/// File holding the key an enrollment sends its CSR for (0600), written
+/// before `Enroll` is called: an agent killed before it saved the answer
+/// repeats `Enroll` with the same token and this key, which the server
+/// accepts. Removed when the identity is saved (it is the identity's key).
+pub(crate) const ENROLLING_KEY_FILE: &str = "enrolling-key.pem";
 /// The PEM label that starts the key in [`PENDING_FILE`].
 const KEY_PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 
@@ -109,10 +114,24 @@ pub trait IdentityStore: Send + Sync {
     /// Errors: as for `save`.
     async fn prepare(&self) -> Result<(), AgentError>;
 
-    /// Saves `identity` as a whole, replacing any earlier or partial one.
+    /// Saves `identity` as a whole, replacing any earlier or partial one,
+    /// and drops the enrolling key (see [`IdentityStore::save_enrolling_key`]).
     ///
     /// Errors: the store cannot be written.
     async fn save(&self, identity: &ClientIdentity) -> Result<(), AgentError>;
+
+    /// The key saved by an enrollment that never saved its identity, if any
+    /// (PKCS#8 PEM).
+    ///
+    /// Errors: the store cannot be read.
+    async fn load_enrolling_key(&self) -> Result<Option<Zeroizing<String>>, AgentError>;
+
+    /// Saves the key an enrollment is about to send a CSR for, before
+    /// `Enroll` is called, so that an agent killed before saving the answer
+    /// enrolls again with the same key (and the same token).
+    ///
+    /// Errors: the store cannot be written.
+    async fn save_enrolling_key(&self, key_pem: &Zeroizing<String>) -> Result<(), AgentError>;
 }
 
 /// The identity as files in a directory: `cluster`, `server-ca.pem`,
@@ -171,12 +190,34 @@ impl IdentityStore for FileIdentityStore {
         let identity = identity.clone();
         blocking(move || save_identity(&dir, &identity)).await
     }
+
+    async fn load_enrolling_key(&self) -> Result<Option<Zeroizing<String>>, AgentError> {
+        let path = self.dir.join(ENROLLING_KEY_FILE);
+        blocking(move || Ok(read_optional(&path)?.map(Zeroizing::new))).await
+    }
+
+    async fn save_enrolling_key(&self, key_pem: &Zeroizing<String>) -> Result<(), AgentError> {
+        let dir = self.dir.clone();
+        let key_pem = key_pem.clone();
+        blocking(move || {
+            prepare_identity_dir(&dir)?;
+            files::replace_atomically(
+                &dir.join(ENROLLING_KEY_FILE),
+                key_pem.as_bytes(),
+                PRIVATE_MODE,
+            )?;
+            files::sync_directory(&dir)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// An identity kept in memory, for tests; counts saves.
 #[derive(Debug, Default)]
 pub struct MemoryIdentityStore {
     state: Mutex<(Option<ClientIdentity>, usize)>,
+    enrolling_key: Mutex<Option<Zeroizing<String>>>,
 }
 
 impl MemoryIdentityStore {
@@ -189,6 +230,7 @@ impl MemoryIdentityStore {
     pub fn with_identity(identity: ClientIdentity) -> Self {
         Self {
             state: Mutex::new((Some(identity), 0)),
+            enrolling_key: Mutex::default(),
         }
     }
 
@@ -204,6 +246,12 @@ impl MemoryIdentityStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Option<ClientIdentity>, usize)> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enrolling_key_slot(&self) -> std::sync::MutexGuard<'_, Option<Zeroizing<String>>> {
+        self.enrolling_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -228,6 +276,16 @@ impl IdentityStore for MemoryIdentityStore {
         let mut state = self.lock();
         state.0 = Some(identity.clone());
         state.1 += 1;
+        *self.enrolling_key_slot() = None;
+        Ok(())
+    }
+
+    async fn load_enrolling_key(&self) -> Result<Option<Zeroizing<String>>, AgentError> {
+        Ok(self.enrolling_key_slot().clone())
+    }
+
+    async fn save_enrolling_key(&self, key_pem: &Zeroizing<String>) -> Result<(), AgentError> {
+        *self.enrolling_key_slot() = Some(key_pem.clone());
         Ok(())
     }
 }
@@ -344,7 +402,8 @@ pub(crate) fn prepare_identity_dir(dir: &Path) -> Result<(), AgentError> {
 
 /// Saves the identity: each file written to a temporary name and renamed,
 /// the key with mode 0600, the cluster name last so that a complete
-/// `cluster` file means a complete identity (blocking).
+/// `cluster` file means a complete identity, then the enrolling key
+/// ([`ENROLLING_KEY_FILE`]) removed (blocking).
 ///
 /// The certificate and key are first written together to one file
 /// ([`PENDING_FILE`]), removed once both are in place, so that a crash
@@ -388,6 +447,13 @@ pub(crate) fn save_identity(dir: &Path, identity: &ClientIdentity) -> Result<(),
         }
     }
     fs::remove_file(&pending_path).map_err(identity_io("remove", &pending_path))?;
+    // The enrolling key is now the identity's key.
+    let enrolling_key = dir.join(ENROLLING_KEY_FILE);
+    match fs::remove_file(&enrolling_key) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(identity_io("remove", &enrolling_key)(error)),
+    }
     files::sync_directory(dir)?;
     Ok(())
 }
@@ -609,6 +675,41 @@ pub(crate) mod tests {
         assert_eq!(loaded, identity());
         let empty = FileIdentityStore::new(PathBuf::new());
         assert_eq!(empty.problems(), vec!["identity directory must be set"]);
+    }
+
+    #[tokio::test]
+    async fn the_enrolling_key_is_private_and_gone_once_the_identity_is_saved() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("identity");
+        let store = FileIdentityStore::new(dir.clone());
+        assert!(store.load_enrolling_key().await.unwrap().is_none());
+        let key = Zeroizing::new("enrolling key pem".to_string());
+        store.save_enrolling_key(&key).await.unwrap();
+        let mode = fs::metadata(dir.join(ENROLLING_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            store.load_enrolling_key().await.unwrap().as_deref(),
+            Some(&"enrolling key pem".to_string())
+        );
+        assert!(
+            matches!(store.load().await.unwrap(), StoredIdentity::Absent),
+            "an enrolling key alone is no identity"
+        );
+        store.save(&identity()).await.unwrap();
+        assert!(!dir.join(ENROLLING_KEY_FILE).exists());
+        assert!(store.load_enrolling_key().await.unwrap().is_none());
+        // Saving again (a renewal) without an enrolling key is fine.
+        store.save(&identity()).await.unwrap();
+
+        let memory = MemoryIdentityStore::new();
+        memory.save_enrolling_key(&key).await.unwrap();
+        assert!(memory.load_enrolling_key().await.unwrap().is_some());
+        memory.save(&identity()).await.unwrap();
+        assert!(memory.load_enrolling_key().await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -10,8 +10,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::error::AgentError;
 use super::identity::{
-    CLIENT_CERT_FILE, CLIENT_KEY_FILE, CLUSTER_FILE, ClientIdentity, IdentityStore, SERVER_CA_FILE,
-    SERVER_FILE, StoredIdentity,
+    CLIENT_CERT_FILE, CLIENT_KEY_FILE, CLUSTER_FILE, ClientIdentity, ENROLLING_KEY_FILE,
+    IdentityStore, SERVER_CA_FILE, SERVER_FILE, StoredIdentity,
 };
 use crate::sink::kube::{
     IDENTITY_SECRET_NAME, KubernetesError, MANAGED_BY_LABEL, MANAGER, OPAQUE_TYPE, Scrubbed,
@@ -21,7 +21,8 @@ use crate::sink::kube::{
 /// The agent's enrollment identity in a Secret (default
 /// `trustplane-agent-identity` in the agent's namespace), so that a
 /// restarted or rescheduled pod needs no new join token. Keys: `cluster`,
-/// `server-ca.pem`, `client.pem`, `client-key.pem`, `server`.
+/// `server-ca.pem`, `client.pem`, `client-key.pem`, `server`, and
+/// `enrolling-key.pem` only while an enrollment is under way.
 pub struct KubernetesIdentityStore {
     secret: SecretObject,
 }
@@ -86,7 +87,7 @@ impl IdentityStore for KubernetesIdentityStore {
         let probe = Scrubbed(desired_identity_secret(
             existing.as_deref(),
             &self.secret,
-            None,
+            Contents::Nothing,
         ));
         let action = if existing.is_some() {
             "check write access (dry-run replace) to"
@@ -107,7 +108,32 @@ impl IdentityStore for KubernetesIdentityStore {
                 Ok(Some(desired_identity_secret(
                     existing,
                     &self.secret,
-                    Some(identity),
+                    Contents::Identity(identity),
+                )))
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn load_enrolling_key(&self) -> Result<Option<Zeroizing<String>>, AgentError> {
+        let secret = self
+            .secret
+            .get()
+            .await
+            .map_err(|source| (self.failure())("read", source))?;
+        Ok(secret
+            .as_deref()
+            .and_then(|secret| data_text(secret, ENROLLING_KEY_FILE))
+            .map(Zeroizing::new))
+    }
+
+    async fn save_enrolling_key(&self, key_pem: &Zeroizing<String>) -> Result<(), AgentError> {
+        self.secret
+            .update(self.failure(), |existing| {
+                Ok(Some(desired_identity_secret(
+                    existing,
+                    &self.secret,
+                    Contents::EnrollingKey(key_pem),
                 )))
             })
             .await
@@ -115,12 +141,22 @@ impl IdentityStore for KubernetesIdentityStore {
     }
 }
 
-/// The identity Secret holding `identity` (only the managed-by label when
-/// `None`, for a dry run), keeping whatever else `existing` holds.
+/// What [`desired_identity_secret`] writes.
+enum Contents<'a> {
+    /// Only the managed-by label (a dry run).
+    Nothing,
+    /// The key of an enrollment under way.
+    EnrollingKey(&'a Zeroizing<String>),
+    /// The whole identity (the enrolling key dropped).
+    Identity(&'a ClientIdentity),
+}
+
+/// The identity Secret holding `contents`, keeping whatever else
+/// `existing` holds.
 fn desired_identity_secret(
     existing: Option<&Secret>,
     object: &SecretObject,
-    identity: Option<&ClientIdentity>,
+    contents: Contents<'_>,
 ) -> Secret {
     let mut secret = existing.cloned().unwrap_or_else(|| Secret {
         metadata: ObjectMeta {
@@ -137,9 +173,18 @@ fn desired_identity_secret(
         .labels
         .get_or_insert_with(BTreeMap::new)
         .insert(MANAGED_BY_LABEL.into(), MANAGER.into());
-    if let Some(identity) = identity {
+    let text = |value: &str| ByteString(value.as_bytes().to_vec());
+    if let Contents::EnrollingKey(key_pem) = contents {
         let data = secret.data.get_or_insert_with(BTreeMap::new);
-        let text = |value: &str| ByteString(value.as_bytes().to_vec());
+        if let Some(mut old) = data.insert(ENROLLING_KEY_FILE.to_string(), text(key_pem)) {
+            old.0.zeroize();
+        }
+    }
+    if let Contents::Identity(identity) = contents {
+        let data = secret.data.get_or_insert_with(BTreeMap::new);
+        if let Some(mut old) = data.remove(ENROLLING_KEY_FILE) {
+            old.0.zeroize();
+        }
         let entries = [
             (CLUSTER_FILE, text(&identity.cluster)),
             (SERVER_CA_FILE, text(&identity.server_ca_pem)),
@@ -227,7 +272,7 @@ mod tests {
     #[tokio::test]
     async fn the_identity_secret_round_trips_and_keeps_other_keys() {
         let object = identity_object();
-        let created = desired_identity_secret(None, &object, Some(&identity()));
+        let created = desired_identity_secret(None, &object, Contents::Identity(&identity()));
         assert_eq!(
             created.metadata.name.as_deref(),
             Some("trustplane-agent-identity")
@@ -246,7 +291,8 @@ mod tests {
         with_extra.metadata.resource_version = Some("12".into());
         let mut moved = identity();
         moved.server = Some("https://elsewhere:8443".into());
-        let updated = desired_identity_secret(Some(&with_extra), &object, Some(&moved));
+        let updated =
+            desired_identity_secret(Some(&with_extra), &object, Contents::Identity(&moved));
         assert_eq!(text(&updated, "note").as_deref(), Some("kept"));
         assert_eq!(
             text(&updated, SERVER_FILE).as_deref(),
@@ -254,8 +300,30 @@ mod tests {
         );
         assert_eq!(updated.metadata.resource_version.as_deref(), Some("12"));
 
-        let probe = desired_identity_secret(None, &object, None);
+        let probe = desired_identity_secret(None, &object, Contents::Nothing);
         assert!(probe.data.is_none(), "a dry run carries no identity");
+    }
+
+    #[tokio::test]
+    async fn the_enrolling_key_is_kept_until_the_identity_replaces_it() {
+        let object = identity_object();
+        let key = Zeroizing::new("enrolling key pem".to_string());
+        let enrolling = desired_identity_secret(None, &object, Contents::EnrollingKey(&key));
+        assert_eq!(
+            text(&enrolling, ENROLLING_KEY_FILE).as_deref(),
+            Some("enrolling key pem")
+        );
+        assert!(
+            matches!(stored_identity(&enrolling), StoredIdentity::Absent),
+            "an enrolling key alone is no identity"
+        );
+        let saved =
+            desired_identity_secret(Some(&enrolling), &object, Contents::Identity(&identity()));
+        assert!(text(&saved, ENROLLING_KEY_FILE).is_none());
+        assert!(matches!(
+            stored_identity(&saved),
+            StoredIdentity::Complete(_)
+        ));
     }
 
     #[test]

@@ -131,6 +131,14 @@ fn refused_enrollment_tells_how_to_get_a_new_token() {
     .to_string();
     assert!(text.contains("token already used"));
     assert!(text.contains("ask your admin for a new token (`trustplane cluster add <name>`)"));
+    // The server's own advice (a used token: remove, then add) is not
+    // contradicted by the generic one.
+    let text = AgentError::EnrollmentRefused {
+        message: "join token for cluster \"e0\" was already used at 2026-01-01T00:00:00Z; if this cluster's agent lost its identity, run `trustplane cluster remove e0` then `trustplane cluster add e0` for a new token".into(),
+    }
+    .to_string();
+    assert!(text.ends_with("for a new token"), "{text}");
+    assert!(!text.contains("ask your admin"), "{text}");
     assert!(enrollment_refused(tonic::Code::PermissionDenied));
     assert!(enrollment_refused(tonic::Code::Unauthenticated));
     assert!(enrollment_refused(tonic::Code::InvalidArgument));

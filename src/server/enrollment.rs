@@ -194,6 +194,8 @@ impl Enrollment {
             created_unix: system_time_to_unix(now),
             expires_unix: system_time_to_unix(expires),
             used_unix: None,
+            used_key_sha256: None,
+            used_serial: None,
         };
         let batch = self.without_tokens_of(name, Batch::new())?.put_json(
             Table::Clusters,
@@ -227,7 +229,11 @@ impl Enrollment {
 
     /// Exchanges a join token for a control-plane client certificate. The
     /// token is marked used in the same transaction that records the new
-    /// certificate, so a replay is refused.
+    /// certificate, so a replay is refused, with one exception: an agent
+    /// killed before it saved its certificate may repeat `Enroll` with the
+    /// same token and the same key (before the token's expiry, while that
+    /// certificate is still the cluster's and has not reported); it gets a
+    /// fresh certificate whose serial replaces the unclaimed one.
     ///
     /// Errors: [`ServerError::JoinToken`] (unknown, used, expired, another
     /// cluster's, used concurrently), CSR errors, store errors.
@@ -256,22 +262,41 @@ impl Enrollment {
         if token_record.cluster != cluster {
             return Err(refused("belongs to another cluster"));
         }
-        if let Some(used) = token_record.used_unix {
-            return Err(refused(&format!(
-                "was already used at {}",
-                humantime::format_rfc3339_seconds(unix_to_system_time(used))
-            )));
-        }
-        if system_time_to_unix(now) >= token_record.expires_unix {
+        let expired = system_time_to_unix(now) >= token_record.expires_unix;
+        let (cluster_record, cluster_version) = core
+            .cluster(cluster)?
+            .ok_or_else(|| refused("names a cluster that was removed"))?;
+        let csr = ca::verify_csr(client_csr_pem.as_bytes())?;
+        let key_sha256 = hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &csr.public_key.spki_der,
+        ));
+        // A used token is answered again only for a repeat of its
+        // enrollment: same key, before its expiry, and the certificate
+        // issued for it still the cluster's and never used to report (the
+        // agent died before it saved the answer).
+        let repeat = match token_record.used_unix {
+            None => None,
+            Some(used) => {
+                let same_key = token_record.used_key_sha256.as_deref() == Some(key_sha256.as_str());
+                let unclaimed = token_record.used_serial.is_some()
+                    && cluster_record.client_cert_serial == token_record.used_serial
+                    && cluster_record.report.is_none();
+                if !(same_key && unclaimed && !expired) {
+                    return Err(ServerError::JoinToken(format!(
+                        "join token for cluster {cluster:?} was already used at {}; if this cluster's agent lost its identity, run `trustplane cluster remove {cluster}` then `trustplane cluster add {cluster}` for a new token",
+                        humantime::format_rfc3339_seconds(unix_to_system_time(used))
+                    )));
+                }
+                token_record.used_serial.clone()
+            }
+        };
+        if expired {
             return Err(refused(&format!(
                 "expired at {}",
                 humantime::format_rfc3339_seconds(unix_to_system_time(token_record.expires_unix))
             )));
         }
-        let (cluster_record, cluster_version) = core
-            .cluster(cluster)?
-            .ok_or_else(|| refused("names a cluster that was removed"))?;
-        let csr = ca::verify_csr(client_csr_pem.as_bytes())?;
         let role = ControlPlaneRole::Client {
             uri: format!("{CLUSTER_IDENTITY_PREFIX}{cluster}"),
         };
@@ -289,24 +314,35 @@ impl Enrollment {
             )
         };
         // The token is marked used and the cluster enrolled in the same
-        // transaction that records the certificate.
+        // transaction that records the certificate; a repeat replaces the
+        // unclaimed certificate's serial in that transaction.
         let with = |batch: Batch, certificate: &Certificate| -> Result<Batch, ServerError> {
+            let serial = certificate.serial_hex()?;
             let mut enrolled = cluster_record.clone();
-            enrolled.enrolled_unix = Some(system_time_to_unix(now));
+            if repeat.is_none() {
+                enrolled.enrolled_unix = Some(system_time_to_unix(now));
+            }
             enrolled.previous_client_cert_serial = None;
-            enrolled.client_cert_serial = Some(certificate.serial_hex()?);
+            enrolled.client_cert_serial = Some(serial.clone());
             let mut used = token_record.clone();
-            used.used_unix = Some(system_time_to_unix(now));
+            used.used_unix = used.used_unix.or(Some(system_time_to_unix(now)));
+            used.used_key_sha256 = Some(key_sha256.clone());
+            used.used_serial = Some(serial.clone());
+            let detail = match &repeat {
+                None => format!(
+                    "cluster {cluster} enrolled with its join token; client certificate {serial}"
+                ),
+                Some(unclaimed) => format!(
+                    "cluster {cluster} repeated its enrollment with its join token and the same key (the first answer was never claimed); client certificate {serial} replaces {unclaimed}"
+                ),
+            };
             let batch = audit::append(
                 batch,
                 &core.kek,
                 system_time_to_unix(now),
                 &audit::cluster_actor(cluster),
                 "cluster-enroll",
-                format!(
-                    "cluster {cluster} enrolled with its join token; client certificate {}",
-                    certificate.serial_hex()?
-                ),
+                detail,
             );
             Ok(integrity::put_json(
                 batch,

@@ -268,9 +268,18 @@ pub struct TokenRecord {
     pub created_unix: i64,
     /// Expiry (Unix seconds).
     pub expires_unix: i64,
-    /// When it was used (Unix seconds); a used token is refused.
+    /// When it was used (Unix seconds); a used token is refused, except
+    /// for a repeat of its enrollment with the same key (see below).
     #[serde(default)]
     pub used_unix: Option<i64>,
+    /// SHA-256 hex of the public key (SPKI DER) the enrollment certificate
+    /// was issued for: an agent killed before it saved that certificate
+    /// may repeat `Enroll` with the same token and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_key_sha256: Option<String>,
+    /// Serial of the last certificate issued for this token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_serial: Option<String>,
 }
 
 /// An admin credential, in [`Table::Meta`] under `admin/<name>`.

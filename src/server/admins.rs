@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::audit::AuditTrail;
+use super::audit_trail::AuditTrail;
 use super::core::{Core, validate_name};
 use super::error::ServerError;
 use super::init::{issue_admin_credential, write_admin_credential};

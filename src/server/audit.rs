@@ -29,8 +29,7 @@ use std::time::SystemTime;
 
 use ring::digest::{SHA256, digest};
 
-use super::core::Core;
-use super::error::ServerError;
+use super::error::{ChainError, ServerError};
 use super::integrity;
 use crate::ca::system_time_to_unix;
 use crate::signer::sealed::Kek;
@@ -213,35 +212,6 @@ pub fn append(
             detail,
         }),
     )
-}
-
-/// The first entry (or the head) that does not verify, and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}", self.describe())]
-pub struct ChainError {
-    /// Sequence number of the first bad entry (`None`: the head itself).
-    pub seq: Option<u64>,
-    /// Its store key.
-    pub key: String,
-    /// Its time (Unix seconds), when it decodes.
-    pub unix: Option<i64>,
-    /// What is wrong.
-    pub problem: String,
-}
-
-impl ChainError {
-    fn describe(&self) -> String {
-        let time = self.unix.map_or_else(String::new, |unix| {
-            format!(
-                ", {}",
-                humantime::format_rfc3339_seconds(crate::ca::unix_to_system_time(unix))
-            )
-        });
-        match self.seq {
-            Some(seq) => format!("entry {seq} (key {}{time}): {}", self.key, self.problem),
-            None => format!("{}: {}", self.key, self.problem),
-        }
-    }
 }
 
 /// A chain that verifies: how many entries, and its authenticated head.
@@ -500,97 +470,11 @@ pub fn upgrade_store(
     })
 }
 
-/// Which entries [`AuditTrail::entries`] returns.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AuditQuery {
-    /// Only entries at or after this time (Unix seconds).
-    pub since_unix: Option<i64>,
-    /// Only this action, or the actions it is a `-`-separated prefix of
-    /// (`rotate` matches `rotate-start`).
-    pub action: Option<String>,
-    /// At most this many of the newest matching entries (at least 1).
-    pub limit: usize,
-}
-
-impl AuditQuery {
-    fn matches(&self, record: &AuditRecord) -> bool {
-        self.since_unix.is_none_or(|since| record.unix >= since)
-            && self.action.as_deref().is_none_or(|action| {
-                record.action == action
-                    || record
-                        .action
-                        .strip_prefix(action)
-                        .is_some_and(|rest| rest.starts_with('-'))
-            })
-    }
-}
-
-/// Adds entries to and reads the audit trail.
-#[derive(Clone, Debug)]
-pub struct AuditTrail {
-    core: Arc<Core>,
-}
-
-impl AuditTrail {
-    /// The audit trail over the shared state.
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
-    }
-
-    /// Adds to `batch` an entry: `actor` did `action`, described by
-    /// `detail`, now. The entry is linked to the chain's head when the
-    /// batch commits (so concurrent batches chain one after the other); the
-    /// commit fails if the head does not authenticate.
-    ///
-    /// Errors: none today; the `Result` leaves room for checks.
-    pub fn record(
-        &self,
-        batch: Batch,
-        actor: &str,
-        action: &str,
-        detail: String,
-    ) -> Result<Batch, ServerError> {
-        Ok(append(
-            batch,
-            &self.core.kek,
-            system_time_to_unix(self.core.now()),
-            actor,
-            action,
-            detail,
-        ))
-    }
-
-    /// Records, in a transaction of its own, an entry that changes nothing
-    /// else (a refused call). Errors: store errors.
-    pub fn record_alone(
-        &self,
-        actor: &str,
-        action: &str,
-        detail: String,
-    ) -> Result<(), ServerError> {
-        let batch = self.record(Batch::new(), actor, action, detail)?;
-        Ok(self.core.store.commit(batch)?)
-    }
-
-    /// The newest `query.limit` entries that match `query`, oldest first.
-    ///
-    /// Errors: store errors.
-    pub fn entries(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, ServerError> {
-        let entries: Vec<AuditRecord> =
-            records::list_json::<AuditRecord>(self.core.store.as_ref(), Table::Audit)?
-                .into_iter()
-                .map(|(_, record, _)| record)
-                .filter(|record| query.matches(record))
-                .collect();
-        let skip = entries.len().saturating_sub(query.limit.max(1));
-        Ok(entries.into_iter().skip(skip).collect())
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::server::audit_trail::AuditQuery;
     use crate::store::MemoryStore;
 
     fn entry(unix: i64, action: &str) -> AuditRecord {

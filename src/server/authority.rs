@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::admins::Admins;
-use super::audit::AuditTrail;
+use super::audit_trail::AuditTrail;
 use super::core::Core;
 use super::enrollment::Enrollment;
 use super::error::ServerError;

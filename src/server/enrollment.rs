@@ -10,7 +10,8 @@ use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use super::audit::{self, AuditTrail};
+use super::audit;
+use super::audit_trail::AuditTrail;
 use super::core::{Core, validate_cluster_name};
 use super::error::ServerError;
 use super::integrity;

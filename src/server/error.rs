@@ -89,7 +89,7 @@ pub enum ServerError {
     /// The audit chain does not verify (an entry edited, deleted, reordered
     /// or added, or a head that does not authenticate).
     #[error("audit chain: {0}")]
-    AuditChain(#[from] super::audit::ChainError),
+    AuditChain(#[from] ChainError),
     /// A record the store must hold is missing (the store is inconsistent).
     #[error("{what} is missing from the store")]
     Missing {
@@ -301,5 +301,34 @@ impl From<ServerError> for tonic::Status {
             );
         }
         status
+    }
+}
+
+/// The first entry (or the head) that does not verify, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct ChainError {
+    /// Sequence number of the first bad entry (`None`: the head itself).
+    pub seq: Option<u64>,
+    /// Its store key.
+    pub key: String,
+    /// Its time (Unix seconds), when it decodes.
+    pub unix: Option<i64>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl ChainError {
+    fn describe(&self) -> String {
+        let time = self.unix.map_or_else(String::new, |unix| {
+            format!(
+                ", {}",
+                humantime::format_rfc3339_seconds(crate::ca::unix_to_system_time(unix))
+            )
+        });
+        match self.seq {
+            Some(seq) => format!("entry {seq} (key {}{time}): {}", self.key, self.problem),
+            None => format!("{}: {}", self.key, self.problem),
+        }
     }
 }

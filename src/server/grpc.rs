@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use super::audit::AuditQuery;
+use super::audit_trail::AuditQuery;
 use super::authority::Authority;
 use super::core::ClusterBundle;
 use super::enrollment::Caller;

@@ -7,7 +7,8 @@
 //! identities), `registry` (clusters, push targets, reports, reissue),
 //! `issuance` (intermediates; the one place an issued certificate is
 //! recorded), `publication` (bundle versions, watchers), `rotation`, `audit`
-//! (the hash-chained audit trail), `integrity` (MACs on the records that
+//! (the hash chain: entries, the authenticated head, verification) and
+//! `audit_trail` (the trail as the server adds to and reads it), `integrity` (MACs on the records that
 //! decide trust), `admins` (named admin credentials), with `rotation_view`
 //! (its options, status and plan as values) — and
 //! `authority` (all of them as one value); `grpc` (the only file that
@@ -18,6 +19,7 @@
 
 mod admins;
 mod audit;
+mod audit_trail;
 pub mod authority;
 mod core;
 mod enrollment;
@@ -45,15 +47,17 @@ pub use self::core::{
     load_sealed_key, load_signer, validate_cluster_name,
 };
 pub use audit::{
-    AuditQuery, AuditTrail, ChainError, ChainSummary, GENESIS_HASH, OFFLINE_ACTOR, Upgraded,
-    cluster_actor, entry_hash, entry_key, upgrade_store, verify_chain,
+    ChainSummary, GENESIS_HASH, OFFLINE_ACTOR, Upgraded, cluster_actor, entry_hash, entry_key,
+    upgrade_store, verify_chain,
 };
+pub use audit_trail::{AuditQuery, AuditTrail};
 pub use authority::Authority;
 pub use enrollment::{
     ADMIN_CERT_LIFETIME, ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, CLUSTER_IDENTITY_PREFIX,
     Caller, DEFAULT_TOKEN_TTL, Enrolled, Enrollment, MAX_CLIENT_CERT_LIFETIME, RenewedIdentity,
     SERVER_CERT_LIFETIME, cluster_from_token, token_hash,
 };
+pub use error::ChainError;
 pub use error::ServerError;
 pub use init::{DataDir, InitOptions, InitOutcome, admin_credential_paths, initialize};
 pub use issuance::{Issuance, LocalIssue, SignedIntermediate};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::audit::AuditTrail;
+use super::audit_trail::AuditTrail;
 use super::core::{ClusterBundle, Core, PublishedBundle, bundle_record};
 use super::error::ServerError;
 use super::integrity;

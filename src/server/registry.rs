@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::audit::AuditTrail;
+use super::audit_trail::AuditTrail;
 use super::core::{Core, PublishedBundle, is_conflict, validate_cluster_name};
 use super::enrollment::Enrollment;
 use super::error::ServerError;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::audit::AuditTrail;
+use super::audit_trail::AuditTrail;
 use super::core::{Core, load_signer};
 use super::error::ServerError;
 use super::init::put_root;

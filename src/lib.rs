@@ -20,6 +20,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod policy;
 pub mod reconcile;
 pub mod rotation;

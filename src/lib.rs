@@ -20,6 +20,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hardening;
 pub mod kubeconfig;
 pub mod policy;

@@ -1,11 +1,12 @@
 //! The SPIFFE trust bundle format: a JWK set with one `x509-svid` key per
-//! root (SPIFFE Trust Domain and Bundle specification, section 4).
+//! root (SPIFFE Trust Domain and Bundle specification, section 4), written
+//! for the bundle and read back the way a SPIFFE consumer reads it.
 
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use x509_parser::oid_registry::{OID_EC_P256, OID_NIST_EC_P384};
 use x509_parser::public_key::PublicKey;
 
@@ -21,7 +22,7 @@ struct SpiffeBundle {
 }
 
 /// One root as a JWK.
-#[derive(Serialize)]
+#[derive(Debug, PartialEq, Eq, Serialize)]
 pub(super) struct JsonWebKey {
     #[serde(rename = "use")]
     usage: &'static str,
@@ -141,4 +142,101 @@ fn unsupported(message: String) -> BundleError {
         advice: "",
         source: None,
     })
+}
+
+/// A SPIFFE bundle as read back: its X.509 authorities in document order
+/// and the two SPIFFE parameters when present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpiffeBundleContents {
+    /// The `x509-svid` roots, in the order of `keys`.
+    pub roots: Vec<Certificate>,
+    /// `spiffe_sequence`.
+    pub sequence: Option<u64>,
+    /// `spiffe_refresh_hint`, in seconds.
+    pub refresh_hint: Option<u64>,
+}
+
+/// The document as read; fields the reader does not use are ignored, as the
+/// specification asks of consumers.
+#[derive(Deserialize)]
+struct SpiffeBundleDocument {
+    keys: Vec<JsonWebKeyDocument>,
+    spiffe_sequence: Option<u64>,
+    spiffe_refresh_hint: Option<u64>,
+}
+
+/// One JWK as read.
+#[derive(Deserialize)]
+struct JsonWebKeyDocument {
+    #[serde(rename = "use")]
+    usage: Option<String>,
+    kty: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x5c: Option<Vec<String>>,
+}
+
+/// Reads a SPIFFE bundle: every `x509-svid` key must carry exactly one
+/// `x5c` certificate that is a CA and whose public key is the one the JWK
+/// parameters state (`kty`, `crv`, `x`, `y` / `n`, `e`, compared with what
+/// [`spiffe_bundle_json`] writes for that certificate). Keys of another
+/// `use` (e.g. `jwt-svid`) are skipped.
+///
+/// Errors: [`BundleError::MalformedSpiffe`] naming the key and the problem,
+/// [`BundleError::InvalidRoot`] for a certificate that does not parse, is
+/// not a CA or has a key the format cannot express.
+pub fn read_spiffe_bundle_json(text: &str) -> Result<SpiffeBundleContents, BundleError> {
+    let document: SpiffeBundleDocument =
+        serde_json::from_str(text).map_err(|error| malformed(format!("not a JWK set: {error}")))?;
+    let mut roots = Vec::new();
+    for (index, key) in document.keys.into_iter().enumerate() {
+        if key.usage.as_deref() != Some("x509-svid") {
+            continue;
+        }
+        let [encoded] = key.x5c.as_deref().unwrap_or_default() else {
+            return Err(malformed(format!(
+                "keys[{index}]: an x509-svid key needs exactly one x5c certificate"
+            )));
+        };
+        let der = STANDARD
+            .decode(encoded)
+            .map_err(|error| malformed(format!("keys[{index}].x5c[0]: not base64: {error}")))?;
+        let root = Certificate::from_der(der).map_err(invalid)?;
+        root.require_ca().map_err(invalid)?;
+        let expected = json_web_key(&root)?;
+        let stated = (
+            key.kty.as_deref(),
+            key.crv.as_deref(),
+            key.x.as_deref(),
+            key.y.as_deref(),
+            key.n.as_deref(),
+            key.e.as_deref(),
+        );
+        let certified = (
+            Some(expected.kty),
+            expected.crv,
+            expected.x.as_deref(),
+            expected.y.as_deref(),
+            expected.n.as_deref(),
+            expected.e.as_deref(),
+        );
+        if stated != certified {
+            return Err(malformed(format!(
+                "keys[{index}]: the key parameters are not those of its x5c certificate"
+            )));
+        }
+        roots.push(root);
+    }
+    Ok(SpiffeBundleContents {
+        roots,
+        sequence: document.spiffe_sequence,
+        refresh_hint: document.spiffe_refresh_hint,
+    })
+}
+
+fn malformed(problem: String) -> BundleError {
+    BundleError::MalformedSpiffe { problem }
 }

@@ -27,6 +27,8 @@ mod jwks;
 
 use std::time::Duration;
 
+pub use jwks::{SpiffeBundleContents, read_spiffe_bundle_json};
+
 use crate::ca::Certificate;
 
 /// A versioned set of trusted roots for one trust domain.
@@ -63,6 +65,12 @@ pub enum BundleError {
     /// The version cannot be incremented any further.
     #[error("bundle version {0} cannot be incremented")]
     VersionExhausted(u64),
+    /// A SPIFFE bundle document that does not follow the format.
+    #[error("malformed SPIFFE bundle: {problem}")]
+    MalformedSpiffe {
+        /// What is wrong, and where.
+        problem: String,
+    },
 }
 
 impl TrustBundle {
@@ -623,6 +631,56 @@ mod tests {
     #[test]
     fn spiffe_bundle_expresses_a_p384_root_as_an_ec_key() -> TestResult {
         assert_ec_key(&rcgen::PKCS_ECDSA_P384_SHA384, "P-384", 48)
+    }
+
+    #[test]
+    fn a_written_spiffe_bundle_reads_back_as_the_same_roots() -> TestResult {
+        let (rsa, _) = rsa_root()?;
+        let p384 = ec_root("p384", &rcgen::PKCS_ECDSA_P384_SHA384)?.0;
+        let bundle = TrustBundle::new(TRUST_DOMAIN, 7, vec![p256_root("a")?, p384, rsa])?
+            .newest_repeated(true);
+        let read = read_spiffe_bundle_json(&bundle.spiffe_bundle_json(Duration::from_secs(300))?)?;
+        assert_eq!(read.roots, bundle.roots());
+        assert_eq!(read.sequence, Some(7));
+        assert_eq!(read.refresh_hint, Some(300));
+        Ok(())
+    }
+
+    #[test]
+    fn a_spiffe_key_that_is_not_its_certificates_key_is_refused() -> TestResult {
+        let (a, b) = (p256_root("a")?, p256_root("b")?);
+        let mut json = bundle_json(&TrustBundle::new(TRUST_DOMAIN, 1, vec![a])?)?;
+        let other = bundle_json(&TrustBundle::new(TRUST_DOMAIN, 1, vec![b])?)?;
+        json["keys"][0]["x"] = other["keys"][0]["x"].clone();
+        let result = read_spiffe_bundle_json(&json.to_string());
+        assert!(
+            matches!(&result, Err(BundleError::MalformedSpiffe { problem })
+                if problem == "keys[0]: the key parameters are not those of its x5c certificate"),
+            "{result:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_spiffe_x509_key_needs_exactly_one_certificate_and_other_uses_are_skipped() -> TestResult {
+        let root = p256_root("a")?;
+        let mut json = bundle_json(&TrustBundle::new(TRUST_DOMAIN, 1, vec![root.clone()])?)?;
+        let jwt_key = serde_json::json!({"use": "jwt-svid", "kty": "EC", "kid": "k"});
+        json["keys"]
+            .as_array_mut()
+            .ok_or("keys is not an array")?
+            .insert(0, jwt_key);
+        assert_eq!(read_spiffe_bundle_json(&json.to_string())?.roots, [root]);
+
+        let x5c = json["keys"][1]["x5c"][0].clone();
+        json["keys"][1]["x5c"] = serde_json::json!([x5c.clone(), x5c]);
+        let result = read_spiffe_bundle_json(&json.to_string());
+        assert!(
+            matches!(&result, Err(BundleError::MalformedSpiffe { problem })
+                if problem == "keys[1]: an x509-svid key needs exactly one x5c certificate"),
+            "{result:?}"
+        );
+        Ok(())
     }
 
     #[test]

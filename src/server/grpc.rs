@@ -609,20 +609,23 @@ impl AdminService for AdminApi {
         if !kubeconfig.is_empty() {
             let secret_format = wire::secret_format(body.format, &body.secret_format)
                 .map_err(ServerError::InvalidArgument)?;
-            self.authority.registry.add_push_cluster(
-                &admin,
-                &body.name,
-                &kubeconfig,
-                &body.namespace,
-                secret_format,
-            )?;
+            off_workers(&self.authority, "AddCluster", move |authority| {
+                authority.registry.add_push_cluster(
+                    &admin,
+                    &body.name,
+                    &kubeconfig,
+                    &body.namespace,
+                    secret_format,
+                )
+            })
+            .await?;
             return Ok(Response::new(proto::AddClusterResponse::default()));
         }
         let ttl = (body.token_ttl_seconds > 0).then(|| Duration::from_secs(body.token_ttl_seconds));
-        let (token, expires) = self
-            .authority
-            .enrollment
-            .add_cluster(&admin, &body.name, ttl)?;
+        let (token, expires) = off_workers(&self.authority, "AddCluster", move |authority| {
+            authority.enrollment.add_cluster(&admin, &body.name, ttl)
+        })
+        .await?;
         Ok(Response::new(proto::AddClusterResponse {
             join_token: token.to_string(),
             token_expires_unix: crate::ca::system_time_to_unix(expires),
@@ -651,9 +654,11 @@ impl AdminService for AdminApi {
         request: Request<proto::RemoveClusterRequest>,
     ) -> Result<Response<proto::RemoveClusterResponse>, Status> {
         let admin = require_role(&self.authority, &request, Permission::Operate)?;
-        self.authority
-            .registry
-            .remove_cluster(&admin, &request.into_inner().name)?;
+        let name = request.into_inner().name;
+        off_workers(&self.authority, "RemoveCluster", move |authority| {
+            authority.registry.remove_cluster(&admin, &name)
+        })
+        .await?;
         Ok(Response::new(proto::RemoveClusterResponse {}))
     }
 
@@ -672,9 +677,11 @@ impl AdminService for AdminApi {
         request: Request<proto::ReissueClusterRequest>,
     ) -> Result<Response<proto::ReissueClusterResponse>, Status> {
         let admin = require_role(&self.authority, &request, Permission::Operate)?;
-        self.authority
-            .registry
-            .reissue_cluster(&request.into_inner().name, &admin)?;
+        let name = request.into_inner().name;
+        off_workers(&self.authority, "ReissueCluster", move |authority| {
+            authority.registry.reissue_cluster(&name, &admin)
+        })
+        .await?;
         Ok(Response::new(proto::ReissueClusterResponse {}))
     }
 
@@ -725,9 +732,11 @@ impl AdminService for AdminApi {
         let admin = require_role(&self.authority, &request, Permission::Operate)?;
         let body = request.into_inner();
         let expected = expected_phase(body.expected, &body.expected_phase)?;
-        Ok(Response::new(rotation_status_message(
-            self.authority.rotation.advance(&admin, expected)?,
-        )))
+        let status = off_workers(&self.authority, "RotateAdvance", move |authority| {
+            authority.rotation.advance(&admin, expected)
+        })
+        .await?;
+        Ok(Response::new(rotation_status_message(status)))
     }
 
     async fn rotate_abort(
@@ -737,9 +746,11 @@ impl AdminService for AdminApi {
         let admin = require_role(&self.authority, &request, Permission::Operate)?;
         let body = request.into_inner();
         let expected = expected_phase(body.expected, &body.expected_phase)?;
-        Ok(Response::new(rotation_status_message(
-            self.authority.rotation.abort(&admin, expected)?,
-        )))
+        let status = off_workers(&self.authority, "RotateAbort", move |authority| {
+            authority.rotation.abort(&admin, expected)
+        })
+        .await?;
+        Ok(Response::new(rotation_status_message(status)))
     }
 
     async fn audit_log(

@@ -298,22 +298,8 @@ impl Enrollment {
                 humantime::format_rfc3339_seconds(unix_to_system_time(token_record.expires_unix))
             )));
         }
-        let role = ControlPlaneRole::Client {
-            uri: format!("{CLUSTER_IDENTITY_PREFIX}{cluster}"),
-        };
-        let sign = || {
-            std::future::ready(
-                ca::issue_control_plane_cert(
-                    &csr.public_key.spki_der,
-                    &role,
-                    &core.control_plane_ca,
-                    &core.control_plane_key,
-                    self.client_cert_lifetime,
-                    now,
-                )
-                .map_err(ServerError::from),
-            )
-        };
+        let sign =
+            || std::future::ready(self.sign_cluster_client(cluster, &csr.public_key.spki_der, now));
         // The token is marked used and the cluster enrolled in the same
         // transaction that records the certificate; a repeat replaces the
         // unclaimed certificate's serial in that transaction.
@@ -382,6 +368,30 @@ impl Enrollment {
         })
     }
 
+    /// Signs a control-plane client certificate of `cluster` for the public
+    /// key `spki_der`, valid from `now` for the agent client lifetime (the
+    /// one signing step of enrollment and renewal).
+    ///
+    /// Errors: signing errors.
+    fn sign_cluster_client(
+        &self,
+        cluster: &str,
+        spki_der: &[u8],
+        now: SystemTime,
+    ) -> Result<Certificate, ServerError> {
+        let role = ControlPlaneRole::Client {
+            uri: format!("{CLUSTER_IDENTITY_PREFIX}{cluster}"),
+        };
+        Ok(ca::issue_control_plane_cert(
+            spki_der,
+            &role,
+            &self.core.control_plane_ca,
+            &self.core.control_plane_key,
+            self.client_cert_lifetime,
+            now,
+        )?)
+    }
+
     /// Replaces `cluster`'s control-plane client certificate, presented with
     /// serial `presented_serial`, by one for the key in `client_csr_pem`.
     /// The new serial replaces the old on the cluster record (compare-and-swap)
@@ -408,31 +418,18 @@ impl Enrollment {
         // The current certificate, or the one the last renewal replaced when
         // its answer was lost (the new one was never used): then that
         // unused certificate is replaced in turn.
-        let previous = if record.client_cert_serial.as_deref() == Some(presented_serial) {
-            Some(presented_serial.to_string())
-        } else if record.previous_client_cert_serial.as_deref() == Some(presented_serial) {
-            record.previous_client_cert_serial.clone()
-        } else {
+        // Either way, the presented certificate is the one that stays
+        // accepted for another renewal until the new one is used.
+        if record.client_cert_serial.as_deref() != Some(presented_serial)
+            && record.previous_client_cert_serial.as_deref() != Some(presented_serial)
+        {
             return Err(superseded());
-        };
+        }
+        let previous = Some(presented_serial.to_string());
         let csr = ca::verify_csr(client_csr_pem.as_bytes())?;
         let now = core.now();
-        let role = ControlPlaneRole::Client {
-            uri: format!("{CLUSTER_IDENTITY_PREFIX}{cluster}"),
-        };
-        let sign = || {
-            std::future::ready(
-                ca::issue_control_plane_cert(
-                    &csr.public_key.spki_der,
-                    &role,
-                    &core.control_plane_ca,
-                    &core.control_plane_key,
-                    self.client_cert_lifetime,
-                    now,
-                )
-                .map_err(ServerError::from),
-            )
-        };
+        let sign =
+            || std::future::ready(self.sign_cluster_client(cluster, &csr.public_key.spki_der, now));
         let with = |batch: Batch, certificate: &Certificate| -> Result<Batch, ServerError> {
             let serial = certificate.serial_hex()?;
             let mut renewed = record.clone();

@@ -48,7 +48,12 @@ fn caller<T>(authority: &Authority, request: &Request<T>) -> Result<Caller, Serv
 }
 
 fn require_cluster<T>(authority: &Authority, request: &Request<T>) -> Result<String, ServerError> {
-    match caller(authority, request)? {
+    cluster_only(caller(authority, request)?)
+}
+
+/// The cluster a caller is; an admin is refused (cluster-only calls).
+fn cluster_only(caller: Caller) -> Result<String, ServerError> {
+    match caller {
         Caller::Cluster(name) => Ok(name),
         Caller::Admin { .. } => Err(ServerError::PermissionDenied(
             "this call is for cluster agents; admins use AdminService".into(),
@@ -560,15 +565,7 @@ impl IntermediateService for IntermediateApi {
         &self,
         request: Request<proto::RenewIdentityRequest>,
     ) -> Result<Response<proto::RenewIdentityResponse>, Status> {
-        let cluster = match identify_renewing(&self.authority, &request)? {
-            Caller::Cluster(name) => name,
-            Caller::Admin { .. } => {
-                return Err(ServerError::PermissionDenied(
-                    "this call is for cluster agents; admins use AdminService".into(),
-                )
-                .into());
-            }
-        };
+        let cluster = cluster_only(identify_renewing(&self.authority, &request)?)?;
         let serial = presented_serial(&request)?;
         let body = request.into_inner();
         let runtime = tokio::runtime::Handle::current();

@@ -32,6 +32,7 @@ pub mod signer;
 pub mod sink;
 pub mod store;
 pub mod telemetry;
+pub mod vault;
 pub mod wire;
 
 // The test fixtures shared with the integration tests name the crate

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod fixtures;
 pub mod mesh;
+pub mod openbao;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,17 +7,21 @@
 //! do. Does not own: what is stored or signed there.
 
 mod error;
+pub mod pki;
 
 pub use error::{VaultError, VaultErrorKind, classify, retry};
 
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use zeroize::Zeroizing;
 
 /// How to reach and log in to Vault. Every field is a flag whose
 /// environment form is the conventional Vault variable where one exists.
+/// Login: `VAULT_TOKEN` if set, else AppRole (`VAULT_ROLE_ID` +
+/// `VAULT_SECRET_ID`), else Kubernetes (`--vault-k8s-role`).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct VaultConfig {
     /// Vault's address, e.g. https://vault.example:8200.
@@ -32,6 +36,40 @@ pub struct VaultConfig {
     /// Vault Enterprise / OpenBao namespace (X-Vault-Namespace).
     #[arg(long = "vault-namespace", env = "VAULT_NAMESPACE")]
     pub namespace: Option<String>,
+    /// AppRole login: the role id (with VAULT_SECRET_ID).
+    #[arg(long = "vault-role-id", env = "VAULT_ROLE_ID", hide_env_values = true)]
+    pub role_id: Option<Secret>,
+    /// AppRole login: the secret id (with VAULT_ROLE_ID).
+    #[arg(
+        long = "vault-secret-id",
+        env = "VAULT_SECRET_ID",
+        hide_env_values = true
+    )]
+    pub secret_id: Option<Secret>,
+    /// Mount of the AppRole auth method.
+    #[arg(
+        long = "vault-approle-mount",
+        env = "TRUSTPLANE_VAULT_APPROLE_MOUNT",
+        default_value = "approle"
+    )]
+    pub approle_mount: String,
+    /// Kubernetes login: the Vault role bound to this pod's service account.
+    #[arg(long = "vault-k8s-role", env = "TRUSTPLANE_VAULT_K8S_ROLE")]
+    pub k8s_role: Option<String>,
+    /// Kubernetes login: the service-account token (JWT) file.
+    #[arg(
+        long = "vault-k8s-jwt-file",
+        env = "TRUSTPLANE_VAULT_K8S_JWT_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub k8s_jwt_file: PathBuf,
+    /// Mount of the Kubernetes auth method.
+    #[arg(
+        long = "vault-k8s-mount",
+        env = "TRUSTPLANE_VAULT_K8S_MOUNT",
+        default_value = "kubernetes"
+    )]
+    pub k8s_mount: String,
     /// PKI mount that holds the mesh root issuer.
     #[arg(
         long = "vault-pki-mount",
@@ -53,6 +91,69 @@ pub struct VaultConfig {
         default_value = "trustplane"
     )]
     pub kv_prefix: String,
+}
+
+impl VaultConfig {
+    /// How this configuration logs in.
+    ///
+    /// Errors: [`VaultErrorKind::Config`] when no method is complete.
+    fn login_method(&self) -> Result<LoginMethod, VaultError> {
+        if let Some(token) = &self.token {
+            return Ok(LoginMethod::Token(token.clone()));
+        }
+        match (&self.role_id, &self.secret_id) {
+            (Some(role_id), Some(secret_id)) => {
+                return Ok(LoginMethod::AppRole {
+                    role_id: role_id.clone(),
+                    secret_id: secret_id.clone(),
+                });
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(VaultError::config(
+                    "AppRole login needs both VAULT_ROLE_ID and VAULT_SECRET_ID (--vault-role-id, --vault-secret-id)",
+                ));
+            }
+            (None, None) => {}
+        }
+        if let Some(role) = &self.k8s_role {
+            return Ok(LoginMethod::Kubernetes { role: role.clone() });
+        }
+        Err(VaultError::config(
+            "no Vault credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID (AppRole), or --vault-k8s-role (Kubernetes auth)",
+        ))
+    }
+}
+
+/// How trustplane logs in to Vault.
+#[derive(Clone, Debug)]
+enum LoginMethod {
+    /// A given token: renewed, never replaced.
+    Token(Secret),
+    /// AppRole: logs in again when the token cannot be renewed.
+    AppRole { role_id: Secret, secret_id: Secret },
+    /// Kubernetes auth with the service-account JWT (read at each login,
+    /// since the kubelet rotates it).
+    Kubernetes { role: String },
+}
+
+impl LoginMethod {
+    fn name(&self) -> &'static str {
+        match self {
+            LoginMethod::Token(_) => "token",
+            LoginMethod::AppRole { .. } => "approle",
+            LoginMethod::Kubernetes { .. } => "kubernetes",
+        }
+    }
+}
+
+/// What a login or renewal gave: the token's time to live (None: it never
+/// expires, e.g. a root token) and whether it may be renewed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenLease {
+    /// Time to live from when it was read.
+    pub ttl: Option<Duration>,
+    /// Whether `renew-self` may extend it.
+    pub renewable: bool,
 }
 
 /// A secret string from a flag or the environment: wiped on drop, never
@@ -77,7 +178,11 @@ impl std::str::FromStr for Secret {
 /// swapped when it is renewed or the login is repeated.
 pub struct Vault {
     config: VaultConfig,
+    method: LoginMethod,
     client: RwLock<Arc<VaultClient>>,
+    lease: Mutex<TokenLease>,
+    /// Serialises logins, so a burst of 403s logs in once.
+    login_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -85,46 +190,37 @@ impl std::fmt::Debug for Vault {
         f.debug_struct("Vault")
             .field("addr", &self.config.addr)
             .field("namespace", &self.config.namespace)
+            .field("login", &self.method.name())
             .finish_non_exhaustive()
     }
 }
 
 impl Vault {
-    /// Connects and logs in.
+    /// Connects and logs in (token, AppRole or Kubernetes auth), and keeps
+    /// the token alive in a background task: renewed at ⅔ of its TTL,
+    /// or (AppRole, Kubernetes) replaced by a new login when it cannot be.
     ///
     /// Errors: [`VaultError`] with kind [`VaultErrorKind::Config`] for
     /// settings that cannot work, and the login's errors.
     pub async fn connect(config: VaultConfig) -> Result<Arc<Vault>, VaultError> {
-        let addr = config.addr.clone().ok_or_else(|| {
-            VaultError::config("no Vault address: set VAULT_ADDR or --vault-addr")
-        })?;
-        let token = config
-            .token
-            .as_ref()
-            .map(|token| token.0.to_string())
-            .ok_or_else(|| {
-                VaultError::config("no Vault credentials: set VAULT_TOKEN or --vault-token")
-            })?;
+        let method = config.login_method()?;
         // reqwest takes the process's default rustls provider: ring, the
         // one TLS stack of this crate (main installs it too; idempotent).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut settings = VaultClientSettingsBuilder::default();
-        settings.address(addr).token(token);
-        if let Some(cacert) = &config.cacert {
-            settings.ca_certs(vec![cacert.display().to_string()]);
-        }
-        if let Some(namespace) = &config.namespace {
-            settings.set_namespace(namespace.clone());
-        }
-        let settings = settings
-            .build()
-            .map_err(|error| VaultError::config(format!("Vault client settings: {error}")))?;
-        let client = VaultClient::new(settings)
-            .map_err(|error| VaultError::config(format!("Vault client: {error}")))?;
-        Ok(Arc::new(Vault {
+        let anonymous = Arc::new(client_with_token(&config, "")?);
+        let vault = Arc::new(Vault {
             config,
-            client: RwLock::new(Arc::new(client)),
-        }))
+            method,
+            client: RwLock::new(anonymous),
+            lease: Mutex::new(TokenLease {
+                ttl: None,
+                renewable: false,
+            }),
+            login_lock: tokio::sync::Mutex::new(()),
+        });
+        vault.login().await?;
+        tokio::spawn(keep_alive(Arc::downgrade(&vault)));
+        Ok(vault)
     }
 
     /// The client with the current token.
@@ -139,4 +235,211 @@ impl Vault {
     pub fn config(&self) -> &VaultConfig {
         &self.config
     }
+
+    /// The token's lease as last read (login, lookup or renewal).
+    pub fn lease(&self) -> TokenLease {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Logs in with the configured method and swaps in the new token.
+    ///
+    /// Errors: [`VaultError`] naming the login path.
+    pub async fn login(&self) -> Result<TokenLease, VaultError> {
+        let _guard = self.login_lock.lock().await;
+        let anonymous = client_with_token(&self.config, "")?;
+        let (token, lease) = match &self.method {
+            LoginMethod::Token(token) => {
+                let client = client_with_token(&self.config, &token.0)?;
+                let lease = lookup_self(&client).await?;
+                (token.0.clone(), lease)
+            }
+            LoginMethod::AppRole { role_id, secret_id } => {
+                let mount = &self.config.approle_mount;
+                let path = format!("auth/{mount}/login");
+                let info =
+                    vaultrs::auth::approle::login(&anonymous, mount, &role_id.0, &secret_id.0)
+                        .await
+                        .map_err(|error| classify(&path, error))?;
+                (Zeroizing::new(info.client_token), lease_of(info.lease_duration, info.renewable))
+            }
+            LoginMethod::Kubernetes { role } => {
+                let mount = &self.config.k8s_mount;
+                let path = format!("auth/{mount}/login");
+                let file = &self.config.k8s_jwt_file;
+                let jwt = std::fs::read_to_string(file).map(Zeroizing::new).map_err(|error| {
+                    VaultError::config(format!(
+                        "Kubernetes auth: cannot read the service-account token {}: {error}",
+                        file.display()
+                    ))
+                })?;
+                let info = vaultrs::auth::kubernetes::login(&anonymous, mount, role, jwt.trim())
+                    .await
+                    .map_err(|error| classify(&path, error))?;
+                (Zeroizing::new(info.client_token), lease_of(info.lease_duration, info.renewable))
+            }
+        };
+        let client = Arc::new(client_with_token(&self.config, &token)?);
+        *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+        tracing::info!(method = self.method.name(), ttl = ?lease.ttl, "logged in to Vault");
+        Ok(lease)
+    }
+
+    /// Renews the current token (`auth/token/renew-self`).
+    ///
+    /// Errors: [`VaultError`] naming `auth/token/renew-self`.
+    pub async fn renew(&self) -> Result<TokenLease, VaultError> {
+        let path = "auth/token/renew-self";
+        let info = vaultrs::token::renew_self(self.client().as_ref(), None)
+            .await
+            .map_err(|error| classify(path, error))?;
+        let lease = lease_of(info.lease_duration, info.renewable);
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+        Ok(lease)
+    }
+
+    /// Whether a 403 may be cured by logging in again (AppRole and
+    /// Kubernetes; a given token cannot be replaced by trustplane).
+    fn can_log_in_again(&self) -> bool {
+        !matches!(self.method, LoginMethod::Token(_))
+    }
+
+    /// Runs `call` on the current client: transient failures are retried
+    /// (`attempts` in all, with backoff); a 403 under AppRole or Kubernetes
+    /// auth (an expired token) logs in again once and repeats the call.
+    ///
+    /// Errors: the call's, classified for `path`.
+    pub async fn call<T, F, Fut>(&self, path: &str, attempts: u32, call: F) -> Result<T, VaultError>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, vaultrs::error::ClientError>>,
+    {
+        let once = || async {
+            retry(attempts, || {
+                let pending = call(self.client());
+                async move { pending.await.map_err(|error| classify(path, error)) }
+            })
+            .await
+        };
+        match once().await {
+            Err(error)
+                if error.kind == VaultErrorKind::PermissionDenied && self.can_log_in_again() =>
+            {
+                tracing::warn!(error = %error, "Vault refused the token; logging in again");
+                self.login().await?;
+                once().await
+            }
+            other => other,
+        }
+    }
+}
+
+/// A client for `config` carrying `token`. Every setting is given
+/// explicitly, so vaultrs reads no environment variable itself.
+fn client_with_token(config: &VaultConfig, token: &str) -> Result<VaultClient, VaultError> {
+    let addr = config
+        .addr
+        .clone()
+        .ok_or_else(|| VaultError::config("no Vault address: set VAULT_ADDR or --vault-addr"))?;
+    let mut settings = VaultClientSettingsBuilder::default();
+    settings
+        .address(addr)
+        .token(token)
+        .verify(true)
+        .ca_certs(Vec::new());
+    if let Some(cacert) = &config.cacert {
+        if !cacert.is_file() {
+            return Err(VaultError::config(format!(
+                "VAULT_CACERT {}: no such file",
+                cacert.display()
+            )));
+        }
+        settings.ca_certs(vec![cacert.display().to_string()]);
+    }
+    if let Some(namespace) = &config.namespace {
+        settings.set_namespace(namespace.clone());
+    }
+    let settings = settings
+        .build()
+        .map_err(|error| VaultError::config(format!("Vault client settings: {error}")))?;
+    VaultClient::new(settings).map_err(|error| VaultError::config(format!("Vault client: {error}")))
+}
+
+fn lease_of(seconds: u64, renewable: bool) -> TokenLease {
+    TokenLease {
+        ttl: (seconds > 0).then(|| Duration::from_secs(seconds)),
+        renewable,
+    }
+}
+
+/// The token's TTL and renewability (`auth/token/lookup-self`).
+async fn lookup_self(client: &VaultClient) -> Result<TokenLease, VaultError> {
+    let path = "auth/token/lookup-self";
+    let info = vaultrs::token::lookup_self(client)
+        .await
+        .map_err(|error| classify(path, error))?;
+    Ok(lease_of(info.ttl, info.renewable.unwrap_or(false)))
+}
+
+/// When to act on a lease of `ttl`: at ⅔ of it, at least a second away.
+pub fn renewal_delay(ttl: Duration) -> Duration {
+    (ttl * 2 / 3).max(Duration::from_secs(1))
+}
+
+/// Keeps the token alive while the [`Vault`] exists: renews at ⅔ of its
+/// TTL; when renewal fails or the token is not renewable, logs in again
+/// (AppRole, Kubernetes) or warns (a given token: the operator must renew
+/// or replace it). Failures are retried after 5 s.
+async fn keep_alive(vault: Weak<Vault>) {
+    loop {
+        let Some(current) = vault.upgrade() else { return };
+        let lease = current.lease();
+        drop(current);
+        let Some(ttl) = lease.ttl else { return };
+        tokio::time::sleep(renewal_delay(ttl)).await;
+        let Some(current) = vault.upgrade() else { return };
+        let renewed = if lease.renewable {
+            current.renew().await
+        } else {
+            Err(VaultError::new(
+                "auth/token/renew-self",
+                VaultErrorKind::PermissionDenied,
+                "the token is not renewable",
+            ))
+        };
+        match renewed {
+            // A renewal capped by the token's max TTL gives less than asked:
+            // log in again before it runs out.
+            Ok(new) if new.ttl.is_some_and(|new_ttl| new_ttl * 3 < ttl) && current.can_log_in_again() => {
+                if let Err(error) = current.login().await {
+                    tracing::warn!(error = %error, "Vault login failed; retrying in 5 s");
+                    pause_after_failure(&current).await;
+                }
+            }
+            Ok(new) => tracing::debug!(ttl = ?new.ttl, "Vault token renewed"),
+            Err(error) if current.can_log_in_again() => {
+                tracing::info!(error = %error, "Vault token not renewed; logging in again");
+                if let Err(error) = current.login().await {
+                    tracing::warn!(error = %error, "Vault login failed; retrying in 5 s");
+                    pause_after_failure(&current).await;
+                }
+            }
+            Err(error) if !lease.renewable => {
+                tracing::warn!(error = %error, "the Vault token expires and cannot be renewed: give trustplane a renewable token, or use AppRole or Kubernetes auth");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "the Vault token could not be renewed: renew it or give trustplane a new one (VAULT_TOKEN) before it expires");
+                pause_after_failure(&current).await;
+            }
+        }
+    }
+}
+
+/// After a failed renewal or login: a short TTL keeps the next attempt
+/// close ([`keep_alive`] sleeps ⅔ of it), at most 5 s away.
+async fn pause_after_failure(vault: &Vault) {
+    let mut lease = vault.lease.lock().unwrap_or_else(PoisonError::into_inner);
+    lease.ttl = Some(Duration::from_millis(7500));
+    lease.renewable = lease.renewable || vault.can_log_in_again();
 }

@@ -1,0 +1,259 @@
+//! Typed calls on a Vault / OpenBao PKI mount: the issuer-specific
+//! `sign-intermediate`, the issuer's certificate (`issuer/<ref>/json`) and a
+//! new internal root (`root/generate/internal`).
+//!
+//! vaultrs 0.8's requests lack `key_usage` on sign-intermediate and
+//! `issuer_name` on root generation, so these endpoints are declared here
+//! with the same `rustify` derive vaultrs uses; no parameter is dropped.
+
+use rustify_derive::Endpoint;
+use serde::{Deserialize, Serialize};
+
+use super::{Vault, VaultError, classify};
+
+/// The key usages every mesh intermediate carries (trustplane's profile:
+/// keyCertSign, cRLSign and digitalSignature).
+pub const INTERMEDIATE_KEY_USAGE: [&str; 3] = ["DigitalSignature", "CertSign", "CRLSign"];
+
+/// `POST <mount>/issuer/<issuer>/sign-intermediate`.
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/issuer/{self.issuer}/sign-intermediate",
+    method = "POST",
+    response = "SignIntermediateResponse"
+)]
+pub struct SignIntermediateRequest {
+    /// The PKI mount.
+    #[endpoint(skip)]
+    pub mount: String,
+    /// Issuer id or name (`default` allowed).
+    #[endpoint(skip)]
+    pub issuer: String,
+    /// The cluster's CSR (PEM); only its public key is used.
+    pub csr: String,
+    /// Subject CN.
+    pub common_name: String,
+    /// Subject O.
+    pub organization: Vec<String>,
+    /// Subject L.
+    pub locality: Vec<String>,
+    /// URI SANs, comma-separated.
+    pub uri_sans: String,
+    /// Requested lifetime, e.g. `8760h`.
+    pub ttl: String,
+    /// Always 0: the intermediate may not sign CAs.
+    pub max_path_length: i32,
+    /// Always false: the subject and SANs come from the profile only.
+    pub use_csr_values: bool,
+    /// Always true: the CN is not a DNS name.
+    pub exclude_cn_from_sans: bool,
+    /// Key usages (Vault names).
+    pub key_usage: Vec<String>,
+    /// How far NotBefore is moved into the past, seconds.
+    pub not_before_duration: u64,
+    /// Always `pem`.
+    pub format: String,
+}
+
+/// What `sign-intermediate` returns.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct SignIntermediateResponse {
+    /// The intermediate (PEM).
+    pub certificate: String,
+    /// The issuing CA (PEM).
+    pub issuing_ca: String,
+    /// The chain Vault builds (PEM blocks; its form varies by version).
+    #[serde(default)]
+    pub ca_chain: Vec<String>,
+    /// Serial, colon-separated hex.
+    pub serial_number: String,
+}
+
+/// `GET <mount>/issuer/<issuer>/json`.
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(path = "{self.mount}/issuer/{self.issuer}/json", response = "IssuerResponse")]
+pub struct ReadIssuerRequest {
+    /// The PKI mount.
+    #[endpoint(skip)]
+    pub mount: String,
+    /// Issuer id or name.
+    #[endpoint(skip)]
+    pub issuer: String,
+}
+
+/// An issuer as `issuer/<ref>/json` returns it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct IssuerResponse {
+    /// The issuer's certificate (PEM).
+    pub certificate: String,
+    /// Its id (a UUID).
+    pub issuer_id: String,
+    /// Its name (may be empty).
+    #[serde(default)]
+    pub issuer_name: String,
+    /// The id of its key; empty when Vault holds no key for it.
+    #[serde(default)]
+    pub key_id: String,
+}
+
+/// `POST <mount>/root/generate/internal`: a new root whose key never
+/// leaves Vault.
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/root/generate/internal",
+    method = "POST",
+    response = "GenerateRootResponse"
+)]
+pub struct GenerateRootRequest {
+    /// The PKI mount.
+    #[endpoint(skip)]
+    pub mount: String,
+    /// Name of the new issuer.
+    pub issuer_name: String,
+    /// Subject CN.
+    pub common_name: String,
+    /// Subject O.
+    pub organization: Vec<String>,
+    /// URI SANs, comma-separated.
+    pub uri_sans: String,
+    /// `ec` or `rsa`.
+    pub key_type: String,
+    /// 256 / 384 for `ec`.
+    pub key_bits: u32,
+    /// Validity, e.g. `87600h`.
+    pub ttl: String,
+    /// Always true: the CN is not a DNS name.
+    pub exclude_cn_from_sans: bool,
+    /// Always `pem`.
+    pub format: String,
+}
+
+/// What `root/generate/internal` returns (no key).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct GenerateRootResponse {
+    /// The root (PEM).
+    pub certificate: String,
+    /// The new issuer's id.
+    pub issuer_id: String,
+    /// Its name.
+    #[serde(default)]
+    pub issuer_name: String,
+}
+
+/// How many attempts a call gets when Vault is sealed, unreachable or
+/// answers 5xx (pauses 0.1 s, 0.2 s, … up to 5 s between them).
+pub const ATTEMPTS: u32 = 4;
+
+/// Signs an intermediate with `issuer` (retried on transient failures).
+///
+/// Errors: [`VaultError`] naming `<mount>/issuer/<issuer>/sign-intermediate`.
+pub async fn sign_intermediate(
+    vault: &Vault,
+    request: impl Fn() -> SignIntermediateRequest,
+) -> Result<SignIntermediateResponse, VaultError> {
+    let first = request();
+    let path = format!("{}/issuer/{}/sign-intermediate", first.mount, first.issuer);
+    vault
+        .call(&path, ATTEMPTS, |client| {
+            let endpoint = request();
+            async move { vaultrs::api::exec_with_result(client.as_ref(), endpoint).await }
+        })
+        .await
+}
+
+/// Reads `issuer`'s certificate and ids (retried on transient failures).
+///
+/// Errors: [`VaultError`] naming `<mount>/issuer/<issuer>/json`
+/// ([`super::VaultErrorKind::NotFound`] for an unknown issuer).
+pub async fn read_issuer(
+    vault: &Vault,
+    mount: &str,
+    issuer: &str,
+) -> Result<IssuerResponse, VaultError> {
+    let path = format!("{mount}/issuer/{issuer}/json");
+    vault
+        .call(&path, ATTEMPTS, |client| {
+            let endpoint = ReadIssuerRequest {
+                mount: mount.to_string(),
+                issuer: issuer.to_string(),
+            };
+            async move { vaultrs::api::exec_with_result(client.as_ref(), endpoint).await }
+        })
+        .await
+}
+
+/// Creates a root issuer inside Vault (the key is generated there and never
+/// exported). Not retried: a lost answer must not create two roots.
+///
+/// Errors: [`VaultError`] naming `<mount>/root/generate/internal`.
+pub async fn generate_root(
+    vault: &Vault,
+    request: GenerateRootRequest,
+) -> Result<GenerateRootResponse, VaultError> {
+    let path = format!("{}/root/generate/internal", request.mount);
+    let cell = std::sync::Mutex::new(Some(request));
+    vault
+        .call(&path, 1, |client| {
+            let endpoint = cell
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            async move {
+                match endpoint {
+                    Some(endpoint) => {
+                        vaultrs::api::exec_with_result(client.as_ref(), endpoint).await
+                    }
+                    None => Err(vaultrs::error::ClientError::ResponseEmptyError),
+                }
+            }
+        })
+        .await
+}
+
+/// Whether Vault is ready to sign: `sys/health` says initialised, unsealed
+/// and active. Returns a one-line state for `/readyz`.
+pub async fn health(vault: &Vault) -> Result<String, String> {
+    use vaultrs::sys::ServerStatus;
+    match vaultrs::sys::status(vault.client().as_ref()).await {
+        Ok(ServerStatus::OK) => Ok("vault: active, unsealed".into()),
+        Ok(ServerStatus::STANDBY) => Ok("vault: standby (requests are forwarded)".into()),
+        Ok(ServerStatus::PERFSTANDBY) => Ok("vault: performance standby".into()),
+        Ok(ServerStatus::SEALED) => {
+            Err("vault: sealed; unseal it (`bao operator unseal`)".into())
+        }
+        Ok(ServerStatus::UNINITIALIZED) => Err("vault: not initialised".into()),
+        Ok(other) => Err(format!("vault: {other:?}")),
+        Err(error) => Err(format!("vault: {}", classify("sys/health", error))),
+    }
+}
+
+/// `issuer`'s certificate, checked to be the one `expected` (PEM of the
+/// root the store records).
+///
+/// Errors: [`VaultError`] from the read; kind
+/// [`super::VaultErrorKind::Invalid`] naming the path when Vault's
+/// certificate differs.
+pub async fn check_issuer(
+    vault: &Vault,
+    mount: &str,
+    issuer: &str,
+    expected_der: &[u8],
+) -> Result<IssuerResponse, VaultError> {
+    let answer = read_issuer(vault, mount, issuer).await?;
+    let path = format!("{mount}/issuer/{issuer}/json");
+    let der = pem::parse(answer.certificate.trim()).map_err(|error| {
+        VaultError::new(
+            &path,
+            super::VaultErrorKind::Invalid,
+            format!("the issuer certificate is not PEM: {error}"),
+        )
+    })?;
+    if der.contents() != expected_der {
+        return Err(VaultError::new(
+            &path,
+            super::VaultErrorKind::Invalid,
+            "Vault's issuer certificate is not the root trustplane's store records: the issuer was replaced or re-imported; point --vault-pki-mount and the store at the same issuer, or restore the issuer",
+        ));
+    }
+    Ok(answer)
+}

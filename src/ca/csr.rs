@@ -71,6 +71,7 @@ pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     Ok(VerifiedCsr {
         public_key,
         subject: info.subject.to_string(),
+        der: der.to_vec(),
     })
 }
 

@@ -22,6 +22,7 @@
 //! store and the signer decide where keys live.
 
 mod cacerts;
+mod conformance;
 mod csr;
 mod import;
 mod issue;
@@ -34,6 +35,7 @@ mod verify_tests;
 use std::time::{Duration, SystemTime};
 
 pub use cacerts::{CacertsCheck, CacertsFiles, Finding, Severity, check_cacerts};
+pub use conformance::check_signed_intermediate;
 pub use csr::{MAX_CSR_BYTES, create_csr, verify_csr};
 pub use import::import_root;
 pub use issue::{
@@ -112,6 +114,8 @@ pub struct VerifiedCsr {
     pub public_key: PublicKeyInfo,
     /// The subject as written in the CSR (informational only: never copied).
     pub subject: String,
+    /// The CSR itself (DER), for a signer that needs the request (Vault).
+    pub der: Vec<u8>,
 }
 
 /// Everything the CA decides about a cluster intermediate. The CSR only
@@ -684,6 +688,19 @@ pub enum CaError {
         #[source]
         server: webpki::Error,
     },
+    /// An intermediate signed elsewhere (Vault) that differs from the
+    /// profile trustplane asked for.
+    #[error(
+        "the signed intermediate differs from trustplane's profile in {field}: expected {expected}, found {found}; it was not handed out"
+    )]
+    ProfileMismatch {
+        /// The certificate field, e.g. `basicConstraints`.
+        field: &'static str,
+        /// What the profile asks for.
+        expected: String,
+        /// What the certificate holds.
+        found: String,
+    },
     /// A verification time that certificates cannot express.
     #[error("verification failed: the verification time ({seconds} s after 1970) is out of range")]
     VerificationTime {
@@ -716,6 +733,7 @@ impl CaError {
                 | CaError::Webpki { .. }
                 | CaError::LeafUntrusted { .. }
                 | CaError::VerificationTime { .. }
+                | CaError::ProfileMismatch { .. }
         )
     }
 

@@ -197,6 +197,7 @@ mod tests {
                 spki_der: Vec::new(),
             },
             subject: "CN=ignored".to_string(),
+            der: Vec::new(),
         }
     }
 

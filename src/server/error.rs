@@ -273,6 +273,14 @@ impl From<ServerError> for tonic::Status {
             }
             ServerError::Rotation(_) => Code::FailedPrecondition,
             ServerError::Store(StoreError::Conflict { .. }) => Code::Aborted,
+            ServerError::Signer(SignerError::Vault(vault)) if vault.is_transient() => {
+                // Logged in full; the caller (an agent) retries with backoff.
+                tracing::warn!(error = %error, "root signer unavailable");
+                return tonic::Status::unavailable(
+                    "the mesh root signer (Vault) is unavailable (sealed, unreachable or failing); retry later",
+                );
+            }
+            ServerError::Signer(SignerError::Refused(_)) => Code::FailedPrecondition,
             ServerError::TooManyWatchStreams { .. } | ServerError::RateLimited { .. } => {
                 Code::ResourceExhausted
             }

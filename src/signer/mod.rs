@@ -1,10 +1,13 @@
 //! Root signers: who holds the mesh root key and signs intermediates with it.
 //!
 //! [`LocalSigner`] holds the key in memory (sealed at rest in the store with
-//! a key-encryption key, see [`sealed`]); a Vault PKI signer (the root key
-//! never leaves Vault) plugs in at the same trait.
+//! a key-encryption key, see [`sealed`]); [`VaultSigner`] asks a Vault /
+//! OpenBao PKI issuer, and the root key never leaves Vault.
 
 pub mod sealed;
+pub mod vault;
+
+pub use vault::VaultSigner;
 
 use std::time::SystemTime;
 
@@ -27,6 +30,12 @@ pub enum SignerError {
         /// Name of the secret.
         name: String,
     },
+    /// A Vault call failed (sealed, unreachable, denied, issuer missing).
+    #[error("{0}")]
+    Vault(#[source] crate::vault::VaultError),
+    /// The signer cannot honour what was asked (said why and what to do).
+    #[error("{0}")]
+    Refused(String),
     /// File I/O for key material.
     #[error("{path}: {source}")]
     Io {

@@ -2,10 +2,6 @@
 //! process serves, `/readyz` follows [`AgentStatus::readiness`]. Kept next
 //! to the agent because readiness is a reading of its status.
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use tokio::sync::watch;
 
 use super::config::AgentStatus;
@@ -21,21 +17,18 @@ pub async fn serve_health(
     status: watch::Receiver<AgentStatus>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(status);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop_requested(&mut stop).await })
-        .await
-}
-
-async fn ready(State(status): State<watch::Receiver<AgentStatus>>) -> (StatusCode, String) {
-    let readiness = status.borrow().readiness();
-    match readiness {
-        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-    }
+    let ready = move || {
+        let readiness = status.borrow().readiness();
+        async move {
+            readiness
+                .map(|()| "ok".to_string())
+                .map_err(|reason| reason.to_string())
+        }
+    };
+    crate::telemetry::health::serve_probes(listener, ready, async move {
+        stop_requested(&mut stop).await;
+    })
+    .await
 }
 
 #[cfg(test)]

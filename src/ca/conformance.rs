@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::oid_registry::{OID_X509_COMMON_NAME, OID_X509_LOCALITY_NAME, OID_X509_ORGANIZATION_NAME};
+use x509_parser::oid_registry::{
+    OID_X509_COMMON_NAME, OID_X509_LOCALITY_NAME, OID_X509_ORGANIZATION_NAME,
+};
 
 use super::issue::BACKDATE;
 use super::verify::verify_issued;
@@ -63,7 +65,13 @@ pub fn check_signed_intermediate(
                 format!("CA:true, pathLen {other:?}"),
             ));
         }
-        Err(_) => return Err(mismatch("basicConstraints", "CA:true, pathLen 0", "CA:false")),
+        Err(_) => {
+            return Err(mismatch(
+                "basicConstraints",
+                "CA:true, pathLen 0",
+                "CA:false",
+            ));
+        }
     }
     check_extensions(&parsed, profile)?;
     if certificate.public_key_der()? != spki_der {
@@ -76,14 +84,23 @@ pub fn check_signed_intermediate(
     check_validity(certificate, profile, issuer, now)
 }
 
-fn check_subject(parsed: &X509Certificate<'_>, profile: &IntermediateProfile) -> Result<(), CaError> {
+fn check_subject(
+    parsed: &X509Certificate<'_>,
+    profile: &IntermediateProfile,
+) -> Result<(), CaError> {
     let mut expected = vec![
-        (OID_X509_ORGANIZATION_NAME.to_id_string(), profile.organisation.clone()),
+        (
+            OID_X509_ORGANIZATION_NAME.to_id_string(),
+            profile.organisation.clone(),
+        ),
         (
             OID_X509_COMMON_NAME.to_id_string(),
             format!("{} intermediate CA", profile.cluster),
         ),
-        (OID_X509_LOCALITY_NAME.to_id_string(), profile.cluster.clone()),
+        (
+            OID_X509_LOCALITY_NAME.to_id_string(),
+            profile.cluster.clone(),
+        ),
     ];
     let mut found = Vec::new();
     for attribute in parsed.subject().iter_attributes() {
@@ -95,7 +112,10 @@ fn check_subject(parsed: &X509Certificate<'_>, profile: &IntermediateProfile) ->
     if expected != found {
         return Err(mismatch(
             "subject",
-            format!("O={}, CN={} intermediate CA, L={}", profile.organisation, profile.cluster, profile.cluster),
+            format!(
+                "O={}, CN={} intermediate CA, L={}",
+                profile.organisation, profile.cluster, profile.cluster
+            ),
             parsed.subject().to_string(),
         ));
     }
@@ -129,7 +149,10 @@ fn check_names(parsed: &X509Certificate<'_>, profile: &IntermediateProfile) -> R
     Ok(())
 }
 
-fn check_extensions(parsed: &X509Certificate<'_>, profile: &IntermediateProfile) -> Result<(), CaError> {
+fn check_extensions(
+    parsed: &X509Certificate<'_>,
+    profile: &IntermediateProfile,
+) -> Result<(), CaError> {
     let key_usage = parsed.key_usage().map_err(CaError::field("keyUsage"))?;
     let expected_usage = "critical digitalSignature, keyCertSign, cRLSign";
     match key_usage {
@@ -185,7 +208,10 @@ fn check_validity(
     if not_after > latest_end {
         return Err(mismatch(
             "validity (NotAfter)",
-            format!("at most {} (policy lifetime and the root's expiry)", text(latest_end)),
+            format!(
+                "at most {} (policy lifetime and the root's expiry)",
+                text(latest_end)
+            ),
             text(not_after),
         ));
     }
@@ -194,13 +220,21 @@ fn check_validity(
     if not_before < earliest_start || not_before > latest_start {
         return Err(mismatch(
             "validity (NotBefore)",
-            format!("between {} and {}", text(earliest_start), text(latest_start)),
+            format!(
+                "between {} and {}",
+                text(earliest_start),
+                text(latest_start)
+            ),
             text(not_before),
         ));
     }
     // Unix seconds only to keep the ordering check total.
     if system_time_to_unix(not_after) <= system_time_to_unix(not_before) {
-        return Err(mismatch("validity", "NotBefore before NotAfter", "an empty period"));
+        return Err(mismatch(
+            "validity",
+            "NotBefore before NotAfter",
+            "an empty period",
+        ));
     }
     Ok(())
 }

@@ -21,6 +21,8 @@ use crate::config::KekSource;
 use crate::files;
 use crate::server::{self, Authority, DataDir, InitOptions};
 use crate::store::RedbStore;
+use crate::store::records::VaultIssuer;
+use crate::vault::{Vault, VaultConfig, pki};
 
 /// `init` flags.
 #[derive(Debug, clap::Args)]
@@ -52,9 +54,25 @@ pub struct InitArgs {
     /// `--kek-file` and the KEK lookup order.
     #[command(flatten)]
     pub kek: KekOption,
+    /// Who holds the mesh root key: `local` (sealed in the store with the KEK) or `vault` (a Vault/OpenBao PKI issuer; the key never leaves Vault).
+    #[arg(long, value_enum, default_value_t = SignerKind::Local)]
+    pub signer: SignerKind,
+    /// Vault settings (with `--signer vault`).
+    #[command(flatten)]
+    pub vault: VaultConfig,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
+}
+
+/// Who holds the mesh root key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignerKind {
+    /// trustplane, sealed in its store with the KEK.
+    #[default]
+    Local,
+    /// A Vault or OpenBao PKI issuer.
+    Vault,
 }
 
 /// `server` flags.
@@ -91,6 +109,12 @@ pub struct ServerArgs {
     /// Timeouts, connection caps and call rates.
     #[command(flatten)]
     pub limits: super::LimitsOptions,
+    /// Serve /healthz and /readyz (Vault's state when roots are in Vault) on this address, e.g. 0.0.0.0:8080.
+    #[arg(long, env = "TRUSTPLANE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    /// Vault settings: needed when the mesh root is held by Vault PKI (`init --signer vault`); used when VAULT_ADDR is set.
+    #[command(flatten)]
+    pub vault: VaultConfig,
 }
 
 /// `issue` flags.
@@ -128,6 +152,16 @@ pub fn open_authority(
     kek: &KekOption,
     policy: &PolicyOption,
 ) -> anyhow::Result<Authority> {
+    open_authority_with_vault(data_dir, kek, policy, None)
+}
+
+/// [`open_authority`] with a Vault connection (roots held by Vault PKI).
+pub fn open_authority_with_vault(
+    data_dir: &DataDir,
+    kek: &KekOption,
+    policy: &PolicyOption,
+    vault: Option<Arc<Vault>>,
+) -> anyhow::Result<Authority> {
     if !data_dir.store_path().exists() {
         bail!(
             "no trustplane data in {}: run `trustplane init --data-dir {}` first",
@@ -138,15 +172,47 @@ pub fn open_authority(
     let store = Arc::new(RedbStore::open(&data_dir.store_path())?);
     let (kek, _) = kek.load(data_dir, MissingKek::Fail)?;
     let policy = policy.load()?;
-    Ok(Authority::open(store, &kek, policy, Arc::new(SystemClock))?)
+    Ok(Authority::open_with_vault(
+        store,
+        &kek,
+        policy,
+        Arc::new(SystemClock),
+        vault,
+    )?)
 }
 
 /// `trustplane init`: creates (or imports) the root, the control-plane CA
 /// and the admin credential under `--data-dir`.
-pub fn init(args: InitArgs) -> anyhow::Result<()> {
+pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
-    crate::files::create_private_dir(&data_dir.path)?;
     let policy = args.policy.load()?;
+    let vault_root = match args.signer {
+        SignerKind::Local => None,
+        SignerKind::Vault => {
+            if args.import_root.is_some() {
+                bail!(
+                    "--signer vault keeps the root key in Vault: import it into Vault (pki/issuers/import/bundle) and adopt it with --vault-issuer, instead of --import-root"
+                );
+            }
+            if data_dir.store_path().exists() {
+                bail!(
+                    "{} is already initialised; use another --data-dir",
+                    data_dir.path.display()
+                );
+            }
+            let domain_policy = policy.trust_domain(&args.trust_domain)?;
+            if domain_policy.name_constraints {
+                bail!("{}", crate::signer::vault::NO_URI_NAME_CONSTRAINTS);
+            }
+            let organisation = args
+                .organisation
+                .clone()
+                .unwrap_or_else(|| domain_policy.organisation.clone());
+            let vault = Vault::connect(args.vault.clone()).await?;
+            Some(vault_root(&vault, &args, &organisation).await?)
+        }
+    };
+    crate::files::create_private_dir(&data_dir.path)?;
     let import = match (&args.import_root, &args.import_key) {
         (Some(certificate), Some(key)) => Some((
             std::fs::read_to_string(certificate)
@@ -168,6 +234,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         key_algorithm: args.key_algorithm,
         root_validity: args.root_validity,
         import,
+        vault_root: vault_root.clone(),
         policy,
     };
     let outcome = server::initialize(&store, &kek, &data_dir, &options, SystemClock.now())?;
@@ -179,6 +246,12 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
             "root_subject": root.subject()?,
             "root_not_after": output::time(system_time_to_unix(root.not_after()?)),
             "imported": outcome.imported,
+            "vault_issuer": vault_root.as_ref().map(|(_, issuer)| serde_json::json!({
+                "mount": issuer.mount,
+                "issuer_id": issuer.issuer_id,
+                "issuer_name": issuer.issuer_name,
+            })),
+            "vault_policy": vault_root.as_ref().map(|(_, issuer)| crate::vault::acl_policy(&args.vault, &issuer.mount, &issuer.issuer_id)),
             "kek_file": kek_file.as_ref().map(|path| path.display().to_string()),
             "control_plane_ca": data_dir.control_plane_ca_path().display().to_string(),
             "admin_cert": data_dir.admin_cert_path().display().to_string(),
@@ -215,7 +288,22 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         "admin credential".to_string(),
         format!("{} (+ key, 0600)", data_dir.admin_cert_path().display()),
     ]);
+    if let Some((_, issuer)) = &vault_root {
+        table.add_row(vec![
+            "root key".to_string(),
+            format!(
+                "in Vault: issuer {} ({}) in mount {}; never exported",
+                issuer.issuer_id, issuer.issuer_name, issuer.mount
+            ),
+        ]);
+    }
     println!("{table}");
+    if let Some((_, issuer)) = &vault_root {
+        println!(
+            "\nThe mesh root key stays in Vault. The KEK below seals the control-plane CA key only.\nThe Vault policy trustplane's token needs (least privilege), e.g. `bao policy write trustplane -` with:\n\n{}",
+            crate::vault::acl_policy(&args.vault, &issuer.mount, &issuer.issuer_id)
+        );
+    }
     match kek_file {
         Some(path) => println!(
             "\nThe root key is sealed with the key-encryption key in {} (0600).\nMove it off this disk (e.g. into a secret manager) and start the server with\n  --kek-file <path>   or   TRUSTPLANE_KEK=<contents>   (looked up in that order, then <data-dir>/kek)\nAnyone with both the data directory and that file can sign as your mesh root.",
@@ -232,13 +320,87 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Vault-held root for `init --signer vault`: the issuer named by
+/// `--vault-issuer` (adopted), or a new one generated inside Vault.
+async fn vault_root(
+    vault: &Vault,
+    args: &InitArgs,
+    organisation: &str,
+) -> anyhow::Result<(crate::ca::Certificate, VaultIssuer)> {
+    let mount = vault.config().pki_mount.clone();
+    let (certificate_pem, issuer_id, issuer_name) = match &args.vault.issuer {
+        Some(issuer) => {
+            let answer = pki::read_issuer(vault, &mount, issuer).await?;
+            if answer.key_id.is_empty() {
+                bail!(
+                    "Vault issuer {issuer:?} in {mount} has no key in Vault, so it cannot sign; adopt an issuer with a key, or leave out --vault-issuer to generate one"
+                );
+            }
+            (answer.certificate, answer.issuer_id, answer.issuer_name)
+        }
+        None => {
+            let created = pki::generate_root(
+                vault,
+                pki::root_request(
+                    &mount,
+                    "trustplane-root",
+                    &format!("{} root CA", args.trust_domain),
+                    organisation,
+                    &args.trust_domain,
+                    args.key_algorithm,
+                    args.root_validity,
+                ),
+            )
+            .await
+            .context("generating the mesh root in Vault (an issuer named trustplane-root may exist already: adopt it with --vault-issuer trustplane-root)")?;
+            (created.certificate, created.issuer_id, created.issuer_name)
+        }
+    };
+    let certificate = crate::ca::Certificate::from_pem(&certificate_pem)?;
+    Ok((
+        certificate,
+        VaultIssuer {
+            mount,
+            issuer_id,
+            issuer_name,
+        },
+    ))
+}
+
 /// `trustplane server`: serves gRPC over TLS until Ctrl-C or SIGTERM.
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
+    let vault = match &args.vault.addr {
+        Some(_) => Some(Vault::connect(args.vault.clone()).await?),
+        None => None,
+    };
     let authority = Arc::new(
-        open_authority(&data_dir, &args.kek, &args.policy)?
+        open_authority_with_vault(&data_dir, &args.kek, &args.policy, vault.clone())?
             .with_client_cert_lifetime(args.client_cert_lifetime)?,
     );
+    authority.core().check_vault_roots().await?;
+    if let Some(address) = args.health_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on --health-listen {address}"))?;
+        println!("serving /healthz and /readyz on http://{address}");
+        let ready = move || {
+            let vault = vault.clone();
+            async move {
+                match vault {
+                    Some(vault) => pki::health(&vault).await,
+                    None => Ok("ok".to_string()),
+                }
+            }
+        };
+        tokio::spawn(crate::telemetry::health::serve_probes(
+            listener,
+            ready,
+            async {
+                shutdown_signal().await;
+            },
+        ));
+    }
     let mut dns_names = Vec::new();
     let mut ip_addresses = Vec::new();
     for name in args.server_names {

@@ -161,6 +161,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 root_validity: Duration::from_secs(10 * 365 * 24 * 3600),
                 import: None,
                 policy: policy.clone(),
+                vault_root: None,
             },
             SystemClock.now(),
         )?;

@@ -84,12 +84,12 @@ pub struct Cli {
 pub enum Command {
     /// Create the mesh root (or import one), the control-plane CA and the admin credential.
     #[command(
-        after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem\n  # the KEK outside the data directory (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  trustplane init --trust-domain cluster.local --kek-file /secure/trustplane-kek"
+        after_help = "Examples:\n  trustplane init --trust-domain cluster.local\n  trustplane init --trust-domain cluster.local --key-algorithm ecdsa-p384 --root-validity 20y\n  trustplane init --trust-domain cluster.local --import-root root-cert.pem --import-key root-key.pem\n  # the KEK outside the data directory (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  trustplane init --trust-domain cluster.local --kek-file /secure/trustplane-kek\n  # the mesh root in Vault/OpenBao PKI: generate an issuer there (the key never leaves Vault), or adopt one\n  VAULT_ADDR=https://vault:8200 VAULT_TOKEN=... trustplane init --trust-domain cluster.local --signer vault\n  trustplane init --trust-domain cluster.local --signer vault --vault-pki-mount pki --vault-issuer mesh-root"
     )]
     Init(InitArgs),
     /// Run the central server (gRPC over TLS).
     #[command(
-        after_help = "Examples:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com\n  # the KEK from a secret manager (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  TRUSTPLANE_KEK=\"$(cat /secure/trustplane-kek)\" trustplane server --data-dir trustplane-data\n  # tighter limits (README, \"Limits\", sizes the defaults for 10 000 clusters)\n  trustplane server --tls-handshake-timeout 5s --max-unauthenticated-connections 200 --report-status-per-minute 10"
+        after_help = "Examples:\n  trustplane server --data-dir trustplane-data --listen 0.0.0.0:8443 --server-name trustplane.example.com\n  # the KEK from a secret manager (lookup order: --kek-file, TRUSTPLANE_KEK, <data-dir>/kek)\n  TRUSTPLANE_KEK=\"$(cat /secure/trustplane-kek)\" trustplane server --data-dir trustplane-data\n  # tighter limits (README, \"Limits\", sizes the defaults for 10 000 clusters)\n  trustplane server --tls-handshake-timeout 5s --max-unauthenticated-connections 200 --report-status-per-minute 10\n  # the mesh root in Vault (init --signer vault), AppRole login, readiness follows Vault\n  VAULT_ADDR=https://vault:8200 VAULT_CACERT=vault-ca.pem VAULT_ROLE_ID=... VAULT_SECRET_ID=... \\\n      trustplane server --data-dir trustplane-data --health-listen 0.0.0.0:8080"
     )]
     Server(ServerArgs),
     /// Run a cluster agent that keeps Istio's cacerts (Secret or directory) current.
@@ -164,7 +164,7 @@ pub async fn main() -> anyhow::Result<()> {
 /// Runs one command.
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init(args) => data_dir::init(args),
+        Command::Init(args) => data_dir::init(args).await,
         Command::Server(args) => data_dir::serve(args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::Cluster(command) => cluster::run(command).await,

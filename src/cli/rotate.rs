@@ -41,7 +41,7 @@ pub enum RotateCommand {
     },
     /// Create (or import) the new root and enter phase trust-new: the bundle trusts the old and the new root.
     #[command(
-        after_help = "Examples:\n  trustplane rotate start\n  trustplane rotate start --grace 48h --auto\n  trustplane rotate start --import-root new-root.pem --import-key new-root-key.pem\n  # do not wait for a cluster that is down for good (audited; it may lose trust)\n  trustplane rotate start --exclude-cluster lab"
+        after_help = "Examples:\n  trustplane rotate start\n  trustplane rotate start --grace 48h --auto\n  trustplane rotate start --import-root new-root.pem --import-key new-root-key.pem\n  # the mesh root in Vault: a new issuer in the same PKI mount (or an existing one) as root B\n  trustplane rotate start --vault-issuer mesh-root-2027\n  # do not wait for a cluster that is down for good (audited; it may lose trust)\n  trustplane rotate start --exclude-cluster lab"
     )]
     Start {
         /// What the rotation uses.
@@ -128,6 +128,9 @@ pub struct RotationFlags {
     /// The imported root's key (PKCS#8, SEC1 or PKCS#1 PEM); `plan` only checks it can be read.
     #[arg(long, requires = "import_root")]
     pub import_key: Option<PathBuf>,
+    /// Vault-held roots: the PKI issuer (name or id) in the signing root's mount to use as the new root; created there (root/generate/internal, the key never leaves Vault) when it does not exist.
+    #[arg(long, conflicts_with = "import_root")]
+    pub vault_issuer: Option<String>,
 }
 
 /// A duration of at least one second (the server counts whole seconds, and
@@ -167,6 +170,7 @@ impl RotationFlags {
             ack_timeout_seconds: self.ack_timeout.as_secs(),
             exclude_clusters: self.exclude_clusters.clone(),
             auto_advance,
+            vault_issuer: self.vault_issuer.clone().unwrap_or_default(),
             ..Default::default()
         };
         match (&self.import_root, &self.import_key) {

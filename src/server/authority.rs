@@ -51,7 +51,20 @@ impl Authority {
         policy: Policy,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
-        let core = Arc::new(Core::open(store, kek, policy, clock)?);
+        Self::open_with_vault(store, kek, policy, clock, None)
+    }
+
+    /// [`Authority::open`] with a Vault connection (roots held by Vault PKI).
+    ///
+    /// Errors: as [`Core::open_with_vault`].
+    pub fn open_with_vault(
+        store: Arc<dyn Store>,
+        kek: &Kek,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        vault: Option<Arc<crate::vault::Vault>>,
+    ) -> Result<Self, ServerError> {
+        let core = Arc::new(Core::open_with_vault(store, kek, policy, clock, vault)?);
         Ok(Self {
             enrollment: Enrollment::new(core.clone()),
             registry: Registry::new(core.clone()),

@@ -17,9 +17,10 @@ use crate::ca::{Certificate, PrivateKey, system_time_to_unix};
 use crate::clock::Clock;
 use crate::policy::Policy;
 use crate::signer::sealed::{Kek, unseal};
-use crate::signer::{LocalSigner, RootSigner};
+use crate::signer::{LocalSigner, RootSigner, VaultSigner};
 use crate::store::records::{self, BundleRecord, CaSettings, ClusterRecord, RootRecord};
 use crate::store::{Store, StoreError, Table};
+use crate::vault::Vault;
 
 /// How often SPIFFE bundle consumers should refresh.
 pub const SPIFFE_REFRESH_HINT: Duration = Duration::from_secs(300);
@@ -87,6 +88,8 @@ pub struct Core {
     /// Bumped with `clusters_changed`, for waiters that must not miss a
     /// change between two waits (watch streams of removed clusters).
     clusters_generation: watch::Sender<u64>,
+    /// The Vault connection, when roots are held by Vault PKI.
+    vault: Option<Arc<Vault>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -113,6 +116,22 @@ impl Core {
         policy: Policy,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
+        Self::open_with_vault(store, kek, policy, clock, None)
+    }
+
+    /// [`Core::open`] with a Vault connection, for roots held by Vault PKI
+    /// (and a `vault-kv` store). A Vault-held signing root is refused
+    /// without one, and when the policy asks for URI name constraints
+    /// (OpenBao cannot issue them).
+    ///
+    /// Errors: as [`Core::open`], and [`ServerError::FailedPrecondition`].
+    pub fn open_with_vault(
+        store: Arc<dyn Store>,
+        kek: &Kek,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        vault: Option<Arc<Vault>>,
+    ) -> Result<Self, ServerError> {
         if store.get(Table::Meta, records::CA_SETTINGS_KEY)?.is_none() {
             return Err(ServerError::NotInitialised);
         }
@@ -127,7 +146,7 @@ impl Core {
             records::CA_SETTINGS_KEY,
         )?
         .ok_or(ServerError::NotInitialised)?;
-        policy.trust_domain(&settings.trust_domain)?;
+        let domain_policy = policy.trust_domain(&settings.trust_domain)?;
         let (root_record, _) = integrity::get_json::<RootRecord>(
             store.as_ref(),
             kek,
@@ -137,7 +156,12 @@ impl Core {
         .ok_or_else(|| {
             ServerError::missing(format!("signing root {}", settings.signing_root_id))
         })?;
-        let signer = load_signer(store.as_ref(), kek, &root_record)?;
+        if root_record.vault_issuer.is_some() && domain_policy.name_constraints {
+            return Err(ServerError::FailedPrecondition(
+                crate::signer::vault::NO_URI_NAME_CONSTRAINTS.into(),
+            ));
+        }
+        let signer = load_signer(store.as_ref(), kek, &root_record, vault.as_ref())?;
         let control_plane_ca = Certificate::from_pem(&settings.control_plane_ca_pem)?;
         let control_plane_key =
             load_sealed_key(store.as_ref(), kek, records::CONTROL_PLANE_KEY_SECRET)?;
@@ -164,7 +188,46 @@ impl Core {
             kek: kek.clone(),
             clusters_changed: Notify::new(),
             clusters_generation: watch::Sender::new(0),
+            vault,
         })
+    }
+
+    /// The Vault connection, if the server has one.
+    pub fn vault(&self) -> Option<&Arc<Vault>> {
+        self.vault.as_ref()
+    }
+
+    /// Checks that every Vault-held root of the published bundle is still
+    /// the certificate of its Vault issuer (the bundle reflects Vault).
+    ///
+    /// Errors: [`ServerError::Signer`] naming the issuer path.
+    pub async fn check_vault_roots(&self) -> Result<(), ServerError> {
+        let Some(vault) = &self.vault else {
+            return Ok(());
+        };
+        for root in self.current_bundle().bundle.roots() {
+            let id = root.serial_hex()?;
+            let Some((record, _)) = integrity::get_json::<RootRecord>(
+                self.store.as_ref(),
+                &self.kek,
+                Table::Roots,
+                &id,
+            )?
+            else {
+                continue;
+            };
+            if let Some(issuer) = &record.vault_issuer {
+                crate::vault::pki::check_issuer(
+                    vault,
+                    &issuer.mount,
+                    &issuer.issuer_id,
+                    root.der(),
+                )
+                .await
+                .map_err(|error| ServerError::Signer(crate::signer::SignerError::Vault(error)))?;
+            }
+        }
+        Ok(())
     }
 
     /// The current time of the server's clock.
@@ -361,15 +424,33 @@ pub fn bundle_record(bundle: &TrustBundle, now: SystemTime) -> BundleRecord {
     }
 }
 
-/// A local signer for a stored root (its key unsealed with `kek`).
+/// The signer for a stored root: a local signer (its key unsealed with
+/// `kek`) or, for a root held by Vault PKI, a [`VaultSigner`] on `vault`.
 ///
-/// Errors: [`ServerError::NoLocalKey`], and as [`load_sealed_key`].
+/// Errors: [`ServerError::FailedPrecondition`] for a Vault-held root
+/// without a Vault connection, [`ServerError::NoLocalKey`], and as
+/// [`load_sealed_key`].
 pub fn load_signer(
     store: &dyn Store,
     kek: &Kek,
     root_record: &RootRecord,
+    vault: Option<&Arc<Vault>>,
 ) -> Result<Arc<dyn RootSigner>, ServerError> {
     let root = Certificate::from_pem(&root_record.certificate_pem)?;
+    if let Some(issuer) = &root_record.vault_issuer {
+        let vault = vault.ok_or_else(|| {
+            ServerError::FailedPrecondition(format!(
+                "root {} is held by Vault (PKI mount {:?}, issuer {} {:?}): start trustplane with VAULT_ADDR and Vault credentials (see `trustplane server --help`)",
+                root_record.id, issuer.mount, issuer.issuer_id, issuer.issuer_name
+            ))
+        })?;
+        return Ok(Arc::new(VaultSigner::new(
+            vault.clone(),
+            &issuer.mount,
+            &issuer.issuer_id,
+            root,
+        )));
+    }
     let key_name = root_record
         .key_secret
         .clone()

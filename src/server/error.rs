@@ -97,7 +97,9 @@ pub enum ServerError {
         what: String,
     },
     /// A root is stored without a local key (the local signer needs one).
-    #[error("the signing root has no local key (remote signers come later)")]
+    #[error(
+        "the root has neither a key in this store nor a Vault issuer: the store is incomplete; restore it from a backup"
+    )]
     NoLocalKey,
     /// A published bundle version does not follow the current one.
     #[error("bundle version {version} does not follow {current}")]

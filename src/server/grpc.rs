@@ -341,6 +341,8 @@ fn rotation_options(options: proto::RotationOptions) -> Result<RotationOptions, 
         root_validity_seconds: options.root_validity_seconds,
         import_root_pem: options.import_root_pem,
         import_key_pem: Zeroizing::new(options.import_key_pem),
+        vault_issuer: options.vault_issuer,
+        vault_root: None,
     })
 }
 
@@ -699,6 +701,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::RotationStatus>, Status> {
         let admin = require_role(&self.authority, &request, Permission::Operate)?;
         let options = rotation_options(request.into_inner().options.unwrap_or_default())?;
+        let options = self.authority.rotation.resolve_vault_root(options).await?;
         let authority = self.authority.clone();
         // Root key generation and sealing are CPU work: keep them off the
         // async workers.

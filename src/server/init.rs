@@ -19,7 +19,9 @@ use crate::ca::{
 use crate::files::{self, PUBLIC_MODE};
 use crate::policy::Policy;
 use crate::signer::sealed::{Kek, seal, write_private_file};
-use crate::store::records::{self, AdminRecord, AdminRole, CaSettings, IssuedKind, RootRecord};
+use crate::store::records::{
+    self, AdminRecord, AdminRole, CaSettings, IssuedKind, RootRecord, VaultIssuer,
+};
 use crate::store::{Batch, Expect, Store, Table};
 
 /// The actor of everything `init` does.
@@ -130,6 +132,9 @@ pub struct InitOptions {
     pub root_validity: Duration,
     /// An existing root to import: certificate PEM and key PEM.
     pub import: Option<(String, Zeroizing<String>)>,
+    /// A root held by a Vault PKI issuer (adopted or generated there): its
+    /// certificate and where it lives. No root key is stored then.
+    pub vault_root: Option<(Certificate, VaultIssuer)>,
     /// The issuance policy.
     pub policy: Policy,
 }
@@ -145,16 +150,26 @@ pub struct InitOutcome {
     pub control_plane_ca: Certificate,
 }
 
+/// Who holds a mesh root's key.
+#[derive(Clone, Copy, Debug)]
+pub enum RootKey<'key> {
+    /// trustplane: sealed with the KEK in the store.
+    Sealed(&'key PrivateKey),
+    /// A Vault PKI issuer; trustplane never sees the key.
+    Vault(&'key VaultIssuer),
+}
+
 /// Adds a mesh root to `batch`: its record (with its MAC), its key sealed
-/// with `kek` (as `root-key/<id>`) and its issued-certificate record, each
-/// only if absent, and its `certificate-issue` audit entry by `actor`.
+/// with `kek` (as `root-key/<id>`) or the Vault issuer that holds it, and
+/// its issued-certificate record, each only if absent, and its
+/// `certificate-issue` audit entry by `actor`.
 /// Returns the batch and the root's id (its hex serial).
 pub fn put_root(
     batch: Batch,
     kek: &Kek,
     actor: &str,
     root: &Certificate,
-    key: &PrivateKey,
+    key: RootKey<'_>,
     imported: bool,
     now: SystemTime,
 ) -> Result<(Batch, String), ServerError> {
@@ -163,25 +178,42 @@ pub fn put_root(
     let record = RootRecord {
         id: id.clone(),
         certificate_pem: root.to_pem(),
-        key_secret: Some(key_name.clone()),
+        key_secret: matches!(key, RootKey::Sealed(_)).then(|| key_name.clone()),
         created_unix: system_time_to_unix(now),
         imported,
+        vault_issuer: match key {
+            RootKey::Vault(issuer) => Some(issuer.clone()),
+            RootKey::Sealed(_) => None,
+        },
     };
-    let batch = integrity::put_json(batch, kek, Table::Roots, &id, &record, Some(Expect::Absent))?
-        .put(
+    let mut batch =
+        integrity::put_json(batch, kek, Table::Roots, &id, &record, Some(Expect::Absent))?;
+    if let RootKey::Sealed(key) = key {
+        batch = batch.put(
             Table::Secrets,
             &key_name,
             seal(kek, &key_name, key.pkcs8_der())?,
             Some(Expect::Absent),
-        )
-        .put_json(
-            Table::Certificates,
-            &id,
-            &issued_record(root, IssuedKind::Root, None, now)?,
-            Some(Expect::Absent),
-        )?;
+        );
+    }
+    let batch = batch.put_json(
+        Table::Certificates,
+        &id,
+        &issued_record(root, IssuedKind::Root, None, now)?,
+        Some(Expect::Absent),
+    )?;
     let batch = audit_issued(batch, kek, now, actor, root, IssuedKind::Root, None)?;
     Ok((batch, id))
+}
+
+/// Checks a root read from Vault: a self-signed CA that may sign
+/// certificates and is valid at `now`.
+///
+/// Errors: [`ServerError::Certificate`] saying what is wrong.
+pub fn check_vault_root(root: &Certificate, now: SystemTime) -> Result<(), ServerError> {
+    root.require_ca()?;
+    ca::verify_issued(root, root, now)?;
+    Ok(())
 }
 
 /// Creates (or imports) the mesh root, the control-plane CA and the admin
@@ -207,12 +239,16 @@ pub fn initialize(
         .organisation
         .clone()
         .unwrap_or_else(|| domain_policy.organisation.clone());
-    let (root, root_key, imported) = match &options.import {
-        Some((certificate_pem, key_pem)) => {
-            let (root, key) = ca::import_root(certificate_pem, key_pem, now)?;
-            (root, key, true)
+    let (root, root_key, imported) = match (&options.vault_root, &options.import) {
+        (Some((root, _)), _) => {
+            check_vault_root(root, now)?;
+            (root.clone(), None, false)
         }
-        None => {
+        (None, Some((certificate_pem, key_pem))) => {
+            let (root, key) = ca::import_root(certificate_pem, key_pem, now)?;
+            (root, Some(key), true)
+        }
+        (None, None) => {
             let (root, key) = ca::create_root(
                 &ca::RootRequest {
                     trust_domain: options.trust_domain.clone(),
@@ -222,7 +258,7 @@ pub fn initialize(
                 },
                 now,
             )?;
-            (root, key, false)
+            (root, Some(key), false)
         }
     };
     let (control_plane_ca, control_plane_key) = ca::create_control_plane_ca(
@@ -256,15 +292,12 @@ pub fn initialize(
         revoked_unix: None,
         not_after_unix: Some(system_time_to_unix(admin_certificate.not_after()?)),
     };
-    let (batch, _) = put_root(
-        Batch::new(),
-        kek,
-        INIT_ACTOR,
-        &root,
-        &root_key,
-        imported,
-        now,
-    )?;
+    let held = match (&root_key, &options.vault_root) {
+        (Some(key), _) => RootKey::Sealed(key),
+        (None, Some((_, issuer))) => RootKey::Vault(issuer),
+        (None, None) => return Err(ServerError::NoLocalKey),
+    };
+    let (batch, _) = put_root(Batch::new(), kek, INIT_ACTOR, &root, held, imported, now)?;
     let batch = integrity::put_json(
         batch,
         kek,
@@ -351,7 +384,14 @@ pub fn initialize(
         format!(
             "trust domain {}, {} root {}, control-plane CA {}, admin credential \"admin\" ({}), bundle version 1",
             options.trust_domain,
-            if imported { "imported" } else { "new" },
+            match &options.vault_root {
+                Some((_, issuer)) => format!(
+                    "Vault-held (issuer {} {:?} in mount {})",
+                    issuer.issuer_id, issuer.issuer_name, issuer.mount
+                ),
+                None if imported => "imported".into(),
+                None => "new".into(),
+            },
             root_id,
             control_plane_ca.serial_hex()?,
             admin_certificate.serial_hex()?

@@ -334,6 +334,7 @@ mod tests {
             key_secret: None,
             created_unix: 1,
             imported: false,
+            vault_issuer: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::audit_trail::AuditTrail;
 use super::core::{Core, load_signer};
 use super::error::ServerError;
-use super::init::put_root;
+use super::init::{RootKey, put_root};
 use super::integrity;
 use super::publication::Publication;
 use super::registry::ClusterMode;
@@ -18,7 +18,7 @@ use super::rotation_view::{
 };
 use crate::ca::{self, Certificate};
 use crate::rotation::{self, ClusterView, Phase, Rotation, RotationError, StartOptions, Step};
-use crate::store::records::{self, CaSettings, ClusterRecord, RootRecord};
+use crate::store::records::{self, CaSettings, ClusterRecord, RootRecord, VaultIssuer};
 use crate::store::{Batch, Expect, Table};
 
 /// Default validity of a new root created by a rotation.
@@ -37,7 +37,9 @@ type Decision = fn(
 /// A new root made (or imported) for a rotation, not yet stored.
 struct NewRoot {
     certificate: Certificate,
-    key: ca::PrivateKey,
+    /// The key, or None when a Vault issuer holds it.
+    key: Option<ca::PrivateKey>,
+    vault: Option<VaultIssuer>,
     imported: bool,
 }
 
@@ -196,11 +198,21 @@ impl Rotations {
                 Phase::Stable => "",
             }
             .into();
+            if rotation.phase == Phase::RetireOld
+                && let Some(note) = self.vault_retire_note(&rotation.old_root_id)?
+            {
+                status.next_step = format!("{}; {note}", status.next_step);
+            }
         } else {
             status.gate_holds = true;
             status.blocking = "nothing: no rotation in progress".into();
             status.next_step =
                 "start a rotation with `trustplane rotate start` (see `rotate plan` first)".into();
+            if rotation.outcome == Some(rotation::Outcome::Completed)
+                && let Some(note) = self.vault_retire_note(&rotation.old_root_id)?
+            {
+                status.next_step = format!("{}; {note}", status.next_step);
+            }
         }
         Ok(status)
     }
@@ -208,6 +220,20 @@ impl Rotations {
     /// Makes (or imports) the new root for a rotation, in memory.
     fn new_root(&self, options: &RotationOptions) -> Result<NewRoot, ServerError> {
         let now = self.core.now();
+        if let Some((certificate, issuer)) = &options.vault_root {
+            super::init::check_vault_root(certificate, now)?;
+            return Ok(NewRoot {
+                certificate: certificate.clone(),
+                key: None,
+                vault: Some(issuer.clone()),
+                imported: false,
+            });
+        }
+        if !options.vault_issuer.is_empty() {
+            return Err(ServerError::FailedPrecondition(
+                "--vault-issuer was not resolved in Vault before the rotation started".into(),
+            ));
+        }
         let (certificate, key, imported) = if options.import_root_pem.is_empty() {
             if !options.import_key_pem.is_empty() {
                 return Err(ServerError::InvalidArgument(
@@ -239,9 +265,144 @@ impl Rotations {
         };
         Ok(NewRoot {
             certificate,
-            key,
+            key: Some(key),
+            vault: None,
             imported,
         })
+    }
+
+    /// Where a stored root's key lives in Vault, if it does.
+    fn vault_issuer_of(&self, id: &str) -> Result<Option<VaultIssuer>, ServerError> {
+        Ok(integrity::get_json::<RootRecord>(
+            self.core.store.as_ref(),
+            &self.core.kek,
+            Table::Roots,
+            id,
+        )?
+        .and_then(|(record, _)| record.vault_issuer))
+    }
+
+    /// For `rotate start` with a Vault-held signing root or
+    /// `--vault-issuer`: reads the named issuer in the signing root's PKI
+    /// mount, or creates it there (`root/generate/internal`, the key never
+    /// leaves Vault), and returns `options` with the new root filled in.
+    /// Other options are returned unchanged.
+    ///
+    /// Errors: [`ServerError::FailedPrecondition`] without a Vault
+    /// connection or during a rotation, [`ServerError::InvalidArgument`]
+    /// for an import into Vault mode or an issuer without a key, Vault
+    /// errors naming the path.
+    pub async fn resolve_vault_root(
+        &self,
+        mut options: RotationOptions,
+    ) -> Result<RotationOptions, ServerError> {
+        let signing_id = self.core.signing_root().serial_hex()?;
+        let signing_issuer = self.vault_issuer_of(&signing_id)?;
+        if signing_issuer.is_none() && options.vault_issuer.is_empty() {
+            return Ok(options);
+        }
+        let vault = self.core.vault().cloned().ok_or_else(|| {
+            ServerError::FailedPrecondition(
+                "a Vault-held root needs the server to run with VAULT_ADDR and Vault credentials"
+                    .into(),
+            )
+        })?;
+        if !options.import_root_pem.is_empty() {
+            return Err(ServerError::InvalidArgument(
+                "the signing root is held by Vault: a new root is an issuer in Vault too (--vault-issuer), not an imported key".into(),
+            ));
+        }
+        if let Some((rotation, _)) = self.current()?
+            && rotation.in_progress()
+        {
+            return Err(RotationError::InProgress(rotation.phase).into());
+        }
+        let mount =
+            signing_issuer.map_or_else(|| vault.config().pki_mount.clone(), |issuer| issuer.mount);
+        let now = self.core.now();
+        let name = if options.vault_issuer.is_empty() {
+            format!(
+                "trustplane-root-{}",
+                humantime::format_rfc3339_seconds(now)
+                    .to_string()
+                    .replace([':', 'T', 'Z'], "")
+                    .replace('-', "")
+            )
+        } else {
+            options.vault_issuer.clone()
+        };
+        let vault_error = |error| ServerError::Signer(crate::signer::SignerError::Vault(error));
+        let (certificate_pem, issuer_id, issuer_name) = match crate::vault::pki::read_issuer(
+            &vault, &mount, &name,
+        )
+        .await
+        {
+            Ok(issuer) => {
+                if issuer.key_id.is_empty() {
+                    return Err(ServerError::InvalidArgument(format!(
+                        "Vault issuer {name:?} in {mount} has no key in Vault: it cannot sign; name an issuer with a key, or a new name to create one"
+                    )));
+                }
+                (issuer.certificate, issuer.issuer_id, issuer.issuer_name)
+            }
+            Err(error) if error.kind == crate::vault::VaultErrorKind::NotFound => {
+                let key_algorithm = options.key_algorithm.unwrap_or(ca::KeyAlgorithm::EcdsaP256);
+                let validity = if options.root_validity_seconds == 0 {
+                    NEW_ROOT_VALIDITY
+                } else {
+                    Duration::from_secs(options.root_validity_seconds)
+                };
+                let label = humantime::format_rfc3339_seconds(now).to_string();
+                let created = crate::vault::pki::generate_root(
+                    &vault,
+                    crate::vault::pki::root_request(
+                        &mount,
+                        &name,
+                        &format!("{} root CA {label}", self.core.settings.trust_domain),
+                        &self.core.settings.organisation,
+                        &self.core.settings.trust_domain,
+                        key_algorithm,
+                        validity,
+                    ),
+                )
+                .await
+                .map_err(vault_error)?;
+                tracing::info!(mount = %mount, issuer = %created.issuer_id, name = %name, "created a root issuer in Vault for the rotation");
+                (created.certificate, created.issuer_id, created.issuer_name)
+            }
+            Err(error) => return Err(vault_error(error)),
+        };
+        options.vault_root = Some((
+            Certificate::from_pem(&certificate_pem)?,
+            VaultIssuer {
+                mount,
+                issuer_id,
+                issuer_name,
+            },
+        ));
+        Ok(options)
+    }
+
+    /// What the operator may do in Vault with the old root of `rotation`
+    /// once it is retired (trustplane never deletes or disables it).
+    fn vault_retire_note(&self, old_root_id: &str) -> Result<Option<String>, ServerError> {
+        Ok(self.vault_issuer_of(old_root_id)?.map(|issuer| {
+            format!(
+                "the old root stays in Vault as issuer {} ({:?}) in mount {}: trustplane never deletes or disables it. Once no certificate chains to it any more you may stop it signing with `bao write {}/issuer/{} usage=read-only,crl-signing` (POST /v1/{}/issuer/{}), or remove it with `bao delete {}/issuer/{}` (DELETE /v1/{}/issuer/{}; its key stays unless you also delete {}/key/<key id>)",
+                issuer.issuer_id,
+                issuer.issuer_name,
+                issuer.mount,
+                issuer.mount,
+                issuer.issuer_id,
+                issuer.mount,
+                issuer.issuer_id,
+                issuer.mount,
+                issuer.issuer_id,
+                issuer.mount,
+                issuer.issuer_id,
+                issuer.mount,
+            )
+        }))
     }
 
     fn start_options(&self, options: &RotationOptions) -> Result<StartOptions, ServerError> {
@@ -364,19 +525,32 @@ impl Rotations {
                 self.core.store.as_ref(),
                 &self.core.kek,
                 &record,
+                self.core.vault(),
             )?);
         }
         if let Some(new_root) = new_root {
+            let held = match (&new_root.key, &new_root.vault) {
+                (Some(key), _) => RootKey::Sealed(key),
+                (None, Some(issuer)) => RootKey::Vault(issuer),
+                (None, None) => return Err(ServerError::NoLocalKey),
+            };
             (batch, _) = put_root(
                 batch,
                 &self.core.kek,
                 actor,
                 &new_root.certificate,
-                &new_root.key,
+                held,
                 new_root.imported,
                 now,
             )?;
         }
+        let detail = match step.rotation.phase {
+            Phase::RetireOld => match self.vault_retire_note(&step.rotation.old_root_id)? {
+                Some(note) => format!("{detail}; {note}"),
+                None => detail,
+            },
+            _ => detail,
+        };
         batch = self.audit.record(batch, actor, action, detail)?;
         self.publication
             .commit_and_publish(step.bundle, batch, signer, actor)?;
@@ -434,7 +608,12 @@ impl Rotations {
                 .filter(|stranded| !start_options.excluded.contains(&stranded.cluster))
                 .map(|stranded| format!("{}: {}", stranded.cluster, stranded.error))
                 .collect();
-            let new_root_name = if options.import_root_pem.is_empty() {
+            let new_root_name = if !options.vault_issuer.is_empty() {
+                format!(
+                    "Vault issuer {:?} (adopted if it exists, else created in Vault by `rotate start`)",
+                    options.vault_issuer
+                )
+            } else if options.import_root_pem.is_empty() {
                 format!(
                     "new {} root \"{} root CA <start time>\" (created by `rotate start`)",
                     options

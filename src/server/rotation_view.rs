@@ -31,6 +31,14 @@ pub struct RotationOptions {
     pub import_root_pem: String,
     /// The imported root's key (PEM; never printed).
     pub import_key_pem: Zeroizing<String>,
+    /// Vault: the issuer (name or id) to use as the new root, created in
+    /// the signing root's PKI mount when it does not exist (empty: a new
+    /// issuer named `trustplane-root-<time>` when the signing root is in
+    /// Vault).
+    pub vault_issuer: String,
+    /// The Vault-held new root, resolved by
+    /// [`super::Rotations::resolve_vault_root`] before `start`.
+    pub vault_root: Option<(ca::Certificate, crate::store::records::VaultIssuer)>,
 }
 
 impl std::fmt::Debug for RotationOptions {
@@ -44,6 +52,7 @@ impl std::fmt::Debug for RotationOptions {
             .field("root_validity_seconds", &self.root_validity_seconds)
             .field("import_root", &!self.import_root_pem.is_empty())
             .field("import_key_pem", &"[redacted]")
+            .field("vault_issuer", &self.vault_issuer)
             .finish()
     }
 }

@@ -12,8 +12,8 @@ use super::{RootSigner, SignerError};
 use crate::ca::{
     BACKDATE, CaError, Certificate, IntermediateProfile, VerifiedCsr, check_signed_intermediate,
 };
-use crate::vault::pki::{self, INTERMEDIATE_KEY_USAGE, SignIntermediateRequest};
 use crate::vault::Vault;
+use crate::vault::pki::{self, INTERMEDIATE_KEY_USAGE, SignIntermediateRequest};
 
 /// Why a Vault signer cannot honour a policy that asks for URI name
 /// constraints.
@@ -104,9 +104,7 @@ fn request(
     root_not_after: SystemTime,
     now: SystemTime,
 ) -> SignIntermediateRequest {
-    let until_root_expiry = root_not_after
-        .duration_since(now)
-        .unwrap_or(Duration::ZERO);
+    let until_root_expiry = root_not_after.duration_since(now).unwrap_or(Duration::ZERO);
     let ttl = profile.lifetime.min(until_root_expiry);
     SignIntermediateRequest {
         mount: mount.to_string(),
@@ -120,7 +118,10 @@ fn request(
         max_path_length: 0,
         use_csr_values: false,
         exclude_cn_from_sans: true,
-        key_usage: INTERMEDIATE_KEY_USAGE.iter().map(|usage| (*usage).to_string()).collect(),
+        key_usage: INTERMEDIATE_KEY_USAGE
+            .iter()
+            .map(|usage| (*usage).to_string())
+            .collect(),
         not_before_duration: BACKDATE.as_secs(),
         format: "pem".into(),
     }

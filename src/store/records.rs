@@ -44,6 +44,24 @@ pub struct RootRecord {
     pub created_unix: i64,
     /// Whether it was imported rather than generated.
     pub imported: bool,
+    /// The Vault PKI issuer that holds its key (`key_secret` is None then).
+    /// Written only when set, so records (and their MACs) of local roots
+    /// keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_issuer: Option<VaultIssuer>,
+}
+
+/// Where in Vault a root's key lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultIssuer {
+    /// The PKI mount, e.g. `pki`.
+    pub mount: String,
+    /// The issuer's id (a UUID; names can be moved, ids cannot).
+    pub issuer_id: String,
+    /// The issuer's name when it was recorded (for people).
+    #[serde(default)]
+    pub issuer_name: String,
 }
 
 /// What a cluster last reported (`ReportStatus`).

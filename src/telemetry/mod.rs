@@ -2,6 +2,8 @@
 //! text from outside (a cluster's report) is made safe to store and print.
 //! Metrics and health endpoints plug in here.
 
+pub mod health;
+
 /// Initialises `tracing` to stderr; `RUST_LOG` overrides `default_level`.
 pub fn init(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -70,6 +70,9 @@ pub struct VaultConfig {
         default_value = "kubernetes"
     )]
     pub k8s_mount: String,
+    /// The PKI issuer (name or id) to adopt as the mesh root (`init --signer vault`; without it a new issuer is generated in Vault).
+    #[arg(long = "vault-issuer", env = "TRUSTPLANE_VAULT_ISSUER")]
+    pub issuer: Option<String>,
     /// PKI mount that holds the mesh root issuer.
     #[arg(
         long = "vault-pki-mount",
@@ -154,6 +157,39 @@ pub struct TokenLease {
     pub ttl: Option<Duration>,
     /// Whether `renew-self` may extend it.
     pub renewable: bool,
+}
+
+/// The least-privilege Vault ACL policy trustplane's token needs: sign
+/// with and read the mesh root issuer `issuer_id` in `pki_mount`, and read
+/// and write the `vault-kv` store under the configured KV prefix; nothing
+/// else. Rotation adds a commented block to enable for its duration.
+pub fn acl_policy(config: &VaultConfig, pki_mount: &str, issuer_id: &str) -> String {
+    let kv = &config.kv_mount;
+    let prefix = config.kv_prefix.trim_matches('/');
+    format!(
+        r#"# trustplane: sign intermediates with the mesh root issuer and read it
+path "{pki_mount}/issuer/{issuer_id}/sign-intermediate" {{
+  capabilities = ["update"]
+}}
+path "{pki_mount}/issuer/{issuer_id}/json" {{
+  capabilities = ["read"]
+}}
+
+# trustplane's state (the vault-kv store) under {kv}/{prefix}/
+path "{kv}/data/{prefix}/*" {{
+  capabilities = ["create", "read", "update", "delete"]
+}}
+path "{kv}/metadata/{prefix}/*" {{
+  capabilities = ["read", "list", "delete"]
+}}
+
+# Only while a root rotation runs (`trustplane rotate start`), then remove
+# it and name the new issuer's id in the two paths above:
+# path "{pki_mount}/root/generate/internal" {{ capabilities = ["update"] }}
+# path "{pki_mount}/issuer/+/json" {{ capabilities = ["read"] }}
+# path "{pki_mount}/issuer/+/sign-intermediate" {{ capabilities = ["update"] }}
+"#
+    )
 }
 
 /// A secret string from a flag or the environment: wiped on drop, never
@@ -260,22 +296,30 @@ impl Vault {
                     vaultrs::auth::approle::login(&anonymous, mount, &role_id.0, &secret_id.0)
                         .await
                         .map_err(|error| classify(&path, error))?;
-                (Zeroizing::new(info.client_token), lease_of(info.lease_duration, info.renewable))
+                (
+                    Zeroizing::new(info.client_token),
+                    lease_of(info.lease_duration, info.renewable),
+                )
             }
             LoginMethod::Kubernetes { role } => {
                 let mount = &self.config.k8s_mount;
                 let path = format!("auth/{mount}/login");
                 let file = &self.config.k8s_jwt_file;
-                let jwt = std::fs::read_to_string(file).map(Zeroizing::new).map_err(|error| {
-                    VaultError::config(format!(
-                        "Kubernetes auth: cannot read the service-account token {}: {error}",
-                        file.display()
-                    ))
-                })?;
+                let jwt = std::fs::read_to_string(file)
+                    .map(Zeroizing::new)
+                    .map_err(|error| {
+                        VaultError::config(format!(
+                            "Kubernetes auth: cannot read the service-account token {}: {error}",
+                            file.display()
+                        ))
+                    })?;
                 let info = vaultrs::auth::kubernetes::login(&anonymous, mount, role, jwt.trim())
                     .await
                     .map_err(|error| classify(&path, error))?;
-                (Zeroizing::new(info.client_token), lease_of(info.lease_duration, info.renewable))
+                (
+                    Zeroizing::new(info.client_token),
+                    lease_of(info.lease_duration, info.renewable),
+                )
             }
         };
         let client = Arc::new(client_with_token(&self.config, &token)?);
@@ -392,12 +436,16 @@ pub fn renewal_delay(ttl: Duration) -> Duration {
 /// or replace it). Failures are retried after 5 s.
 async fn keep_alive(vault: Weak<Vault>) {
     loop {
-        let Some(current) = vault.upgrade() else { return };
+        let Some(current) = vault.upgrade() else {
+            return;
+        };
         let lease = current.lease();
         drop(current);
         let Some(ttl) = lease.ttl else { return };
         tokio::time::sleep(renewal_delay(ttl)).await;
-        let Some(current) = vault.upgrade() else { return };
+        let Some(current) = vault.upgrade() else {
+            return;
+        };
         let renewed = if lease.renewable {
             current.renew().await
         } else {
@@ -410,7 +458,10 @@ async fn keep_alive(vault: Weak<Vault>) {
         match renewed {
             // A renewal capped by the token's max TTL gives less than asked:
             // log in again before it runs out.
-            Ok(new) if new.ttl.is_some_and(|new_ttl| new_ttl * 3 < ttl) && current.can_log_in_again() => {
+            Ok(new)
+                if new.ttl.is_some_and(|new_ttl| new_ttl * 3 < ttl)
+                    && current.can_log_in_again() =>
+            {
                 if let Err(error) = current.login().await {
                     tracing::warn!(error = %error, "Vault login failed; retrying in 5 s");
                     pause_after_failure(&current).await;

@@ -71,7 +71,10 @@ pub struct SignIntermediateResponse {
 
 /// `GET <mount>/issuer/<issuer>/json`.
 #[derive(Debug, Default, Endpoint)]
-#[endpoint(path = "{self.mount}/issuer/{self.issuer}/json", response = "IssuerResponse")]
+#[endpoint(
+    path = "{self.mount}/issuer/{self.issuer}/json",
+    response = "IssuerResponse"
+)]
 pub struct ReadIssuerRequest {
     /// The PKI mount.
     #[endpoint(skip)]
@@ -210,6 +213,39 @@ pub async fn generate_root(
         .await
 }
 
+/// The request for a new root issuer `name` in `mount`: subject
+/// `O=<organisation>, CN=<common_name>`, URI SAN `spiffe://<trust domain>`,
+/// the key type of `key_algorithm` (ECDSA P-256/P-384, RSA 2048), valid for
+/// `validity`.
+pub fn root_request(
+    mount: &str,
+    name: &str,
+    common_name: &str,
+    organisation: &str,
+    trust_domain: &str,
+    key_algorithm: crate::ca::KeyAlgorithm,
+    validity: std::time::Duration,
+) -> GenerateRootRequest {
+    use crate::ca::KeyAlgorithm;
+    let (key_type, key_bits) = match key_algorithm {
+        KeyAlgorithm::EcdsaP256 => ("ec", 256),
+        KeyAlgorithm::EcdsaP384 => ("ec", 384),
+        KeyAlgorithm::Rsa => ("rsa", 2048),
+    };
+    GenerateRootRequest {
+        mount: mount.to_string(),
+        issuer_name: name.to_string(),
+        common_name: common_name.to_string(),
+        organization: vec![organisation.to_string()],
+        uri_sans: format!("spiffe://{trust_domain}"),
+        key_type: key_type.into(),
+        key_bits,
+        ttl: format!("{}s", validity.as_secs()),
+        exclude_cn_from_sans: true,
+        format: "pem".into(),
+    }
+}
+
 /// Whether Vault is ready to sign: `sys/health` says initialised, unsealed
 /// and active. Returns a one-line state for `/readyz`.
 pub async fn health(vault: &Vault) -> Result<String, String> {
@@ -218,9 +254,7 @@ pub async fn health(vault: &Vault) -> Result<String, String> {
         Ok(ServerStatus::OK) => Ok("vault: active, unsealed".into()),
         Ok(ServerStatus::STANDBY) => Ok("vault: standby (requests are forwarded)".into()),
         Ok(ServerStatus::PERFSTANDBY) => Ok("vault: performance standby".into()),
-        Ok(ServerStatus::SEALED) => {
-            Err("vault: sealed; unseal it (`bao operator unseal`)".into())
-        }
+        Ok(ServerStatus::SEALED) => Err("vault: sealed; unseal it (`bao operator unseal`)".into()),
         Ok(ServerStatus::UNINITIALIZED) => Err("vault: not initialised".into()),
         Ok(other) => Err(format!("vault: {other:?}")),
         Err(error) => Err(format!("vault: {}", classify("sys/health", error))),

@@ -128,6 +128,7 @@ pub async fn start_server_configured(
             key_algorithm: KeyAlgorithm::EcdsaP256,
             root_validity: Duration::from_secs(10 * 365 * 24 * 3600),
             import: None,
+            vault_root: None,
             policy: policy.clone(),
         },
         clock.now(),

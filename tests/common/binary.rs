@@ -22,21 +22,59 @@ impl Drop for Guard {
 /// Starts `trustplane server` on `data_dir`, listening on `listen`, and
 /// returns its guard and the URL it printed first.
 pub fn start_server(data_dir: &Path, listen: &str) -> (Guard, String) {
+    start_server_with(data_dir, listen, &[], &[], None)
+}
+
+/// The same with extra arguments and environment variables, and its
+/// stderr (the log) appended to `log` when given.
+pub fn start_server_with(
+    data_dir: &Path,
+    listen: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&Path>,
+) -> (Guard, String) {
+    let stderr = match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    };
     let mut child = Command::new(BINARY)
         .args(["server", "--listen", listen, "--data-dir"])
         .arg(data_dir)
+        .args(args)
         .env_remove("TRUSTPLANE_KEK")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    // Lines before the listening one (e.g. the health endpoint) are skipped.
+    while !line.contains("https://") {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("the server exited before it listened");
+        }
+    }
     let url = line
         .split_whitespace()
         .find(|word| word.starts_with("https://"))
         .unwrap_or_else(|| panic!("no URL in server output {line:?}"))
         .to_string();
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
     (Guard(child), url)
 }

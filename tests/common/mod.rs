@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod fixtures;
+pub mod fleet;
 pub mod mesh;
 pub mod openbao;
 

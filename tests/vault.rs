@@ -1,10 +1,27 @@
-//! Vault-backed deployments against a real OpenBao server.
+//! Vault-backed deployments against a real OpenBao server (`bao`, see
+//! `common::openbao`): the mesh root lives in OpenBao's PKI and trustplane
+//! never sees its key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::binary::{BINARY, start_server_with};
+use common::fixtures::openssl_verify;
+use common::fleet::*;
+use common::mesh::Mesh;
 use common::openbao::OpenBao;
-use trustplane::vault::{Secret, Vault, VaultConfig, VaultErrorKind, classify};
+use trustplane::agent::{self, AgentConfig};
+use trustplane::ca::{self, Certificate, IntermediateProfile, KeyAlgorithm, PrivateKey};
+use trustplane::clock::SystemClock;
+use trustplane::proto;
+use trustplane::signer::{RootSigner, SignerError, VaultSigner};
+use trustplane::sink::{ClusterSink, DirectorySink};
+use trustplane::vault::{Secret, Vault, VaultConfig, VaultErrorKind, classify, pki};
 
 fn config(bao: &OpenBao) -> VaultConfig {
     VaultConfig {
@@ -13,8 +30,224 @@ fn config(bao: &OpenBao) -> VaultConfig {
         pki_mount: "pki".into(),
         kv_mount: "secret".into(),
         kv_prefix: "trustplane".into(),
+        approle_mount: "approle".into(),
+        k8s_mount: "kubernetes".into(),
         ..VaultConfig::default()
     }
+}
+
+/// The issuer `name`'s certificate and id, read with the root token.
+fn issuer(bao: &OpenBao, name: &str) -> (Certificate, String) {
+    let (status, body) = bao.http("GET", &format!("pki/issuer/{name}/json"), None);
+    assert_eq!(status, 200, "{body}");
+    (
+        Certificate::from_pem(body["data"]["certificate"].as_str().unwrap()).unwrap(),
+        body["data"]["issuer_id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A token for trustplane with only the policy `init` printed, so every
+/// test runs with least privilege and a token that is not a word found in
+/// logs by chance.
+fn scoped_token(bao: &OpenBao, policy_text: &str, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.hcl");
+    std::fs::write(&file, policy_text).unwrap();
+    bao.bao(&["policy", "write", "trustplane", file.to_str().unwrap()]);
+    let mut args = vec!["token", "create", "-policy=trustplane", "-format=json"];
+    args.extend_from_slice(extra);
+    let output = bao.bao(&args);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    json["auth"]["client_token"].as_str().unwrap().to_string()
+}
+
+fn run_init(bao: &OpenBao, data: &Path, token: &str, extra: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args([
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--signer",
+            "vault",
+            "--vault-addr",
+            &bao.addr,
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(extra)
+        .env("VAULT_TOKEN", token)
+        .env_remove("TRUSTPLANE_KEK")
+        .env_remove("VAULT_ADDR")
+        .output()
+        .unwrap()
+}
+
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .arg(format!("http://{address}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Waits up to 30 s for `condition` on `/readyz`.
+async fn wait_ready(address: &str, what: &str, condition: impl Fn(u16, &str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = http_get(address, "/readyz");
+        if condition(code, &body) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never {what}: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// No key of `roots` anywhere under `data`: no PEM key file matches one,
+/// and no sealed secret of the store (opened with the KEK) is one; the
+/// store holds no `root-key/` secret at all.
+fn assert_no_root_key_under(data: &Path, roots: &[Certificate]) {
+    for path in files_under(data) {
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        if text.contains("PRIVATE KEY-----") {
+            let key = PrivateKey::from_pem(&text).unwrap();
+            for root in roots {
+                assert!(
+                    !ca::key_matches_certificate(root, &key).unwrap(),
+                    "{} holds the key of the mesh root",
+                    path.display()
+                );
+            }
+        }
+    }
+    let store = trustplane::store::RedbStore::open(&data.join("trustplane.redb")).unwrap();
+    let kek = trustplane::signer::sealed::Kek::load(Some(&data.join("kek")), None).unwrap();
+    use trustplane::store::{Store, Table};
+    let secrets = store.list(Table::Secrets).unwrap();
+    assert!(
+        !secrets.is_empty(),
+        "the control-plane CA key should be there"
+    );
+    for (name, stored) in secrets {
+        assert!(
+            !name.starts_with("root-key/"),
+            "a root key is stored: {name}"
+        );
+        let plain = trustplane::signer::sealed::unseal(&kek, &name, &stored.value).unwrap();
+        if let Ok(key) = PrivateKey::from_pkcs8_der(&plain) {
+            for root in roots {
+                assert!(
+                    !ca::key_matches_certificate(root, &key).unwrap(),
+                    "sealed secret {name} is the mesh root's key"
+                );
+            }
+        }
+    }
+}
+
+/// An agent that writes a directory, as istiod's `/etc/cacerts` mount.
+fn directory_agent(
+    fleet: &Fleet,
+    admin_token: String,
+    dir: &Path,
+) -> (trustplane::agent::AgentHandle, Arc<DirectorySink>) {
+    let sink = Arc::new(DirectorySink::new(dir.join("cacerts")));
+    let dynamic: Arc<dyn ClusterSink> = sink.clone();
+    let handle = agent::spawn(
+        AgentConfig {
+            server_ca_pem: Some(fleet.control_plane_ca_pem.clone()),
+            join_token: Some(zeroize::Zeroizing::new(admin_token)),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            max_backoff: Duration::from_millis(500),
+            ..AgentConfig::new(fleet.url.clone(), dir.join("identity"))
+        },
+        dynamic,
+    );
+    (handle, sink)
+}
+
+/// `openssl verify` and Istio's own CA code on a cacerts directory: the
+/// intermediate verifies to the root, istiod loads the four files and the
+/// workload certificate it signs verifies under `root-cert.pem`.
+fn check_cacerts_with_openssl_and_istio(cacerts: &Path) {
+    let (ok, output) = openssl_verify(
+        cacerts,
+        &[
+            "-CAfile",
+            "root-cert.pem",
+            "-untrusted",
+            "cert-chain.pem",
+            "ca-cert.pem",
+        ],
+    );
+    assert!(ok, "openssl verify: {output}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/istio/build.sh");
+    let built = Command::new(&script).output().unwrap();
+    assert!(
+        built.status.success(),
+        "cannot build Istio's CA interop program: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let stdout = String::from_utf8(built.stdout).unwrap();
+    let interop = PathBuf::from(stdout.lines().last().unwrap().trim());
+    let leaf = cacerts.parent().unwrap().join("workload.pem");
+    let signed = Command::new(&interop)
+        .args(["sign", "--cacerts"])
+        .arg(cacerts)
+        .args([
+            "--spiffe-id",
+            "spiffe://cluster.local/ns/default/sa/app",
+            "--out",
+        ])
+        .arg(&leaf)
+        .output()
+        .unwrap();
+    assert!(
+        signed.status.success(),
+        "istiod refuses the cacerts: {}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let verified = Command::new(&interop)
+        .args(["verify", "--chain"])
+        .arg(&leaf)
+        .arg("--roots")
+        .arg(cacerts.join("root-cert.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "Go's x509 refuses the workload chain: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }
 
 #[tokio::test]
@@ -29,8 +262,686 @@ async fn a_dev_server_answers_and_a_missing_issuer_is_named() {
         .unwrap_err();
     assert_eq!(error.kind, VaultErrorKind::NotFound, "{error}");
     assert!(error.to_string().contains(path), "{error}");
+    let error = pki::read_issuer(&vault, "pki", "no-such-issuer")
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, VaultErrorKind::NotFound, "{error}");
+    assert!(error.to_string().contains("--vault-issuer"), "{error}");
     let issuer = vaultrs::pki::issuer::read(vault.client().as_ref(), "pki", Some("mesh-root"))
         .await
         .unwrap();
     assert!(issuer.certificate.contains("BEGIN CERTIFICATE"));
+}
+
+/// The whole product on OpenBao: `init --signer vault` adopts an issuer,
+/// the server binary signs every cluster's intermediate through OpenBao,
+/// the published bundle is OpenBao's issuer, a full rotation makes root B
+/// an issuer in the same mount and keeps every pair of clusters verifying,
+/// retire-old leaves the old issuer in place and says what may be done, and
+/// no key of either root is ever under the data directory or in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_rotation_with_both_roots_in_openbao_keeps_every_pair_verifying() {
+    common::install_crypto();
+    const CLUSTERS: usize = 3;
+    let bao = OpenBao::dev();
+    bao.pki_with_root("pki", "mesh-root", "cluster.local root CA");
+    let (root_a, root_a_id) = issuer(&bao, "mesh-root");
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+
+    // init with the root token prints the least-privilege policy...
+    let init = run_init(&bao, &data, &bao.token, &["--vault-issuer", "mesh-root"]);
+    let printed = String::from_utf8_lossy(&init.stdout).to_string();
+    assert!(
+        init.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let sign_path = format!("path \"pki/issuer/{root_a_id}/sign-intermediate\"");
+    assert!(printed.contains(&sign_path), "{printed}");
+    assert!(
+        printed.contains("path \"secret/data/trustplane/*\""),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("path \"secret/metadata/trustplane/*\""),
+        "{printed}"
+    );
+    // ...which, plus the rotation block, is all the server's token gets.
+    let policy_start = printed.find("# trustplane: sign").unwrap();
+    let policy_text = printed[policy_start..]
+        .lines()
+        .take_while(|line| !line.starts_with("The root key") && !line.starts_with("Next:"))
+        .map(|line| {
+            line.strip_prefix("# path")
+                .map_or(line.to_string(), |rest| format!("path{rest}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let token = scoped_token(&bao, &policy_text, &["-ttl=1h"]);
+
+    let log = work.path().join("server.log");
+    let health = free_address();
+    let (server, url) = start_server_with(
+        &data,
+        "127.0.0.1:0",
+        &["--health-listen", &health],
+        &[
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_TOKEN", token.as_str()),
+        ],
+        Some(&log),
+    );
+    wait_ready(&health, "ready", |code, body| {
+        code == 200 && body.contains("vault: active")
+    })
+    .await;
+    let mut admin = admin_for(&data, &url).await;
+    let mesh = Mesh::new(Duration::from_secs(GRACE), SystemClock::shared());
+    let control_plane_ca_pem = std::fs::read_to_string(data.join("control-plane-ca.pem")).unwrap();
+    let mut fleet = Fleet::new(url.clone(), control_plane_ca_pem);
+    for index in 0..CLUSTERS {
+        fleet.add(&mut admin, &mesh, &format!("v{index}")).await;
+    }
+    let directory_token = admin
+        .add_cluster(proto::AddClusterRequest {
+            name: "files".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .join_token;
+    let files_dir = work.path().join("files");
+    let (files_agent, _) = directory_agent(&fleet, directory_token, &files_dir);
+    wait_applied(&mut admin, 1, CLUSTERS + 1).await;
+    mesh.check_all("stable on OpenBao").await;
+
+    // The published roots are OpenBao's issuer, byte for byte.
+    let stable = status(&mut admin).await;
+    assert_eq!(bundle_roots(&stable), vec![root_a.clone()]);
+    check_cacerts_with_openssl_and_istio(&files_dir.join("cacerts"));
+
+    // Rotation: root B is a new issuer created in the same mount.
+    let started = admin
+        .rotate_start(proto::RotateStartRequest {
+            options: Some(proto::RotationOptions {
+                vault_issuer: "mesh-root-b".into(),
+                ..rotation_options()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.phase, "trust-new");
+    let (root_b, root_b_id) = issuer(&bao, "mesh-root-b");
+    assert_eq!(bundle_roots(&started), vec![root_a.clone(), root_b.clone()]);
+    wait_gate(&mut admin, None).await;
+    let signing = advance(&mut admin).await.unwrap();
+    assert_eq!(signing.phase, "sign-new");
+    wait_gate(&mut admin, None).await;
+    let retiring = advance(&mut admin).await.unwrap();
+    assert_eq!(retiring.phase, "retire-old");
+    assert_eq!(bundle_roots(&retiring), vec![root_b.clone()]);
+    let advice = format!("bao write pki/issuer/{root_a_id} usage=read-only");
+    assert!(
+        retiring.next_step.contains(&advice),
+        "{}",
+        retiring.next_step
+    );
+    wait_gate(&mut admin, None).await;
+    let done = advance(&mut admin).await.unwrap();
+    assert_eq!(
+        (done.phase.as_str(), done.outcome.as_str()),
+        ("stable", "completed")
+    );
+    assert!(done.next_step.contains(&advice), "{}", done.next_step);
+    let audit = admin
+        .audit_log(proto::AuditLogRequest {
+            action: "rotate".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let audit_text = format!("{audit:?}");
+    assert!(
+        audit_text.contains(&advice),
+        "the audit trail says what may be done with the old issuer:\n{audit_text}"
+    );
+    mesh.check_all("after the rotation on OpenBao").await;
+    let checks = assert_no_failures(&mesh).await;
+    let summary = mesh.summary().await;
+    assert!(summary.intermediates >= 2 * CLUSTERS, "{summary:?}");
+
+    // The files cluster now chains to root B, and istiod accepts it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let chain =
+            std::fs::read_to_string(files_dir.join("cacerts/cert-chain.pem")).unwrap_or_default();
+        if Certificate::parse_pem_chain(&chain)
+            .unwrap_or_default()
+            .last()
+            == Some(&root_b)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the files cluster never re-issued from root B"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check_cacerts_with_openssl_and_istio(&files_dir.join("cacerts"));
+
+    // The old issuer is still in OpenBao, unchanged.
+    let (still_a, _) = issuer(&bao, &root_a_id);
+    assert_eq!(still_a, root_a);
+    let (_, usage) = bao.http("GET", &format!("pki/issuer/{root_a_id}"), None);
+    assert!(
+        usage["data"]["usage"]
+            .as_str()
+            .unwrap()
+            .contains("issuing-certificates"),
+        "{usage}"
+    );
+
+    files_agent.stop();
+    for name in fleet.clusters.keys().cloned().collect::<Vec<_>>() {
+        fleet.stop(&name);
+    }
+    drop(server);
+    assert_no_root_key_under(&data, &[root_a.clone(), root_b.clone()]);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(!log_text.contains("PRIVATE KEY"), "{log_text}");
+    assert!(!log_text.contains(&token), "the Vault token is in the log");
+    assert!(!printed.contains(&bao.token) || bao.token == "root");
+    println!(
+        "rotation on OpenBao: {checks} cross-cluster checks, 0 failures, {} intermediates; root B = issuer {root_b_id}",
+        summary.intermediates
+    );
+}
+
+/// A policy asking for URI name constraints is refused with the Vault
+/// signer, at `init` and when the server opens the store.
+#[tokio::test]
+async fn uri_name_constraints_are_refused_with_the_vault_signer() {
+    let bao = OpenBao::dev();
+    bao.pki_with_root("pki", "mesh-root", "cluster.local root CA");
+    let work = tempfile::tempdir().unwrap();
+    let policy = work.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "trust_domains:\n  cluster.local:\n    organisation: test\n    name_constraints: true\n",
+    )
+    .unwrap();
+    let refused = run_init(
+        &bao,
+        &work.path().join("data"),
+        &bao.token,
+        &[
+            "--vault-issuer",
+            "mesh-root",
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("permitted_uri_domains"), "{text}");
+    assert!(text.contains("OpenBao"), "{text}");
+    assert!(!work.path().join("data/trustplane.redb").exists());
+
+    // A store made with a policy without them, served with one with them.
+    let data = work.path().join("data2");
+    let init = run_init(&bao, &data, &bao.token, &["--vault-issuer", "mesh-root"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let served = Command::new(BINARY)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--policy",
+            policy.to_str().unwrap(),
+            "--vault-addr",
+            &bao.addr,
+        ])
+        .env("VAULT_TOKEN", &bao.token)
+        .env_remove("TRUSTPLANE_KEK")
+        .output()
+        .unwrap();
+    assert!(!served.status.success());
+    let text = String::from_utf8_lossy(&served.stderr);
+    assert!(text.contains("permitted_uri_domains"), "{text}");
+    // And without Vault settings the server says what it needs.
+    let served = Command::new(BINARY)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("TRUSTPLANE_KEK")
+        .env_remove("VAULT_ADDR")
+        .output()
+        .unwrap();
+    assert!(!served.status.success());
+    let text = String::from_utf8_lossy(&served.stderr);
+    assert!(
+        text.contains("held by Vault") && text.contains("VAULT_ADDR"),
+        "{text}"
+    );
+}
+
+/// A CSR for a fresh P-256 key, verified as the server does.
+fn verified_csr() -> ca::VerifiedCsr {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let pem = ca::create_csr(&key, "east intermediate CA").unwrap();
+    ca::verify_csr(pem.as_bytes()).unwrap()
+}
+
+fn east_profile() -> IntermediateProfile {
+    IntermediateProfile {
+        trust_domain: "cluster.local".into(),
+        organisation: "test".into(),
+        cluster: "east".into(),
+        lifetime: Duration::from_secs(24 * 3600),
+        name_constraints: false,
+    }
+}
+
+/// Signs with the VaultSigner against `bao` (through `addr`, a proxy or
+/// the server itself).
+async fn sign_through(bao: &OpenBao, addr: &str) -> Result<Certificate, SignerError> {
+    let (root, root_id) = issuer(bao, "mesh-root");
+    let vault = Vault::connect(VaultConfig {
+        addr: Some(addr.to_string()),
+        ..config(bao)
+    })
+    .await
+    .unwrap();
+    let signer = VaultSigner::new(vault, "pki", &root_id, root);
+    signer
+        .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
+        .await
+}
+
+/// A loopback HTTP proxy that rewrites each `sign-intermediate` request's
+/// JSON body with `rewrite` before OpenBao sees it. This is the one mock of
+/// the suite: a real OpenBao given trustplane's request never answers with
+/// a certificate outside the profile, but a misconfigured or compromised
+/// Vault could, and the refusal must be shown; making OpenBao itself sign
+/// a different profile is the closest real answer to that.
+async fn rewriting_proxy(upstream: String, rewrite: fn(&mut serde_json::Value)) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 8192];
+                let head_end = loop {
+                    let read = client.read(&mut buffer).await.unwrap_or(0);
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..read]);
+                    if let Some(position) =
+                        request.windows(4).position(|window| window == b"\r\n\r\n")
+                    {
+                        break position + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while request.len() < head_end + length {
+                    let read = client.read(&mut buffer).await.unwrap_or(0);
+                    if read == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buffer[..read]);
+                }
+                let mut body = request[head_end..].to_vec();
+                if head.contains("/sign-intermediate") {
+                    let mut json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    rewrite(&mut json);
+                    body = serde_json::to_vec(&json).unwrap();
+                }
+                let mut new_head = String::new();
+                for line in head.trim_end().lines() {
+                    let lower = line.to_ascii_lowercase();
+                    if lower.starts_with("content-length:") || lower.starts_with("connection:") {
+                        continue;
+                    }
+                    new_head.push_str(line);
+                    new_head.push_str("\r\n");
+                }
+                new_head.push_str(&format!(
+                    "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                ));
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                server.write_all(new_head.as_bytes()).await.unwrap();
+                server.write_all(&body).await.unwrap();
+                let mut answer = Vec::new();
+                server.read_to_end(&mut answer).await.unwrap();
+                client.write_all(&answer).await.unwrap();
+                let _ = client.shutdown().await;
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+/// A change the proxy makes to a request body.
+type Rewrite = fn(&mut serde_json::Value);
+
+#[tokio::test]
+async fn a_vault_answer_that_differs_from_the_profile_is_refused_naming_the_field() {
+    common::install_crypto();
+    let bao = OpenBao::dev();
+    bao.pki_with_root("pki", "mesh-root", "cluster.local root CA");
+    // Through the real server directly: the profile holds.
+    let certificate = sign_through(&bao, &bao.addr).await.unwrap();
+    assert_eq!(certificate.require_ca().unwrap(), Some(0));
+
+    let cases: [(Rewrite, &str); 4] = [
+        (
+            |json| json["max_path_length"] = 1.into(),
+            "basicConstraints",
+        ),
+        (
+            |json| json["key_usage"] = serde_json::json!(["CertSign"]),
+            "keyUsage",
+        ),
+        (
+            |json| json["common_name"] = "west intermediate CA".into(),
+            "subject",
+        ),
+        (
+            |json| json["uri_sans"] = "spiffe://cluster.local,spiffe://evil.example".into(),
+            "subjectAltName",
+        ),
+    ];
+    for (rewrite, field) in cases {
+        let proxy = rewriting_proxy(bao.addr.clone(), rewrite).await;
+        let error = sign_through(&bao, &proxy).await.unwrap_err();
+        match &error {
+            SignerError::Ca(ca::CaError::ProfileMismatch { field: named, .. }) => {
+                assert_eq!(*named, field, "{error}");
+            }
+            other => panic!("expected a profile mismatch in {field}, got {other:?}"),
+        }
+        assert!(error.to_string().contains("not handed out"), "{error}");
+    }
+}
+
+/// Sealed and stopped OpenBao (raft storage) during a rotation: the errors
+/// name the Vault path and the fix, gRPC answers Unavailable, `/readyz`
+/// follows Vault's state, and once OpenBao is back and unsealed the
+/// agents' retries go through and the rotation completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn openbao_stopped_and_sealed_mid_rotation_then_unsealed_the_rotation_resumes() {
+    common::install_crypto();
+    const CLUSTERS: usize = 2;
+    let raft = tempfile::tempdir().unwrap();
+    let mut bao = OpenBao::raft(raft.path());
+    bao.pki_with_root("pki", "mesh-root", "cluster.local root CA");
+    let (root_a, root_a_id) = issuer(&bao, "mesh-root");
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let init = run_init(&bao, &data, &bao.token, &["--vault-issuer", "mesh-root"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let health = free_address();
+    let (server, url) = start_server_with(
+        &data,
+        "127.0.0.1:0",
+        &["--health-listen", &health],
+        &[
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_TOKEN", bao.token.as_str()),
+        ],
+        Some(&work.path().join("server.log")),
+    );
+    let mut admin = admin_for(&data, &url).await;
+    let mesh = Mesh::new(Duration::from_secs(GRACE), SystemClock::shared());
+    let control_plane_ca_pem = std::fs::read_to_string(data.join("control-plane-ca.pem")).unwrap();
+    let mut fleet = Fleet::new(url.clone(), control_plane_ca_pem);
+    for index in 0..CLUSTERS {
+        fleet.add(&mut admin, &mesh, &format!("r{index}")).await;
+    }
+    wait_applied(&mut admin, 1, CLUSTERS).await;
+    let started = admin
+        .rotate_start(proto::RotateStartRequest {
+            options: Some(proto::RotationOptions {
+                vault_issuer: "mesh-root-b".into(),
+                ..rotation_options()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bundle_roots(&started)[0], root_a);
+    wait_gate(&mut admin, None).await;
+    // A signer connected while OpenBao is up, to see the errors directly.
+    let vault = Vault::connect(config(&bao)).await.unwrap();
+    let signer = VaultSigner::new(vault, "pki", &root_a_id, root_a.clone());
+
+    // OpenBao stops: sign-new is entered (no Vault call), the agents' sign
+    // requests fail cleanly and they keep retrying.
+    bao.stop();
+    wait_ready(&health, "unready", |code, body| {
+        code == 503 && body.contains("vault")
+    })
+    .await;
+    let signing = advance(&mut admin).await.unwrap();
+    assert_eq!(signing.phase, "sign-new");
+    let error = signer
+        .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
+        .await
+        .unwrap_err();
+    let SignerError::Vault(vault_error) = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(vault_error.kind, VaultErrorKind::Unreachable, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("pki/issuer/{root_a_id}/sign-intermediate")),
+        "{error}"
+    );
+    let grpc_status = tonic::Status::from(trustplane::server::ServerError::from(error));
+    assert_eq!(
+        grpc_status.code(),
+        tonic::Code::Unavailable,
+        "{grpc_status:?}"
+    );
+
+    // Back, but sealed: the documented error.
+    bao.restart_sealed();
+    wait_ready(&health, "sealed", |code, body| {
+        code == 503 && body.contains("sealed")
+    })
+    .await;
+    let error = signer
+        .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
+        .await
+        .unwrap_err();
+    let SignerError::Vault(vault_error) = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(vault_error.kind, VaultErrorKind::Sealed, "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("sign-intermediate") && text.contains("operator unseal"),
+        "{text}"
+    );
+    let refused = Vault::connect(config(&bao)).await.unwrap_err();
+    assert_eq!(refused.kind, VaultErrorKind::Sealed, "{refused}");
+    assert!(
+        refused.to_string().contains("auth/token/lookup-self"),
+        "{refused}"
+    );
+    let blocked = status(&mut admin).await;
+    assert!(
+        !blocked.gate_holds,
+        "no cluster can re-issue while OpenBao is sealed"
+    );
+
+    // Unsealed: the retries go through and the rotation completes.
+    bao.unseal();
+    wait_ready(&health, "ready again", |code, _| code == 200).await;
+    wait_gate(&mut admin, None).await;
+    advance(&mut admin).await.unwrap();
+    wait_gate(&mut admin, None).await;
+    let done = advance(&mut admin).await.unwrap();
+    assert_eq!(
+        (done.phase.as_str(), done.outcome.as_str()),
+        ("stable", "completed")
+    );
+    let (root_b, _) = issuer(&bao, "mesh-root-b");
+    assert_eq!(bundle_roots(&done), vec![root_b]);
+    mesh.check_all("after OpenBao was stopped, sealed and unsealed")
+        .await;
+    assert_no_failures(&mesh).await;
+    for name in fleet.clusters.keys().cloned().collect::<Vec<_>>() {
+        fleet.stop(&name);
+    }
+    drop(server);
+}
+
+/// Token and AppRole logins with short TTLs: the token is renewed before it
+/// expires, and an AppRole token that reached its max TTL is replaced by a
+/// new login; both keep signing. The scoped policy allows nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_approle_logins_are_renewed_or_replaced_and_keep_signing() {
+    common::install_crypto();
+    let bao = OpenBao::dev();
+    bao.pki_with_root("pki", "mesh-root", "cluster.local root CA");
+    bao.pki_with_root("other-pki", "other-root", "other root");
+    let (root, root_id) = issuer(&bao, "mesh-root");
+    let policy = trustplane::vault::acl_policy(&config(&bao), "pki", &root_id);
+
+    // A renewable token of 4 s (max 60 s): renewed at 2/3 of its TTL.
+    let token = scoped_token(&bao, &policy, &["-ttl=4s", "-explicit-max-ttl=60s"]);
+    let vault = Vault::connect(VaultConfig {
+        token: Some(token.parse::<Secret>().unwrap()),
+        ..config(&bao)
+    })
+    .await
+    .unwrap();
+    let lease = vault.lease();
+    assert!(
+        lease.renewable && lease.ttl.is_some_and(|ttl| ttl <= Duration::from_secs(4)),
+        "{lease:?}"
+    );
+    let signer = VaultSigner::new(vault.clone(), "pki", &root_id, root.clone());
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    signer
+        .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
+        .await
+        .unwrap();
+    // Least privilege: another mount's issuer and the mounts list are refused.
+    let denied = pki::read_issuer(&vault, "other-pki", "other-root")
+        .await
+        .unwrap_err();
+    assert_eq!(denied.kind, VaultErrorKind::PermissionDenied, "{denied}");
+    assert!(
+        denied
+            .to_string()
+            .contains("other-pki/issuer/other-root/json"),
+        "{denied}"
+    );
+
+    // AppRole: tokens of 3 s, at most 5 s: renewals are capped, then a new
+    // login replaces the token.
+    bao.bao(&["auth", "enable", "approle"]);
+    bao.bao(&[
+        "write",
+        "auth/approle/role/trustplane",
+        "token_policies=trustplane",
+        "token_ttl=3s",
+        "token_max_ttl=5s",
+    ]);
+    let role_id: serde_json::Value = serde_json::from_slice(
+        &bao.bao(&[
+            "read",
+            "-format=json",
+            "auth/approle/role/trustplane/role-id",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let secret_id: serde_json::Value = serde_json::from_slice(
+        &bao.bao(&[
+            "write",
+            "-format=json",
+            "-f",
+            "auth/approle/role/trustplane/secret-id",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let approle = Vault::connect(VaultConfig {
+        token: None,
+        role_id: Some(
+            role_id["data"]["role_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        ),
+        secret_id: Some(
+            secret_id["data"]["secret_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        ),
+        ..config(&bao)
+    })
+    .await
+    .unwrap();
+    let first_token = approle.client().settings.token.clone();
+    let signer = VaultSigner::new(approle.clone(), "pki", &root_id, root);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_ne!(
+        approle.client().settings.token,
+        first_token,
+        "the AppRole token past its max TTL was not replaced"
+    );
+    signer
+        .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
+        .await
+        .unwrap();
+
+    // Incomplete AppRole settings are named.
+    let incomplete = Vault::connect(VaultConfig {
+        token: None,
+        role_id: Some("x".parse().unwrap()),
+        ..config(&bao)
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(incomplete.kind, VaultErrorKind::Config);
+    assert!(
+        incomplete.to_string().contains("VAULT_SECRET_ID"),
+        "{incomplete}"
+    );
 }

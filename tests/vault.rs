@@ -472,7 +472,7 @@ async fn uri_name_constraints_are_refused_with_the_vault_signer() {
     let policy = work.path().join("policy.yaml");
     std::fs::write(
         &policy,
-        "trust_domains:\n  cluster.local:\n    organisation: test\n    name_constraints: true\n",
+        "trust_domains:\n  cluster.local:\n    organisation: test\n    allowed_key_algorithms: [ecdsa-p256]\n    default_intermediate_lifetime: 1d\n    max_intermediate_lifetime: 30d\n    name_constraints: true\n",
     )
     .unwrap();
     let refused = run_init(
@@ -857,17 +857,33 @@ async fn token_and_approle_logins_are_renewed_or_replaced_and_keep_signing() {
         .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
         .await
         .unwrap();
-    // Least privilege: another mount's issuer and the mounts list are refused.
-    let denied = pki::read_issuer(&vault, "other-pki", "other-root")
+    // Least privilege: another mount's issuer may not sign, nor be read.
+    let (other_root, other_id) = {
+        let (status, body) = bao.http("GET", "other-pki/issuer/other-root/json", None);
+        assert_eq!(status, 200, "{body}");
+        (
+            Certificate::from_pem(body["data"]["certificate"].as_str().unwrap()).unwrap(),
+            body["data"]["issuer_id"].as_str().unwrap().to_string(),
+        )
+    };
+    let denied = VaultSigner::new(vault.clone(), "other-pki", &other_id, other_root)
+        .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
         .await
         .unwrap_err();
+    let SignerError::Vault(denied) = denied else {
+        panic!("{denied:?}")
+    };
     assert_eq!(denied.kind, VaultErrorKind::PermissionDenied, "{denied}");
     assert!(
         denied
             .to_string()
-            .contains("other-pki/issuer/other-root/json"),
+            .contains(&format!("other-pki/issuer/{other_id}/sign-intermediate")),
         "{denied}"
     );
+    let denied = pki::read_signing_issuer(&vault, "other-pki", "other-root")
+        .await
+        .unwrap_err();
+    assert_eq!(denied.kind, VaultErrorKind::PermissionDenied, "{denied}");
 
     // AppRole: tokens of 3 s, at most 5 s: renewals are capped, then a new
     // login replaces the token.

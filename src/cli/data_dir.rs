@@ -330,12 +330,7 @@ async fn vault_root(
     let mount = vault.config().pki_mount.clone();
     let (certificate_pem, issuer_id, issuer_name) = match &args.vault.issuer {
         Some(issuer) => {
-            let answer = pki::read_issuer(vault, &mount, issuer).await?;
-            if answer.key_id.is_empty() {
-                bail!(
-                    "Vault issuer {issuer:?} in {mount} has no key in Vault, so it cannot sign; adopt an issuer with a key, or leave out --vault-issuer to generate one"
-                );
-            }
+            let answer = pki::read_signing_issuer(vault, &mount, issuer).await?;
             (answer.certificate, answer.issuer_id, answer.issuer_name)
         }
         None => {

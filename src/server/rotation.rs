@@ -332,46 +332,37 @@ impl Rotations {
             options.vault_issuer.clone()
         };
         let vault_error = |error| ServerError::Signer(crate::signer::SignerError::Vault(error));
-        let (certificate_pem, issuer_id, issuer_name) = match crate::vault::pki::read_issuer(
-            &vault, &mount, &name,
-        )
-        .await
-        {
-            Ok(issuer) => {
-                if issuer.key_id.is_empty() {
-                    return Err(ServerError::InvalidArgument(format!(
-                        "Vault issuer {name:?} in {mount} has no key in Vault: it cannot sign; name an issuer with a key, or a new name to create one"
-                    )));
+        let (certificate_pem, issuer_id, issuer_name) =
+            match crate::vault::pki::read_signing_issuer(&vault, &mount, &name).await {
+                Ok(issuer) => (issuer.certificate, issuer.issuer_id, issuer.issuer_name),
+                Err(error) if error.kind == crate::vault::VaultErrorKind::NotFound => {
+                    let key_algorithm =
+                        options.key_algorithm.unwrap_or(ca::KeyAlgorithm::EcdsaP256);
+                    let validity = if options.root_validity_seconds == 0 {
+                        NEW_ROOT_VALIDITY
+                    } else {
+                        Duration::from_secs(options.root_validity_seconds)
+                    };
+                    let label = humantime::format_rfc3339_seconds(now).to_string();
+                    let created = crate::vault::pki::generate_root(
+                        &vault,
+                        crate::vault::pki::root_request(
+                            &mount,
+                            &name,
+                            &format!("{} root CA {label}", self.core.settings.trust_domain),
+                            &self.core.settings.organisation,
+                            &self.core.settings.trust_domain,
+                            key_algorithm,
+                            validity,
+                        ),
+                    )
+                    .await
+                    .map_err(vault_error)?;
+                    tracing::info!(mount = %mount, issuer = %created.issuer_id, name = %name, "created a root issuer in Vault for the rotation");
+                    (created.certificate, created.issuer_id, created.issuer_name)
                 }
-                (issuer.certificate, issuer.issuer_id, issuer.issuer_name)
-            }
-            Err(error) if error.kind == crate::vault::VaultErrorKind::NotFound => {
-                let key_algorithm = options.key_algorithm.unwrap_or(ca::KeyAlgorithm::EcdsaP256);
-                let validity = if options.root_validity_seconds == 0 {
-                    NEW_ROOT_VALIDITY
-                } else {
-                    Duration::from_secs(options.root_validity_seconds)
-                };
-                let label = humantime::format_rfc3339_seconds(now).to_string();
-                let created = crate::vault::pki::generate_root(
-                    &vault,
-                    crate::vault::pki::root_request(
-                        &mount,
-                        &name,
-                        &format!("{} root CA {label}", self.core.settings.trust_domain),
-                        &self.core.settings.organisation,
-                        &self.core.settings.trust_domain,
-                        key_algorithm,
-                        validity,
-                    ),
-                )
-                .await
-                .map_err(vault_error)?;
-                tracing::info!(mount = %mount, issuer = %created.issuer_id, name = %name, "created a root issuer in Vault for the rotation");
-                (created.certificate, created.issuer_id, created.issuer_name)
-            }
-            Err(error) => return Err(vault_error(error)),
-        };
+                Err(error) => return Err(vault_error(error)),
+            };
         options.vault_root = Some((
             Certificate::from_pem(&certificate_pem)?,
             VaultIssuer {

@@ -174,6 +174,9 @@ path "{pki_mount}/issuer/{issuer_id}/sign-intermediate" {{
 path "{pki_mount}/issuer/{issuer_id}/json" {{
   capabilities = ["read"]
 }}
+path "{pki_mount}/issuer/{issuer_id}" {{
+  capabilities = ["read"]
+}}
 
 # trustplane's state (the vault-kv store) under {kv}/{prefix}/
 path "{kv}/data/{prefix}/*" {{
@@ -187,6 +190,7 @@ path "{kv}/metadata/{prefix}/*" {{
 # it and name the new issuer's id in the two paths above:
 # path "{pki_mount}/root/generate/internal" {{ capabilities = ["update"] }}
 # path "{pki_mount}/issuer/+/json" {{ capabilities = ["read"] }}
+# path "{pki_mount}/issuer/+" {{ capabilities = ["read"] }}
 # path "{pki_mount}/issuer/+/sign-intermediate" {{ capabilities = ["update"] }}
 "#
     )

@@ -84,7 +84,8 @@ pub struct ReadIssuerRequest {
     pub issuer: String,
 }
 
-/// An issuer as `issuer/<ref>/json` returns it.
+/// An issuer as `issuer/<ref>/json` (unauthenticated: no key id) or
+/// `issuer/<ref>` (authenticated: with its key id and usage) returns it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct IssuerResponse {
     /// The issuer's certificate (PEM).
@@ -94,9 +95,29 @@ pub struct IssuerResponse {
     /// Its name (may be empty).
     #[serde(default)]
     pub issuer_name: String,
-    /// The id of its key; empty when Vault holds no key for it.
+    /// The id of its key; empty when Vault holds no key for it (and in the
+    /// `json` form, which never names it).
     #[serde(default)]
     pub key_id: String,
+    /// What it may do, e.g. `read-only,issuing-certificates,crl-signing`
+    /// (only in the authenticated form).
+    #[serde(default)]
+    pub usage: String,
+}
+
+/// `GET <mount>/issuer/<issuer>`: the issuer with its key id and usage.
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/issuer/{self.issuer}",
+    response = "IssuerResponse"
+)]
+pub struct ReadIssuerConfigRequest {
+    /// The PKI mount.
+    #[endpoint(skip)]
+    pub mount: String,
+    /// Issuer id or name.
+    #[endpoint(skip)]
+    pub issuer: String,
 }
 
 /// `POST <mount>/root/generate/internal`: a new root whose key never
@@ -183,6 +204,52 @@ pub async fn read_issuer(
             async move { vaultrs::api::exec_with_result(client.as_ref(), endpoint).await }
         })
         .await
+}
+
+/// Reads `issuer` with its key id and usage and checks that it can sign
+/// intermediates: Vault holds its key and its usage includes
+/// `issuing-certificates` (for adopting an issuer as a mesh root).
+///
+/// Errors: [`VaultError`] naming `<mount>/issuer/<issuer>`, kind
+/// [`super::VaultErrorKind::NotFound`] for an unknown issuer and
+/// [`super::VaultErrorKind::BadRequest`] for one that cannot sign.
+pub async fn read_signing_issuer(
+    vault: &Vault,
+    mount: &str,
+    issuer: &str,
+) -> Result<IssuerResponse, VaultError> {
+    let path = format!("{mount}/issuer/{issuer}");
+    let answer = vault
+        .call(&path, ATTEMPTS, |client| {
+            let endpoint = ReadIssuerConfigRequest {
+                mount: mount.to_string(),
+                issuer: issuer.to_string(),
+            };
+            async move { vaultrs::api::exec_with_result(client.as_ref(), endpoint).await }
+        })
+        .await?;
+    if answer.key_id.is_empty() {
+        return Err(VaultError::new(
+            &path,
+            super::VaultErrorKind::BadRequest,
+            "the issuer has no key in Vault, so it cannot sign: name an issuer with a key (or a new name, for a rotation, to create one)",
+        ));
+    }
+    if !answer
+        .usage
+        .split(',')
+        .any(|usage| usage == "issuing-certificates")
+    {
+        return Err(VaultError::new(
+            &path,
+            super::VaultErrorKind::BadRequest,
+            format!(
+                "the issuer's usage is {:?}, without issuing-certificates: allow it with `bao write {path} usage=read-only,issuing-certificates,crl-signing`",
+                answer.usage
+            ),
+        ));
+    }
+    Ok(answer)
 }
 
 /// Creates a root issuer inside Vault (the key is generated there and never

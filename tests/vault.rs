@@ -333,7 +333,7 @@ async fn a_full_rotation_with_both_roots_in_openbao_keeps_every_pair_verifying()
         Some(&log),
     );
     wait_ready(&health, "ready", |code, body| {
-        code == 200 && body.contains("vault: active")
+        code == 200 && body.contains(": active, unsealed")
     })
     .await;
     let mut admin = admin_for(&data, &url).await;

@@ -313,17 +313,60 @@ pub fn root_request(
     }
 }
 
+/// `GET sys/health`, asked to answer 200 in every state so the state is
+/// read from the body (vaultrs' own response type needs a field OpenBao
+/// does not send).
+#[derive(Debug, Default, Endpoint)]
+#[endpoint(path = "sys/health", response = "HealthResponse")]
+pub struct HealthRequest {
+    /// Answer 200 on a standby.
+    #[endpoint(query)]
+    pub standbyok: bool,
+    /// Status code for a sealed server.
+    #[endpoint(query)]
+    pub sealedcode: u16,
+    /// Status code for an uninitialised server.
+    #[endpoint(query)]
+    pub uninitcode: u16,
+}
+
+/// What `sys/health` says.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct HealthResponse {
+    /// Initialised.
+    #[serde(default)]
+    pub initialized: bool,
+    /// Sealed.
+    #[serde(default)]
+    pub sealed: bool,
+    /// A standby node.
+    #[serde(default)]
+    pub standby: bool,
+    /// Its version.
+    #[serde(default)]
+    pub version: String,
+}
+
 /// Whether Vault is ready to sign: `sys/health` says initialised, unsealed
-/// and active. Returns a one-line state for `/readyz`.
+/// (active or standby). Returns a one-line state for `/readyz`.
+///
+/// Errors: the state that is not ready, with what to do.
 pub async fn health(vault: &Vault) -> Result<String, String> {
-    use vaultrs::sys::ServerStatus;
-    match vaultrs::sys::status(vault.client().as_ref()).await {
-        Ok(ServerStatus::OK) => Ok("vault: active, unsealed".into()),
-        Ok(ServerStatus::STANDBY) => Ok("vault: standby (requests are forwarded)".into()),
-        Ok(ServerStatus::PERFSTANDBY) => Ok("vault: performance standby".into()),
-        Ok(ServerStatus::SEALED) => Err("vault: sealed; unseal it (`bao operator unseal`)".into()),
-        Ok(ServerStatus::UNINITIALIZED) => Err("vault: not initialised".into()),
-        Ok(other) => Err(format!("vault: {other:?}")),
+    let endpoint = HealthRequest {
+        standbyok: true,
+        sealedcode: 200,
+        uninitcode: 200,
+    };
+    match vaultrs::api::exec_with_no_result(vault.client().as_ref(), endpoint).await {
+        Ok(health) if !health.initialized => {
+            Err("vault: not initialised (`bao operator init`)".into())
+        }
+        Ok(health) if health.sealed => Err(format!(
+            "vault {}: sealed; unseal it (`bao operator unseal` / `vault operator unseal`)",
+            health.version
+        )),
+        Ok(health) if health.standby => Ok(format!("vault {}: standby, unsealed", health.version)),
+        Ok(health) => Ok(format!("vault {}: active, unsealed", health.version)),
         Err(error) => Err(format!("vault: {}", classify("sys/health", error))),
     }
 }

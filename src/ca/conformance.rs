@@ -238,3 +238,108 @@ fn check_validity(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::ca::{
+        KeyAlgorithm, PrivateKey, create_csr, sign_intermediate, sign_workload, verify_csr,
+    };
+    use crate::fixtures::{DAY, new_root_with_key, profile, test_now};
+
+    fn field_of(result: Result<(), CaError>) -> &'static str {
+        match result {
+            Err(CaError::ProfileMismatch { field, .. }) => field,
+            other => panic!("expected a profile mismatch, got {other:?}"),
+        }
+    }
+
+    fn csr() -> crate::ca::VerifiedCsr {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        verify_csr(create_csr(&key, "ignored").unwrap().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_of_the_profile_passes_and_each_difference_is_named() {
+        let now = test_now();
+        let (root, root_key) = new_root_with_key("test");
+        let east = profile("east", 30 * DAY, false);
+        let request = csr();
+        let issued = sign_intermediate(&request, &east, &root, &root_key, now).unwrap();
+        let spki = &request.public_key.spki_der;
+        check_signed_intermediate(&issued, spki, &east, &root, now).unwrap();
+
+        // Another cluster's names.
+        let west = sign_intermediate(
+            &request,
+            &profile("west", 30 * DAY, false),
+            &root,
+            &root_key,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            field_of(check_signed_intermediate(&west, spki, &east, &root, now)),
+            "subject"
+        );
+        // Another key than the CSR's.
+        let other = csr();
+        assert_eq!(
+            field_of(check_signed_intermediate(
+                &issued,
+                &other.public_key.spki_der,
+                &east,
+                &root,
+                now
+            )),
+            "subjectPublicKeyInfo"
+        );
+        // Longer than the policy allows.
+        let long = sign_intermediate(
+            &request,
+            &profile("east", 90 * DAY, false),
+            &root,
+            &root_key,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            field_of(check_signed_intermediate(&long, spki, &east, &root, now)),
+            "validity (NotAfter)"
+        );
+        // Name constraints nobody asked for.
+        let constrained = sign_intermediate(
+            &request,
+            &profile("east", 30 * DAY, true),
+            &root,
+            &root_key,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            field_of(check_signed_intermediate(
+                &constrained,
+                spki,
+                &east,
+                &root,
+                now
+            )),
+            "nameConstraints"
+        );
+        // Not a CA at all (a workload certificate for the same key).
+        let leaf =
+            sign_workload(spki, "spiffe://cluster.local", &root, &root_key, DAY, now).unwrap();
+        let field = field_of(check_signed_intermediate(&leaf, spki, &east, &root, now));
+        assert!(field == "subject" || field == "basicConstraints", "{field}");
+        // Signed by another root: refused before any field is compared.
+        let (other_root, other_key) = new_root_with_key("other");
+        let foreign = sign_intermediate(&request, &east, &other_root, &other_key, now).unwrap();
+        assert!(matches!(
+            check_signed_intermediate(&foreign, spki, &east, &root, now),
+            Err(CaError::IssuerNameMismatch { .. }
+                | CaError::BadSignature { .. }
+                | CaError::KeyIdentifierMismatch { .. })
+        ));
+    }
+}

@@ -463,9 +463,11 @@ async fn a_full_rotation_with_both_roots_in_openbao_keeps_every_pair_verifying()
 }
 
 /// A policy asking for URI name constraints is refused with the Vault
-/// signer, at `init` and when the server opens the store.
+/// signer, at `init` and when the server opens the store; `issue` signs
+/// offline through Vault; an issuer deleted in Vault and missing Vault
+/// settings stop the server with what to do.
 #[tokio::test]
-async fn uri_name_constraints_are_refused_with_the_vault_signer() {
+async fn uri_name_constraints_are_refused_and_a_missing_issuer_is_named() {
     let bao = OpenBao::dev();
     bao.pki_with_root("pki", "mesh-root", "cluster.local root CA");
     let work = tempfile::tempdir().unwrap();
@@ -516,6 +518,47 @@ async fn uri_name_constraints_are_refused_with_the_vault_signer() {
     assert!(!served.status.success());
     let text = String::from_utf8_lossy(&served.stderr);
     assert!(text.contains("permitted_uri_domains"), "{text}");
+    // `trustplane issue` signs offline through Vault too: a cacerts set
+    // openssl and Istio's CA code accept.
+    let out = work.path().join("issued/cacerts");
+    let issued = Command::new(BINARY)
+        .args([
+            "issue",
+            "--cluster",
+            "offline",
+            "--vault-addr",
+            &bao.addr,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .env("VAULT_TOKEN", &bao.token)
+        .env_remove("TRUSTPLANE_KEK")
+        .output()
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    check_cacerts_with_openssl_and_istio(&out);
+    // An issuer deleted in Vault: the server names the path and the fix.
+    bao.bao(&["delete", "pki/issuer/mesh-root"]);
+    let served = Command::new(BINARY)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--vault-addr", &bao.addr])
+        .env("VAULT_TOKEN", &bao.token)
+        .env_remove("TRUSTPLANE_KEK")
+        .output()
+        .unwrap();
+    assert!(!served.status.success());
+    let text = String::from_utf8_lossy(&served.stderr);
+    assert!(
+        text.contains("/json: not found") && text.contains("--vault-issuer"),
+        "{text}"
+    );
     // And without Vault settings the server says what it needs.
     let served = Command::new(BINARY)
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])

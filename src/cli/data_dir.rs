@@ -141,9 +141,20 @@ pub struct IssueArgs {
     /// `--kek-file` and the KEK lookup order.
     #[command(flatten)]
     pub kek: KekOption,
+    /// Vault settings: needed when the mesh root is held by Vault PKI; used when VAULT_ADDR is set.
+    #[command(flatten)]
+    pub vault: VaultConfig,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
+}
+
+/// A Vault connection when Vault settings are given (`VAULT_ADDR`).
+async fn connect_vault(config: &VaultConfig) -> anyhow::Result<Option<Arc<Vault>>> {
+    Ok(match &config.addr {
+        Some(_) => Some(Vault::connect(config.clone()).await?),
+        None => None,
+    })
 }
 
 /// Opens the embedded store under `data_dir` and loads the authority.
@@ -365,10 +376,7 @@ async fn vault_root(
 /// `trustplane server`: serves gRPC over TLS until Ctrl-C or SIGTERM.
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
-    let vault = match &args.vault.addr {
-        Some(_) => Some(Vault::connect(args.vault.clone()).await?),
-        None => None,
-    };
+    let vault = connect_vault(&args.vault).await?;
     let authority = Arc::new(
         open_authority_with_vault(&data_dir, &args.kek, &args.policy, vault.clone())?
             .with_client_cert_lifetime(args.client_cert_lifetime)?,
@@ -430,7 +438,9 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 /// `trustplane issue`: signs a cluster's cacerts files offline into `--out`.
 pub async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
-    let authority = open_authority(&data_dir, &args.kek, &args.policy)?;
+    let vault = connect_vault(&args.vault).await?;
+    let authority = open_authority_with_vault(&data_dir, &args.kek, &args.policy, vault)?;
+    authority.core().check_vault_roots().await?;
     let issued = authority
         .issuance
         .issue_with_local_key(

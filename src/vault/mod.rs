@@ -498,3 +498,103 @@ async fn pause_after_failure(vault: &Vault) {
     lease.ttl = Some(Duration::from_millis(7500));
     lease.renewable = lease.renewable || vault.can_log_in_again();
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn base() -> VaultConfig {
+        VaultConfig {
+            addr: Some("http://127.0.0.1:1".into()),
+            approle_mount: "approle".into(),
+            k8s_mount: "kubernetes".into(),
+            k8s_jwt_file: PathBuf::from("/nonexistent/token"),
+            ..VaultConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_login_method_is_the_token_then_approle_then_kubernetes() {
+        let secret = |text: &str| Some(text.parse::<Secret>().unwrap());
+        let all = VaultConfig {
+            token: secret("t"),
+            role_id: secret("r"),
+            secret_id: secret("s"),
+            k8s_role: Some("k".into()),
+            ..base()
+        };
+        assert_eq!(all.login_method().unwrap().name(), "token");
+        let approle = VaultConfig {
+            token: None,
+            ..all.clone()
+        };
+        assert_eq!(approle.login_method().unwrap().name(), "approle");
+        let kubernetes = VaultConfig {
+            role_id: None,
+            secret_id: None,
+            ..approle
+        };
+        assert_eq!(kubernetes.login_method().unwrap().name(), "kubernetes");
+        let none = base().login_method().unwrap_err();
+        assert_eq!(none.kind, VaultErrorKind::Config);
+        assert!(none.to_string().contains("VAULT_TOKEN"), "{none}");
+        // Secrets never show in Debug.
+        let printed = format!(
+            "{:?}",
+            VaultConfig {
+                token: secret("hunter2"),
+                ..base()
+            }
+        );
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[tokio::test]
+    async fn kubernetes_login_names_an_unreadable_service_account_token() {
+        let error = Vault::connect(VaultConfig {
+            k8s_role: Some("trustplane".into()),
+            ..base()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(error.kind, VaultErrorKind::Config);
+        assert!(error.to_string().contains("/nonexistent/token"), "{error}");
+    }
+
+    #[test]
+    fn renewal_is_at_two_thirds_and_never_sooner_than_a_second() {
+        assert_eq!(
+            renewal_delay(Duration::from_secs(30)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            renewal_delay(Duration::from_millis(600)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn the_acl_policy_names_the_issuer_and_the_kv_prefix_only() {
+        let config = VaultConfig {
+            kv_mount: "kv".into(),
+            kv_prefix: "/mesh/".into(),
+            ..base()
+        };
+        let policy = acl_policy(&config, "pki", "0f1e");
+        let granted: Vec<&str> = policy
+            .lines()
+            .filter(|line| line.starts_with("path "))
+            .collect();
+        assert_eq!(
+            granted,
+            [
+                "path \"pki/issuer/0f1e/sign-intermediate\" {",
+                "path \"pki/issuer/0f1e/json\" {",
+                "path \"pki/issuer/0f1e\" {",
+                "path \"kv/data/mesh/*\" {",
+                "path \"kv/metadata/mesh/*\" {",
+            ]
+        );
+    }
+}

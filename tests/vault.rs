@@ -311,7 +311,9 @@ async fn a_full_rotation_with_both_roots_in_openbao_keeps_every_pair_verifying()
     let policy_start = printed.find("# trustplane: sign").unwrap();
     let policy_text = printed[policy_start..]
         .lines()
-        .take_while(|line| !line.starts_with("The root key") && !line.starts_with("Next:"))
+        .take_while(|line| {
+            !line.starts_with("The control-plane CA key") && !line.starts_with("Next:")
+        })
         .map(|line| {
             line.strip_prefix("# path")
                 .map_or(line.to_string(), |rest| format!("path{rest}"))
@@ -927,6 +929,32 @@ async fn token_and_approle_logins_are_renewed_or_replaced_and_keep_signing() {
         .await
         .unwrap_err();
     assert_eq!(denied.kind, VaultErrorKind::PermissionDenied, "{denied}");
+
+    // A token that cannot be renewed expires: the error names the path
+    // and says the token expired or lacks the path.
+    let short = scoped_token(&bao, &policy, &["-ttl=2s", "-renewable=false"]);
+    let expiring = Vault::connect(VaultConfig {
+        token: Some(short.parse::<Secret>().unwrap()),
+        ..config(&bao)
+    })
+    .await
+    .unwrap();
+    assert!(!expiring.lease().renewable);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let expired = VaultSigner::new(expiring, "pki", &root_id, root.clone())
+        .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
+        .await
+        .unwrap_err();
+    let SignerError::Vault(expired) = expired else {
+        panic!("{expired:?}")
+    };
+    assert_eq!(expired.kind, VaultErrorKind::PermissionDenied, "{expired}");
+    let text = expired.to_string();
+    assert!(
+        text.contains(&format!("pki/issuer/{root_id}/sign-intermediate"))
+            && text.contains("expired"),
+        "{text}"
+    );
 
     // AppRole: tokens of 3 s, at most 5 s: renewals are capped, then a new
     // login replaces the token.

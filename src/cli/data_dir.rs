@@ -57,6 +57,9 @@ pub struct InitArgs {
     /// Who holds the mesh root key: `local` (sealed in the store with the KEK) or `vault` (a Vault/OpenBao PKI issuer; the key never leaves Vault).
     #[arg(long, value_enum, default_value_t = SignerKind::Local)]
     pub signer: SignerKind,
+    /// With `--signer vault`: the PKI issuer (name or id) to adopt as the mesh root; without it a new issuer `trustplane-root` is generated inside Vault.
+    #[arg(long)]
+    pub vault_issuer: Option<String>,
     /// Vault settings (with `--signer vault`).
     #[command(flatten)]
     pub vault: VaultConfig,
@@ -198,6 +201,9 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
     let policy = args.policy.load()?;
     let vault_root = match args.signer {
+        SignerKind::Local if args.vault_issuer.is_some() => {
+            bail!("--vault-issuer adopts a Vault issuer as the mesh root: add --signer vault")
+        }
         SignerKind::Local => None,
         SignerKind::Vault => {
             if args.import_root.is_some() {
@@ -315,19 +321,36 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
             crate::vault::acl_policy(&args.vault, &issuer.mount, &issuer.issuer_id)
         );
     }
+    let sealed = if vault_root.is_some() {
+        "The control-plane CA key (the mesh root key is in Vault)"
+    } else {
+        "The root key"
+    };
+    let holder = if vault_root.is_some() {
+        "can issue control-plane identities (agents, admins)"
+    } else {
+        "can sign as your mesh root"
+    };
     match kek_file {
         Some(path) => println!(
-            "\nThe root key is sealed with the key-encryption key in {} (0600).\nMove it off this disk (e.g. into a secret manager) and start the server with\n  --kek-file <path>   or   TRUSTPLANE_KEK=<contents>   (looked up in that order, then <data-dir>/kek)\nAnyone with both the data directory and that file can sign as your mesh root.",
+            "\n{sealed} is sealed with the key-encryption key in {} (0600).\nMove it off this disk (e.g. into a secret manager) and start the server with\n  --kek-file <path>   or   TRUSTPLANE_KEK=<contents>   (looked up in that order, then <data-dir>/kek)\nAnyone with both the data directory and that file {holder}.",
             path.display()
         ),
         None => {
-            println!("\nThe root key is sealed with the key-encryption key from TRUSTPLANE_KEK.")
+            println!("\n{sealed} is sealed with the key-encryption key from TRUSTPLANE_KEK.")
         }
     }
-    println!(
-        "\nNext: trustplane server --data-dir {}",
-        data_dir.path.display()
-    );
+    if vault_root.is_some() {
+        println!(
+            "\nNext: VAULT_ADDR=... VAULT_TOKEN=... trustplane server --data-dir {}   (or AppRole: VAULT_ROLE_ID, VAULT_SECRET_ID)",
+            data_dir.path.display()
+        );
+    } else {
+        println!(
+            "\nNext: trustplane server --data-dir {}",
+            data_dir.path.display()
+        );
+    }
     Ok(())
 }
 
@@ -339,7 +362,7 @@ async fn vault_root(
     organisation: &str,
 ) -> anyhow::Result<(crate::ca::Certificate, VaultIssuer)> {
     let mount = vault.config().pki_mount.clone();
-    let (certificate_pem, issuer_id, issuer_name) = match &args.vault.issuer {
+    let (certificate_pem, issuer_id, issuer_name) = match &args.vault_issuer {
         Some(issuer) => {
             let answer = pki::read_signing_issuer(vault, &mount, issuer).await?;
             (answer.certificate, answer.issuer_id, answer.issuer_name)

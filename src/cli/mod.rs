@@ -201,6 +201,17 @@ mod tests {
     /// `demo --timeout` waits for agents, `rotate advance --timeout` for a gate.
     const DEFAULT_PER_COMMAND: &[&str] = &["timeout"];
 
+    /// Flags that read the variable Vault's own CLI reads (`--vault-addr`
+    /// ⇔ `VAULT_ADDR`), so an operator's Vault environment works as is.
+    const CONVENTIONAL_VAULT_VARIABLES: &[&str] = &[
+        "vault-addr",
+        "vault-token",
+        "vault-cacert",
+        "vault-namespace",
+        "vault-role-id",
+        "vault-secret-id",
+    ];
+
     /// One occurrence of a long flag: command path, environment variable, default.
     struct Occurrence {
         command: String,
@@ -278,7 +289,11 @@ mod tests {
     #[test]
     fn every_environment_variable_is_named_after_its_flag() {
         for (long, occurrences) in every_flag() {
-            let expected = format!("TRUSTPLANE_{}", long.to_uppercase().replace('-', "_"));
+            let expected = if CONVENTIONAL_VAULT_VARIABLES.contains(&long.as_str()) {
+                long.to_uppercase().replace('-', "_")
+            } else {
+                format!("TRUSTPLANE_{}", long.to_uppercase().replace('-', "_"))
+            };
             for occurrence in occurrences {
                 if let Some(environment) = &occurrence.environment {
                     assert_eq!(

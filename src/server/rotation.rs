@@ -312,6 +312,18 @@ impl Rotations {
                 "the signing root is held by Vault: a new root is an issuer in Vault too (--vault-issuer), not an imported key".into(),
             ));
         }
+        if self
+            .core
+            .policy
+            .trust_domain(&self.core.settings.trust_domain)?
+            .name_constraints
+        {
+            return Err(ServerError::FailedPrecondition(
+                crate::signer::vault::NO_URI_NAME_CONSTRAINTS.into(),
+            ));
+        }
+        // Refuse what `start` would refuse before anything is made in Vault.
+        self.start_options(&options)?;
         if let Some((rotation, _)) = self.current()?
             && rotation.in_progress()
         {

@@ -70,9 +70,6 @@ pub struct VaultConfig {
         default_value = "kubernetes"
     )]
     pub k8s_mount: String,
-    /// The PKI issuer (name or id) to adopt as the mesh root (`init --signer vault`; without it a new issuer is generated in Vault).
-    #[arg(long = "vault-issuer", env = "TRUSTPLANE_VAULT_ISSUER")]
-    pub issuer: Option<String>,
     /// PKI mount that holds the mesh root issuer.
     #[arg(
         long = "vault-pki-mount",

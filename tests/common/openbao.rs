@@ -66,37 +66,48 @@ pub struct OpenBao {
 }
 
 impl OpenBao {
-    /// `bao server -dev` on a free loopback port.
+    /// `bao server -dev` on a free loopback port. A dev server also binds
+    /// the next port (its cluster listener), which a parallel test may have
+    /// taken: a start that exits is tried again on another port.
     pub fn dev() -> OpenBao {
-        let port = free_port();
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("bao.log");
-        let child = Command::new(bao_binary())
-            .args([
-                "server",
-                "-dev",
-                "-dev-root-token-id=root",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
-            .env_remove("VAULT_ADDR")
-            .env_remove("BAO_ADDR")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(log_dir.path().join("bao.err")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut bao = OpenBao {
-            child: Some(child),
-            addr: format!("http://127.0.0.1:{port}"),
-            token: "root".into(),
-            unseal_key: None,
-            raft_dir: None,
-            port,
-            log,
-            _log_dir: Some(log_dir),
-        };
-        bao.wait_until(|status| status == Some(200));
-        bao
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port();
+            let log_dir = tempfile::tempdir().unwrap();
+            let log = log_dir.path().join("bao.log");
+            let child = Command::new(bao_binary())
+                .args([
+                    "server",
+                    "-dev",
+                    "-dev-root-token-id=root",
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                ])
+                .env_remove("VAULT_ADDR")
+                .env_remove("BAO_ADDR")
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::create(log_dir.path().join("bao.err")).unwrap())
+                .spawn()
+                .unwrap();
+            let mut bao = OpenBao {
+                child: Some(child),
+                addr: format!("http://127.0.0.1:{port}"),
+                token: "root".into(),
+                unseal_key: None,
+                raft_dir: None,
+                port,
+                log,
+                _log_dir: Some(log_dir),
+            };
+            if attempt >= 5 {
+                bao.wait_until(|status| status == Some(200));
+                return bao;
+            }
+            if bao.try_wait_until(|status| status == Some(200)) {
+                return bao;
+            }
+        }
     }
 
     /// A server with `storage "raft"` in `dir` (created), initialised with
@@ -199,18 +210,25 @@ impl OpenBao {
     }
 
     fn wait_until(&mut self, ready: impl Fn(Option<u16>) -> bool) {
+        assert!(
+            self.try_wait_until(ready),
+            "bao exited while starting; its log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// Waits until `ready`; false when the server exited first.
+    fn try_wait_until(&mut self, ready: impl Fn(Option<u16>) -> bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if ready(self.health()) {
-                return;
+                return true;
             }
             if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
+                && let Ok(Some(_)) = child.try_wait()
             {
-                panic!(
-                    "bao exited ({status}) while starting; its log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
+                self.child = None;
+                return false;
             }
             assert!(
                 Instant::now() < deadline,

@@ -7,7 +7,8 @@
 //!
 //! The crate has a pure core (`ca`, `policy`, `bundle`, `rotation`,
 //! `reconcile`: values in, values out, no I/O, no clock) and I/O at the
-//! edges (`sink`, `store`, `signer`, `server`, `agent`, `cli`, `telemetry`).
+//! edges (`sink`, `store`, `signer`, `vault`, `server`, `agent`, `cli`,
+//! `telemetry`).
 //! Time is read through one [`clock::Clock`], the environment in [`config`],
 //! durable files are written through [`files`], and the typed vocabulary
 //! meets the proto enums in [`wire`].
@@ -59,7 +60,7 @@ pub use ca::{
 };
 pub use clock::{Clock, SystemClock, TestClock};
 pub use policy::{Policy, PolicyError, TrustDomainPolicy};
-pub use signer::{LocalSigner, RootSigner, SignerError};
+pub use signer::{LocalSigner, RootSigner, SignerError, VaultSigner};
 pub use sink::{
     CacertsMaterial, ClusterSink, DirectorySink, KubernetesSink, KubernetesSinkOptions, MemorySink,
     SecretFormat, SinkError,

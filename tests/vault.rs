@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::binary::{BINARY, start_server_with};
 use common::fixtures::openssl_verify;
 use common::fleet::*;
+use common::istio::{istio_sign, istio_verify};
 use common::mesh::Mesh;
 use common::openbao::OpenBao;
 use trustplane::agent::{self, AgentConfig};
@@ -210,44 +211,14 @@ fn check_cacerts_with_openssl_and_istio(cacerts: &Path) {
         ],
     );
     assert!(ok, "openssl verify: {output}");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/istio/build.sh");
-    let built = Command::new(&script).output().unwrap();
-    assert!(
-        built.status.success(),
-        "cannot build Istio's CA interop program: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let stdout = String::from_utf8(built.stdout).unwrap();
-    let interop = PathBuf::from(stdout.lines().last().unwrap().trim());
     let leaf = cacerts.parent().unwrap().join("workload.pem");
-    let signed = Command::new(&interop)
-        .args(["sign", "--cacerts"])
-        .arg(cacerts)
-        .args([
-            "--spiffe-id",
-            "spiffe://cluster.local/ns/default/sa/app",
-            "--out",
-        ])
-        .arg(&leaf)
-        .output()
-        .unwrap();
-    assert!(
-        signed.status.success(),
-        "istiod refuses the cacerts: {}",
-        String::from_utf8_lossy(&signed.stderr)
-    );
-    let verified = Command::new(&interop)
-        .args(["verify", "--chain"])
-        .arg(&leaf)
-        .arg("--roots")
-        .arg(cacerts.join("root-cert.pem"))
-        .output()
-        .unwrap();
-    assert!(
-        verified.status.success(),
-        "Go's x509 refuses the workload chain: {}",
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    let spiffe = "spiffe://cluster.local/ns/default/sa/app";
+    if let Err(error) = istio_sign(cacerts, spiffe, &leaf) {
+        panic!("istiod refuses the cacerts: {error}");
+    }
+    if let Err(error) = istio_verify(&leaf, &cacerts.join("root-cert.pem"), Some(spiffe)) {
+        panic!("Go's x509 refuses the workload chain: {error}");
+    }
 }
 
 #[tokio::test]

@@ -143,6 +143,14 @@ impl RootSigner for VaultSigner {
             return Err(SignerError::Refused(NO_URI_NAME_CONSTRAINTS.into()));
         }
         let root_not_after = self.root.not_after()?;
+        // A TTL of 0 would ask Vault for its default: refuse here instead.
+        if root_not_after <= now {
+            return Err(SignerError::Refused(format!(
+                "the mesh root {} expired at {}: rotate to a new root (`trustplane rotate start --vault-issuer NAME`)",
+                self.root.subject().unwrap_or_default(),
+                humantime::format_rfc3339_seconds(root_not_after)
+            )));
+        }
         let answer = pki::sign_intermediate(&self.vault, || {
             request(&self.mount, &self.issuer, csr, profile, root_not_after, now)
         })

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod fixtures;
 pub mod fleet;
+pub mod istio;
 pub mod mesh;
 pub mod openbao;
 

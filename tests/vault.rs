@@ -1003,3 +1003,86 @@ async fn token_and_approle_logins_are_renewed_or_replaced_and_keep_signing() {
         "{incomplete}"
     );
 }
+
+/// HTTPS with a CA file (`VAULT_CACERT`) and an OpenBao namespace
+/// (`VAULT_NAMESPACE`, sent as X-Vault-Namespace): signing works with both,
+/// and each missing one is named.
+#[tokio::test]
+async fn tls_with_a_ca_file_and_a_namespace() {
+    common::install_crypto();
+    let bao = OpenBao::dev_tls();
+    let ca_file = bao.ca_file.clone().unwrap();
+    bao.bao(&["namespace", "create", "mesh"]);
+    bao.bao(&[
+        "secrets",
+        "enable",
+        "-namespace=mesh",
+        "-path=pki",
+        "-max-lease-ttl=87600h",
+        "pki",
+    ]);
+    bao.bao(&[
+        "write",
+        "-namespace=mesh",
+        "pki/root/generate/internal",
+        "common_name=cluster.local root CA",
+        "issuer_name=mesh-root",
+        "key_type=ec",
+        "key_bits=256",
+        "ttl=87000h",
+    ]);
+    let (status, body) = bao.http("GET", "mesh/pki/issuer/mesh-root/json", None);
+    assert_eq!(status, 200, "{body}");
+    let root = Certificate::from_pem(body["data"]["certificate"].as_str().unwrap()).unwrap();
+    let root_id = body["data"]["issuer_id"].as_str().unwrap().to_string();
+    let settings = VaultConfig {
+        cacert: Some(ca_file.clone()),
+        namespace: Some("mesh".into()),
+        ..config(&bao)
+    };
+
+    let vault = Vault::connect(settings.clone()).await.unwrap();
+    let signer = VaultSigner::new(vault.clone(), "pki", &root_id, root.clone());
+    let certificate = signer
+        .sign_intermediate(&verified_csr(), &east_profile(), SystemClock.now())
+        .await
+        .unwrap();
+    ca::verify_issued(&certificate, &root, SystemClock.now()).unwrap();
+    assert!(pki::health(&vault).await.unwrap().contains("active"));
+
+    // Without the namespace the mount is not there.
+    let outside = Vault::connect(VaultConfig {
+        namespace: None,
+        ..settings.clone()
+    })
+    .await
+    .unwrap();
+    let missing = pki::read_issuer(&outside, "pki", "mesh-root")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind, VaultErrorKind::NotFound, "{missing}");
+    // Without the CA file TLS fails, and the error says where to look.
+    let untrusted = Vault::connect(VaultConfig {
+        cacert: None,
+        ..settings.clone()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(untrusted.kind, VaultErrorKind::Unreachable, "{untrusted}");
+    assert!(
+        untrusted.to_string().contains("VAULT_CACERT"),
+        "{untrusted}"
+    );
+    // A CA file that is not there is a settings error.
+    let absent = Vault::connect(VaultConfig {
+        cacert: Some(PathBuf::from("/nonexistent/ca.pem")),
+        ..settings
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(absent.kind, VaultErrorKind::Config, "{absent}");
+    assert!(
+        absent.to_string().contains("/nonexistent/ca.pem"),
+        "{absent}"
+    );
+}

@@ -357,7 +357,15 @@ pub async fn health(vault: &Vault) -> Result<String, String> {
         sealedcode: 200,
         uninitcode: 200,
     };
-    match vaultrs::api::exec_with_no_result(vault.client().as_ref(), endpoint).await {
+    // sys/health is unauthenticated and refused inside a namespace: ask
+    // the root namespace, without a token.
+    let settings = super::VaultConfig {
+        namespace: None,
+        ..vault.config().clone()
+    };
+    let client =
+        super::client_with_token(&settings, "").map_err(|error| format!("vault: {error}"))?;
+    match vaultrs::api::exec_with_no_result(&client, endpoint).await {
         Ok(health) if !health.initialized => {
             Err("vault: not initialised (`bao operator init`)".into())
         }

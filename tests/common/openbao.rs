@@ -60,6 +60,8 @@ pub struct OpenBao {
     pub unseal_key: Option<String>,
     /// Raft data directory and config (raft servers only).
     pub raft_dir: Option<PathBuf>,
+    /// The CA of the server's TLS certificate (`dev_tls` servers only).
+    pub ca_file: Option<PathBuf>,
     port: u16,
     log: PathBuf,
     _log_dir: Option<tempfile::TempDir>,
@@ -70,19 +72,34 @@ impl OpenBao {
     /// the next port (its cluster listener), which a parallel test may have
     /// taken: a start that exits is tried again on another port.
     pub fn dev() -> OpenBao {
+        Self::dev_with(false)
+    }
+
+    /// `bao server -dev -dev-tls`: HTTPS with a generated CA (`ca_file`).
+    pub fn dev_tls() -> OpenBao {
+        Self::dev_with(true)
+    }
+
+    fn dev_with(tls: bool) -> OpenBao {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let port = free_port();
             let log_dir = tempfile::tempdir().unwrap();
             let log = log_dir.path().join("bao.log");
-            let child = Command::new(bao_binary())
-                .args([
-                    "server",
-                    "-dev",
-                    "-dev-root-token-id=root",
-                    &format!("-dev-listen-address=127.0.0.1:{port}"),
-                ])
+            let mut command = Command::new(bao_binary());
+            command.args([
+                "server",
+                "-dev",
+                "-dev-root-token-id=root",
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ]);
+            if tls {
+                command
+                    .arg("-dev-tls")
+                    .arg(format!("-dev-tls-cert-dir={}", log_dir.path().display()));
+            }
+            let child = command
                 .env_remove("VAULT_ADDR")
                 .env_remove("BAO_ADDR")
                 .stdin(Stdio::null())
@@ -92,10 +109,11 @@ impl OpenBao {
                 .unwrap();
             let mut bao = OpenBao {
                 child: Some(child),
-                addr: format!("http://127.0.0.1:{port}"),
+                addr: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
                 token: "root".into(),
                 unseal_key: None,
                 raft_dir: None,
+                ca_file: tls.then(|| log_dir.path().join("vault-ca.pem")),
                 port,
                 log,
                 _log_dir: Some(log_dir),
@@ -128,6 +146,7 @@ impl OpenBao {
             token: String::new(),
             unseal_key: None,
             raft_dir: Some(dir.to_path_buf()),
+            ca_file: None,
             port,
             log: dir.join("bao.log"),
             _log_dir: None,
@@ -199,6 +218,7 @@ impl OpenBao {
     pub fn health(&self) -> Option<u16> {
         let output = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(self.curl_tls())
             .arg(format!("{}/v1/sys/health", self.addr))
             .output()
             .ok()?;
@@ -245,6 +265,7 @@ impl OpenBao {
         let mut command = Command::new("curl");
         command
             .args(["-s", "-X", method, "-w", "\n%{http_code}"])
+            .args(self.curl_tls())
             .arg("-H")
             .arg(format!("X-Vault-Token: {}", self.token))
             .arg(format!("{}/v1/{path}", self.addr));
@@ -262,9 +283,21 @@ impl OpenBao {
         (code.trim().parse().unwrap_or(0), json)
     }
 
+    /// curl's arguments to trust the server's TLS CA (none over HTTP).
+    fn curl_tls(&self) -> Vec<String> {
+        self.ca_file
+            .iter()
+            .flat_map(|file| ["--cacert".to_string(), file.display().to_string()])
+            .collect()
+    }
+
     /// Runs the `bao` CLI against this server with the root token.
     pub fn bao(&self, args: &[&str]) -> Output {
-        let output = Command::new(bao_binary())
+        let mut command = Command::new(bao_binary());
+        if let Some(file) = &self.ca_file {
+            command.env("BAO_CACERT", file).env("VAULT_CACERT", file);
+        }
+        let output = command
             .args(args)
             .env("BAO_ADDR", &self.addr)
             .env("VAULT_ADDR", &self.addr)

@@ -1086,3 +1086,75 @@ async fn tls_with_a_ca_file_and_a_namespace() {
         "{absent}"
     );
 }
+
+/// `init --signer vault` without `--vault-issuer` generates the root inside
+/// OpenBao (`root/generate/internal`: the key is never exported) with the
+/// key type of `--key-algorithm` and trustplane's root names; a second
+/// generation is refused with how to adopt it instead.
+#[tokio::test]
+async fn init_generates_the_root_inside_openbao_with_the_key_algorithm() {
+    let bao = OpenBao::dev();
+    bao.bao(&[
+        "secrets",
+        "enable",
+        "-path=pki",
+        "-max-lease-ttl=87600h",
+        "pki",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let init = run_init(
+        &bao,
+        &data,
+        &bao.token,
+        &[
+            "--key-algorithm",
+            "ecdsa-p384",
+            "--root-validity",
+            "5y",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    assert_eq!(printed["vault_issuer"]["issuer_name"], "trustplane-root");
+    let issuer_id = printed["vault_issuer"]["issuer_id"].as_str().unwrap();
+    assert!(
+        printed["vault_policy"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pki/issuer/{issuer_id}/sign-intermediate")),
+        "{printed}"
+    );
+    let (root, id) = issuer(&bao, "trustplane-root");
+    assert_eq!(id, issuer_id);
+    assert_eq!(
+        root.serial_hex().unwrap(),
+        printed["root_serial"].as_str().unwrap()
+    );
+    assert!(root.subject().unwrap().contains("cluster.local root CA"));
+    assert_eq!(root.uri_sans().unwrap(), ["spiffe://cluster.local"]);
+    // The root's public key is on P-384 (OID 1.3.132.0.34 in its SPKI).
+    const SECP384R1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    let spki = root.public_key_der().unwrap();
+    assert!(
+        spki.windows(SECP384R1.len())
+            .any(|window| window == SECP384R1),
+        "not a P-384 key"
+    );
+    let (_, config) = bao.http("GET", "pki/issuer/trustplane-root", None);
+    let key_id = config["data"]["key_id"].as_str().unwrap();
+    let (_, key) = bao.http("GET", &format!("pki/key/{key_id}"), None);
+    assert_eq!(key["data"]["key_type"], "ec", "{key}");
+    assert_no_root_key_under(&data, &[root]);
+
+    let again = run_init(&bao, &work.path().join("other"), &bao.token, &[]);
+    assert!(!again.status.success());
+    let text = String::from_utf8_lossy(&again.stderr);
+    assert!(text.contains("--vault-issuer trustplane-root"), "{text}");
+}

@@ -428,7 +428,7 @@ async fn a_full_rotation_with_both_roots_in_openbao_keeps_every_pair_verifying()
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(!log_text.contains("PRIVATE KEY"), "{log_text}");
     assert!(!log_text.contains(&token), "the Vault token is in the log");
-    assert!(!printed.contains(&bao.token) || bao.token == "root");
+    assert!(!printed.contains("PRIVATE KEY"), "{printed}");
     println!(
         "rotation on OpenBao: {checks} cross-cluster checks, 0 failures, {} intermediates; root B = issuer {root_b_id}",
         summary.intermediates

@@ -16,7 +16,10 @@ use crate::vault::Vault;
 use crate::vault::pki::{self, INTERMEDIATE_KEY_USAGE, SignIntermediateRequest};
 
 /// Why a Vault signer cannot honour a policy that asks for URI name
-/// constraints.
+/// constraints. Checked against OpenBao 2.7.2: `sign-intermediate` accepts
+/// `permitted_dns_domains`, and answers `permitted_uri_domains` with the
+/// warning "Endpoint ignored these unrecognized parameters" and a
+/// certificate without them.
 pub const NO_URI_NAME_CONSTRAINTS: &str = "the policy asks for URI name constraints (name_constraints: true), which the Vault signer cannot issue: OpenBao's PKI has permitted_dns_domains but no permitted_uri_domains (Vault >= 1.19 has it), and trustplane does not issue without the constraints it was asked for. Turn name_constraints off for this trust domain, or use the local signer";
 
 /// A root held by a Vault PKI issuer.

@@ -434,3 +434,46 @@ impl Batch {
         Ok(self.put(table, key, bytes, expect))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// A local root's record keeps the bytes it had before Vault-held roots
+    /// existed, so the MACs of existing stores stay valid.
+    #[test]
+    fn a_root_record_names_its_vault_issuer_only_when_it_has_one() {
+        let local = RootRecord {
+            id: "01".into(),
+            certificate_pem: "pem".into(),
+            key_secret: Some("root-key/01".into()),
+            created_unix: 1,
+            imported: false,
+            vault_issuer: None,
+        };
+        let bytes = serde_json::to_string(&local).unwrap();
+        assert_eq!(
+            bytes,
+            r#"{"id":"01","certificate_pem":"pem","key_secret":"root-key/01","created_unix":1,"imported":false}"#
+        );
+        assert_eq!(serde_json::from_str::<RootRecord>(&bytes).unwrap(), local);
+        let held = RootRecord {
+            key_secret: None,
+            vault_issuer: Some(VaultIssuer {
+                mount: "pki".into(),
+                issuer_id: "0f1e".into(),
+                issuer_name: "mesh-root".into(),
+            }),
+            ..local
+        };
+        let bytes = serde_json::to_string(&held).unwrap();
+        assert!(
+            bytes.ends_with(
+                r#""vault_issuer":{"mount":"pki","issuer_id":"0f1e","issuer_name":"mesh-root"}}"#
+            ),
+            "{bytes}"
+        );
+        assert_eq!(serde_json::from_str::<RootRecord>(&bytes).unwrap(), held);
+    }
+}

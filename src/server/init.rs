@@ -240,7 +240,12 @@ pub fn initialize(
         .clone()
         .unwrap_or_else(|| domain_policy.organisation.clone());
     let (root, root_key, imported) = match (&options.vault_root, &options.import) {
-        (Some((root, _)), _) => {
+        (Some(_), Some(_)) => {
+            return Err(ServerError::InvalidArgument(
+                "a root held by Vault cannot be imported too: import it into Vault and adopt the issuer".into(),
+            ));
+        }
+        (Some((root, _)), None) => {
             check_vault_root(root, now)?;
             (root.clone(), None, false)
         }

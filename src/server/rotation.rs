@@ -343,7 +343,16 @@ impl Rotations {
         } else {
             options.vault_issuer.clone()
         };
-        let vault_error = |error| ServerError::Signer(crate::signer::SignerError::Vault(error));
+        // An outage answers Unavailable (retry later); anything else is
+        // the operator's to fix and says so (a policy without
+        // root/generate, an issuer that cannot sign).
+        let vault_error = |error: crate::vault::VaultError| {
+            if error.is_transient() {
+                ServerError::Signer(crate::signer::SignerError::Vault(error))
+            } else {
+                ServerError::FailedPrecondition(error.to_string())
+            }
+        };
         let (certificate_pem, issuer_id, issuer_name) =
             match crate::vault::pki::read_signing_issuer(&vault, &mount, &name).await {
                 Ok(issuer) => (issuer.certificate, issuer.issuer_id, issuer.issuer_name),

@@ -743,10 +743,30 @@ async fn openbao_stopped_and_sealed_mid_rotation_then_unsealed_the_rotation_resu
         fleet.add(&mut admin, &mesh, &format!("r{index}")).await;
     }
     wait_applied(&mut admin, 1, CLUSTERS).await;
+    // A cluster identity of our own, to call SignIntermediate directly.
+    let probe_token = admin
+        .add_cluster(proto::AddClusterRequest {
+            name: "probe".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .join_token;
+    let probe = common::enroll_at(&url, &fleet.control_plane_ca_pem, "probe", &probe_token)
+        .await
+        .unwrap();
+    let mut probe = proto::intermediate_service_client::IntermediateServiceClient::new(probe);
+    let csr = || {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        ca::create_csr(&key, "probe").unwrap().into_bytes()
+    };
     let started = admin
         .rotate_start(proto::RotateStartRequest {
             options: Some(proto::RotationOptions {
                 vault_issuer: "mesh-root-b".into(),
+                // The probe is a caller, not a cluster with cacerts.
+                exclude_clusters: vec!["probe".into()],
                 ..rotation_options()
             }),
         })
@@ -788,6 +808,19 @@ async fn openbao_stopped_and_sealed_mid_rotation_then_unsealed_the_rotation_resu
         tonic::Code::Unavailable,
         "{grpc_status:?}"
     );
+    // The same over the wire: an agent's SignIntermediate fails cleanly.
+    let refused = probe
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("Vault") && refused.message().contains("retry"),
+        "{refused:?}"
+    );
 
     // Back, but sealed: the documented error.
     bao.restart_sealed();
@@ -821,8 +854,23 @@ async fn openbao_stopped_and_sealed_mid_rotation_then_unsealed_the_rotation_resu
     );
 
     // Unsealed: the retries go through and the rotation completes.
+    let refused = probe
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     bao.unseal();
     wait_ready(&health, "ready again", |code, _| code == 200).await;
+    probe
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     wait_gate(&mut admin, None).await;
     advance(&mut admin).await.unwrap();
     wait_gate(&mut admin, None).await;

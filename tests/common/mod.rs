@@ -282,24 +282,7 @@ impl TestServer {
 
     /// Enrolls `name` with `token` and returns an mTLS channel as that cluster.
     pub async fn enroll_with(&self, name: &str, token: &str) -> Result<Channel, tonic::Status> {
-        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let csr = ca::create_csr(&key, "test agent").unwrap();
-        let response = IntermediateServiceClient::new(self.anonymous().await)
-            .enroll(proto::EnrollRequest {
-                cluster: name.into(),
-                join_token: token.into(),
-                client_csr_pem: csr,
-            })
-            .await?
-            .into_inner();
-        let channel = connect(
-            &self.url(),
-            &response.control_plane_ca_pem,
-            Some((&response.client_cert_pem, &key.to_pkcs8_pem())),
-        )
-        .await
-        .unwrap();
-        Ok(channel)
+        enroll_at(&self.url(), &self.control_plane_ca_pem, name, token).await
     }
 
     /// Registers and enrolls `name`; returns its mTLS channel.
@@ -307,4 +290,33 @@ impl TestServer {
         let token = self.add_cluster(name).await;
         self.enroll_with(name, &token).await.unwrap()
     }
+}
+
+/// Enrolls `name` with `token` at the server `url` (verified with
+/// `control_plane_ca_pem`) and returns an mTLS channel as that cluster.
+pub async fn enroll_at(
+    url: &str,
+    control_plane_ca_pem: &str,
+    name: &str,
+    token: &str,
+) -> Result<Channel, tonic::Status> {
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = ca::create_csr(&key, "test agent").unwrap();
+    let anonymous = connect(url, control_plane_ca_pem, None).await.unwrap();
+    let response = IntermediateServiceClient::new(anonymous)
+        .enroll(proto::EnrollRequest {
+            cluster: name.into(),
+            join_token: token.into(),
+            client_csr_pem: csr,
+        })
+        .await?
+        .into_inner();
+    let channel = connect(
+        url,
+        &response.control_plane_ca_pem,
+        Some((&response.client_cert_pem, &key.to_pkcs8_pem())),
+    )
+    .await
+    .unwrap();
+    Ok(channel)
 }

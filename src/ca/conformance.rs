@@ -35,7 +35,7 @@ fn mismatch(field: &'static str, expected: impl Into<String>, found: impl Into<S
 /// digitalSignature, keyCertSign, cRLSign; no extendedKeyUsage; no
 /// nameConstraints (unless the profile asks, which a Vault signer refuses
 /// earlier); the public key the CSR's; NotAfter within `now + lifetime`
-/// (plus [`CLOCK_SKEW`]) and the issuer's NotAfter; NotBefore no later than
+/// (plus `CLOCK_SKEW`, 2 min) and the issuer's NotAfter; NotBefore no later than
 /// `now + CLOCK_SKEW` and no earlier than `now - BACKDATE - CLOCK_SKEW`.
 ///
 /// Errors: [`CaError::ProfileMismatch`] naming the first field that

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 /// `VAULT_SECRET_ID`), else Kubernetes (`--vault-k8s-role`).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct VaultConfig {
-    /// Vault's address, e.g. https://vault.example:8200.
+    /// Vault's address, e.g. `https://vault.example:8200`.
     #[arg(long = "vault-addr", env = "VAULT_ADDR")]
     pub addr: Option<String>,
     /// A Vault token (renewed before it expires).

@@ -465,7 +465,7 @@ async fn keep_alive(vault: Weak<Vault>) {
             {
                 if let Err(error) = current.login().await {
                     tracing::warn!(error = %error, "Vault login failed; retrying in 5 s");
-                    pause_after_failure(&current).await;
+                    pause_after_failure(&current);
                 }
             }
             Ok(new) => tracing::debug!(ttl = ?new.ttl, "Vault token renewed"),
@@ -473,16 +473,16 @@ async fn keep_alive(vault: Weak<Vault>) {
                 tracing::info!(error = %error, "Vault token not renewed; logging in again");
                 if let Err(error) = current.login().await {
                     tracing::warn!(error = %error, "Vault login failed; retrying in 5 s");
-                    pause_after_failure(&current).await;
+                    pause_after_failure(&current);
                 }
             }
-            Err(error) if !lease.renewable => {
-                tracing::warn!(error = %error, "the Vault token expires and cannot be renewed: give trustplane a renewable token, or use AppRole or Kubernetes auth");
+            Err(error) if !lease.renewable || error.kind == VaultErrorKind::PermissionDenied => {
+                tracing::warn!(error = %error, "the Vault token cannot be renewed (not renewable, expired or revoked): give trustplane a new renewable token and restart it, or use AppRole or Kubernetes auth");
                 return;
             }
             Err(error) => {
                 tracing::warn!(error = %error, "the Vault token could not be renewed: renew it or give trustplane a new one (VAULT_TOKEN) before it expires");
-                pause_after_failure(&current).await;
+                pause_after_failure(&current);
             }
         }
     }
@@ -490,7 +490,7 @@ async fn keep_alive(vault: Weak<Vault>) {
 
 /// After a failed renewal or login: a short TTL keeps the next attempt
 /// close ([`keep_alive`] sleeps ⅔ of it), at most 5 s away.
-async fn pause_after_failure(vault: &Vault) {
+fn pause_after_failure(vault: &Vault) {
     let mut lease = vault.lease.lock().unwrap_or_else(PoisonError::into_inner);
     lease.ttl = Some(Duration::from_millis(7500));
     lease.renewable = lease.renewable || vault.can_log_in_again();

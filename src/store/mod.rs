@@ -1,16 +1,19 @@
 //! Persistent state behind one small trait: tables of versioned values,
 //! written in atomic batches with compare-and-swap conditions.
 //!
-//! Backends: [`RedbStore`] (embedded, the default) and [`MemoryStore`]
-//! (tests). Kubernetes and Vault KV backends plug in at the same seam.
+//! Backends: [`RedbStore`] (embedded, the default), [`VaultKvStore`]
+//! (Vault or OpenBao KV v2, shared by several servers) and [`MemoryStore`]
+//! (tests).
 //! Typed records live in [`records`]; this module never interprets them.
 
 mod memory;
 pub mod records;
 mod redb_store;
+mod vault_kv;
 
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+pub use vault_kv::{MAX_BATCH_BYTES, VaultKvStore};
 
 /// The tables trustplane keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -304,6 +307,20 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a batch atomically: every precondition is checked first; on
     /// any failure nothing is written ([`StoreError::Conflict`]).
     fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// A number that grows with every committed batch, for servers that
+    /// share the store and poll it for changes made by the others (`None`:
+    /// the backend has no cheap one; it is not shared either).
+    fn generation(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Whether other processes may write this store at the same time (then
+    /// servers poll [`Store::generation`] and take a lease before running
+    /// rotations and push mode).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 impl std::fmt::Display for Expect {

@@ -456,9 +456,8 @@ impl Place {
         }
         for slot in keys {
             if !before.contains_key(&slot) {
-                let stored = match self.key(slot.0, &slot.1).await? {
-                    None => None,
-                    Some((record, _)) => visible(slot.0, &slot.1, &record)?,
+                let Some(stored) = self.at(head.seq, &slot).await? else {
+                    return Ok(false);
                 };
                 before.insert(slot, stored);
             }
@@ -476,7 +475,10 @@ impl Place {
                     table, key, value, ..
                 } => {
                     let slot = (*table, key.clone());
-                    let previous = self.current(&staged, &before, &slot).await?;
+                    let Some(previous) = self.current(head.seq, &staged, &before, &slot).await?
+                    else {
+                        return Ok(false);
+                    };
                     let version = next_version(*table, key, previous.map(|stored| stored.version))?;
                     staged.insert(
                         slot,
@@ -508,12 +510,21 @@ impl Place {
                     link,
                 } => {
                     let head_slot = (*head_table, head_key.clone());
-                    let chain_head = self.current(&staged, &before, &head_slot).await?;
+                    let Some(chain_head) =
+                        self.current(head.seq, &staged, &before, &head_slot).await?
+                    else {
+                        return Ok(false);
+                    };
                     let linked = link
                         .0
                         .link(chain_head.as_ref().map(|stored| stored.value.as_slice()))?;
                     let entry_slot = (*table, linked.key.clone());
-                    let existing = self.current(&staged, &before, &entry_slot).await?;
+                    let Some(existing) = self
+                        .current(head.seq, &staged, &before, &entry_slot)
+                        .await?
+                    else {
+                        return Ok(false);
+                    };
                     check_precondition(
                         *table,
                         &linked.key,
@@ -586,23 +597,39 @@ impl Place {
         Ok(true)
     }
 
-    /// A key's state as the batch being resolved sees it: its own earlier
-    /// writes, else the state before the batch (read when first needed).
+    /// A key's state as the batch being resolved on top of batch `seq`
+    /// sees it: its own earlier writes, else the state after batch `seq`
+    /// (read when first needed). `None`: a later batch already wrote the
+    /// key, so the head read is stale.
     async fn current(
         &self,
+        seq: u64,
         staged: &BTreeMap<(Table, String), Option<Versioned>>,
         before: &BTreeMap<(Table, String), Option<Versioned>>,
         slot: &(Table, String),
-    ) -> Result<Option<Versioned>, StoreError> {
+    ) -> Result<Option<Option<Versioned>>, StoreError> {
         if let Some(pending) = staged.get(slot) {
-            return Ok(pending.clone());
+            return Ok(Some(pending.clone()));
         }
         if let Some(stored) = before.get(slot) {
-            return Ok(stored.clone());
+            return Ok(Some(stored.clone()));
         }
+        self.at(seq, slot).await
+    }
+
+    /// A key as batch `seq` (applied) left it; `None` when a later batch
+    /// already wrote it. Every key read this way reflects one state, that
+    /// after batch `seq`, so preconditions and appends are judged on a
+    /// consistent snapshot, never on a mix of two batches.
+    async fn at(
+        &self,
+        seq: u64,
+        slot: &(Table, String),
+    ) -> Result<Option<Option<Versioned>>, StoreError> {
         match self.key(slot.0, &slot.1).await? {
-            None => Ok(None),
-            Some((record, _)) => visible(slot.0, &slot.1, &record),
+            None => Ok(Some(None)),
+            Some((record, _)) if record.seq > seq => Ok(None),
+            Some((record, _)) => Ok(Some(visible(slot.0, &slot.1, &record)?)),
         }
     }
 
@@ -794,5 +821,224 @@ mod tests {
         assert_eq!(escape_key("td.a/1"), "ktd.a%2F1");
         assert_eq!(unescape_key("head"), None);
         assert_eq!(unescape_key("k%4"), None);
+    }
+
+    /// Two servers' stores on one Vault: concurrent appends through both
+    /// keep one linear chain and lose no write, though they race for the
+    /// head's check-and-set (and retry).
+    #[test]
+    fn two_stores_on_one_vault_commit_as_one() {
+        let (first, bao) = store();
+        let second = VaultKvStore::open(config(&bao)).unwrap();
+        #[derive(Debug)]
+        struct Counter;
+        impl super::super::ChainLink for Counter {
+            fn link(&self, head: Option<&[u8]>) -> Result<super::super::Linked, StoreError> {
+                let count = head.map_or(0, |head| u64::from_be_bytes(head.try_into().unwrap()));
+                Ok(super::super::Linked {
+                    key: format!("{:020}", count + 1),
+                    value: count.to_be_bytes().to_vec(),
+                    head: (count + 1).to_be_bytes().to_vec(),
+                })
+            }
+        }
+        const PER_WRITER: usize = 15;
+        std::thread::scope(|scope| {
+            for (writer, store) in [(0, &first), (1, &second), (2, &first), (3, &second)] {
+                scope.spawn(move || {
+                    for index in 0..PER_WRITER {
+                        store
+                            .commit(
+                                Batch::new()
+                                    .put(
+                                        Table::Certificates,
+                                        format!("{writer}-{index}"),
+                                        vec![1],
+                                        Some(Expect::Absent),
+                                    )
+                                    .append(Table::Audit, Table::Meta, "head", Arc::new(Counter)),
+                            )
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        for store in [&first, &second] {
+            assert_eq!(
+                store.list(Table::Certificates).unwrap().len(),
+                4 * PER_WRITER
+            );
+            let chain = store.list(Table::Audit).unwrap();
+            assert_eq!(chain.len(), 4 * PER_WRITER);
+            for (index, (key, entry)) in chain.iter().enumerate() {
+                assert_eq!(key, &format!("{:020}", index + 1));
+                assert_eq!(entry.value, (index as u64).to_be_bytes());
+            }
+            assert_eq!(store.generation().unwrap(), Some(4 * PER_WRITER as u64));
+        }
+    }
+
+    /// A server that died after the commit point, before applying its
+    /// batch: readers already see the batch, the next commit applies it.
+    #[test]
+    fn a_batch_committed_but_not_applied_is_visible_and_finished_by_the_next_commit() {
+        let (store, bao) = store();
+        store
+            .commit(Batch::new().put(Table::Roots, "old", b"kept".to_vec(), None))
+            .unwrap();
+        let (head, kv_version) = store
+            .run(|place| async move { place.head().await })
+            .unwrap();
+        assert!(head.applied);
+        let crashed = Head {
+            seq: head.seq + 1,
+            applied: false,
+            writes: vec![
+                Write {
+                    table: "roots".into(),
+                    key: "td/1".into(),
+                    version: 1,
+                    value: Some(encode(b"new")),
+                },
+                Write {
+                    table: "roots".into(),
+                    key: "old".into(),
+                    version: 0,
+                    value: None,
+                },
+            ],
+        };
+        let body = serde_json::json!({"options": {"cas": kv_version}, "data": crashed});
+        let (status, answer) = bao.http(
+            "POST",
+            "secret/data/trustplane/test/head",
+            Some(&body.to_string()),
+        );
+        assert_eq!(status, 200, "{answer}");
+        // Not applied to the key secrets...
+        let (status, _) = bao.http(
+            "GET",
+            "secret/data/trustplane/test/tables/roots/ktd%252F1",
+            None,
+        );
+        assert_eq!(status, 404);
+        // ...yet readers see the committed batch, and nothing before it.
+        assert_eq!(
+            store.get(Table::Roots, "td/1").unwrap().unwrap().value,
+            b"new"
+        );
+        assert_eq!(store.get(Table::Roots, "old").unwrap(), None);
+        let listed: Vec<String> = store
+            .list(Table::Roots)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(listed, ["td/1"]);
+        // The next commit applies it first.
+        store
+            .commit(Batch::new().put(Table::Meta, "m", b"m".to_vec(), None))
+            .unwrap();
+        let (status, _) = bao.http(
+            "GET",
+            "secret/data/trustplane/test/tables/roots/ktd%252F1",
+            None,
+        );
+        assert_eq!(status, 200);
+        let (status, answer) =
+            bao.http("GET", "secret/data/trustplane/test/tables/roots/kold", None);
+        assert_eq!(status, 200);
+        assert_eq!(answer["data"]["data"]["value"], serde_json::Value::Null);
+        assert_eq!(store.get(Table::Roots, "old").unwrap(), None);
+        assert_eq!(store.generation().unwrap(), Some(head.seq + 2));
+    }
+
+    #[test]
+    fn a_batch_too_large_for_one_kv_entry_is_refused_and_writes_nothing() {
+        let (store, _bao) = store();
+        let error = store
+            .commit(
+                Batch::new()
+                    .put(Table::Roots, "small", b"x".to_vec(), None)
+                    .put(Table::Roots, "large", vec![7; MAX_BATCH_BYTES], None),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("exceeds what one Vault KV entry holds"),
+            "{error}"
+        );
+        assert!(
+            error.contains("secret/data/trustplane/test/head"),
+            "{error}"
+        );
+        assert!(error.contains("nothing was written"), "{error}");
+        assert_eq!(store.get(Table::Roots, "small").unwrap(), None);
+        assert_eq!(store.generation().unwrap(), Some(0));
+    }
+
+    /// A sealed Vault: the commit fails (after its retries) with the path
+    /// and the next step, writes nothing, and works again once unsealed.
+    #[test]
+    fn a_sealed_vault_names_the_path_and_what_to_do_and_nothing_is_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bao = openbao::OpenBao::raft(dir.path());
+        bao.kv2("secret");
+        let store = VaultKvStore::open(config(&bao)).unwrap();
+        store
+            .commit(Batch::new().put(Table::Clusters, "east", b"1".to_vec(), None))
+            .unwrap();
+        bao.seal();
+        let error = store
+            .commit(
+                Batch::new()
+                    .put(
+                        Table::Clusters,
+                        "east",
+                        b"2".to_vec(),
+                        Some(Expect::Version(1)),
+                    )
+                    .put(Table::Clusters, "west", b"1".to_vec(), None),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("Vault secret/data/trustplane/test/head"),
+            "{error}"
+        );
+        assert!(error.contains("sealed"), "{error}");
+        assert!(error.contains("operator unseal"), "{error}");
+        let read = store.get(Table::Clusters, "east").unwrap_err().to_string();
+        assert!(read.contains("sealed"), "{read}");
+        bao.unseal();
+        assert_eq!(
+            store.get(Table::Clusters, "east").unwrap().unwrap().value,
+            b"1"
+        );
+        assert_eq!(store.get(Table::Clusters, "west").unwrap(), None);
+        store
+            .commit(Batch::new().put(
+                Table::Clusters,
+                "east",
+                b"2".to_vec(),
+                Some(Expect::Version(1)),
+            ))
+            .unwrap();
+        assert_eq!(
+            store.get(Table::Clusters, "east").unwrap().unwrap().version,
+            2
+        );
+    }
+
+    #[test]
+    fn a_missing_mount_fails_at_open_naming_it() {
+        let bao = openbao::OpenBao::dev();
+        let mut settings = config(&bao);
+        settings.kv_mount = "nowhere".into();
+        let error = VaultKvStore::open(settings).unwrap_err().to_string();
+        assert!(
+            error.contains("Vault nowhere/data/trustplane/test/head"),
+            "{error}"
+        );
     }
 }

@@ -20,6 +20,20 @@ pub struct KvEntry {
     pub version: u64,
 }
 
+/// As [`classify`], and a mount that is still upgrading to KV v2 (a 400
+/// for a few seconds after `secrets enable kv-v2`) is transient.
+fn classify_kv(path: &str, error: ClientError) -> VaultError {
+    let mut classified = classify(path, error);
+    if classified.kind == VaultErrorKind::BadRequest
+        && classified
+            .detail
+            .contains("Upgrading from non-versioned to versioned data")
+    {
+        classified.kind = VaultErrorKind::Server;
+    }
+    classified
+}
+
 /// The path a data call on `path` uses, as errors name it.
 pub fn data_path(mount: &str, path: &str) -> String {
     format!("{mount}/data/{path}")
@@ -49,7 +63,7 @@ pub async fn read(
         // A missing secret is a 404 without messages; a missing mount or
         // route is a 404 that says so, and stays an error.
         Err(ClientError::APIError { code: 404, errors }) if errors.is_empty() => Ok(None),
-        Err(error) => Err(classify(&full, error)),
+        Err(error) => Err(classify_kv(&full, error)),
     }
 }
 
@@ -83,7 +97,7 @@ pub async fn write(
     vaultrs::api::exec_with_result(client, endpoint)
         .await
         .map(|metadata| metadata.version)
-        .map_err(|error| classify(&full, error))
+        .map_err(|error| classify_kv(&full, error))
 }
 
 /// The names directly under the folder `path` (folders end in `/`); empty
@@ -104,6 +118,6 @@ pub async fn list(
     match vaultrs::api::exec_with_result(client, endpoint).await {
         Ok(response) => Ok(response.keys),
         Err(ClientError::APIError { code: 404, errors }) if errors.is_empty() => Ok(Vec::new()),
-        Err(error) => Err(classify(&full, error)),
+        Err(error) => Err(classify_kv(&full, error)),
     }
 }

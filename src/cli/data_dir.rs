@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use super::options::{
-    DataDirOption, KekOption, MissingKek, PolicyOption, parse_generated_algorithm,
+    DataDirOption, KekOption, MissingKek, PolicyOption, StoreOption, parse_generated_algorithm,
 };
 use super::output::{self, Format};
 use super::signal::shutdown_signal;
@@ -20,7 +20,8 @@ use crate::clock::SystemClock;
 use crate::config::KekSource;
 use crate::files;
 use crate::server::{self, Authority, DataDir, InitOptions};
-use crate::store::RedbStore;
+use crate::store::Table;
+use crate::store::records;
 
 /// `init` flags.
 #[derive(Debug, clap::Args)]
@@ -28,6 +29,9 @@ pub struct InitArgs {
     /// `--data-dir`.
     #[command(flatten)]
     pub data_dir: DataDirOption,
+    /// `--store` and the Vault settings.
+    #[command(flatten)]
+    pub store: StoreOption,
     /// Trust domain of the mesh.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
@@ -63,6 +67,9 @@ pub struct ServerArgs {
     /// `--data-dir`.
     #[command(flatten)]
     pub data_dir: DataDirOption,
+    /// `--store` and the Vault settings.
+    #[command(flatten)]
+    pub store: StoreOption,
     /// Listen address.
     #[arg(long, env = "TRUSTPLANE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
@@ -105,6 +112,9 @@ pub struct IssueArgs {
     /// `--data-dir`.
     #[command(flatten)]
     pub data_dir: DataDirOption,
+    /// `--store` and the Vault settings.
+    #[command(flatten)]
+    pub store: StoreOption,
     /// Intermediate lifetime [default: the policy's].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lifetime: Option<Duration>,
@@ -122,20 +132,21 @@ pub struct IssueArgs {
     pub output: Format,
 }
 
-/// Opens the embedded store under `data_dir` and loads the authority.
+/// Opens the store (`--store`) and loads the authority.
 pub fn open_authority(
     data_dir: &DataDir,
+    store: &StoreOption,
     kek: &KekOption,
     policy: &PolicyOption,
 ) -> anyhow::Result<Authority> {
-    if !data_dir.store_path().exists() {
+    if store.is_embedded() && !data_dir.store_path().exists() {
         bail!(
             "no trustplane data in {}: run `trustplane init --data-dir {}` first",
             data_dir.path.display(),
             data_dir.path.display()
         );
     }
-    let store = Arc::new(RedbStore::open(&data_dir.store_path())?);
+    let store = store.open(data_dir)?;
     let (kek, _) = kek.load(data_dir, MissingKek::Fail)?;
     let policy = policy.load()?;
     Ok(Authority::open(store, &kek, policy, Arc::new(SystemClock))?)
@@ -156,7 +167,13 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let store = RedbStore::open(&data_dir.store_path())?;
+    let store = args.store.open(&data_dir)?;
+    if !args.store.is_embedded() && store.get(Table::Meta, records::CA_SETTINGS_KEY)?.is_some() {
+        bail!(
+            "{} already holds an initialised trustplane; use another --vault-kv-prefix, or point --data-dir and --kek-file at that deployment's",
+            args.store.describe(&data_dir)
+        );
+    }
     let (kek, kek_source) = args.kek.load(&data_dir, MissingKek::Create)?;
     let kek_file = match kek_source {
         KekSource::File(path) => Some(path),
@@ -170,7 +187,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         import,
         policy,
     };
-    let outcome = server::initialize(&store, &kek, &data_dir, &options, SystemClock.now())?;
+    let outcome = server::initialize(store.as_ref(), &kek, &data_dir, &options, SystemClock.now())?;
     let root = &outcome.root;
     if args.output == Format::Json {
         let json = serde_json::json!({
@@ -203,10 +220,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         "root expires".to_string(),
         output::time(system_time_to_unix(root.not_after()?)),
     ]);
-    table.add_row(vec![
-        "store".to_string(),
-        data_dir.store_path().display().to_string(),
-    ]);
+    table.add_row(vec!["store".to_string(), args.store.describe(&data_dir)]);
     table.add_row(vec![
         "control-plane CA".to_string(),
         data_dir.control_plane_ca_path().display().to_string(),
@@ -236,7 +250,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
     let authority = Arc::new(
-        open_authority(&data_dir, &args.kek, &args.policy)?
+        open_authority(&data_dir, &args.store, &args.kek, &args.policy)?
             .with_client_cert_lifetime(args.client_cert_lifetime)?,
     );
     let mut dns_names = Vec::new();
@@ -273,7 +287,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 /// `trustplane issue`: signs a cluster's cacerts files offline into `--out`.
 pub async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
-    let authority = open_authority(&data_dir, &args.kek, &args.policy)?;
+    let authority = open_authority(&data_dir, &args.store, &args.kek, &args.policy)?;
     let issued = authority
         .issuance
         .issue_with_local_key(

@@ -98,6 +98,14 @@ pub struct ServerArgs {
     /// Timeouts, connection caps and call rates.
     #[command(flatten)]
     pub limits: super::LimitsOptions,
+    /// With --store vault-kv: the lease of the one server that runs rotations and push mode; a killed holder is replaced within it (at least 3s).
+    #[arg(
+        long,
+        env = "TRUSTPLANE_LEADER_LEASE",
+        default_value = "15s",
+        value_parser = humantime::parse_duration
+    )]
+    pub leader_lease: Duration,
 }
 
 /// `issue` flags.
@@ -266,6 +274,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         dns_names,
         ip_addresses,
         limits: args.limits.into(),
+        leader_lease: args.leader_lease,
     };
     let mut running = server::start(authority, &config).await?;
     println!(

@@ -1,0 +1,541 @@
+//! Several `trustplane server` processes (the real binary) on one real
+//! OpenBao with `--store vault-kv`: they serve as one service (no serial
+//! twice, no lost record, watchers on any server see every version), and
+//! exactly one of them advances rotations; when that one is SIGKILLed,
+//! another takes over within the lease and the rotation completes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::binary::{BINARY, Guard};
+use common::openbao::OpenBao;
+use tonic::transport::Channel;
+use trustplane::ca::{self, Certificate, KeyAlgorithm, PrivateKey};
+use trustplane::cli::connect;
+use trustplane::proto;
+use trustplane::proto::admin_service_client::AdminServiceClient;
+use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
+use trustplane::proto::trust_bundle_service_client::TrustBundleServiceClient;
+use trustplane::server::DataDir;
+use trustplane::store::records::{IssuedKind, IssuedRecord, list_json};
+use trustplane::store::{Store, Table, VaultKvStore};
+use trustplane::vault::{Secret, VaultConfig};
+
+/// The lease the servers run with: a killed holder is replaced within it.
+const LEASE: &str = "3s";
+
+/// One OpenBao, an initialised trustplane in it, and the directory `init`
+/// wrote (the KEK, the admin credential and the control-plane CA file).
+struct Deployment {
+    bao: OpenBao,
+    dir: tempfile::TempDir,
+}
+
+/// A running server process.
+struct Server {
+    process: Guard,
+    url: String,
+    log: PathBuf,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        let bao = OpenBao::dev();
+        let dir = tempfile::tempdir().unwrap();
+        let deployment = Deployment { bao, dir };
+        let init = deployment.trustplane(&[
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--store",
+            "vault-kv",
+            "--data-dir",
+            deployment.data().to_str().unwrap(),
+        ]);
+        assert!(init.status.success(), "init: {}", text(&init));
+        assert!(
+            text(&init).contains("Vault KV v2 secret/data/trustplane/"),
+            "{}",
+            text(&init)
+        );
+        // The state is in Vault, not in the data directory.
+        assert!(!DataDir::new(deployment.data()).store_path().exists());
+        deployment
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("init")
+    }
+
+    fn kek(&self) -> PathBuf {
+        self.data().join("kek")
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(BINARY);
+        command
+            .env_remove("TRUSTPLANE_KEK")
+            .env("VAULT_ADDR", &self.bao.addr)
+            .env("VAULT_TOKEN", &self.bao.token);
+        command
+    }
+
+    fn trustplane(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Starts server `index` with its own (nearly empty) data directory
+    /// and the shared KEK.
+    fn start(&self, index: usize) -> Server {
+        let own = self.dir.path().join(format!("server-{index}"));
+        std::fs::create_dir_all(&own).unwrap();
+        let log = self.dir.path().join(format!("server-{index}.log"));
+        let mut child = self
+            .command()
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                "vault-kv",
+                "--leader-lease",
+                LEASE,
+                "--data-dir",
+            ])
+            .arg(&own)
+            .arg("--kek-file")
+            .arg(self.kek())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("https://"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no URL in {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Server {
+            process: Guard(child),
+            url,
+            log,
+        }
+    }
+
+    /// The store as a server sees it.
+    fn store(&self) -> VaultKvStore {
+        VaultKvStore::open(VaultConfig {
+            addr: Some(self.bao.addr.clone()),
+            token: Some(self.bao.token.parse::<Secret>().unwrap()),
+            pki_mount: "pki".into(),
+            kv_mount: "secret".into(),
+            kv_prefix: "trustplane".into(),
+            ..VaultConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn control_plane_ca(&self) -> String {
+        std::fs::read_to_string(DataDir::new(self.data()).control_plane_ca_path()).unwrap()
+    }
+
+    async fn admin(&self, server: &Server) -> AdminServiceClient<Channel> {
+        let data = DataDir::new(self.data());
+        let certificate = std::fs::read_to_string(data.admin_cert_path()).unwrap();
+        let key = std::fs::read_to_string(data.admin_key_path()).unwrap();
+        AdminServiceClient::new(
+            connect(
+                &server.url,
+                &self.control_plane_ca(),
+                Some((&certificate, &key)),
+            )
+            .await
+            .unwrap(),
+        )
+    }
+
+    /// The bundle `server` serves now (as the admin).
+    async fn bundle(&self, server: &Server) -> proto::Bundle {
+        let data = DataDir::new(self.data());
+        let certificate = std::fs::read_to_string(data.admin_cert_path()).unwrap();
+        let key = std::fs::read_to_string(data.admin_key_path()).unwrap();
+        let channel = connect(
+            &server.url,
+            &self.control_plane_ca(),
+            Some((&certificate, &key)),
+        )
+        .await
+        .unwrap();
+        TrustBundleServiceClient::new(channel)
+            .get_bundle(proto::GetBundleRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The pid in the lease record's holder id, if a lease is held.
+    fn leader_pid(&self) -> Option<u32> {
+        let stored = self.store().get(Table::Meta, "leader").unwrap()?;
+        let record: serde_json::Value = serde_json::from_slice(&stored.value).unwrap();
+        record["holder"].as_str()?.split('-').next()?.parse().ok()
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// What clients received: serial → (cluster, kind).
+type Received = BTreeMap<String, (String, IssuedKind)>;
+
+fn receive(received: &mut Received, certificate_pem: &str, cluster: &str, kind: IssuedKind) {
+    let serial = Certificate::from_pem(certificate_pem)
+        .unwrap()
+        .serial_hex()
+        .unwrap();
+    let previous = received.insert(serial.clone(), (cluster.to_string(), kind));
+    assert!(previous.is_none(), "serial {serial} handed out twice");
+}
+
+/// Registers `name` through `admin_server`, enrolls it through
+/// `enroll_server` and signs `rounds` intermediates through the servers in
+/// turn; returns what it received.
+async fn cluster_client(
+    deployment: &Deployment,
+    servers: &[&Server],
+    name: String,
+    rounds: usize,
+) -> (Received, Option<proto::SignIntermediateResponse>) {
+    let mut received = Received::new();
+    let mut last = None;
+    let token = deployment
+        .admin(servers[0])
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .join_token;
+    let enroll_at = servers[1 % servers.len()];
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let csr = ca::create_csr(&key, "agent").unwrap();
+    let anonymous = connect(&enroll_at.url, &deployment.control_plane_ca(), None)
+        .await
+        .unwrap();
+    let enrolled = IntermediateServiceClient::new(anonymous)
+        .enroll(proto::EnrollRequest {
+            cluster: name.clone(),
+            join_token: token,
+            client_csr_pem: csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    receive(
+        &mut received,
+        &enrolled.client_cert_pem,
+        &name,
+        IssuedKind::ControlPlaneClient,
+    );
+    let key_pem = key.to_pkcs8_pem().to_string();
+    for round in 0..rounds {
+        let server = servers[round % servers.len()];
+        let channel = connect(
+            &server.url,
+            &deployment.control_plane_ca(),
+            Some((&enrolled.client_cert_pem, &key_pem)),
+        )
+        .await
+        .unwrap();
+        let intermediate = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let csr = ca::create_csr(&intermediate, &format!("{name} intermediate")).unwrap();
+        let signed = IntermediateServiceClient::new(channel)
+            .sign_intermediate(proto::SignIntermediateRequest {
+                csr: csr.into_bytes(),
+                cluster: name.clone(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("{name} round {round} at {}: {status}", server.url))
+            .into_inner();
+        receive(
+            &mut received,
+            &signed.certificate_pem,
+            &name,
+            IssuedKind::Intermediate,
+        );
+        last = Some(signed);
+    }
+    (received, last)
+}
+
+/// Runs `clients` cluster clients at once against `servers`, then checks
+/// every certificate any client received against the store's records.
+async fn race(deployment: &Deployment, servers: &[&Server], prefix: &str, clients: usize) {
+    let runs = (0..clients).map(|index| {
+        // Each client starts on another server.
+        let mut order: Vec<&Server> = servers.to_vec();
+        order.rotate_left(index % servers.len());
+        let name = format!("{prefix}-{index}");
+        async move { cluster_client(deployment, &order, name, 4).await.0 }
+    });
+    let results = futures_join_all(runs).await;
+    let mut received = Received::new();
+    for result in results {
+        for (serial, issued) in result {
+            assert!(
+                received.insert(serial.clone(), issued).is_none(),
+                "serial {serial} handed out to two clients"
+            );
+        }
+    }
+    let store = deployment.store();
+    let records: BTreeMap<String, IssuedRecord> =
+        list_json::<IssuedRecord>(&store, Table::Certificates)
+            .unwrap()
+            .into_iter()
+            .map(|(key, record, _)| (key, record))
+            .collect();
+    for (serial, (cluster, kind)) in &received {
+        let record = records
+            .get(serial)
+            .unwrap_or_else(|| panic!("serial {serial} of {cluster} ({kind:?}) has no record"));
+        assert_eq!(
+            record.cluster.as_deref(),
+            Some(cluster.as_str()),
+            "{serial}"
+        );
+        assert_eq!(&record.kind, kind, "{serial}");
+    }
+    assert_eq!(received.len(), clients * 5);
+}
+
+/// `join_all` without another dependency: every future on its own task.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future,
+{
+    // The futures borrow the deployment, so they run on this task,
+    // interleaved by a local set of polls.
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|context| {
+        let mut pending = false;
+        for (index, future) in pinned.iter_mut().enumerate() {
+            if outputs[index].is_none() {
+                match future.as_mut().poll(context) {
+                    std::task::Poll::Ready(output) => outputs[index] = Some(output),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_then_three_servers_on_one_openbao_race_enrollments_and_issuances_as_one() {
+    common::install_crypto();
+    let deployment = Deployment::new();
+    let first = deployment.start(1);
+    let second = deployment.start(2);
+    race(&deployment, &[&first, &second], "two", 6).await;
+    let third = deployment.start(3);
+    race(&deployment, &[&first, &second, &third], "three", 9).await;
+    // One lease holder among the three.
+    let leader = deployment.leader_pid().expect("a server holds the lease");
+    let pids: HashSet<u32> = [&first, &second, &third]
+        .iter()
+        .map(|server| server.process.0.id())
+        .collect();
+    assert!(
+        pids.contains(&leader),
+        "lease holder {leader} is none of {pids:?}"
+    );
+    // The audit chain the three wrote together is one linear, authentic chain.
+    let verified = deployment.trustplane(&[
+        "audit",
+        "verify",
+        "--store",
+        "vault-kv",
+        "--data-dir",
+        deployment.data().to_str().unwrap(),
+    ]);
+    assert!(
+        verified.status.success(),
+        "audit verify: {}",
+        text(&verified)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_on_one_server_sees_the_version_another_server_published() {
+    common::install_crypto();
+    let deployment = Deployment::new();
+    let first = deployment.start(1);
+    let second = deployment.start(2);
+    let data = DataDir::new(deployment.data());
+    let certificate = std::fs::read_to_string(data.admin_cert_path()).unwrap();
+    let key = std::fs::read_to_string(data.admin_key_path()).unwrap();
+    let channel = connect(
+        &second.url,
+        &deployment.control_plane_ca(),
+        Some((&certificate, &key)),
+    )
+    .await
+    .unwrap();
+    let mut watch = TrustBundleServiceClient::new(channel)
+        .watch_bundle(proto::WatchBundleRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let initial = watch.message().await.unwrap().unwrap();
+    assert_eq!(initial.version, 1);
+    // A rotation started through the first server publishes version 2.
+    deployment
+        .admin(&first)
+        .await
+        .rotate_start(proto::RotateStartRequest::default())
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the second server's watcher saw no new version within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.version, 2);
+    assert_eq!(next.root_cert_pem.matches("BEGIN CERTIFICATE").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lease_holder_killed_during_a_rotation_is_replaced_and_the_rotation_completes() {
+    common::install_crypto();
+    let deployment = Deployment::new();
+    let servers = [deployment.start(1), deployment.start(2)];
+    let old_root = deployment.bundle(&servers[0]).await.root_cert_pem;
+    let started = deployment.trustplane(&[
+        "rotate",
+        "start",
+        "--auto",
+        "--grace",
+        "6s",
+        "--server",
+        &servers[0].url,
+        "--data-dir",
+        deployment.data().to_str().unwrap(),
+    ]);
+    assert!(started.status.success(), "rotate start: {}", text(&started));
+    // Wait until the lease holder has moved the rotation to sign-new, then
+    // SIGKILL it while the grace runs.
+    let leader = wait_for(Duration::from_secs(20), || deployment.leader_pid())
+        .expect("no server took the lease");
+    let status = |server: &Server| -> serde_json::Value {
+        let output = deployment.trustplane(&[
+            "rotate",
+            "status",
+            "-o",
+            "json",
+            "--server",
+            &server.url,
+            "--data-dir",
+            deployment.data().to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "rotate status: {}", text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    wait_for(Duration::from_secs(20), || {
+        (status(&servers[0])["phase"] == "sign-new").then_some(())
+    })
+    .expect("the rotation never reached sign-new");
+    let (killed, survivor): (Vec<Server>, Vec<Server>) = servers
+        .into_iter()
+        .partition(|server| server.process.0.id() == leader);
+    let survivor = survivor.into_iter().next().unwrap();
+    let killed_at = Instant::now();
+    for mut server in killed {
+        server.process.0.kill().unwrap();
+        server.process.0.wait().unwrap();
+    }
+    // The survivor takes the lease within it (plus a tick) ...
+    let new_leader = wait_for(Duration::from_secs(10), || {
+        deployment
+            .leader_pid()
+            .filter(|pid| *pid == survivor.process.0.id())
+    });
+    assert!(
+        new_leader.is_some(),
+        "the survivor did not take the lease; its log:\n{}",
+        std::fs::read_to_string(&survivor.log).unwrap_or_default()
+    );
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(3 + 3),
+        "the lease was taken over after {:?}",
+        killed_at.elapsed()
+    );
+    // ... and finishes the rotation by itself (--auto).
+    let done = wait_for(Duration::from_secs(40), || {
+        let json = status(&survivor);
+        (json["phase"] == "stable").then_some(json)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the rotation did not complete after the takeover; survivor log:\n{}",
+            std::fs::read_to_string(&survivor.log).unwrap_or_default()
+        )
+    });
+    assert_eq!(done["outcome"], "completed", "{done}");
+    // The survivor signs with the new root, now the bundle's only root.
+    let (received, signed) = cluster_client(&deployment, &[&survivor], "after".into(), 1).await;
+    assert_eq!(received.len(), 2);
+    let signed = signed.unwrap();
+    let bundle = signed.bundle.unwrap();
+    assert_eq!(bundle.root_cert_pem.matches("BEGIN CERTIFICATE").count(), 1);
+    assert_ne!(bundle.root_cert_pem, old_root);
+    let chain = pem::parse_many(&signed.cert_chain_pem).unwrap();
+    let root = pem::parse_many(&bundle.root_cert_pem).unwrap();
+    assert_eq!(chain.last().unwrap().contents(), root[0].contents());
+    assert_eq!(
+        deployment.bundle(&survivor).await.root_cert_pem,
+        bundle.root_cert_pem
+    );
+}
+
+/// Polls `check` every 200 ms until it gives a value or `timeout` passes.
+fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -455,11 +455,11 @@ impl Place {
             }
         }
         for slot in keys {
-            if !before.contains_key(&slot) {
-                let Some(stored) = self.at(head.seq, &slot).await? else {
+            if let std::collections::btree_map::Entry::Vacant(entry) = before.entry(slot) {
+                let Some(stored) = self.at(head.seq, entry.key()).await? else {
                     return Ok(false);
                 };
-                before.insert(slot, stored);
+                entry.insert(stored);
             }
         }
         check_batch(batch, |table, key| {

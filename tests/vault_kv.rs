@@ -46,8 +46,11 @@ struct Server {
 
 impl Deployment {
     fn new() -> Deployment {
-        let bao = OpenBao::dev();
-        let dir = tempfile::tempdir().unwrap();
+        Deployment::on(OpenBao::dev(), tempfile::tempdir().unwrap())
+    }
+
+    /// On `bao` (which has a KV v2 mount `secret/`), with files in `dir`.
+    fn on(bao: OpenBao, dir: tempfile::TempDir) -> Deployment {
         let deployment = Deployment { bao, dir };
         let init = deployment.trustplane(&[
             "init",
@@ -538,4 +541,82 @@ fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// An agent's sign request while OpenBao is sealed fails cleanly (gRPC
+/// `Unavailable`, nothing recorded; the server's log names the Vault path
+/// and what to do) and succeeds once OpenBao is unsealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sign_request_while_openbao_is_sealed_fails_cleanly_and_works_once_unsealed() {
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let bao = OpenBao::raft(&dir.path().join("bao"));
+    bao.kv2("secret");
+    let mut deployment = Deployment::on(bao, dir);
+    let server = deployment.start(1);
+    let token = deployment
+        .admin(&server)
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: "west".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .join_token;
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let enrolled = IntermediateServiceClient::new(
+        connect(&server.url, &deployment.control_plane_ca(), None)
+            .await
+            .unwrap(),
+    )
+    .enroll(proto::EnrollRequest {
+        cluster: "west".into(),
+        join_token: token,
+        client_csr_pem: ca::create_csr(&key, "agent").unwrap(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let identity = (enrolled.client_cert_pem, key.to_pkcs8_pem().to_string());
+    let records_before = list_json::<IssuedRecord>(&deployment.store(), Table::Certificates)
+        .unwrap()
+        .len();
+    let control_plane_ca = deployment.control_plane_ca();
+    let sign = || async {
+        let channel = connect(
+            &server.url,
+            &control_plane_ca,
+            Some((&identity.0, &identity.1)),
+        )
+        .await
+        .unwrap();
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        IntermediateServiceClient::new(channel)
+            .sign_intermediate(proto::SignIntermediateRequest {
+                csr: ca::create_csr(&key, "west intermediate")
+                    .unwrap()
+                    .into_bytes(),
+                cluster: "west".into(),
+            })
+            .await
+    };
+    deployment.bao.seal();
+    let refused = sign().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(refused.message().contains("retry"), "{refused}");
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("secret/data/trustplane/"), "{log}");
+    assert!(log.contains("operator unseal"), "{log}");
+    deployment.bao.unseal();
+    let signed = sign().await.unwrap().into_inner();
+    let records = list_json::<IssuedRecord>(&deployment.store(), Table::Certificates).unwrap();
+    // Exactly one more record: the certificate issued after the unseal.
+    assert_eq!(records.len(), records_before + 1);
+    assert!(
+        records
+            .iter()
+            .any(|(serial, _, _)| *serial == signed.serial)
+    );
 }

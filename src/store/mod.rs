@@ -272,6 +272,17 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The backend is unavailable for now (Vault sealed, unreachable or
+    /// failing) after the store's own retries; nothing was written. Callers
+    /// may retry later.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        /// What failed, with the path and what to do.
+        message: String,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A record or chain that fails its integrity check (a MAC that does not
     /// match, a broken or unauthenticated chain): the store was changed by
     /// something that does not hold the KEK, or the KEK is not this store's.

@@ -142,9 +142,17 @@ fn backend(message: impl Into<String>) -> StoreError {
 }
 
 fn vault_error(error: VaultError) -> StoreError {
-    StoreError::Backend {
-        message: error.to_string(),
-        source: Some(Box::new(error)),
+    let message = error.to_string();
+    if error.is_transient() {
+        StoreError::Unavailable {
+            message,
+            source: Some(Box::new(error)),
+        }
+    } else {
+        StoreError::Backend {
+            message,
+            source: Some(Box::new(error)),
+        }
     }
 }
 
@@ -977,10 +985,11 @@ mod tests {
         assert_eq!(store.generation().unwrap(), Some(0));
     }
 
-    /// A sealed Vault: the commit fails (after its retries) with the path
-    /// and the next step, writes nothing, and works again once unsealed.
+    /// A sealed or stopped Vault: the commit fails (after its retries) with
+    /// the path and the next step, writes nothing, and works again once
+    /// Vault is back.
     #[test]
-    fn a_sealed_vault_names_the_path_and_what_to_do_and_nothing_is_half_written() {
+    fn a_sealed_or_stopped_vault_names_the_path_and_what_to_do_and_nothing_is_half_written() {
         let dir = tempfile::tempdir().unwrap();
         let mut bao = openbao::OpenBao::raft(dir.path());
         bao.kv2("secret");
@@ -1000,8 +1009,9 @@ mod tests {
                     )
                     .put(Table::Clusters, "west", b"1".to_vec(), None),
             )
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+        let error = error.to_string();
         assert!(
             error.contains("Vault secret/data/trustplane/test/head"),
             "{error}"
@@ -1028,6 +1038,27 @@ mod tests {
             store.get(Table::Clusters, "east").unwrap().unwrap().version,
             2
         );
+
+        // Stopped: unreachable, named the same way; nothing lost on restart.
+        bao.stop();
+        let error = store
+            .commit(Batch::new().put(Table::Clusters, "west", b"1".to_vec(), None))
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+        let error = error.to_string();
+        assert!(
+            error.contains("Vault secret/data/trustplane/test/head"),
+            "{error}"
+        );
+        assert!(error.contains("unreachable"), "{error}");
+        assert!(error.contains("VAULT_ADDR"), "{error}");
+        bao.restart_sealed();
+        bao.unseal();
+        assert_eq!(
+            store.get(Table::Clusters, "east").unwrap().unwrap().value,
+            b"2"
+        );
+        assert_eq!(store.get(Table::Clusters, "west").unwrap(), None);
     }
 
     #[test]

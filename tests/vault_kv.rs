@@ -620,3 +620,119 @@ async fn a_sign_request_while_openbao_is_sealed_fails_cleanly_and_works_once_uns
             .any(|(serial, _, _)| *serial == signed.serial)
     );
 }
+
+/// The lease itself, in process with a test clock: the first server takes
+/// it, the second cannot while it runs, the holder renews it once a third
+/// has passed, and the second takes it over only once it has expired;
+/// the old holder then knows it no longer leads. A refresh on one server
+/// picks up what the other published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_passes_only_after_it_expires_and_a_refresh_sees_the_other_servers_bundle() {
+    use std::sync::Arc;
+    use trustplane::clock::{Clock as _, TestClock};
+    use trustplane::server::leader::Leadership;
+    use trustplane::server::{Authority, InitOptions};
+    use trustplane::signer::sealed::Kek;
+
+    common::install_crypto();
+    let deployment_bao = OpenBao::dev();
+    let dir = tempfile::tempdir().unwrap();
+    let config = VaultConfig {
+        addr: Some(deployment_bao.addr.clone()),
+        token: Some(deployment_bao.token.parse::<Secret>().unwrap()),
+        pki_mount: "pki".into(),
+        kv_mount: "secret".into(),
+        kv_prefix: "lease-test".into(),
+        ..VaultConfig::default()
+    };
+    let clock = TestClock::starting_now();
+    let kek = Kek::generate().unwrap();
+    let policy = trustplane::Policy::builtin_default().unwrap();
+    let first_store: Arc<dyn Store> = Arc::new(VaultKvStore::open(config.clone()).unwrap());
+    trustplane::server::initialize(
+        first_store.as_ref(),
+        &kek,
+        &DataDir::new(dir.path()),
+        &InitOptions {
+            trust_domain: "cluster.local".into(),
+            organisation: None,
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            root_validity: Duration::from_secs(10 * 365 * 24 * 3600),
+            import: None,
+            policy: policy.clone(),
+        },
+        clock.now(),
+    )
+    .unwrap();
+    let open = |store: Arc<dyn Store>| {
+        let kek = kek.clone();
+        let policy = policy.clone();
+        let clock = clock.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Arc::new(Authority::open(store, &kek, policy, clock).unwrap())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let first = open(first_store).await;
+    let second = open(Arc::new(VaultKvStore::open(config).unwrap())).await;
+    let lease = Duration::from_secs(15);
+    let first_lease = Arc::new(Leadership::new(first.core().clone(), lease).unwrap());
+    let second_lease = Arc::new(Leadership::new(second.core().clone(), lease).unwrap());
+    let refresh = |leadership: &Arc<Leadership>| {
+        let leadership = leadership.clone();
+        async move {
+            tokio::task::spawn_blocking(move || leadership.refresh().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    assert!(refresh(&first_lease).await);
+    assert!(!refresh(&second_lease).await);
+    // A third of the lease passed: the holder renews (to +6 s + 15 s).
+    clock.advance(Duration::from_secs(6));
+    assert!(refresh(&first_lease).await);
+    clock.advance(Duration::from_secs(10));
+    // 16 s after the first take, but only 10 s after the renewal.
+    assert!(!refresh(&second_lease).await);
+    // The holder stops renewing (killed): 15 s after its renewal the
+    // lease passes.
+    clock.advance(Duration::from_secs(6));
+    assert!(refresh(&second_lease).await);
+    assert!(second_lease.is_leading());
+    assert!(!refresh(&first_lease).await);
+    assert!(!first_lease.is_leading());
+
+    // A bundle version the second server publishes reaches the first's
+    // watchers on its next refresh.
+    let mut watcher = first.publication.subscribe();
+    watcher.borrow_and_update();
+    let next = {
+        let current = second.publication.current().bundle.clone();
+        trustplane::bundle::TrustBundle::new(
+            current.trust_domain(),
+            current.version() + 1,
+            current.roots().to_vec(),
+        )
+        .unwrap()
+    };
+    {
+        let second = second.clone();
+        tokio::task::spawn_blocking(move || second.publication.publish(next).unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(first.publication.current().bundle.version(), 1);
+    {
+        let first = first.clone();
+        assert!(
+            tokio::task::spawn_blocking(move || first.core().refresh().unwrap())
+                .await
+                .unwrap()
+        );
+    }
+    assert!(watcher.has_changed().unwrap());
+    assert_eq!(first.publication.current().bundle.version(), 2);
+}

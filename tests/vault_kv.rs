@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::binary::{BINARY, Guard};
@@ -401,6 +402,21 @@ async fn two_then_three_servers_on_one_openbao_race_enrollments_and_issuances_as
 async fn a_watcher_on_one_server_sees_the_version_another_server_published() {
     common::install_crypto();
     let deployment = Deployment::new();
+    // A second `init` on the same prefix is refused, changing nothing.
+    let again = deployment.trustplane(&[
+        "init",
+        "--store",
+        "vault-kv",
+        "--data-dir",
+        deployment.dir.path().join("again").to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again)
+            .contains("already holds an initialised trustplane; use another --vault-kv-prefix"),
+        "{}",
+        text(&again)
+    );
     let first = deployment.start(1);
     let second = deployment.start(2);
     let data = DataDir::new(deployment.data());
@@ -436,28 +452,61 @@ async fn a_watcher_on_one_server_sees_the_version_another_server_published() {
     assert_eq!(next.root_cert_pem.matches("BEGIN CERTIFICATE").count(), 2);
 }
 
+/// The rotation's grace, and the simulated workload certificate lifetime.
+const GRACE_SECONDS: u64 = 6;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_lease_holder_killed_during_a_rotation_is_replaced_and_the_rotation_completes() {
+    use common::mesh::Mesh;
+    use trustplane::agent::{self, AgentConfig};
+    use trustplane::clock::SystemClock;
+    use trustplane::sink::ClusterSink;
+
     common::install_crypto();
     let deployment = Deployment::new();
     let servers = [deployment.start(1), deployment.start(2)];
     let old_root = deployment.bundle(&servers[0]).await.root_cert_pem;
-    let started = deployment.trustplane(&[
-        "rotate",
-        "start",
-        "--auto",
-        "--grace",
-        "6s",
-        "--server",
-        &servers[0].url,
-        "--data-dir",
-        deployment.data().to_str().unwrap(),
-    ]);
-    assert!(started.status.success(), "rotate start: {}", text(&started));
-    // Wait until the lease holder has moved the rotation to sign-new, then
-    // SIGKILL it while the grace runs.
     let leader = wait_for(Duration::from_secs(20), || deployment.leader_pid())
         .expect("no server took the lease");
+    let (killed, survivor): (Vec<Server>, Vec<Server>) = servers
+        .into_iter()
+        .partition(|server| server.process.0.id() == leader);
+    let (mut leader, survivor) = (
+        killed.into_iter().next().unwrap(),
+        survivor.into_iter().next().unwrap(),
+    );
+
+    // Clusters with agents on the follower; every ordered pair's workloads
+    // are checked on every cacerts write (tests/common/mesh.rs).
+    let mesh = Mesh::new(Duration::from_secs(GRACE_SECONDS), SystemClock::shared());
+    let mut agents = Vec::new();
+    let mut admin = deployment.admin(&survivor).await;
+    for index in 0..3 {
+        let name = format!("k{index}");
+        let token = admin
+            .add_cluster(proto::AddClusterRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .join_token;
+        let sink: Arc<dyn ClusterSink> = mesh.sink(&name);
+        agents.push(agent::spawn(
+            AgentConfig {
+                server_ca_pem: Some(deployment.control_plane_ca()),
+                join_token: Some(zeroize::Zeroizing::new(token)),
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                max_backoff: Duration::from_millis(500),
+                ..AgentConfig::new(survivor.url.clone(), deployment.dir.path().join(&name))
+            },
+            sink,
+        ));
+    }
+    mesh.check_all("stable").await;
+
+    // Started through the follower; the leader advances it (--auto).
     let status = |server: &Server| -> serde_json::Value {
         let output = deployment.trustplane(&[
             "rotate",
@@ -472,19 +521,34 @@ async fn the_lease_holder_killed_during_a_rotation_is_replaced_and_the_rotation_
         assert!(output.status.success(), "rotate status: {}", text(&output));
         serde_json::from_slice(&output.stdout).unwrap()
     };
-    wait_for(Duration::from_secs(20), || {
-        (status(&servers[0])["phase"] == "sign-new").then_some(())
+    let started = deployment.trustplane(&[
+        "rotate",
+        "start",
+        "--auto",
+        "--grace",
+        &format!("{GRACE_SECONDS}s"),
+        "--server",
+        &survivor.url,
+        "--data-dir",
+        deployment.data().to_str().unwrap(),
+    ]);
+    assert!(started.status.success(), "rotate start: {}", text(&started));
+    // SIGKILL the lease holder once it has moved the rotation to sign-new
+    // (every agent acknowledged trust-new), while sign-new's grace runs.
+    wait_for(Duration::from_secs(60), || {
+        (status(&survivor)["phase"] == "sign-new").then_some(())
     })
-    .expect("the rotation never reached sign-new");
-    let (killed, survivor): (Vec<Server>, Vec<Server>) = servers
-        .into_iter()
-        .partition(|server| server.process.0.id() == leader);
-    let survivor = survivor.into_iter().next().unwrap();
+    .unwrap_or_else(|| {
+        panic!(
+            "the rotation never reached sign-new: {}; leader log:\n{}",
+            status(&survivor),
+            std::fs::read_to_string(&leader.log).unwrap_or_default()
+        )
+    });
     let killed_at = Instant::now();
-    for mut server in killed {
-        server.process.0.kill().unwrap();
-        server.process.0.wait().unwrap();
-    }
+    leader.process.0.kill().unwrap();
+    leader.process.0.wait().unwrap();
+    mesh.check_all("sign-new, leader killed").await;
     // The survivor takes the lease within it (plus a tick) ...
     let new_leader = wait_for(Duration::from_secs(10), || {
         deployment
@@ -496,23 +560,40 @@ async fn the_lease_holder_killed_during_a_rotation_is_replaced_and_the_rotation_
         "the survivor did not take the lease; its log:\n{}",
         std::fs::read_to_string(&survivor.log).unwrap_or_default()
     );
+    let lease = humantime::parse_duration(LEASE).unwrap();
     assert!(
-        killed_at.elapsed() < Duration::from_secs(3 + 3),
+        killed_at.elapsed() < lease + Duration::from_secs(3),
         "the lease was taken over after {:?}",
         killed_at.elapsed()
     );
     // ... and finishes the rotation by itself (--auto).
-    let done = wait_for(Duration::from_secs(40), || {
+    let done = wait_for(Duration::from_secs(90), || {
         let json = status(&survivor);
         (json["phase"] == "stable").then_some(json)
     })
     .unwrap_or_else(|| {
         panic!(
-            "the rotation did not complete after the takeover; survivor log:\n{}",
+            "the rotation did not complete after the takeover: {}; survivor log:\n{}",
+            status(&survivor),
             std::fs::read_to_string(&survivor.log).unwrap_or_default()
         )
     });
     assert_eq!(done["outcome"], "completed", "{done}");
+    mesh.check_all("completed").await;
+    let summary = mesh.summary().await;
+    assert!(
+        summary.failures.is_empty(),
+        "{} failed pair checks out of {}:\n{}",
+        summary.failures.len(),
+        summary.checks,
+        summary.failures.join("\n")
+    );
+    assert!(summary.checks > 0);
+    // Every cluster was re-issued from the new root at least once.
+    assert!(summary.intermediates >= 6, "{summary:?}");
+    for agent in agents {
+        agent.stop();
+    }
     // The survivor signs with the new root, now the bundle's only root.
     let (received, signed) = cluster_client(&deployment, &[&survivor], "after".into(), 1).await;
     assert_eq!(received.len(), 2);
@@ -628,7 +709,6 @@ async fn a_sign_request_while_openbao_is_sealed_fails_cleanly_and_works_once_uns
 /// picks up what the other published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_passes_only_after_it_expires_and_a_refresh_sees_the_other_servers_bundle() {
-    use std::sync::Arc;
     use trustplane::clock::{Clock as _, TestClock};
     use trustplane::server::leader::Leadership;
     use trustplane::server::{Authority, InitOptions};

@@ -67,9 +67,12 @@ const TRANSIENT_ATTEMPTS: u32 = 6;
 /// retried this many times before the store gives up.
 const COMMIT_ATTEMPTS: u32 = 64;
 
-/// A list that keeps seeing new batches commit while it reads is read
-/// again this many times.
+/// A list that keeps finding keys written twice since the batch it reads
+/// as of is read again this many times.
 const LIST_ATTEMPTS: u32 = 32;
+
+/// Key reads a list runs at once.
+const LIST_PARALLEL_READS: usize = 16;
 
 /// One resolved write of a batch: the key's final value (`None`: deleted)
 /// and version.
@@ -89,12 +92,43 @@ struct Head {
     writes: Vec<Write>,
 }
 
-/// A key's secret: what the batch `seq` left there.
+/// A key's secret: what the batch `seq` left there, and what the key held
+/// before that batch (`None`: nothing), so that a list can read every key
+/// as one batch left it while later batches are applied.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct KeyRecord {
     seq: u64,
     version: u64,
     value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Box<KeyRecord>>,
+}
+
+impl KeyRecord {
+    /// The key as batch `seq` left it; `None` when two batches after `seq`
+    /// wrote it (the state at `seq` is gone).
+    fn as_of(&self, seq: u64) -> Option<KeyRecord> {
+        if self.seq <= seq {
+            return Some(KeyRecord {
+                previous: None,
+                ..self.clone()
+            });
+        }
+        match &self.previous {
+            // Created after `seq`: absent then.
+            None => Some(KeyRecord {
+                seq: 0,
+                version: 0,
+                value: None,
+                previous: None,
+            }),
+            Some(previous) if previous.seq <= seq => Some(KeyRecord {
+                previous: None,
+                ..(**previous).clone()
+            }),
+            Some(_) => None,
+        }
+    }
 }
 
 /// Where the store lives in Vault.
@@ -310,23 +344,30 @@ impl Place {
                 ))
             })?;
             let path = self.key_path(table, &write.key);
-            let record = KeyRecord {
-                seq,
-                version: write.version,
-                value: write.value.clone(),
-            };
-            let data = serde_json::to_value(&record)
-                .map_err(|error| backend(format!("cannot encode {path}: {error}")))?;
             let mut attempts = 0;
             loop {
-                let cas = match self.key(table, &write.key).await? {
+                let (cas, previous) = match self.key(table, &write.key).await? {
                     Some((stored, _)) if stored.seq >= seq => break,
-                    Some((_, kv_version)) => kv_version,
+                    Some((stored, kv_version)) => (
+                        kv_version,
+                        Some(Box::new(KeyRecord {
+                            previous: None,
+                            ..stored
+                        })),
+                    ),
                     // Deleting what was never written: nothing to record.
                     None if write.value.is_none() => break,
-                    None => 0,
+                    None => (0, None),
                 };
-                if self.write_raw(&path, data.clone(), cas).await?.is_some() {
+                let record = KeyRecord {
+                    seq,
+                    version: write.version,
+                    value: write.value.clone(),
+                    previous,
+                };
+                let data = serde_json::to_value(&record)
+                    .map_err(|error| backend(format!("cannot encode {path}: {error}")))?;
+                if self.write_raw(&path, data, cas).await?.is_some() {
                     break;
                 }
                 attempts += 1;
@@ -380,8 +421,12 @@ impl Place {
         }
     }
 
-    async fn list(&self, table: Table) -> Result<Vec<(String, Versioned)>, StoreError> {
-        for _ in 0..LIST_ATTEMPTS {
+    /// Every key of `table` as one batch left it: the head's batch `S`
+    /// (overlaid, applied or not), each key read as of `S` (its record, or
+    /// the previous value it keeps when a later batch already wrote it).
+    /// Read again only when some key was written twice since `S`.
+    async fn list(self: Arc<Self>, table: Table) -> Result<Vec<(String, Versioned)>, StoreError> {
+        'attempt: for _ in 0..LIST_ATTEMPTS {
             let (head, _) = self.head().await?;
             let folder = self.table_path(table);
             let names = retry(TRANSIENT_ATTEMPTS, || {
@@ -392,23 +437,35 @@ impl Place {
             })
             .await
             .map_err(vault_error)?;
-            let mut entries: BTreeMap<String, Versioned> = BTreeMap::new();
-            let mut newer = false;
+            // Reads in parallel, a few at a time.
+            let permits = Arc::new(tokio::sync::Semaphore::new(LIST_PARALLEL_READS));
+            let mut reads = tokio::task::JoinSet::new();
             for name in names {
                 let Some(key) = unescape_key(&name) else {
                     continue;
                 };
-                let Some((record, _)) = self.key(table, &key).await? else {
+                let place = self.clone();
+                let permits = permits.clone();
+                reads.spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let record = place.key(table, &key).await?;
+                    Ok::<_, StoreError>((key, record))
+                });
+            }
+            let mut entries: BTreeMap<String, Versioned> = BTreeMap::new();
+            while let Some(read) = reads.join_next().await {
+                let (key, record) = read.map_err(|error| {
+                    backend(format!("a read of {} failed: {error}", table.name()))
+                })??;
+                let Some((record, _)) = record else {
                     continue;
                 };
-                newer |= record.seq > head.seq;
+                let Some(record) = record.as_of(head.seq) else {
+                    continue 'attempt;
+                };
                 if let Some(stored) = visible(table, &key, &record)? {
                     entries.insert(key, stored);
                 }
-            }
-            let (after, _) = self.head().await?;
-            if newer || after.seq != head.seq {
-                continue;
             }
             for write in head
                 .writes
@@ -433,7 +490,7 @@ impl Place {
             return Ok(entries.into_iter().collect());
         }
         Err(backend(format!(
-            "Vault {}: other servers kept committing while {} was listed; try again",
+            "Vault {}: other servers kept changing {} while it was listed; try again",
             kv::data_path(&self.mount, &self.table_path(table)),
             table.name()
         )))
@@ -831,6 +888,30 @@ mod tests {
         assert_eq!(unescape_key("k%4"), None);
     }
 
+    /// A list reads each key as the head's batch left it, even when a later
+    /// batch was applied to the key meanwhile.
+    #[test]
+    fn a_key_is_read_as_of_an_earlier_batch_through_the_value_it_keeps() {
+        let record = |seq, value: Option<&str>, previous: Option<KeyRecord>| KeyRecord {
+            seq,
+            version: seq,
+            value: value.map(str::to_string),
+            previous: previous.map(Box::new),
+        };
+        let created_at_5 = record(5, Some("a"), None);
+        assert_eq!(created_at_5.as_of(7).unwrap().value.as_deref(), Some("a"));
+        assert_eq!(created_at_5.as_of(4).unwrap().value, None);
+        let changed_at_8 = record(8, Some("b"), Some(created_at_5.clone()));
+        assert_eq!(changed_at_8.as_of(8).unwrap().value.as_deref(), Some("b"));
+        assert_eq!(changed_at_8.as_of(6).unwrap().value.as_deref(), Some("a"));
+        assert_eq!(changed_at_8.as_of(6).unwrap().version, 5);
+        let deleted_at_9 = record(9, None, Some(record(8, Some("b"), None)));
+        assert_eq!(deleted_at_9.as_of(9).unwrap().value, None);
+        assert_eq!(deleted_at_9.as_of(8).unwrap().value.as_deref(), Some("b"));
+        // Written at 8 and 9 since 6: the state at 6 is gone.
+        assert_eq!(deleted_at_9.as_of(6), None);
+    }
+
     /// Two servers' stores on one Vault: concurrent appends through both
     /// keep one linear chain and lose no write, though they race for the
     /// head's check-and-set (and retry).
@@ -884,6 +965,46 @@ mod tests {
             }
             assert_eq!(store.generation().unwrap(), Some(4 * PER_WRITER as u64));
         }
+    }
+
+    /// While another server commits batches that each move one entry to
+    /// the next key (delete `k<n-1>`, put `k<n>`), every list on this
+    /// server shows exactly one entry: never half a batch, never two
+    /// batches mixed.
+    #[test]
+    fn readers_on_another_server_never_see_half_a_batch() {
+        let (reader, bao) = store();
+        let writer = VaultKvStore::open(config(&bao)).unwrap();
+        const MOVES: u32 = 150;
+        let key = |n: u32| format!("k{n:04}");
+        writer
+            .commit(Batch::new().put(Table::Tokens, key(0), key(0).into_bytes(), None))
+            .unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for n in 1..=MOVES {
+                    writer
+                        .commit(
+                            Batch::new()
+                                .delete(Table::Tokens, key(n - 1), Some(Expect::Present))
+                                .put(Table::Tokens, key(n), key(n).into_bytes(), None),
+                        )
+                        .unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut lists = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || lists < 5 {
+                let listed = reader.list(Table::Tokens).unwrap();
+                assert_eq!(listed.len(), 1, "{listed:?}");
+                assert_eq!(listed[0].1.value, listed[0].0.as_bytes());
+                lists += 1;
+            }
+        });
+        let listed = reader.list(Table::Tokens).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, key(MOVES));
     }
 
     /// A server that died after the commit point, before applying its

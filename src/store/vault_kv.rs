@@ -23,10 +23,12 @@
 //!
 //! Readers never see half a batch: [`Store::get`] reads the head and
 //! answers from its writes when the last batch touched the key (applied or
-//! not), else from the key's secret. [`Store::list`] reads the head, the
-//! keys, and the head again; when a batch committed in between it reads
-//! again. Deleted keys keep a tombstone secret (so that a late applier
-//! cannot resurrect them); lists skip tombstones.
+//! not), else from the key's secret. [`Store::list`] reads the head (batch
+//! `S`) and then every key as batch `S` left it: a key's secret also keeps
+//! the value it held before its last batch, so a key a later batch already
+//! changed is read as it was; only a key written twice since `S` makes the
+//! list start again. Deleted keys keep a tombstone secret (so that a late
+//! applier cannot resurrect them); lists skip tombstones.
 //!
 //! Key names are escaped into one path segment: `k` followed by the key
 //! with every byte outside `[A-Za-z0-9._-]` as `%XX` (so `/` in bundle

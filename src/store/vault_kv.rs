@@ -1009,6 +1009,64 @@ mod tests {
         assert_eq!(listed[0].0, key(MOVES));
     }
 
+    /// Another server commits between this one's read of the head and its
+    /// check-and-set on it: the check-and-set loses, and the batch is
+    /// resolved again on the new state and committed, its append linked
+    /// to the head the other server left.
+    #[test]
+    fn a_lost_check_and_set_on_the_head_is_retried_on_the_new_state() {
+        #[derive(Debug)]
+        struct Interfering {
+            other: Arc<VaultKvStore>,
+            calls: std::sync::atomic::AtomicU32,
+        }
+        impl super::super::ChainLink for Interfering {
+            fn link(&self, head: Option<&[u8]>) -> Result<super::super::Linked, StoreError> {
+                let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if call == 0 {
+                    // The other server appends first, after this batch read
+                    // the head.
+                    self.other
+                        .commit(Batch::new().put(Table::Meta, "chain", b"other".to_vec(), None))
+                        .unwrap();
+                }
+                let count = head.map_or(0, |head| head.len());
+                Ok(super::super::Linked {
+                    key: format!("entry-{count}"),
+                    value: head.unwrap_or_default().to_vec(),
+                    head: vec![b'x'; count + 1],
+                })
+            }
+        }
+        let (store, bao) = store();
+        let other = Arc::new(VaultKvStore::open(config(&bao)).unwrap());
+        let link = Arc::new(Interfering {
+            other: other.clone(),
+            calls: std::sync::atomic::AtomicU32::new(0),
+        });
+        store
+            .commit(
+                Batch::new()
+                    .put(Table::Roots, "mine", b"1".to_vec(), Some(Expect::Absent))
+                    .append(Table::Audit, Table::Meta, "chain", link.clone()),
+            )
+            .unwrap();
+        // Linked twice: once on the state it lost on, once on the new one.
+        assert_eq!(link.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // The other server's write came first; this batch linked to it.
+        let entries = store.list(Table::Audit).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].0, "entry-5");
+        assert_eq!(entries[0].1.value, b"other");
+        let chain = other.get(Table::Meta, "chain").unwrap().unwrap();
+        assert_eq!((chain.value.len(), chain.version), (6, 2));
+        assert_eq!(
+            other.get(Table::Roots, "mine").unwrap().unwrap().value,
+            b"1"
+        );
+        assert_eq!(store.generation().unwrap(), Some(2));
+    }
+
     /// A server that died after the commit point, before applying its
     /// batch: readers already see the batch, the next commit applies it.
     #[test]

@@ -14,7 +14,9 @@
 //!    new version`).
 //! 3. Write the head with `cas = H`: `{seq: S + 1, writes, applied: false}`.
 //!    **This is the commit point.** Losing the CAS means another batch
-//!    committed first: re-read and start again (bounded, with jitter).
+//!    committed first: re-read and start again (bounded, with jitter). The
+//!    head also remembers the ids of the last batches, so a writer whose
+//!    CAS succeeded but whose answer was lost does not commit twice.
 //! 4. Apply each write to its key secret `<prefix>/tables/<table>/<key>`,
 //!    which records `{seq, version, value}`; each is written with `cas` on
 //!    the key's KV version, and skipped when the key already holds a write
@@ -86,12 +88,28 @@ struct Write {
     value: Option<String>,
 }
 
-/// The head secret: the last committed batch.
+/// The head secret: the last committed batch, and the ids of the last
+/// [`RECENT_BATCHES`] batches (newest last). A writer whose check-and-set
+/// on the head succeeded but whose answer was lost (the connection broke)
+/// finds its id there when it tries again, instead of committing twice.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 struct Head {
     seq: u64,
     applied: bool,
     writes: Vec<Write>,
+    #[serde(default)]
+    recent: Vec<String>,
+}
+
+/// Batch ids the head remembers.
+const RECENT_BATCHES: usize = 32;
+
+/// A random id for one batch (the same across its attempts).
+fn batch_id() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 12];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// A key's secret: what the batch `seq` left there, and what the key held
@@ -500,8 +518,13 @@ impl Place {
 
     /// One attempt at committing `batch`: `Ok(false)` when another batch
     /// committed first.
-    async fn try_commit(&self, batch: &Batch) -> Result<bool, StoreError> {
+    async fn try_commit(&self, batch: &Batch, id: &str) -> Result<bool, StoreError> {
         let (head, kv_version) = self.head().await?;
+        if head.recent.iter().any(|recent| recent == id) {
+            // An earlier attempt committed it; its answer was lost.
+            self.roll_forward(&head, kv_version).await?;
+            return Ok(true);
+        }
         let Some(kv_version) = self.roll_forward(&head, kv_version).await? else {
             // Someone else marked it applied, or committed since: re-read.
             return Ok(false);
@@ -638,10 +661,18 @@ impl Place {
             return Ok(true);
         }
         let seq = head.seq + 1;
+        let mut recent: Vec<String> = head
+            .recent
+            .iter()
+            .skip(head.recent.len().saturating_sub(RECENT_BATCHES - 1))
+            .cloned()
+            .collect();
+        recent.push(id.to_string());
         let next = Head {
             seq,
             applied: false,
             writes,
+            recent,
         };
         let data = serde_json::to_value(&next)
             .map_err(|error| backend(format!("cannot encode the batch: {error}")))?;
@@ -701,8 +732,9 @@ impl Place {
     }
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let id = batch_id();
         for attempt in 0..COMMIT_ATTEMPTS {
-            if self.try_commit(&batch).await? {
+            if self.try_commit(&batch, &id).await? {
                 return Ok(());
             }
             tracing::debug!(attempt, "another server committed first; re-reading");
@@ -1067,6 +1099,49 @@ mod tests {
         assert_eq!(store.generation().unwrap(), Some(2));
     }
 
+    /// A commit whose check-and-set on the head succeeded but whose answer
+    /// was lost is tried again with the same batch id: it is found in the
+    /// head and not committed twice (no second append, no second version).
+    #[test]
+    fn a_batch_whose_answer_was_lost_is_not_committed_twice() {
+        let (store, _bao) = store();
+        #[derive(Debug)]
+        struct Counter;
+        impl super::super::ChainLink for Counter {
+            fn link(&self, head: Option<&[u8]>) -> Result<super::super::Linked, StoreError> {
+                let count = head.map_or(0, <[u8]>::len);
+                Ok(super::super::Linked {
+                    key: format!("{count:020}"),
+                    value: Vec::new(),
+                    head: vec![0; count + 1],
+                })
+            }
+        }
+        let batch = Batch::new()
+            .put(Table::Roots, "r", b"x".to_vec(), None)
+            .append(Table::Audit, Table::Meta, "chain", Arc::new(Counter));
+        let attempt = |batch: Batch| {
+            store.run(move |place| async move { place.try_commit(&batch, "same-batch").await })
+        };
+        assert!(attempt(batch.clone()).unwrap());
+        assert!(attempt(batch).unwrap());
+        assert_eq!(store.generation().unwrap(), Some(1));
+        assert_eq!(store.get(Table::Roots, "r").unwrap().unwrap().version, 1);
+        assert_eq!(store.list(Table::Audit).unwrap().len(), 1);
+        // Another batch still commits, and the head remembers a bounded
+        // number of ids.
+        for _ in 0..RECENT_BATCHES + 3 {
+            store
+                .commit(Batch::new().put(Table::Meta, "m", Vec::new(), None))
+                .unwrap();
+        }
+        let (head, _) = store
+            .run(|place| async move { place.head().await })
+            .unwrap();
+        assert_eq!(head.recent.len(), RECENT_BATCHES);
+        assert!(!head.recent.contains(&"same-batch".to_string()));
+    }
+
     /// A server that died after the commit point, before applying its
     /// batch: readers already see the batch, the next commit applies it.
     #[test]
@@ -1082,6 +1157,7 @@ mod tests {
         let crashed = Head {
             seq: head.seq + 1,
             applied: false,
+            recent: Vec::new(),
             writes: vec![
                 Write {
                     table: "roots".into(),

@@ -399,7 +399,8 @@ async fn two_then_three_servers_on_one_openbao_race_enrollments_and_issuances_as
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_watcher_on_one_server_sees_the_version_another_server_published() {
+async fn a_watcher_on_one_server_sees_the_version_another_server_published_and_admin_steps_run_on_any()
+ {
     common::install_crypto();
     let deployment = Deployment::new();
     // A second `init` on the same prefix is refused, changing nothing.
@@ -450,6 +451,49 @@ async fn a_watcher_on_one_server_sees_the_version_another_server_published() {
         .unwrap();
     assert_eq!(next.version, 2);
     assert_eq!(next.root_cert_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    // An admin step through the other server, at once: it catches up with
+    // the store first, so it acts on version 2 and publishes version 3.
+    let aborted = deployment
+        .admin(&second)
+        .await
+        .rotate_abort(proto::RotateAbortRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aborted.phase, "stable");
+    let back = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("no version 3 within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.version, 3);
+    assert_eq!(back.root_cert_pem, initial.root_cert_pem);
+    // Started through the first server and at once aborted through the
+    // second, before its once-a-second refresh: the step catches up first.
+    deployment
+        .admin(&first)
+        .await
+        .rotate_start(proto::RotateStartRequest::default())
+        .await
+        .unwrap();
+    let aborted = deployment
+        .admin(&second)
+        .await
+        .rotate_abort(proto::RotateAbortRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aborted.phase, "stable");
+    assert_eq!(aborted.bundle.unwrap().version, 5);
+    // The first server serves it after its next refresh (once a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while deployment.bundle(&first).await.version != 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the first server still serves an older version"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The rotation's grace, and the simulated workload certificate lifetime.

@@ -15,7 +15,9 @@
 //! speaks protobuf), `listener` (the accept loop: TLS handshake timeout and
 //! connection caps), `tls` (the server certificate, renewed in place),
 //! `limits` (every bound, the watch-stream and call-rate counters), `push`
-//! (the push-mode driver), `init`, `error`.
+//! (the push-mode driver), `leader` (the lease that picks the one server,
+//! of several sharing a store, that advances rotations and runs push mode),
+//! `init`, `error`.
 
 mod admins;
 mod audit;

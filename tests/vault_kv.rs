@@ -860,3 +860,65 @@ async fn the_lease_passes_only_after_it_expires_and_a_refresh_sees_the_other_ser
     assert!(watcher.has_changed().unwrap());
     assert_eq!(first.publication.current().bundle.version(), 2);
 }
+
+/// The store works with a token holding only the README's policy, and a
+/// prefix outside it is refused with the path and what to do.
+#[test]
+fn the_store_needs_only_the_documented_policy() {
+    let bao = OpenBao::dev();
+    let policy = "path \"secret/data/trustplane/*\" { capabilities = [\"create\", \"read\", \"update\"] }\npath \"secret/metadata/trustplane/*\" { capabilities = [\"list\"] }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.hcl");
+    std::fs::write(&file, policy).unwrap();
+    bao.bao(&[
+        "policy",
+        "write",
+        "trustplane-store",
+        file.to_str().unwrap(),
+    ]);
+    let created = bao.bao(&[
+        "token",
+        "create",
+        "-policy=trustplane-store",
+        "-field=token",
+    ]);
+    let token = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let config = |prefix: &str| VaultConfig {
+        addr: Some(bao.addr.clone()),
+        token: Some(token.parse::<Secret>().unwrap()),
+        pki_mount: "pki".into(),
+        kv_mount: "secret".into(),
+        kv_prefix: prefix.into(),
+        ..VaultConfig::default()
+    };
+    let store = VaultKvStore::open(config("trustplane")).unwrap();
+    store
+        .commit(
+            trustplane::store::Batch::new()
+                .put(
+                    Table::Bundles,
+                    "td/00000000000000000001",
+                    b"v1".to_vec(),
+                    None,
+                )
+                .put(Table::Bundles, "td", b"v1".to_vec(), None),
+        )
+        .unwrap();
+    store
+        .commit(trustplane::store::Batch::new().delete(Table::Bundles, "td", None))
+        .unwrap();
+    assert_eq!(store.list(Table::Bundles).unwrap().len(), 1);
+    assert_eq!(store.generation().unwrap(), Some(2));
+    let refused = VaultKvStore::open(config("elsewhere"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("Vault secret/data/elsewhere/head"),
+        "{refused}"
+    );
+    assert!(refused.contains("permission denied"), "{refused}");
+    assert!(refused.contains("policy"), "{refused}");
+}

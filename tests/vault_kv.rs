@@ -25,7 +25,7 @@ use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
 use trustplane::proto::trust_bundle_service_client::TrustBundleServiceClient;
 use trustplane::server::DataDir;
 use trustplane::store::records::{IssuedKind, IssuedRecord, list_json};
-use trustplane::store::{Store, Table, VaultKvStore};
+use trustplane::store::{LeaseRecord, Store, Table, VaultKvStore};
 use trustplane::vault::{Secret, VaultConfig};
 
 /// The lease the servers run with: a killed holder is replaced within it.
@@ -191,11 +191,18 @@ impl Deployment {
             .into_inner()
     }
 
-    /// The pid in the lease record's holder id, if a lease is held.
+    /// The pid in the lease's holder id (`<pid>-<random>`), if a lease
+    /// is held now.
     fn leader_pid(&self) -> Option<u32> {
-        let stored = self.store().get(Table::Meta, "leader").unwrap()?;
-        let record: serde_json::Value = serde_json::from_slice(&stored.value).unwrap();
-        record["holder"].as_str()?.split('-').next()?.parse().ok()
+        let (status, answer) = self
+            .bao
+            .http("GET", "secret/data/trustplane/leases/kleader", None);
+        if status == 404 {
+            return None;
+        }
+        assert_eq!(status, 200, "{answer}");
+        let record: LeaseRecord = serde_json::from_value(answer["data"]["data"].clone()).unwrap();
+        record.holder.split('-').next()?.parse().ok()
     }
 }
 
@@ -800,6 +807,7 @@ async fn the_lease_passes_only_after_it_expires_and_a_refresh_sees_the_other_ser
             .unwrap()
         }
     };
+    let observer = first_store.clone();
     let first = open(first_store).await;
     let second = open(Arc::new(VaultKvStore::open(config).unwrap())).await;
     let lease = Duration::from_secs(15);
@@ -813,6 +821,7 @@ async fn the_lease_passes_only_after_it_expires_and_a_refresh_sees_the_other_ser
                 .unwrap()
         }
     };
+    let generation = observer.generation().unwrap();
     assert!(refresh(&first_lease).await);
     assert!(!refresh(&second_lease).await);
     // A third of the lease passed: the holder renews (to +6 s + 15 s).
@@ -828,6 +837,8 @@ async fn the_lease_passes_only_after_it_expires_and_a_refresh_sees_the_other_ser
     assert!(second_lease.is_leading());
     assert!(!refresh(&first_lease).await);
     assert!(!first_lease.is_leading());
+    // Taking and renewing the lease is not a change other servers reload for.
+    assert_eq!(observer.generation().unwrap(), generation);
 
     // A bundle version the second server publishes reaches the first's
     // watchers on its next refresh.
@@ -912,6 +923,9 @@ fn the_store_needs_only_the_documented_policy() {
         .unwrap();
     assert_eq!(store.list(Table::Bundles).unwrap().len(), 1);
     assert_eq!(store.generation().unwrap(), Some(2));
+    assert_eq!(store.lease("leader", "a", 1_000, 16_000).unwrap(), "a");
+    assert_eq!(store.lease("leader", "b", 2_000, 17_000).unwrap(), "a");
+    assert_eq!(store.lease("leader", "b", 16_000, 31_000).unwrap(), "b");
     let refused = VaultKvStore::open(config("elsewhere"))
         .unwrap_err()
         .to_string();

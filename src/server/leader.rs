@@ -1,10 +1,10 @@
 //! Which of several servers sharing one store (`vault-kv`) runs the work
 //! that must run once: advancing rotations (`tick`, `--auto`) and push
-//! mode. A lease record in the store, [`LEADER_KEY`] in the meta table,
-//! names the holder and when its lease ends; the holder renews it, and any
-//! other server takes it over by check-and-set once it has expired, so a
-//! killed holder is replaced within one lease. On a store only one process
-//! opens (the embedded one) this server always leads.
+//! mode. A lease in the store ([`crate::store::Store::lease`], named
+//! [`LEADER_LEASE`]) names the holder and when its lease ends; the holder
+//! renews it, and any other server takes it over by check-and-set once it
+//! has expired, so a killed holder is replaced within one lease. On a store
+//! only one process opens (the embedded one) this server always leads.
 //!
 //! Every change the leader makes is still guarded by the store's
 //! check-and-set, so two servers that both believe they lead for a moment
@@ -15,30 +15,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::authority::Authority;
 use super::core::Core;
 use super::error::ServerError;
 use super::push::PushController;
-use crate::store::records;
-use crate::store::{Batch, Expect, StoreError, Table};
 
-/// Key of the lease record in [`Table::Meta`].
-pub const LEADER_KEY: &str = "leader";
+/// Name of the lease ([`crate::store::Store::lease`]).
+pub const LEADER_LEASE: &str = "leader";
 
 /// The default lease (`--leader-lease`).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
-
-/// The lease record.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LeaseRecord {
-    /// The holding server's id (random per process).
-    pub holder: String,
-    /// When the lease ends, Unix milliseconds.
-    pub expires_unix_ms: u64,
-}
 
 /// This server's side of the lease.
 #[derive(Debug)]
@@ -47,6 +35,8 @@ pub struct Leadership {
     id: String,
     lease: Duration,
     leading: watch::Sender<bool>,
+    /// Until when this server holds the lease it last took or renewed.
+    held_until: std::sync::Mutex<Option<u64>>,
 }
 
 fn unix_ms(core: &Core) -> u64 {
@@ -78,6 +68,7 @@ impl Leadership {
             id,
             lease,
             leading: watch::Sender::new(false),
+            held_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -125,39 +116,26 @@ impl Leadership {
     }
 
     fn try_hold(&self) -> Result<bool, ServerError> {
-        let store = &self.core.store;
-        if !store.shared() {
-            return Ok(true);
-        }
         let now = unix_ms(&self.core);
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
-        let current = records::get_json::<LeaseRecord>(store.as_ref(), Table::Meta, LEADER_KEY)?;
-        let expect = match &current {
-            None => Expect::Absent,
-            Some((record, version)) if record.holder == self.id => {
-                // Renew once a third of the lease has passed.
-                if record.expires_unix_ms.saturating_sub(now) > lease_ms * 2 / 3 {
-                    return Ok(true);
-                }
-                Expect::Version(*version)
-            }
-            Some((record, version)) if record.expires_unix_ms <= now => Expect::Version(*version),
-            Some(_) => return Ok(false),
-        };
-        let record = LeaseRecord {
-            holder: self.id.clone(),
-            expires_unix_ms: now.saturating_add(lease_ms),
-        };
-        let value = serde_json::to_vec(&record).map_err(|source| StoreError::Corrupt {
-            table: Table::Meta.name(),
-            key: LEADER_KEY.to_string(),
-            source,
-        })?;
-        match store.commit(Batch::new().put(Table::Meta, LEADER_KEY, value, Some(expect))) {
-            Ok(()) => Ok(true),
-            Err(StoreError::Conflict { .. }) => Ok(false),
-            Err(error) => Err(error.into()),
+        let mut held_until = self
+            .held_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Renew once a third of the lease has passed.
+        if let Some(until) = *held_until
+            && until.saturating_sub(now) > lease_ms / 3 * 2
+        {
+            return Ok(true);
         }
+        let expires = now.saturating_add(lease_ms);
+        let holder = self
+            .core
+            .store
+            .lease(LEADER_LEASE, &self.id, now, expires)?;
+        let leading = holder == self.id;
+        *held_until = leading.then_some(expires);
+        Ok(leading)
     }
 }
 

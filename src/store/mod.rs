@@ -13,7 +13,7 @@ mod vault_kv;
 
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
-pub use vault_kv::{MAX_BATCH_BYTES, VaultKvStore};
+pub use vault_kv::{LeaseRecord, MAX_BATCH_BYTES, VaultKvStore};
 
 /// The tables trustplane keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -326,11 +326,21 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Whether other processes may write this store at the same time (then
-    /// servers poll [`Store::generation`] and take a lease before running
-    /// rotations and push mode).
-    fn shared(&self) -> bool {
-        false
+    /// Takes or renews the lease `name` for `holder` until
+    /// `expires_unix_ms`, when it is free, expired at `now_unix_ms`, or
+    /// already `holder`'s, by check-and-set outside the batches (renewing a
+    /// lease is not a change of state: [`Store::generation`] does not move).
+    /// Returns the holder afterwards. A store that only one process opens
+    /// has no one to share with: by default `holder` holds every lease.
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_unix_ms: u64,
+        expires_unix_ms: u64,
+    ) -> Result<String, StoreError> {
+        let _ = (name, now_unix_ms, expires_unix_ms);
+        Ok(holder.to_string())
     }
 }
 

@@ -151,6 +151,15 @@ impl KeyRecord {
     }
 }
 
+/// A lease secret, `<prefix>/leases/<escaped name>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// Who holds it.
+    pub holder: String,
+    /// Until when, Unix milliseconds.
+    pub expires_unix_ms: u64,
+}
+
 /// Where the store lives in Vault.
 #[derive(Debug)]
 struct Place {
@@ -417,6 +426,46 @@ impl Place {
         let data = serde_json::to_value(&applied)
             .map_err(|error| backend(format!("cannot encode the head: {error}")))?;
         self.write_raw(&self.head_path(), data, kv_version).await
+    }
+
+    /// See [`Store::lease`]: one KV secret per lease, changed by
+    /// check-and-set; losing it twice in a row answers who won.
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_unix_ms: u64,
+        expires_unix_ms: u64,
+    ) -> Result<String, StoreError> {
+        let path = format!("{}/leases/{}", self.prefix, escape_key(name));
+        for _ in 0..2 {
+            let (cas, current) = match self.read_raw(&path).await? {
+                None => (0, None),
+                Some(entry) => (
+                    entry.version,
+                    Some(self.parse::<LeaseRecord>(&path, entry.data)?),
+                ),
+            };
+            if let Some(current) = current
+                && current.holder != holder
+                && current.expires_unix_ms > now_unix_ms
+            {
+                return Ok(current.holder);
+            }
+            let record = LeaseRecord {
+                holder: holder.to_string(),
+                expires_unix_ms,
+            };
+            let data = serde_json::to_value(&record)
+                .map_err(|error| backend(format!("cannot encode {path}: {error}")))?;
+            if self.write_raw(&path, data, cas).await?.is_some() {
+                return Ok(record.holder);
+            }
+        }
+        match self.read_raw(&path).await? {
+            Some(entry) => Ok(self.parse::<LeaseRecord>(&path, entry.data)?.holder),
+            None => Ok(String::new()),
+        }
     }
 
     async fn get(&self, table: Table, key: &str) -> Result<Option<Versioned>, StoreError> {
@@ -865,8 +914,20 @@ impl Store for VaultKvStore {
         self.run(|place| async move { Ok(Some(place.head().await?.0.seq)) })
     }
 
-    fn shared(&self) -> bool {
-        true
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_unix_ms: u64,
+        expires_unix_ms: u64,
+    ) -> Result<String, StoreError> {
+        let name = name.to_string();
+        let holder = holder.to_string();
+        self.run(move |place| async move {
+            place
+                .lease(&name, &holder, now_unix_ms, expires_unix_ms)
+                .await
+        })
     }
 }
 

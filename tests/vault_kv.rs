@@ -759,7 +759,8 @@ async fn a_sign_request_while_openbao_is_sealed_fails_cleanly_and_works_once_uns
 /// the old holder then knows it no longer leads. A refresh on one server
 /// picks up what the other published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lease_passes_only_after_it_expires_and_a_refresh_sees_the_other_servers_bundle() {
+async fn the_lease_passes_only_after_it_expires_and_a_server_catches_up_with_the_others_bundle_and_root()
+ {
     use trustplane::clock::{Clock as _, TestClock};
     use trustplane::server::leader::Leadership;
     use trustplane::server::{Authority, InitOptions};
@@ -870,6 +871,32 @@ async fn the_lease_passes_only_after_it_expires_and_a_refresh_sees_the_other_ser
     }
     assert!(watcher.has_changed().unwrap());
     assert_eq!(first.publication.current().bundle.version(), 2);
+
+    // The second server switches the signing root (rotation to sign-new,
+    // no cluster to wait for); the first signs with the new root at once,
+    // before any periodic refresh.
+    {
+        let second = second.clone();
+        tokio::task::spawn_blocking(move || {
+            second
+                .rotation
+                .start(&trustplane::server::RotationOptions::default(), "test")
+                .unwrap();
+            second.rotation.advance("test", None).unwrap();
+        })
+        .await
+        .unwrap();
+    }
+    let new_root = second.core().signing_root();
+    assert_ne!(new_root, first.core().signing_root());
+    let issued = first
+        .issuance
+        .issue_with_local_key("test", "east", KeyAlgorithm::EcdsaP256, None)
+        .await
+        .unwrap();
+    let chain = pem::parse_many(&issued.cert_chain_pem).unwrap();
+    assert_eq!(chain.last().unwrap().contents(), new_root.der());
+    assert_eq!(first.core().signing_root(), new_root);
 }
 
 /// The store works with a token holding only the README's policy, and a

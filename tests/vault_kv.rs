@@ -97,6 +97,11 @@ impl Deployment {
     /// Starts server `index` with its own (nearly empty) data directory
     /// and the shared KEK.
     fn start(&self, index: usize) -> Server {
+        self.start_on(index, "127.0.0.1:0")
+    }
+
+    /// Starts server `index` listening on `listen`.
+    fn start_on(&self, index: usize, listen: &str) -> Server {
         let own = self.dir.path().join(format!("server-{index}"));
         std::fs::create_dir_all(&own).unwrap();
         let log = self.dir.path().join(format!("server-{index}.log"));
@@ -105,7 +110,7 @@ impl Deployment {
             .args([
                 "server",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--store",
                 "vault-kv",
                 "--leader-lease",
@@ -117,7 +122,13 @@ impl Deployment {
             .arg(self.kek())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -962,4 +973,200 @@ fn the_store_needs_only_the_documented_policy() {
     );
     assert!(refused.contains("permission denied"), "{refused}");
     assert!(refused.contains("policy"), "{refused}");
+}
+
+/// Servers SIGKILLed and restarted over and over while clients sign
+/// intermediates through both (retrying on the other server when a call
+/// fails): every certificate a client received is recorded for its
+/// cluster, no serial twice, and the audit chain the servers wrote
+/// together verifies. A batch a killed server committed but did not apply
+/// is finished by the next writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_sigkilled_while_clients_sign_lose_no_record_and_keep_one_chain() {
+    common::install_crypto();
+    const CLUSTERS: usize = 6;
+    const ROUNDS: usize = 6;
+    const KILLS: usize = 6;
+    let deployment = Deployment::new();
+    let mut servers = [deployment.start(1), deployment.start(2)];
+    let urls: Vec<String> = servers.iter().map(|server| server.url.clone()).collect();
+    // Enrolled before the kills (a join token is used once).
+    let mut identities = Vec::new();
+    let mut received = Received::new();
+    for index in 0..CLUSTERS {
+        let name = format!("k{index}");
+        let token = deployment
+            .admin(&servers[0])
+            .await
+            .add_cluster(proto::AddClusterRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .join_token;
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let enrolled = IntermediateServiceClient::new(
+            connect(&urls[index % 2], &deployment.control_plane_ca(), None)
+                .await
+                .unwrap(),
+        )
+        .enroll(proto::EnrollRequest {
+            cluster: name.clone(),
+            join_token: token,
+            client_csr_pem: ca::create_csr(&key, "agent").unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+        receive(
+            &mut received,
+            &enrolled.client_cert_pem,
+            &name,
+            IssuedKind::ControlPlaneClient,
+        );
+        identities.push((
+            name,
+            enrolled.client_cert_pem,
+            key.to_pkcs8_pem().to_string(),
+        ));
+    }
+    let control_plane_ca = deployment.control_plane_ca();
+    let kills_done = std::sync::atomic::AtomicBool::new(false);
+    let failed_calls = std::sync::atomic::AtomicUsize::new(0);
+    let signing = identities
+        .iter()
+        .enumerate()
+        .map(|(index, (name, certificate, key))| {
+            let urls = urls.clone();
+            let control_plane_ca = control_plane_ca.clone();
+            let kills_done = &kills_done;
+            let failed_calls = &failed_calls;
+            async move {
+                let mut got = Vec::new();
+                let mut attempt = index;
+                // Signs until the kills are over, and at least ROUNDS times.
+                while got.len() < ROUNDS || !kills_done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let deadline = Instant::now() + Duration::from_secs(90);
+                    loop {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{name}: no server signed for 90 s"
+                        );
+                        attempt += 1;
+                        let url = &urls[attempt % urls.len()];
+                        let Ok(channel) =
+                            connect(url, &control_plane_ca, Some((certificate, key))).await
+                        else {
+                            failed_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        let intermediate = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+                        let csr =
+                            ca::create_csr(&intermediate, &format!("{name} intermediate")).unwrap();
+                        match IntermediateServiceClient::new(channel)
+                            .sign_intermediate(proto::SignIntermediateRequest {
+                                csr: csr.into_bytes(),
+                                cluster: name.clone(),
+                            })
+                            .await
+                        {
+                            Ok(signed) => {
+                                got.push(signed.into_inner().certificate_pem);
+                                break;
+                            }
+                            Err(_) => {
+                                failed_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+                (name.clone(), got)
+            }
+        });
+    let killing = || {
+        for kill in 0..KILLS {
+            std::thread::sleep(Duration::from_millis(300 + 150 * (kill as u64 % 3)));
+            let index = kill % 2;
+            let listen = servers[index]
+                .url
+                .trim_start_matches("https://")
+                .to_string();
+            servers[index].process.0.kill().unwrap();
+            servers[index].process.0.wait().unwrap();
+            // Restarts on the same address; the port may linger a moment.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let restarted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    deployment.start_on(index + 1, &listen)
+                }));
+                match restarted {
+                    Ok(server) => {
+                        servers[index] = server;
+                        break;
+                    }
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(_) => panic!("server {} did not restart on {listen}", index + 1),
+                }
+            }
+        }
+        kills_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    // The kills run on their own thread while the clients sign.
+    let results = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            scope.spawn(killing);
+            tokio::runtime::Handle::current().block_on(futures_join_all(signing))
+        })
+    });
+    // The kills were felt: calls failed and were retried elsewhere.
+    assert!(failed_calls.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    for (name, certificates) in results {
+        assert!(certificates.len() >= ROUNDS, "{name}");
+        for certificate in certificates {
+            receive(&mut received, &certificate, &name, IssuedKind::Intermediate);
+        }
+    }
+    let store = deployment.store();
+    let records: BTreeMap<String, IssuedRecord> =
+        list_json::<IssuedRecord>(&store, Table::Certificates)
+            .unwrap()
+            .into_iter()
+            .map(|(key, record, _)| (key, record))
+            .collect();
+    for (serial, (cluster, kind)) in &received {
+        let record = records
+            .get(serial)
+            .unwrap_or_else(|| panic!("serial {serial} of {cluster} ({kind:?}) has no record"));
+        assert_eq!(
+            record.cluster.as_deref(),
+            Some(cluster.as_str()),
+            "{serial}"
+        );
+        assert_eq!(&record.kind, kind, "{serial}");
+    }
+    let verified = deployment.trustplane(&[
+        "audit",
+        "verify",
+        "--store",
+        "vault-kv",
+        "--data-dir",
+        deployment.data().to_str().unwrap(),
+    ]);
+    assert!(
+        verified.status.success(),
+        "audit verify: {}",
+        text(&verified)
+    );
+    println!(
+        "{KILLS} SIGKILLs: {} certificates received and recorded, {} failed calls retried, {} records",
+        received.len(),
+        failed_calls.load(std::sync::atomic::Ordering::SeqCst),
+        records.len()
+    );
 }

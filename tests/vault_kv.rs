@@ -1,8 +1,11 @@
 //! Several `trustplane server` processes (the real binary) on one real
 //! OpenBao with `--store vault-kv`: they serve as one service (no serial
-//! twice, no lost record, watchers on any server see every version), and
-//! exactly one of them advances rotations; when that one is SIGKILLed,
-//! another takes over within the lease and the rotation completes.
+//! twice, no lost record, watchers on any server see every version, admin
+//! steps run on any server), exactly one of them advances rotations (when
+//! that one is SIGKILLed, another takes over within the lease and the
+//! rotation completes, with the mesh's cross-cluster pair checks), servers
+//! SIGKILLed while clients sign lose nothing, a sealed OpenBao fails a sign
+//! request cleanly, and the store needs only the documented policy.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -65,4 +65,4 @@ pub use sink::{
     CacertsMaterial, ClusterSink, DirectorySink, KubernetesSink, KubernetesSinkOptions, MemorySink,
     SecretFormat, SinkError,
 };
-pub use store::{MemoryStore, RedbStore, Store, StoreError};
+pub use store::{MemoryStore, RedbStore, Store, StoreError, VaultKvStore};

@@ -22,6 +22,9 @@ pub struct OfflineStore {
     /// `--data-dir`.
     #[command(flatten)]
     pub data_dir: DataDirOption,
+    /// `--store` and the Vault settings.
+    #[command(flatten)]
+    pub store: super::options::StoreOption,
     /// `--kek-file` and the KEK lookup order.
     #[command(flatten)]
     pub kek: KekOption,
@@ -104,7 +107,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             output,
         } => {
             let data_dir = store.data_dir.layout();
-            let authority = open_authority(&data_dir, &store.kek, &store.policy)?;
+            let authority = open_authority(&data_dir, &store.store, &store.kek, &store.policy)?;
             let out = out.unwrap_or_else(|| data_dir.admin_dir());
             let minted = authority.admins.add(
                 &authority.audit,
@@ -146,7 +149,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             output,
         } => {
             let data_dir = store.data_dir.layout();
-            let authority = open_authority(&data_dir, &store.kek, &store.policy)?;
+            let authority = open_authority(&data_dir, &store.store, &store.kek, &store.policy)?;
             let record = authority.admins.revoke(&authority.audit, &actor, &name)?;
             if output == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&record_json(&record))?);
@@ -159,7 +162,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::List { store, output } => {
             let data_dir = store.data_dir.layout();
-            let authority = open_authority(&data_dir, &store.kek, &store.policy)?;
+            let authority = open_authority(&data_dir, &store.store, &store.kek, &store.policy)?;
             let records = authority.admins.list()?;
             if output == Format::Json {
                 let json = serde_json::json!({

@@ -14,7 +14,6 @@ use crate::clock::SystemClock;
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::server::{self, DataDir, ServerError};
-use crate::store::RedbStore;
 
 /// `audit` flags and subcommands.
 #[derive(Debug, clap::Args)]
@@ -49,6 +48,9 @@ pub struct OfflineArgs {
     /// `--data-dir`.
     #[command(flatten)]
     pub data_dir: DataDirOption,
+    /// `--store` and the Vault settings.
+    #[command(flatten)]
+    pub store: super::options::StoreOption,
     /// `--kek-file` and the KEK lookup order.
     #[command(flatten)]
     pub kek: KekOption,
@@ -164,15 +166,19 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 /// Opens the store offline (the server must be stopped) with the KEK.
 fn open_offline(
     args: &OfflineArgs,
-) -> anyhow::Result<(DataDir, RedbStore, crate::signer::sealed::Kek)> {
+) -> anyhow::Result<(
+    DataDir,
+    std::sync::Arc<dyn crate::store::Store>,
+    crate::signer::sealed::Kek,
+)> {
     let data_dir = args.data_dir.layout();
-    if !data_dir.store_path().exists() {
+    if args.store.is_embedded() && !data_dir.store_path().exists() {
         bail!(
             "no trustplane data in {}: pass the --data-dir the server uses",
             data_dir.path.display()
         );
     }
-    let store = RedbStore::open(&data_dir.store_path())?;
+    let store = args.store.open(&data_dir)?;
     let (kek, _) = args.kek.load(&data_dir, MissingKek::Fail)?;
     Ok((data_dir, store, kek))
 }
@@ -181,7 +187,7 @@ fn open_offline(
 /// naming the first bad entry.
 fn verify(args: OfflineArgs) -> anyhow::Result<()> {
     let (data_dir, store, kek) = open_offline(&args)?;
-    match server::verify_chain(&store, &kek) {
+    match server::verify_chain(store.as_ref(), &kek) {
         Ok(summary) => {
             if args.output == Format::Json {
                 let json = serde_json::json!({
@@ -225,7 +231,12 @@ fn verify(args: OfflineArgs) -> anyhow::Result<()> {
 /// `trustplane audit upgrade`.
 fn upgrade(args: OfflineArgs) -> anyhow::Result<()> {
     let (data_dir, store, kek) = open_offline(&args)?;
-    let upgraded = server::upgrade_store(&store, &kek, server::OFFLINE_ACTOR, SystemClock.now())?;
+    let upgraded = server::upgrade_store(
+        store.as_ref(),
+        &kek,
+        server::OFFLINE_ACTOR,
+        SystemClock.now(),
+    )?;
     if args.output == Format::Json {
         let json = serde_json::json!({
             "authenticated": upgraded.authenticated,

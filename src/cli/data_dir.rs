@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use super::options::{
-    DataDirOption, KekOption, MissingKek, PolicyOption, parse_generated_algorithm,
+    DataDirOption, KekOption, MissingKek, PolicyOption, StoreOption, parse_generated_algorithm,
 };
 use super::output::{self, Format};
 use super::signal::shutdown_signal;
@@ -20,8 +20,8 @@ use crate::clock::SystemClock;
 use crate::config::KekSource;
 use crate::files;
 use crate::server::{self, Authority, DataDir, InitOptions};
-use crate::store::RedbStore;
-use crate::store::records::VaultIssuer;
+use crate::store::records::{self, VaultIssuer};
+use crate::store::{Store, Table, VaultKvStore};
 use crate::vault::{Vault, VaultConfig, pki};
 
 /// `init` flags.
@@ -30,6 +30,9 @@ pub struct InitArgs {
     /// `--data-dir`.
     #[command(flatten)]
     pub data_dir: DataDirOption,
+    /// `--store` and the Vault settings.
+    #[command(flatten)]
+    pub store: StoreOption,
     /// Trust domain of the mesh.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
@@ -60,9 +63,6 @@ pub struct InitArgs {
     /// With `--signer vault`: the PKI issuer (name or id) to adopt as the mesh root; without it a new issuer `trustplane-root` is generated inside Vault.
     #[arg(long)]
     pub vault_issuer: Option<String>,
-    /// Vault settings (with `--signer vault`).
-    #[command(flatten)]
-    pub vault: VaultConfig,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
@@ -84,6 +84,9 @@ pub struct ServerArgs {
     /// `--data-dir`.
     #[command(flatten)]
     pub data_dir: DataDirOption,
+    /// `--store` and the Vault settings.
+    #[command(flatten)]
+    pub store: StoreOption,
     /// Listen address.
     #[arg(long, env = "TRUSTPLANE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
@@ -115,9 +118,14 @@ pub struct ServerArgs {
     /// Serve /healthz and /readyz (Vault's state when roots are in Vault) on this address, e.g. 0.0.0.0:8080.
     #[arg(long, env = "TRUSTPLANE_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
-    /// Vault settings: needed when the mesh root is held by Vault PKI (`init --signer vault`); used when VAULT_ADDR is set.
-    #[command(flatten)]
-    pub vault: VaultConfig,
+    /// With --store vault-kv: the lease of the one server that runs rotations and push mode; a killed holder is replaced within it (at least 3s).
+    #[arg(
+        long,
+        env = "TRUSTPLANE_LEADER_LEASE",
+        default_value = "15s",
+        value_parser = humantime::parse_duration
+    )]
+    pub leader_lease: Duration,
 }
 
 /// `issue` flags.
@@ -132,6 +140,9 @@ pub struct IssueArgs {
     /// `--data-dir`.
     #[command(flatten)]
     pub data_dir: DataDirOption,
+    /// `--store` and the Vault settings.
+    #[command(flatten)]
+    pub store: StoreOption,
     /// Intermediate lifetime [default: the policy's].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lifetime: Option<Duration>,
@@ -144,9 +155,6 @@ pub struct IssueArgs {
     /// `--kek-file` and the KEK lookup order.
     #[command(flatten)]
     pub kek: KekOption,
-    /// Vault settings: needed when the mesh root is held by Vault PKI; used when VAULT_ADDR is set.
-    #[command(flatten)]
-    pub vault: VaultConfig,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
@@ -160,30 +168,46 @@ async fn connect_vault(config: &VaultConfig) -> anyhow::Result<Option<Arc<Vault>
     })
 }
 
-/// Opens the embedded store under `data_dir` and loads the authority.
+/// Opens the store (`--store`) and loads the authority.
 pub fn open_authority(
     data_dir: &DataDir,
+    store: &StoreOption,
     kek: &KekOption,
     policy: &PolicyOption,
 ) -> anyhow::Result<Authority> {
-    open_authority_with_vault(data_dir, kek, policy, None)
+    open_authority_with_vault(data_dir, store, kek, policy, None)
 }
 
-/// [`open_authority`] with a Vault connection (roots held by Vault PKI).
+/// Opens `--store`: the `vault-kv` one over `vault` when given (one Vault
+/// connection, one login, for the signer and the store).
+fn open_store(
+    data_dir: &DataDir,
+    store: &StoreOption,
+    vault: Option<&Arc<Vault>>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match vault {
+        Some(vault) if !store.is_embedded() => Arc::new(VaultKvStore::with_vault(vault.clone())?),
+        _ => store.open(data_dir)?,
+    })
+}
+
+/// [`open_authority`] with a Vault connection (roots held by Vault PKI,
+/// and the `vault-kv` store).
 pub fn open_authority_with_vault(
     data_dir: &DataDir,
+    store: &StoreOption,
     kek: &KekOption,
     policy: &PolicyOption,
     vault: Option<Arc<Vault>>,
 ) -> anyhow::Result<Authority> {
-    if !data_dir.store_path().exists() {
+    if store.is_embedded() && !data_dir.store_path().exists() {
         bail!(
             "no trustplane data in {}: run `trustplane init --data-dir {}` first",
             data_dir.path.display(),
             data_dir.path.display()
         );
     }
-    let store = Arc::new(RedbStore::open(&data_dir.store_path())?);
+    let store = open_store(data_dir, store, vault.as_ref())?;
     let (kek, _) = kek.load(data_dir, MissingKek::Fail)?;
     let policy = policy.load()?;
     Ok(Authority::open_with_vault(
@@ -200,36 +224,52 @@ pub fn open_authority_with_vault(
 pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
     let policy = args.policy.load()?;
-    let vault_root = match args.signer {
-        SignerKind::Local if args.vault_issuer.is_some() => {
-            bail!("--vault-issuer adopts a Vault issuer as the mesh root: add --signer vault")
+    if args.signer == SignerKind::Local && args.vault_issuer.is_some() {
+        bail!("--vault-issuer adopts a Vault issuer as the mesh root: add --signer vault");
+    }
+    if args.signer == SignerKind::Vault {
+        if args.import_root.is_some() {
+            bail!(
+                "--signer vault keeps the root key in Vault: import it into Vault (pki/issuers/import/bundle) and adopt it with --vault-issuer, instead of --import-root"
+            );
         }
-        SignerKind::Local => None,
-        SignerKind::Vault => {
-            if args.import_root.is_some() {
-                bail!(
-                    "--signer vault keeps the root key in Vault: import it into Vault (pki/issuers/import/bundle) and adopt it with --vault-issuer, instead of --import-root"
-                );
-            }
-            if data_dir.store_path().exists() {
-                bail!(
-                    "{} is already initialised; use another --data-dir",
-                    data_dir.path.display()
-                );
-            }
-            let domain_policy = policy.trust_domain(&args.trust_domain)?;
-            if domain_policy.name_constraints {
-                bail!("{}", crate::signer::vault::NO_URI_NAME_CONSTRAINTS);
-            }
-            let organisation = args
-                .organisation
-                .clone()
-                .unwrap_or_else(|| domain_policy.organisation.clone());
-            let vault = Vault::connect(args.vault.clone()).await?;
-            Some(vault_root(&vault, &args, &organisation).await?)
+        if policy.trust_domain(&args.trust_domain)?.name_constraints {
+            bail!("{}", crate::signer::vault::NO_URI_NAME_CONSTRAINTS);
         }
+    }
+    // One connection for the signer and the store, when either is in Vault.
+    let vault = if args.signer == SignerKind::Vault || !args.store.is_embedded() {
+        Some(Vault::connect(args.store.vault.clone()).await?)
+    } else {
+        None
     };
     crate::files::create_private_dir(&data_dir.path)?;
+    // Refused before anything is made (in Vault above all: no orphan issuer).
+    let store = open_store(&data_dir, &args.store, vault.as_ref())?;
+    if store.get(Table::Meta, records::CA_SETTINGS_KEY)?.is_some() {
+        if args.store.is_embedded() {
+            bail!(
+                "{} is already initialised; use another --data-dir, or delete it to start over (this destroys the root key)",
+                data_dir.path.display()
+            );
+        }
+        bail!(
+            "{} already holds an initialised trustplane; use another --vault-kv-prefix, or point --data-dir and --kek-file at that deployment's",
+            args.store.describe(&data_dir)
+        );
+    }
+    let vault_root = match (&vault, args.signer) {
+        (Some(vault), SignerKind::Vault) => {
+            let organisation = args.organisation.clone().unwrap_or_else(|| {
+                policy
+                    .trust_domain(&args.trust_domain)
+                    .map(|domain| domain.organisation.clone())
+                    .unwrap_or_default()
+            });
+            Some(vault_root(vault, &args, &organisation).await?)
+        }
+        _ => None,
+    };
     let import = match (&args.import_root, &args.import_key) {
         (Some(certificate), Some(key)) => Some((
             std::fs::read_to_string(certificate)
@@ -239,7 +279,6 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let store = RedbStore::open(&data_dir.store_path())?;
     let (kek, kek_source) = args.kek.load(&data_dir, MissingKek::Create)?;
     let kek_file = match kek_source {
         KekSource::File(path) => Some(path),
@@ -254,7 +293,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         vault_root: vault_root.clone(),
         policy,
     };
-    let outcome = server::initialize(&store, &kek, &data_dir, &options, SystemClock.now())?;
+    let outcome = server::initialize(store.as_ref(), &kek, &data_dir, &options, SystemClock.now())?;
     let root = &outcome.root;
     if args.output == Format::Json {
         let json = serde_json::json!({
@@ -268,7 +307,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
                 "issuer_id": issuer.issuer_id,
                 "issuer_name": issuer.issuer_name,
             })),
-            "vault_policy": vault_root.as_ref().map(|(_, issuer)| crate::vault::acl_policy(&args.vault, &issuer.mount, &issuer.issuer_id)),
+            "vault_policy": vault_root.as_ref().map(|(_, issuer)| crate::vault::acl_policy(&args.store.vault, &issuer.mount, &issuer.issuer_id)),
             "kek_file": kek_file.as_ref().map(|path| path.display().to_string()),
             "control_plane_ca": data_dir.control_plane_ca_path().display().to_string(),
             "admin_cert": data_dir.admin_cert_path().display().to_string(),
@@ -293,10 +332,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         "root expires".to_string(),
         output::time(system_time_to_unix(root.not_after()?)),
     ]);
-    table.add_row(vec![
-        "store".to_string(),
-        data_dir.store_path().display().to_string(),
-    ]);
+    table.add_row(vec!["store".to_string(), args.store.describe(&data_dir)]);
     table.add_row(vec![
         "control-plane CA".to_string(),
         data_dir.control_plane_ca_path().display().to_string(),
@@ -318,7 +354,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     if let Some((_, issuer)) = &vault_root {
         println!(
             "\nThe mesh root key stays in Vault. The KEK below seals the control-plane CA key only.\nThe Vault policy trustplane's token needs (least privilege), e.g. `bao policy write trustplane -` with:\n\n{}",
-            crate::vault::acl_policy(&args.vault, &issuer.mount, &issuer.issuer_id)
+            crate::vault::acl_policy(&args.store.vault, &issuer.mount, &issuer.issuer_id)
         );
     }
     let sealed = if vault_root.is_some() {
@@ -399,10 +435,16 @@ async fn vault_root(
 /// `trustplane server`: serves gRPC over TLS until Ctrl-C or SIGTERM.
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
-    let vault = connect_vault(&args.vault).await?;
+    let vault = connect_vault(&args.store.vault).await?;
     let authority = Arc::new(
-        open_authority_with_vault(&data_dir, &args.kek, &args.policy, vault.clone())?
-            .with_client_cert_lifetime(args.client_cert_lifetime)?,
+        open_authority_with_vault(
+            &data_dir,
+            &args.store,
+            &args.kek,
+            &args.policy,
+            vault.clone(),
+        )?
+        .with_client_cert_lifetime(args.client_cert_lifetime)?,
     );
     authority.core().check_vault_roots().await?;
     if let Some(address) = args.health_listen {
@@ -440,6 +482,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         dns_names,
         ip_addresses,
         limits: args.limits.into(),
+        leader_lease: args.leader_lease,
     };
     let mut running = server::start(authority, &config).await?;
     println!(
@@ -461,8 +504,9 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 /// `trustplane issue`: signs a cluster's cacerts files offline into `--out`.
 pub async fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.layout();
-    let vault = connect_vault(&args.vault).await?;
-    let authority = open_authority_with_vault(&data_dir, &args.kek, &args.policy, vault)?;
+    let vault = connect_vault(&args.store.vault).await?;
+    let authority =
+        open_authority_with_vault(&data_dir, &args.store, &args.kek, &args.policy, vault)?;
     authority.core().check_vault_roots().await?;
     let issued = authority
         .issuance

@@ -176,6 +176,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
             limits: server::Limits::default(),
+            leader_lease: crate::server::leader::DEFAULT_LEASE,
         },
     )
     .await?;

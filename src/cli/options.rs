@@ -5,6 +5,7 @@
 //! them into a data directory, a policy and a key-encryption key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
@@ -13,6 +14,8 @@ use crate::config::{self, KekSource};
 use crate::policy::Policy;
 use crate::server::DataDir;
 use crate::signer::sealed::Kek;
+use crate::store::{RedbStore, Store, VaultKvStore};
+use crate::vault::VaultConfig;
 
 /// The data directory when `--data-dir` is not given.
 pub const DEFAULT_DATA_DIR: &str = "trustplane-data";
@@ -38,6 +41,64 @@ impl DataDirOption {
     /// The data directory's layout.
     pub fn layout(&self) -> DataDir {
         DataDir::new(&self.path)
+    }
+}
+
+/// Where trustplane keeps its state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// redb in the data directory (one server).
+    #[default]
+    Embedded,
+    /// Vault or OpenBao KV v2 under --vault-kv-mount/--vault-kv-prefix
+    /// (several servers share it).
+    VaultKv,
+}
+
+/// `--store` (`TRUSTPLANE_STORE`) and the Vault settings the `vault-kv`
+/// store connects with.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct StoreOption {
+    /// Where the state lives: `embedded` (redb in the data directory) or `vault-kv` (Vault/OpenBao KV v2, shared by several servers; needs the --vault-* settings). The KEK, the control-plane CA file and the admin credential stay in the data directory either way.
+    #[arg(
+        id = "store",
+        long = "store",
+        env = "TRUSTPLANE_STORE",
+        value_enum,
+        default_value_t
+    )]
+    pub kind: StoreKind,
+    /// Vault connection (`--vault-addr`, `VAULT_ADDR`, ...).
+    #[command(flatten)]
+    pub vault: VaultConfig,
+}
+
+impl StoreOption {
+    /// Opens the store: the embedded one under `data_dir` (created when
+    /// missing), or the Vault KV one (connects and checks the mount).
+    pub fn open(&self, data_dir: &DataDir) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self.kind {
+            StoreKind::Embedded => Arc::new(RedbStore::open(&data_dir.store_path())?),
+            StoreKind::VaultKv => Arc::new(VaultKvStore::open(self.vault.clone())?),
+        })
+    }
+
+    /// Whether the store is the embedded one in the data directory.
+    pub fn is_embedded(&self) -> bool {
+        self.kind == StoreKind::Embedded
+    }
+
+    /// Where the store is, for people.
+    pub fn describe(&self, data_dir: &DataDir) -> String {
+        match self.kind {
+            StoreKind::Embedded => data_dir.store_path().display().to_string(),
+            StoreKind::VaultKv => format!(
+                "Vault KV v2 {}/data/{}/ at {}",
+                self.vault.kv_mount.trim_matches('/'),
+                self.vault.kv_prefix.trim_matches('/'),
+                self.vault.addr.as_deref().unwrap_or("(no VAULT_ADDR)")
+            ),
+        }
     }
 }
 

@@ -90,6 +90,9 @@ pub struct Core {
     clusters_generation: watch::Sender<u64>,
     /// The Vault connection, when roots are held by Vault PKI.
     vault: Option<Arc<Vault>>,
+    /// The store's generation this server last caught up with (servers
+    /// sharing a store; see [`Core::refresh`]).
+    seen_generation: Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -174,6 +177,9 @@ impl Core {
         .ok_or_else(|| ServerError::missing("the published trust bundle"))?;
         let bundle = bundle_from_record(&bundle_record)?;
         let published = PublishedBundle::new(bundle, signer.signing_root())?;
+        // Unknown yet: the first refresh reloads once, catching whatever
+        // other servers changed while this one opened.
+        let store_generation = None;
         Ok(Core {
             store,
             signer: RwLock::new(signer),
@@ -189,6 +195,7 @@ impl Core {
             clusters_changed: Notify::new(),
             clusters_generation: watch::Sender::new(0),
             vault,
+            seen_generation: Mutex::new(store_generation),
         })
     }
 
@@ -228,6 +235,81 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Catches up with changes other servers sharing the store made: when
+    /// the store's generation moved, reloads the signing root (a rotation
+    /// step switched it), publishes a newer bundle to this server's
+    /// watchers, and tells watch streams and push loops to re-read
+    /// directives and clusters. Nothing to do on a store only this process
+    /// writes. Returns whether the generation moved.
+    ///
+    /// Errors: store, integrity and certificate errors (the next call
+    /// tries again).
+    pub fn refresh(&self) -> Result<bool, ServerError> {
+        let Some(generation) = self.store.generation()? else {
+            return Ok(false);
+        };
+        let seen = *self
+            .seen_generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen == Some(generation) {
+            return Ok(false);
+        }
+        let _guard = self.lock_rotation();
+        let store = self.store.as_ref();
+        let (settings, _) = integrity::get_json::<CaSettings>(
+            store,
+            &self.kek,
+            Table::Meta,
+            records::CA_SETTINGS_KEY,
+        )?
+        .ok_or(ServerError::NotInitialised)?;
+        let mut signer_changed = false;
+        if settings.signing_root_id != self.signing_root().serial_hex()? {
+            let (root_record, _) = integrity::get_json::<RootRecord>(
+                store,
+                &self.kek,
+                Table::Roots,
+                &settings.signing_root_id,
+            )?
+            .ok_or_else(|| {
+                ServerError::missing(format!("signing root {}", settings.signing_root_id))
+            })?;
+            self.replace_signer(load_signer(
+                store,
+                &self.kek,
+                &root_record,
+                self.vault.as_ref(),
+            )?);
+            signer_changed = true;
+            tracing::info!(root = %settings.signing_root_id, "another server switched the signing root");
+        }
+        let (bundle_record, _) = integrity::get_json::<BundleRecord>(
+            store,
+            &self.kek,
+            Table::Bundles,
+            &self.settings.trust_domain,
+        )?
+        .ok_or_else(|| ServerError::missing("the published trust bundle"))?;
+        let current = self.current_bundle();
+        if bundle_record.version > current.bundle.version() || signer_changed {
+            let bundle = bundle_from_record(&bundle_record)?;
+            let version = bundle.version();
+            self.publish(PublishedBundle::new(bundle, self.signer().signing_root())?);
+            tracing::info!(
+                version,
+                "publishing the bundle version another server stored"
+            );
+        }
+        self.directives_changed();
+        self.notify_clusters_changed();
+        *self
+            .seen_generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(generation);
+        Ok(true)
     }
 
     /// The current time of the server's clock.

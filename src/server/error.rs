@@ -283,18 +283,21 @@ impl From<ServerError> for tonic::Status {
                 );
             }
             ServerError::Signer(SignerError::Refused(_)) => Code::FailedPrecondition,
+            ServerError::Store(StoreError::Unavailable { .. }) => Code::Unavailable,
             ServerError::TooManyWatchStreams { .. } | ServerError::RateLimited { .. } => {
                 Code::ResourceExhausted
             }
             // Store, signer, push and setup failures: the server's own.
             _ => Code::Internal,
         };
-        if code == Code::Internal || code == Code::Aborted {
+        if code == Code::Internal || code == Code::Aborted || code == Code::Unavailable {
             tracing::error!(error = %error, kind = error.label(), "request failed");
-            let message = if code == Code::Aborted {
-                "a concurrent change won; retry the call"
-            } else {
-                "internal error in the trustplane server; see its log"
+            let message = match code {
+                Code::Aborted => "a concurrent change won; retry the call",
+                Code::Unavailable => {
+                    "the trustplane server's store is unavailable (Vault sealed or unreachable; see the server's log); nothing was changed, retry later"
+                }
+                _ => "internal error in the trustplane server; see its log",
             };
             return tonic::Status::new(code, message);
         }

@@ -220,6 +220,15 @@ impl Issuance {
         lifetime: Option<Duration>,
     ) -> Result<(Certificate, Certificate, SystemTime), ServerError> {
         let core = &self.core;
+        // Signs with the root the store names now, even when another server
+        // sharing it switched roots since this one's last refresh.
+        let refreshing = core.clone();
+        tokio::task::spawn_blocking(move || refreshing.refresh())
+            .await
+            .map_err(|source| ServerError::Task {
+                task: "store refresh",
+                source,
+            })??;
         let profile = core
             .policy
             .decide(&core.settings.trust_domain, cluster, csr, lifetime)?;

@@ -15,7 +15,9 @@
 //! speaks protobuf), `listener` (the accept loop: TLS handshake timeout and
 //! connection caps), `tls` (the server certificate, renewed in place),
 //! `limits` (every bound, the watch-stream and call-rate counters), `push`
-//! (the push-mode driver), `init`, `error`.
+//! (the push-mode driver), `leader` (the lease that picks the one server,
+//! of several sharing a store, that advances rotations and runs push mode),
+//! `init`, `error`.
 
 mod admins;
 mod audit;
@@ -28,6 +30,7 @@ mod grpc;
 pub mod init;
 pub mod integrity;
 mod issuance;
+pub mod leader;
 mod limits;
 mod listener;
 mod publication;
@@ -88,6 +91,9 @@ pub struct ServerConfig {
     pub ip_addresses: Vec<IpAddr>,
     /// Timeouts, caps and rates.
     pub limits: Limits,
+    /// The lease of the server that runs rotations and push mode, when
+    /// several share a store ([`leader`]).
+    pub leader_lease: std::time::Duration,
 }
 
 /// A server running in this process.
@@ -103,7 +109,9 @@ pub struct RunningServer {
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     /// The accept loop; it owns the listening socket.
     accept: tokio::task::JoinHandle<()>,
-    push: push::PushController,
+    push: leader::PushWhileLeading,
+    /// Whether this server runs rotations and push mode.
+    pub leadership: Arc<leader::Leadership>,
 }
 
 impl RunningServer {
@@ -251,11 +259,32 @@ pub async fn start(
             .await
     });
     tracing::info!(%address, "trustplane server listening (TLS)");
-    let push = push::PushController::spawn(authority.clone());
-    // Notes when every cluster acknowledged a rotation phase and runs
-    // `--auto` steps, once a second, off the request path; once a minute
-    // it forgets the rate allowances of clusters that are idle again.
+    let leadership = Arc::new(leader::Leadership::new(
+        authority.core().clone(),
+        config.leader_lease,
+    )?);
+    {
+        let leadership = leadership.clone();
+        match tokio::task::spawn_blocking(move || leadership.refresh()).await {
+            Ok(result) => {
+                result?;
+            }
+            Err(source) => {
+                return Err(ServerError::Task {
+                    task: "leader lease",
+                    source,
+                });
+            }
+        }
+    }
+    let push = leader::PushWhileLeading::spawn(authority.clone(), leadership.subscribe());
+    // Once a second, off the request path: catches up with what other
+    // servers sharing the store changed, takes or renews the lease, and
+    // (leading) notes when every cluster acknowledged a rotation phase and
+    // runs `--auto` steps; once a minute it forgets the rate allowances of
+    // clusters that are idle again.
     let ticker_authority = authority.clone();
+    let ticker_leadership = leadership.clone();
     let mut ticker_stop = shutdown.subscribe();
     tokio::spawn(async move {
         let mut ticks: u64 = 0;
@@ -271,7 +300,17 @@ pub async fn start(
                 rates.forget_idle();
             }
             let authority = ticker_authority.clone();
-            match tokio::task::spawn_blocking(move || authority.rotation.tick()).await {
+            let leadership = ticker_leadership.clone();
+            let tick = move || {
+                if let Err(error) = authority.core().refresh() {
+                    tracing::warn!(error = %error, "catching up with the shared store failed");
+                }
+                if leadership.refresh()? {
+                    authority.rotation.tick()?;
+                }
+                Ok::<(), ServerError>(())
+            };
+            match tokio::task::spawn_blocking(tick).await {
                 Ok(Err(error)) => tracing::warn!(error = %error, "rotation check failed"),
                 Err(error) => tracing::warn!(error = %error, "rotation check task failed"),
                 Ok(Ok(())) => {}
@@ -281,6 +320,7 @@ pub async fn start(
     Ok(RunningServer {
         address,
         push,
+        leadership,
         authority,
         identity,
         shutdown,

@@ -723,6 +723,8 @@ impl Rotations {
         options: &RotationOptions,
         actor: &str,
     ) -> Result<RotationStatus, ServerError> {
+        // Another server sharing the store may have moved on.
+        self.core.refresh()?;
         let _guard = self.core.lock_rotation();
         let now = self.core.now();
         let start_options = self.start_options(options)?;
@@ -807,6 +809,7 @@ impl Rotations {
         actor: &str,
         expected_phase: Option<Phase>,
     ) -> Result<RotationStatus, ServerError> {
+        self.core.refresh()?;
         {
             let _guard = self.core.lock_rotation();
             self.advance_locked(actor, expected_phase)?;
@@ -821,6 +824,7 @@ impl Rotations {
         actor: &str,
         expected_phase: Option<Phase>,
     ) -> Result<RotationStatus, ServerError> {
+        self.core.refresh()?;
         {
             let _guard = self.core.lock_rotation();
             self.step_locked(actor, expected_phase, "rotate-abort", rotation::abort)?;

@@ -1,16 +1,19 @@
 //! Persistent state behind one small trait: tables of versioned values,
 //! written in atomic batches with compare-and-swap conditions.
 //!
-//! Backends: [`RedbStore`] (embedded, the default) and [`MemoryStore`]
-//! (tests). Kubernetes and Vault KV backends plug in at the same seam.
+//! Backends: [`RedbStore`] (embedded, the default), [`VaultKvStore`]
+//! (Vault or OpenBao KV v2, shared by several servers) and [`MemoryStore`]
+//! (tests).
 //! Typed records live in [`records`]; this module never interprets them.
 
 mod memory;
 pub mod records;
 mod redb_store;
+mod vault_kv;
 
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
+pub use vault_kv::{LeaseRecord, MAX_BATCH_BYTES, VaultKvStore};
 
 /// The tables trustplane keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -269,6 +272,17 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The backend is unavailable for now (Vault sealed, unreachable or
+    /// failing) after the store's own retries; nothing was written. Callers
+    /// may retry later.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        /// What failed, with the path and what to do.
+        message: String,
+        /// The cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A record or chain that fails its integrity check (a MAC that does not
     /// match, a broken or unauthenticated chain): the store was changed by
     /// something that does not hold the KEK, or the KEK is not this store's.
@@ -304,6 +318,30 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a batch atomically: every precondition is checked first; on
     /// any failure nothing is written ([`StoreError::Conflict`]).
     fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// A number that grows with every committed batch, for servers that
+    /// share the store and poll it for changes made by the others (`None`:
+    /// the backend has no cheap one; it is not shared either).
+    fn generation(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Takes or renews the lease `name` for `holder` until
+    /// `expires_unix_ms`, when it is free, expired at `now_unix_ms`, or
+    /// already `holder`'s, by check-and-set outside the batches (renewing a
+    /// lease is not a change of state: [`Store::generation`] does not move).
+    /// Returns the holder afterwards. A store that only one process opens
+    /// has no one to share with: by default `holder` holds every lease.
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_unix_ms: u64,
+        expires_unix_ms: u64,
+    ) -> Result<String, StoreError> {
+        let _ = (name, now_unix_ms, expires_unix_ms);
+        Ok(holder.to_string())
+    }
 }
 
 impl std::fmt::Display for Expect {

@@ -7,6 +7,7 @@
 //! do. Does not own: what is stored or signed there.
 
 mod error;
+pub mod kv;
 pub mod pki;
 
 pub use error::{VaultError, VaultErrorKind, classify, retry};

@@ -179,6 +179,7 @@ async fn open_and_start(
             dns_names: vec![],
             ip_addresses: vec![],
             limits,
+            leader_lease: trustplane::server::leader::DEFAULT_LEASE,
         },
     )
     .await

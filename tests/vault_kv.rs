@@ -55,16 +55,31 @@ impl Deployment {
 
     /// On `bao` (which has a KV v2 mount `secret/`), with files in `dir`.
     fn on(bao: OpenBao, dir: tempfile::TempDir) -> Deployment {
+        Deployment::init(bao, dir, &[])
+    }
+
+    /// Both halves in OpenBao: the mesh root generated inside its PKI
+    /// mount `pki/` (`--signer vault`) and the state in KV.
+    fn with_vault_root() -> Deployment {
+        let bao = OpenBao::dev();
+        bao.bao(&["secrets", "enable", "-max-lease-ttl=87600h", "pki"]);
+        Deployment::init(bao, tempfile::tempdir().unwrap(), &["--signer", "vault"])
+    }
+
+    fn init(bao: OpenBao, dir: tempfile::TempDir, extra: &[&str]) -> Deployment {
         let deployment = Deployment { bao, dir };
-        let init = deployment.trustplane(&[
+        let data = deployment.data();
+        let mut args = vec![
             "init",
             "--trust-domain",
             "cluster.local",
             "--store",
             "vault-kv",
             "--data-dir",
-            deployment.data().to_str().unwrap(),
-        ]);
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let init = deployment.trustplane(&args);
         assert!(init.status.success(), "init: {}", text(&init));
         assert!(
             text(&init).contains("Vault KV v2 secret/data/trustplane/"),
@@ -417,6 +432,94 @@ async fn two_then_three_servers_on_one_openbao_race_enrollments_and_issuances_as
         "audit verify: {}",
         text(&verified)
     );
+}
+
+/// The PEM of OpenBao's issuer `name` in `pki/`.
+fn openbao_issuer(bao: &OpenBao, name: &str) -> Certificate {
+    let (status, answer) = bao.http("GET", &format!("pki/issuer/{name}/json"), None);
+    assert_eq!(status, 200, "{answer}");
+    Certificate::from_pem(answer["data"]["certificate"].as_str().unwrap()).unwrap()
+}
+
+/// The roots of a bundle answer.
+fn roots_of(bundle: &proto::Bundle) -> Vec<Certificate> {
+    pem::parse_many(&bundle.root_cert_pem)
+        .unwrap()
+        .into_iter()
+        .map(|block| Certificate::from_der(block.contents().to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_root_in_vault_pki_and_the_state_in_vault_kv_serve_as_one_from_two_servers() {
+    common::install_crypto();
+    let deployment = Deployment::with_vault_root();
+    let first = deployment.start(1);
+    let second = deployment.start(2);
+    // Enrollments and issuances through both, every one recorded once.
+    race(&deployment, &[&first, &second], "pki", 4).await;
+    // Each intermediate is signed by OpenBao's issuer: its chain ends at
+    // that issuer, which both servers publish.
+    let root_a = openbao_issuer(&deployment.bao, "trustplane-root");
+    let (_, signed) = cluster_client(&deployment, &[&second, &first], "pki-x".into(), 2).await;
+    let signed = signed.unwrap();
+    let intermediate = Certificate::from_pem(&signed.certificate_pem).unwrap();
+    ca::verify_issued(&intermediate, &root_a, std::time::SystemTime::now()).unwrap();
+    for server in [&first, &second] {
+        assert_eq!(
+            roots_of(&deployment.bundle(server).await),
+            vec![root_a.clone()]
+        );
+    }
+    // No root key anywhere trustplane keeps things: the root records name
+    // their issuer and no sealed key.
+    let store = deployment.store();
+    let root_records = || -> Vec<serde_json::Value> {
+        store
+            .list(Table::Roots)
+            .unwrap()
+            .into_iter()
+            .map(|(_, stored)| serde_json::from_slice(&stored.value).unwrap())
+            .collect()
+    };
+    let roots = root_records();
+    assert_eq!(roots.len(), 1);
+    for record in &roots {
+        assert!(record["key_secret"].is_null(), "{record}");
+        assert!(record["vault_issuer"]["issuer_id"].is_string(), "{record}");
+    }
+    // A rotation started through the first server with root B generated in
+    // OpenBao: the second server publishes both of OpenBao's roots.
+    let started = deployment
+        .admin(&first)
+        .await
+        .rotate_start(proto::RotateStartRequest {
+            options: Some(proto::RotationOptions {
+                vault_issuer: "root-b".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.phase, "trust-new");
+    let root_b = openbao_issuer(&deployment.bao, "root-b");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let roots = roots_of(&deployment.bundle(&second).await);
+        if roots.len() == 2 {
+            assert_eq!(roots, vec![root_a.clone(), root_b.clone()]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second server still serves {roots:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let roots = root_records();
+    assert_eq!(roots.len(), 2);
+    assert!(roots.iter().all(|record| record["key_secret"].is_null()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -464,7 +464,7 @@ async fn the_root_in_vault_pki_and_the_state_in_vault_kv_serve_as_one_from_two_s
     let (_, signed) = cluster_client(&deployment, &[&second, &first], "pki-x".into(), 2).await;
     let signed = signed.unwrap();
     let intermediate = Certificate::from_pem(&signed.certificate_pem).unwrap();
-    use trustplane::clock::{Clock, SystemClock};
+    use trustplane::clock::SystemClock;
     ca::verify_issued(&intermediate, &root_a, SystemClock.now()).unwrap();
     for server in [&first, &second] {
         assert_eq!(

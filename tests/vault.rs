@@ -437,8 +437,9 @@ async fn a_full_rotation_with_both_roots_in_openbao_keeps_every_pair_verifying()
 
 /// A policy asking for URI name constraints is refused with the Vault
 /// signer, at `init` and when the server opens the store; `issue` signs
-/// offline through Vault; an issuer deleted in Vault and missing Vault
-/// settings stop the server with what to do.
+/// offline through Vault; an issuer deleted in Vault makes a running
+/// server unready, and it and missing Vault settings stop a starting server
+/// with what to do.
 #[tokio::test]
 async fn uri_name_constraints_are_refused_and_a_missing_issuer_is_named() {
     let bao = OpenBao::dev();
@@ -516,8 +517,24 @@ async fn uri_name_constraints_are_refused_and_a_missing_issuer_is_named() {
         String::from_utf8_lossy(&issued.stderr)
     );
     check_cacerts_with_openssl_and_istio(&out);
-    // An issuer deleted in Vault: the server names the path and the fix.
+    // An issuer deleted in Vault while a server runs: /readyz turns 503
+    // naming the path (the bundle it serves no longer reflects Vault); a
+    // server started then refuses to start, naming the path and the fix.
+    let health = free_address();
+    let (running, _) = start_server_with(
+        &data,
+        "127.0.0.1:0",
+        &["--health-listen", &health, "--vault-addr", &bao.addr],
+        &[("VAULT_TOKEN", &bao.token)],
+        None,
+    );
+    wait_ready(&health, "ready", |code, _| code == 200).await;
     bao.bao(&["delete", "pki/issuer/mesh-root"]);
+    wait_ready(&health, "503 naming the issuer path", |code, body| {
+        code == 503 && body.contains("/json: not found")
+    })
+    .await;
+    drop(running);
     let served = Command::new(BINARY)
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
@@ -900,7 +917,7 @@ async fn token_and_approle_logins_are_renewed_or_replaced_and_keep_signing() {
     bao.pki_with_root("pki", "mesh-root", "cluster.local root CA");
     bao.pki_with_root("other-pki", "other-root", "other root");
     let (root, root_id) = issuer(&bao, "mesh-root");
-    let policy = trustplane::vault::acl_policy(&config(&bao), "pki", &root_id);
+    let policy = trustplane::vault::acl_policy(&config(&bao), Some(("pki", &root_id)), true);
 
     // A renewable token of 4 s (max 60 s): renewed at 2/3 of its TTL.
     let token = scoped_token(&bao, &policy, &["-ttl=4s", "-explicit-max-ttl=60s"]);

@@ -295,6 +295,16 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     };
     let outcome = server::initialize(store.as_ref(), &kek, &data_dir, &options, SystemClock.now())?;
     let root = &outcome.root;
+    // What the token needs, for what is in Vault (the root, the store).
+    let vault_policy = vault.as_ref().map(|_| {
+        crate::vault::acl_policy(
+            &args.store.vault,
+            vault_root
+                .as_ref()
+                .map(|(_, issuer)| (issuer.mount.as_str(), issuer.issuer_id.as_str())),
+            !args.store.is_embedded(),
+        )
+    });
     if args.output == Format::Json {
         let json = serde_json::json!({
             "trust_domain": args.trust_domain,
@@ -307,7 +317,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
                 "issuer_id": issuer.issuer_id,
                 "issuer_name": issuer.issuer_name,
             })),
-            "vault_policy": vault_root.as_ref().map(|(_, issuer)| crate::vault::acl_policy(&args.store.vault, &issuer.mount, &issuer.issuer_id)),
+            "vault_policy": vault_policy,
             "kek_file": kek_file.as_ref().map(|path| path.display().to_string()),
             "control_plane_ca": data_dir.control_plane_ca_path().display().to_string(),
             "admin_cert": data_dir.admin_cert_path().display().to_string(),
@@ -351,10 +361,14 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{table}");
-    if let Some((_, issuer)) = &vault_root {
+    if vault_root.is_some() {
         println!(
-            "\nThe mesh root key stays in Vault. The KEK below seals the control-plane CA key only.\nThe Vault policy trustplane's token needs (least privilege), e.g. `bao policy write trustplane -` with:\n\n{}",
-            crate::vault::acl_policy(&args.store.vault, &issuer.mount, &issuer.issuer_id)
+            "\nThe mesh root key stays in Vault. The KEK below seals the control-plane CA key only."
+        );
+    }
+    if let Some(policy) = &vault_policy {
+        println!(
+            "\nThe Vault policy trustplane's token needs (least privilege), e.g. `bao policy write trustplane -` with:\n\n{policy}"
         );
     }
     let sealed = if vault_root.is_some() {
@@ -452,11 +466,23 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on --health-listen {address}"))?;
         println!("serving /healthz and /readyz on http://{address}");
+        // Ready while Vault is (unsealed, reachable) and every root the
+        // bundle publishes from Vault is still its issuer's certificate.
+        let ready_authority = authority.clone();
         let ready = move || {
             let vault = vault.clone();
+            let authority = ready_authority.clone();
             async move {
                 match vault {
-                    Some(vault) => pki::health(&vault).await,
+                    Some(vault) => {
+                        let state = pki::health(&vault).await?;
+                        authority
+                            .core()
+                            .check_vault_roots()
+                            .await
+                            .map_err(|error| error.to_string())?;
+                        Ok(state)
+                    }
                     None => Ok("ok".to_string()),
                 }
             }

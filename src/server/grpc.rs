@@ -343,6 +343,7 @@ fn rotation_options(options: proto::RotationOptions) -> Result<RotationOptions, 
         import_key_pem: Zeroizing::new(options.import_key_pem),
         vault_issuer: options.vault_issuer,
         vault_root: None,
+        vault_root_created: false,
     })
 }
 
@@ -702,17 +703,43 @@ impl AdminService for AdminApi {
         let admin = require_role(&self.authority, &request, Permission::Operate)?;
         let options = rotation_options(request.into_inner().options.unwrap_or_default())?;
         let options = self.authority.rotation.resolve_vault_root(options).await?;
+        // An issuer this call created in Vault stays there if the start
+        // fails (trustplane never deletes in Vault): the error says so.
+        let created = options
+            .vault_root
+            .as_ref()
+            .filter(|_| options.vault_root_created)
+            .map(|(_, issuer)| issuer.clone());
         let authority = self.authority.clone();
         // Root key generation and sealing are CPU work: keep them off the
         // async workers.
-        let status =
+        let started =
             tokio::task::spawn_blocking(move || authority.rotation.start(&options, &admin))
                 .await
                 .map_err(|source| ServerError::Task {
                     task: "rotation start",
                     source,
-                })??;
-        Ok(Response::new(rotation_status_message(status)))
+                })
+                .and_then(|result| result);
+        match (started, created) {
+            (Ok(status), _) => Ok(Response::new(rotation_status_message(status))),
+            (Err(error), None) => Err(error.into()),
+            (Err(error), Some(issuer)) => {
+                let status = Status::from(error);
+                Err(Status::new(
+                    status.code(),
+                    format!(
+                        "{}; the new root issuer {} ({}) was created in Vault and is kept: retry with `--vault-issuer {}` to use it, or delete it with `bao delete {}/issuer/{}`",
+                        status.message(),
+                        issuer.issuer_name,
+                        issuer.issuer_id,
+                        issuer.issuer_name,
+                        issuer.mount,
+                        issuer.issuer_id
+                    ),
+                ))
+            }
+        }
     }
 
     async fn rotate_status(

@@ -380,6 +380,7 @@ impl Rotations {
                     .await
                     .map_err(vault_error)?;
                     tracing::info!(mount = %mount, issuer = %created.issuer_id, name = %name, "created a root issuer in Vault for the rotation");
+                    options.vault_root_created = true;
                     (created.certificate, created.issuer_id, created.issuer_name)
                 }
                 Err(error) => return Err(vault_error(error)),

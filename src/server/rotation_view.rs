@@ -39,6 +39,9 @@ pub struct RotationOptions {
     /// The Vault-held new root, resolved by
     /// [`super::Rotations::resolve_vault_root`] before `start`.
     pub vault_root: Option<(ca::Certificate, crate::store::records::VaultIssuer)>,
+    /// Whether `resolve_vault_root` created that issuer in Vault (so a
+    /// failed start says it is there to adopt or delete).
+    pub vault_root_created: bool,
 }
 
 impl std::fmt::Debug for RotationOptions {

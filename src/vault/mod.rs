@@ -157,15 +157,17 @@ pub struct TokenLease {
     pub renewable: bool,
 }
 
-/// The least-privilege Vault ACL policy trustplane's token needs: sign
-/// with and read the mesh root issuer `issuer_id` in `pki_mount`, and read
-/// and write the `vault-kv` store under the configured KV prefix; nothing
-/// else. Rotation adds a commented block to enable for its duration.
-pub fn acl_policy(config: &VaultConfig, pki_mount: &str, issuer_id: &str) -> String {
-    let kv = &config.kv_mount;
-    let prefix = config.kv_prefix.trim_matches('/');
-    format!(
-        r#"# trustplane: sign intermediates with the mesh root issuer and read it
+/// The least-privilege Vault ACL policy trustplane's token needs, for
+/// what is in Vault: with `issuer` (`(pki mount, issuer id)`) sign with and
+/// read that mesh root issuer (and a commented block a rotation enables for
+/// its duration); with `kv` read and write the `vault-kv` store under the
+/// configured KV prefix (create, read, update, list: the store never deletes,
+/// a deleted key is a tombstone). Nothing else.
+pub fn acl_policy(config: &VaultConfig, issuer: Option<(&str, &str)>, kv: bool) -> String {
+    let mut policy = String::new();
+    if let Some((pki_mount, issuer_id)) = issuer {
+        policy.push_str(&format!(
+            r#"# trustplane: sign intermediates with the mesh root issuer and read it
 path "{pki_mount}/issuer/{issuer_id}/sign-intermediate" {{
   capabilities = ["update"]
 }}
@@ -175,23 +177,39 @@ path "{pki_mount}/issuer/{issuer_id}/json" {{
 path "{pki_mount}/issuer/{issuer_id}" {{
   capabilities = ["read"]
 }}
-
-# trustplane's state (the vault-kv store) under {kv}/{prefix}/
-path "{kv}/data/{prefix}/*" {{
-  capabilities = ["create", "read", "update", "delete"]
+"#
+        ));
+    }
+    if kv {
+        let mount = config.kv_mount.trim_matches('/');
+        let prefix = config.kv_prefix.trim_matches('/');
+        if !policy.is_empty() {
+            policy.push('\n');
+        }
+        policy.push_str(&format!(
+            r#"# trustplane's state (the vault-kv store) under {mount}/{prefix}/
+path "{mount}/data/{prefix}/*" {{
+  capabilities = ["create", "read", "update"]
 }}
-path "{kv}/metadata/{prefix}/*" {{
-  capabilities = ["read", "list", "delete"]
+path "{mount}/metadata/{prefix}/*" {{
+  capabilities = ["list"]
 }}
-
+"#
+        ));
+    }
+    if let Some((pki_mount, _)) = issuer {
+        policy.push_str(&format!(
+            r#"
 # Only while a root rotation runs (`trustplane rotate start`), then remove
-# it and name the new issuer's id in the two paths above:
+# it and name the new issuer's id in the three issuer paths above:
 # path "{pki_mount}/root/generate/internal" {{ capabilities = ["update"] }}
 # path "{pki_mount}/issuer/+/json" {{ capabilities = ["read"] }}
 # path "{pki_mount}/issuer/+" {{ capabilities = ["read"] }}
 # path "{pki_mount}/issuer/+/sign-intermediate" {{ capabilities = ["update"] }}
 "#
-    )
+        ));
+    }
+    policy
 }
 
 /// A secret string from a flag or the environment: wiped on drop, never
@@ -579,20 +597,40 @@ mod tests {
             kv_prefix: "/mesh/".into(),
             ..base()
         };
-        let policy = acl_policy(&config, "pki", "0f1e");
-        let granted: Vec<&str> = policy
-            .lines()
-            .filter(|line| line.starts_with("path "))
-            .collect();
+        // Each granted path with its capabilities, comments left out.
+        let granted = |policy: &str| -> Vec<(String, String)> {
+            let lines: Vec<&str> = policy.lines().collect();
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(_, line)| line.starts_with("path "))
+                .map(|(index, line)| (line.to_string(), lines[index + 1].trim().to_string()))
+                .collect()
+        };
+        let pair = |path: &str, capabilities: &str| {
+            (
+                format!("path \"{path}\" {{"),
+                format!("capabilities = [{capabilities}]"),
+            )
+        };
+        let issuer = vec![
+            pair("pki/issuer/0f1e/sign-intermediate", "\"update\""),
+            pair("pki/issuer/0f1e/json", "\"read\""),
+            pair("pki/issuer/0f1e", "\"read\""),
+        ];
+        let store = vec![
+            pair("kv/data/mesh/*", "\"create\", \"read\", \"update\""),
+            pair("kv/metadata/mesh/*", "\"list\""),
+        ];
+        let both = acl_policy(&config, Some(("pki", "0f1e")), true);
+        assert_eq!(granted(&both), [issuer.clone(), store.clone()].concat());
         assert_eq!(
-            granted,
-            [
-                "path \"pki/issuer/0f1e/sign-intermediate\" {",
-                "path \"pki/issuer/0f1e/json\" {",
-                "path \"pki/issuer/0f1e\" {",
-                "path \"kv/data/mesh/*\" {",
-                "path \"kv/metadata/mesh/*\" {",
-            ]
+            granted(&acl_policy(&config, Some(("pki", "0f1e")), false)),
+            issuer
         );
+        assert_eq!(granted(&acl_policy(&config, None, true)), store);
+        // The rotation block is there, commented out, only with an issuer.
+        assert!(both.contains("# path \"pki/root/generate/internal\""));
+        assert!(!acl_policy(&config, None, true).contains("generate"));
     }
 }

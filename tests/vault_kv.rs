@@ -451,7 +451,8 @@ fn roots_of(bundle: &proto::Bundle) -> Vec<Certificate> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_root_in_vault_pki_and_the_state_in_vault_kv_serve_as_one_from_two_servers() {
+async fn the_root_in_vault_pki_and_the_state_in_vault_kv_serve_as_one_from_two_servers_and_adopt_root_b()
+ {
     common::install_crypto();
     let deployment = Deployment::with_vault_root();
     let first = deployment.start(1);
@@ -489,8 +490,24 @@ async fn the_root_in_vault_pki_and_the_state_in_vault_kv_serve_as_one_from_two_s
         assert!(record["key_secret"].is_null(), "{record}");
         assert!(record["vault_issuer"]["issuer_id"].is_string(), "{record}");
     }
-    // A rotation started through the first server with root B generated in
-    // OpenBao: the second server publishes both of OpenBao's roots.
+    // A rotation started through the first server adopting root B, an
+    // issuer the operator made in OpenBao beforehand (nothing new is made
+    // there): the second server publishes both of OpenBao's roots.
+    deployment.bao.bao(&[
+        "write",
+        "pki/root/generate/internal",
+        "common_name=cluster.local root B",
+        "issuer_name=root-b",
+        "key_type=ec",
+        "key_bits=256",
+        "ttl=87000h",
+    ]);
+    let issuers = || {
+        let (status, answer) = deployment.bao.http("LIST", "pki/issuers", None);
+        assert_eq!(status, 200, "{answer}");
+        answer["data"]["keys"].as_array().unwrap().len()
+    };
+    assert_eq!(issuers(), 2);
     let started = deployment
         .admin(&first)
         .await
@@ -518,6 +535,7 @@ async fn the_root_in_vault_pki_and_the_state_in_vault_kv_serve_as_one_from_two_s
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(issuers(), 2, "root B was adopted, not made again");
     let roots = root_records();
     assert_eq!(roots.len(), 2);
     assert!(roots.iter().all(|record| record["key_secret"].is_null()));

@@ -171,3 +171,64 @@ impl RootSigner for VaultSigner {
         Ok(certificate)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn answer(
+        certificate: &Certificate,
+        issuing: &Certificate,
+        chain: &[&Certificate],
+    ) -> pki::SignIntermediateResponse {
+        pki::SignIntermediateResponse {
+            certificate: certificate.to_pem(),
+            issuing_ca: issuing.to_pem(),
+            ca_chain: chain.iter().map(|member| member.to_pem()).collect(),
+            serial_number: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_chain_form_vault_returns_becomes_intermediate_then_root() {
+        let (root, _, intermediate, _) = fixtures::root_and_intermediate(fixtures::test_now());
+        let expected = vec![intermediate.clone(), root.clone()];
+        // Newer Vault and OpenBao: the issued certificate first, then the
+        // issuer's chain; older: the issuer's chain only; or none at all.
+        for chain in [
+            vec![&intermediate, &root],
+            vec![&root],
+            vec![&root, &intermediate],
+            vec![],
+        ] {
+            let normalised =
+                normalise_chain(&intermediate, &answer(&intermediate, &root, &chain), &root)
+                    .unwrap();
+            assert_eq!(normalised, expected, "chain of {} members", chain.len());
+        }
+    }
+
+    #[test]
+    fn a_chain_naming_another_issuer_or_holding_another_certificate_is_refused() {
+        let (root, _, intermediate, _) = fixtures::root_and_intermediate(fixtures::test_now());
+        let other = fixtures::new_root("other");
+        match normalise_chain(
+            &intermediate,
+            &answer(&intermediate, &other, &[&other]),
+            &root,
+        ) {
+            Err(CaError::ProfileMismatch { field, .. }) => assert_eq!(field, "issuing_ca"),
+            other => panic!("expected issuing_ca refused, got {other:?}"),
+        }
+        match normalise_chain(
+            &intermediate,
+            &answer(&intermediate, &root, &[&intermediate, &other, &root]),
+            &root,
+        ) {
+            Err(CaError::ProfileMismatch { field, .. }) => assert_eq!(field, "ca_chain"),
+            other => panic!("expected ca_chain refused, got {other:?}"),
+        }
+    }
+}

@@ -988,7 +988,7 @@ async fn token_and_approle_logins_are_renewed_or_replaced_and_keep_signing() {
     let text = expired.to_string();
     assert!(
         text.contains(&format!("pki/issuer/{root_id}/sign-intermediate"))
-            && text.contains("expired"),
+            && text.contains("the token expired: its TTL ran out"),
         "{text}"
     );
 

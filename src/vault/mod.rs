@@ -237,6 +237,9 @@ pub struct Vault {
     method: LoginMethod,
     client: RwLock<Arc<VaultClient>>,
     lease: Mutex<TokenLease>,
+    /// When `lease` was read (to tell an expired token from a missing
+    /// permission when Vault answers 403 to both).
+    lease_read: Mutex<tokio::time::Instant>,
     /// Serialises logins, so a burst of 403s logs in once.
     login_lock: tokio::sync::Mutex<()>,
 }
@@ -272,6 +275,7 @@ impl Vault {
                 ttl: None,
                 renewable: false,
             }),
+            lease_read: Mutex::new(tokio::time::Instant::now()),
             login_lock: tokio::sync::Mutex::new(()),
         });
         vault.login().await?;
@@ -345,6 +349,7 @@ impl Vault {
         let client = Arc::new(client_with_token(&self.config, &token)?);
         *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
         *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+        self.note_lease_read();
         tracing::info!(method = self.method.name(), ttl = ?lease.ttl, "logged in to Vault");
         Ok(lease)
     }
@@ -359,11 +364,28 @@ impl Vault {
             .map_err(|error| classify(path, error))?;
         let lease = lease_of(info.lease_duration, info.renewable);
         *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+        self.note_lease_read();
         Ok(lease)
     }
 
     /// Whether a 403 may be cured by logging in again (AppRole and
     /// Kubernetes; a given token cannot be replaced by trustplane).
+    fn note_lease_read(&self) {
+        *self
+            .lease_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+
+    /// Whether the token's TTL, as last read, has run out.
+    fn token_expired(&self) -> bool {
+        let read = *self
+            .lease_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.lease().ttl.is_some_and(|ttl| read.elapsed() >= ttl)
+    }
+
     fn can_log_in_again(&self) -> bool {
         !matches!(self.method, LoginMethod::Token(_))
     }
@@ -392,6 +414,17 @@ impl Vault {
                 tracing::warn!(error = %error, "Vault refused the token; logging in again");
                 self.login().await?;
                 once().await
+            }
+            // Vault answers 403 to an expired token as to a missing
+            // permission: say which it is when the TTL tells.
+            Err(mut error)
+                if error.kind == VaultErrorKind::PermissionDenied && self.token_expired() =>
+            {
+                error.detail = format!(
+                    "{} (the token expired: its TTL ran out and it could not be renewed; give trustplane a new token, or log in with AppRole or Kubernetes auth, which log in again by themselves)",
+                    error.detail
+                );
+                Err(error)
             }
             other => other,
         }

@@ -53,7 +53,7 @@ impl VaultErrorKind {
                 "unseal Vault (`bao operator unseal` / `vault operator unseal`); trustplane retries meanwhile"
             }
             VaultErrorKind::PermissionDenied => {
-                "the token lacks this path in its policy, or it expired: see `trustplane init --signer vault` for the policy, then log in again"
+                "the token lacks this path in its policy, or it expired or was revoked (an AppRole or Kubernetes login is repeated once first): see `trustplane init --signer vault` for the policy, then log in again, or give trustplane a new token (VAULT_TOKEN) and restart it"
             }
             VaultErrorKind::NotFound => {
                 "check the mount and issuer names (--vault-pki-mount, --vault-issuer, --vault-kv-mount)"

@@ -306,6 +306,24 @@ impl Vault {
     /// Errors: [`VaultError`] naming the login path.
     pub async fn login(&self) -> Result<TokenLease, VaultError> {
         let _guard = self.login_lock.lock().await;
+        self.login_locked().await
+    }
+
+    /// Logs in again after Vault refused `refused` (a client this
+    /// connection handed out), unless another call already replaced it
+    /// meanwhile: a burst of 403s on one expired token logs in once.
+    ///
+    /// Errors: as [`Vault::login`].
+    async fn login_after_refusal(&self, refused: &Arc<VaultClient>) -> Result<(), VaultError> {
+        let _guard = self.login_lock.lock().await;
+        if !Arc::ptr_eq(&self.client(), refused) {
+            return Ok(());
+        }
+        self.login_locked().await.map(|_| ())
+    }
+
+    /// [`Vault::login`] with `login_lock` held.
+    async fn login_locked(&self) -> Result<TokenLease, VaultError> {
         let anonymous = client_with_token(&self.config, "")?;
         let (token, lease) = match &self.method {
             LoginMethod::Token(token) => {
@@ -392,27 +410,51 @@ impl Vault {
 
     /// Runs `call` on the current client: transient failures are retried
     /// (`attempts` in all, with backoff); a 403 under AppRole or Kubernetes
-    /// auth (an expired token) logs in again once and repeats the call.
+    /// auth (an expired or revoked token) logs in again once and repeats
+    /// the call. Any other failure (a KV check-and-set conflict, a 404, a
+    /// 403 with a given token) is returned at once.
     ///
-    /// Errors: the call's, classified for `path`.
+    /// Errors: the call's, classified for `path`; the login's when the
+    /// repeated login fails.
     pub async fn call<T, F, Fut>(&self, path: &str, attempts: u32, call: F) -> Result<T, VaultError>
     where
         F: Fn(Arc<VaultClient>) -> Fut,
         Fut: std::future::Future<Output = Result<T, vaultrs::error::ClientError>>,
     {
-        let once = || async {
+        self.call_classified(attempts, |client| {
+            let pending = call(client);
+            async move { pending.await.map_err(|error| classify(path, error)) }
+        })
+        .await
+    }
+
+    /// As [`Vault::call`], for a call that classifies its own errors into
+    /// [`VaultError`]s naming its path (the typed KV calls of [`kv`], which
+    /// answer a missing secret with `None` and mark KV conflicts).
+    ///
+    /// Errors: the call's; the login's when the repeated login fails.
+    pub async fn call_classified<T, F, Fut>(&self, attempts: u32, call: F) -> Result<T, VaultError>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, VaultError>>,
+    {
+        // The client of the latest attempt: a 403 on it is what may need
+        // a new login.
+        let used = Mutex::new(self.client());
+        let once = || {
             retry(attempts, || {
-                let pending = call(self.client());
-                async move { pending.await.map_err(|error| classify(path, error)) }
+                let client = self.client();
+                *used.lock().unwrap_or_else(PoisonError::into_inner) = client.clone();
+                call(client)
             })
-            .await
         };
         match once().await {
             Err(error)
                 if error.kind == VaultErrorKind::PermissionDenied && self.can_log_in_again() =>
             {
                 tracing::warn!(error = %error, "Vault refused the token; logging in again");
-                self.login().await?;
+                let refused = used.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                self.login_after_refusal(&refused).await?;
                 once().await
             }
             // Vault answers 403 to an expired token as to a missing

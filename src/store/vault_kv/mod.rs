@@ -39,10 +39,16 @@
 //! The trait is synchronous and is called from async code and from the
 //! blocking pool alike, so the store runs its Vault calls on a small tokio
 //! runtime of its own and waits for them on a channel: it never calls
-//! `block_on` inside another runtime. Transient Vault failures (sealed,
-//! unreachable, 5xx) are retried with backoff ([`crate::vault::retry`]),
+//! `block_on` inside another runtime. Every Vault call goes through
+//! [`Vault::call_classified`], like every Vault call of trustplane:
+//! transient failures (sealed, unreachable, 5xx) are retried with backoff,
 //! then reported as [`StoreError::Unavailable`] naming the Vault path and
-//! what to do; nothing of the batch is committed then.
+//! what to do; a 403 under AppRole or Kubernetes auth (an expired or
+//! revoked token) logs in again once and repeats the call, and a 403 that
+//! remains (or any 403 with a given token) is a [`StoreError::Backend`]
+//! naming the path and saying to fix the policy, log in again or give a new
+//! token. A lost check-and-set is not retried there: the commit protocol
+//! below re-reads and tries again. Nothing of a failed batch is committed.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -57,7 +63,7 @@ use super::{
     Batch, Expect, Operation, Store, StoreError, Table, Versioned, check_batch, check_precondition,
     next_version,
 };
-use crate::vault::{Vault, VaultConfig, VaultError, VaultErrorKind, kv, retry};
+use crate::vault::{Vault, VaultConfig, VaultError, VaultErrorKind, kv};
 
 /// The largest head (one resolved batch) the store writes: below OpenBao's
 /// and Vault's default raft entry limit of 1 MiB, with room for metadata.
@@ -104,12 +110,31 @@ struct Head {
 /// Batch ids the head remembers.
 const RECENT_BATCHES: usize = 32;
 
-/// A random id for one batch (the same across its attempts).
-fn batch_id() -> String {
+/// A random id for one batch (the same across its attempts), from the
+/// operating system's generator.
+///
+/// Errors: as [`batch_id_from`].
+fn batch_id() -> Result<String, StoreError> {
     use ring::rand::SecureRandom as _;
+    let random = ring::rand::SystemRandom::new();
+    batch_id_from(|bytes| random.fill(bytes))
+}
+
+/// A batch id of 12 bytes that `fill` draws.
+///
+/// Errors: [`StoreError::Backend`] when `fill` fails: an id that is not
+/// random (all zeros) would repeat, and a new batch could be taken for an
+/// already committed one and silently dropped, so the commit fails instead.
+fn batch_id_from(
+    fill: impl FnOnce(&mut [u8]) -> Result<(), ring::error::Unspecified>,
+) -> Result<String, StoreError> {
     let mut bytes = [0u8; 12];
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    hex::encode(bytes)
+    fill(&mut bytes).map_err(|error| {
+        backend(format!(
+            "cannot draw a random batch id: the operating system's random generator failed ({error}); nothing was written, check the host (getrandom) and try again"
+        ))
+    })?;
+    Ok(hex::encode(bytes))
 }
 
 /// A key's secret: what the batch `seq` left there, and what the key held
@@ -293,14 +318,14 @@ impl Place {
     }
 
     async fn read_raw(&self, path: &str) -> Result<Option<kv::KvEntry>, StoreError> {
-        retry(TRANSIENT_ATTEMPTS, || {
-            let client = self.vault.client();
-            let mount = self.mount.clone();
-            let path = path.to_string();
-            async move { kv::read(&client, &mount, &path).await }
-        })
-        .await
-        .map_err(vault_error)
+        self.vault
+            .call_classified(TRANSIENT_ATTEMPTS, |client| {
+                let mount = self.mount.clone();
+                let path = path.to_string();
+                async move { kv::read(&client, &mount, &path).await }
+            })
+            .await
+            .map_err(vault_error)
     }
 
     /// Writes with check-and-set; `Ok(None)` when the CAS was lost.
@@ -310,14 +335,17 @@ impl Place {
         data: serde_json::Value,
         cas: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let written = retry(TRANSIENT_ATTEMPTS, || {
-            let client = self.vault.client();
-            let mount = self.mount.clone();
-            let path = path.to_string();
-            let data = data.clone();
-            async move { kv::write(&client, &mount, &path, data, cas).await }
-        })
-        .await;
+        // A lost check-and-set is no transient failure: `call` returns it
+        // at once, as the `Conflict` it is.
+        let written = self
+            .vault
+            .call_classified(TRANSIENT_ATTEMPTS, |client| {
+                let mount = self.mount.clone();
+                let path = path.to_string();
+                let data = data.clone();
+                async move { kv::write(&client, &mount, &path, data, cas).await }
+            })
+            .await;
         match written {
             Ok(version) => Ok(Some(version)),
             Err(error) if error.kind == VaultErrorKind::Conflict => Ok(None),
@@ -498,14 +526,15 @@ impl Place {
         'attempt: for _ in 0..LIST_ATTEMPTS {
             let (head, _) = self.head().await?;
             let folder = self.table_path(table);
-            let names = retry(TRANSIENT_ATTEMPTS, || {
-                let client = self.vault.client();
-                let mount = self.mount.clone();
-                let folder = folder.clone();
-                async move { kv::list(&client, &mount, &folder).await }
-            })
-            .await
-            .map_err(vault_error)?;
+            let names = self
+                .vault
+                .call_classified(TRANSIENT_ATTEMPTS, |client| {
+                    let mount = self.mount.clone();
+                    let folder = folder.clone();
+                    async move { kv::list(&client, &mount, &folder).await }
+                })
+                .await
+                .map_err(vault_error)?;
             // Reads in parallel, a few at a time.
             let permits = Arc::new(tokio::sync::Semaphore::new(LIST_PARALLEL_READS));
             let mut reads = tokio::task::JoinSet::new();
@@ -781,7 +810,7 @@ impl Place {
     }
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let id = batch_id();
+        let id = batch_id()?;
         for attempt in 0..COMMIT_ATTEMPTS {
             if self.try_commit(&batch, &id).await? {
                 return Ok(());

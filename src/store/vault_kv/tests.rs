@@ -452,3 +452,205 @@ fn a_missing_mount_fails_at_open_naming_it() {
         "{error}"
     );
 }
+
+/// Writes the store's documented policy (for the test prefix) as
+/// `kv-store` and returns its name.
+fn store_policy(bao: &openbao::OpenBao) -> &'static str {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kv-store.hcl");
+    std::fs::write(
+        &file,
+        r#"path "secret/data/trustplane/test/*" { capabilities = ["create", "read", "update"] }
+path "secret/metadata/trustplane/test/*" { capabilities = ["list"] }
+"#,
+    )
+    .unwrap();
+    bao.bao(&["policy", "write", "kv-store", file.to_str().unwrap()]);
+    "kv-store"
+}
+
+/// Revokes `token` in OpenBao (`auth/token/revoke`).
+fn revoke(bao: &openbao::OpenBao, token: &str) {
+    let body = serde_json::json!({ "token": token }).to_string();
+    let (status, answer) = bao.http("POST", "auth/token/revoke", Some(&body));
+    assert_eq!(status, 204, "{answer}");
+}
+
+/// The token the store's connection currently uses.
+fn current_token(store: &VaultKvStore) -> String {
+    store.place.vault.client().settings.token.clone()
+}
+
+/// An AppRole login whose token is revoked under the store: every kind of
+/// store call (commit, get, list, the lease) meets the 403, logs in again
+/// once and succeeds with the new token.
+#[test]
+fn a_store_logged_in_with_approle_logs_in_again_when_its_token_is_revoked() {
+    let bao = openbao::OpenBao::dev();
+    let policy = store_policy(&bao);
+    bao.bao(&["auth", "enable", "approle"]);
+    bao.bao(&[
+        "write",
+        "auth/approle/role/trustplane",
+        &format!("token_policies={policy}"),
+    ]);
+    let read = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&bao.bao(args).stdout).unwrap()
+    };
+    let role_id = read(&[
+        "read",
+        "-format=json",
+        "auth/approle/role/trustplane/role-id",
+    ]);
+    let secret_id = read(&[
+        "write",
+        "-format=json",
+        "-f",
+        "auth/approle/role/trustplane/secret-id",
+    ]);
+    let store = VaultKvStore::open(VaultConfig {
+        token: None,
+        role_id: Some(
+            role_id["data"]["role_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        ),
+        secret_id: Some(
+            secret_id["data"]["secret_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        ),
+        approle_mount: "approle".into(),
+        ..config(&bao)
+    })
+    .unwrap();
+    store
+        .commit(Batch::new().put(Table::Clusters, "east", b"1".to_vec(), None))
+        .unwrap();
+
+    // Each call below first meets a revoked token.
+    let mut revoked = current_token(&store);
+    revoke(&bao, &revoked);
+    let mut revoke_current = |store: &VaultKvStore| {
+        let token = current_token(store);
+        assert_ne!(token, revoked, "the store did not log in again");
+        revoke(&bao, &token);
+        revoked = token;
+    };
+    store
+        .commit(Batch::new().put(Table::Clusters, "west", b"1".to_vec(), Some(Expect::Absent)))
+        .unwrap();
+    revoke_current(&store);
+    assert_eq!(
+        store.get(Table::Clusters, "west").unwrap().unwrap().value,
+        b"1"
+    );
+    revoke_current(&store);
+    let listed: Vec<String> = store
+        .list(Table::Clusters)
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(listed, ["east", "west"]);
+    revoke_current(&store);
+    assert_eq!(store.lease("leader", "me", 0, 1_000).unwrap(), "me");
+    assert_ne!(current_token(&store), revoked);
+}
+
+/// A given token (VAULT_TOKEN) cannot be replaced by trustplane: once it
+/// is revoked, store calls fail naming the path and saying to log in
+/// again or give a new token, and nothing of the batch is written.
+#[test]
+fn a_revoked_given_token_fails_naming_the_path_and_writes_nothing() {
+    let bao = openbao::OpenBao::dev();
+    let policy = store_policy(&bao);
+    let created: serde_json::Value = serde_json::from_slice(
+        &bao.bao(&[
+            "token",
+            "create",
+            "-format=json",
+            &format!("-policy={policy}"),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let token = created["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = VaultKvStore::open(VaultConfig {
+        token: Some(token.parse().unwrap()),
+        ..config(&bao)
+    })
+    .unwrap();
+    store
+        .commit(Batch::new().put(Table::Clusters, "east", b"1".to_vec(), None))
+        .unwrap();
+    revoke(&bao, &token);
+
+    let denied = |error: StoreError| {
+        let StoreError::Backend {
+            message,
+            source: Some(source),
+        } = error
+        else {
+            panic!("{error:?}")
+        };
+        let vault = source.downcast_ref::<VaultError>().unwrap();
+        assert_eq!(vault.kind, VaultErrorKind::PermissionDenied, "{vault}");
+        for part in [
+            "Vault secret/data/trustplane/test/head",
+            "permission denied",
+            "revoked",
+            "log in again",
+            "give trustplane a new token (VAULT_TOKEN)",
+        ] {
+            assert!(message.contains(part), "{part:?} not in: {message}");
+        }
+    };
+    denied(
+        store
+            .commit(
+                Batch::new()
+                    .put(Table::Clusters, "east", b"2".to_vec(), None)
+                    .put(Table::Clusters, "west", b"1".to_vec(), None),
+            )
+            .unwrap_err(),
+    );
+    denied(store.get(Table::Clusters, "east").unwrap_err());
+    assert_eq!(current_token(&store), token);
+
+    let root = VaultKvStore::open(config(&bao)).unwrap();
+    assert_eq!(root.generation().unwrap(), Some(1));
+    assert_eq!(
+        root.get(Table::Clusters, "east").unwrap().unwrap().value,
+        b"1"
+    );
+    assert_eq!(root.get(Table::Clusters, "west").unwrap(), None);
+}
+
+/// A failing random generator fails the commit; it never yields a fixed
+/// (all-zero) id that a later batch would repeat.
+#[test]
+fn a_failing_random_generator_is_an_error_never_a_zero_batch_id() {
+    let error = batch_id_from(|_| Err(ring::error::Unspecified)).unwrap_err();
+    let StoreError::Backend { message, .. } = &error else {
+        panic!("{error:?}")
+    };
+    assert!(message.contains("random generator failed"), "{message}");
+    assert!(message.contains("nothing was written"), "{message}");
+    let id = batch_id_from(|bytes| {
+        bytes.fill(0xab);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(id, "ab".repeat(12));
+    let (first, second) = (batch_id().unwrap(), batch_id().unwrap());
+    assert_eq!(first.len(), 24);
+    assert_ne!(first, second);
+}

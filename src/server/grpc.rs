@@ -726,17 +726,10 @@ impl AdminService for AdminApi {
             (Err(error), None) => Err(error.into()),
             (Err(error), Some(issuer)) => {
                 let status = Status::from(error);
+                let note = super::rotation_vault::kept_issuer_note(&issuer);
                 Err(Status::new(
                     status.code(),
-                    format!(
-                        "{}; the new root issuer {} ({}) was created in Vault and is kept: retry with `--vault-issuer {}` to use it, or delete it with `bao delete {}/issuer/{}`",
-                        status.message(),
-                        issuer.issuer_name,
-                        issuer.issuer_id,
-                        issuer.issuer_name,
-                        issuer.mount,
-                        issuer.issuer_id
-                    ),
+                    format!("{}; {note}", status.message()),
                 ))
             }
         }

@@ -37,6 +37,7 @@ mod publication;
 pub mod push;
 mod registry;
 mod rotation;
+mod rotation_vault;
 mod rotation_view;
 mod tls;
 

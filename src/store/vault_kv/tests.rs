@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::vault::Secret;
+use crate::vault::{Secret, VaultError};
 
 /// A store on a fresh `bao server -dev`, and the server.
 fn store() -> (VaultKvStore, openbao::OpenBao) {

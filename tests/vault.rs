@@ -1217,3 +1217,131 @@ async fn init_generates_the_root_inside_openbao_with_the_key_algorithm() {
     let text = String::from_utf8_lossy(&again.stderr);
     assert!(text.contains("--vault-issuer trustplane-root"), "{text}");
 }
+
+/// `trustplane init` run with only `vars` of the Vault settings in its
+/// environment: every `VAULT_*` and `TRUSTPLANE_VAULT_*` variable of the
+/// test's own environment is removed first.
+fn run_init_with_env(data: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BINARY);
+    command
+        .args([
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--signer",
+            "vault",
+            "-o",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(args)
+        .env_remove("TRUSTPLANE_KEK");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("VAULT_") || name.starts_with("TRUSTPLANE_VAULT_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(vars.iter().copied());
+    command.output().unwrap()
+}
+
+#[tokio::test]
+async fn init_takes_its_vault_address_token_and_pki_mount_from_a_vault_config_file() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let bao = OpenBao::dev();
+    // Not the default mount: the file must be what names it.
+    bao.bao(&[
+        "secrets",
+        "enable",
+        "-path=mesh-pki",
+        "-max-lease-ttl=87600h",
+        "pki",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("vault.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "# trustplane's Vault settings\nvault-addr: {}\nvault-token: {}\nvault-pki-mount: mesh-pki\n",
+            bao.addr, bao.token
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = file.to_str().unwrap();
+
+    // Only the file: no VAULT_ADDR, no VAULT_TOKEN, no flag.
+    let data = work.path().join("data");
+    let init = run_init_with_env(&data, &["--vault-config", config], &[]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    assert_eq!(printed["vault_issuer"]["mount"], "mesh-pki", "{printed}");
+    let (status, body) = bao.http("GET", "mesh-pki/issuer/trustplane-root/json", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["issuer_id"], printed["vault_issuer"]["issuer_id"],
+        "{printed}"
+    );
+    assert!(
+        printed["vault_policy"]
+            .as_str()
+            .unwrap()
+            .contains("path \"mesh-pki/issuer/"),
+        "{printed}"
+    );
+    // The same through TRUSTPLANE_VAULT_CONFIG; an environment variable
+    // beats the file (a dead address in the file), a flag beats both (a
+    // missing mount in the variable).
+    std::fs::write(
+        &file,
+        format!(
+            "vault-addr: http://127.0.0.1:1\nvault-token: {}\nvault-pki-mount: mesh-pki\n",
+            bao.token
+        ),
+    )
+    .unwrap();
+    let adopted = run_init_with_env(
+        &work.path().join("adopted"),
+        &[
+            "--vault-issuer",
+            "trustplane-root",
+            "--vault-pki-mount",
+            "mesh-pki",
+        ],
+        &[
+            ("TRUSTPLANE_VAULT_CONFIG", config),
+            ("VAULT_ADDR", &bao.addr),
+            ("TRUSTPLANE_VAULT_PKI_MOUNT", "no-such-mount"),
+        ],
+    );
+    assert!(
+        adopted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&adopted.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&adopted.stdout).unwrap();
+    assert_eq!(printed["vault_issuer"]["issuer_name"], "trustplane-root");
+    assert_eq!(printed["vault_issuer"]["mount"], "mesh-pki");
+
+    // A file holding the token that others may read is refused before
+    // anything is made, and the message says how to fix it.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused_data = work.path().join("refused");
+    let refused = run_init_with_env(
+        &refused_data,
+        &["--vault-config", config],
+        &[("VAULT_ADDR", &bao.addr)],
+    );
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("vault-token"), "{text}");
+    assert!(text.contains(&format!("chmod 600 {config}")), "{text}");
+    assert!(!text.contains(&bao.token), "{text}");
+    assert!(!refused_data.exists());
+}

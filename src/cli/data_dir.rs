@@ -22,7 +22,7 @@ use crate::files;
 use crate::server::{self, Authority, DataDir, InitOptions};
 use crate::store::records::{self, VaultIssuer};
 use crate::store::{Store, Table, VaultKvStore};
-use crate::vault::{Vault, VaultConfig, pki};
+use crate::vault::{Vault, VaultSettings, pki};
 
 /// `init` flags.
 #[derive(Debug, clap::Args)]
@@ -160,10 +160,12 @@ pub struct IssueArgs {
     pub output: Format,
 }
 
-/// A Vault connection when Vault settings are given (`VAULT_ADDR`).
-async fn connect_vault(config: &VaultConfig) -> anyhow::Result<Option<Arc<Vault>>> {
+/// A Vault connection when a Vault address is given (`VAULT_ADDR`,
+/// `--vault-addr` or the `--vault-config` file).
+async fn connect_vault(settings: &VaultSettings) -> anyhow::Result<Option<Arc<Vault>>> {
+    let config = settings.load()?;
     Ok(match &config.addr {
-        Some(_) => Some(Vault::connect(config.clone()).await?),
+        Some(_) => Some(Vault::connect(config).await?),
         None => None,
     })
 }
@@ -238,8 +240,9 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         }
     }
     // One connection for the signer and the store, when either is in Vault.
+    let vault_config = args.store.vault.load()?;
     let vault = if args.signer == SignerKind::Vault || !args.store.is_embedded() {
-        Some(Vault::connect(args.store.vault.clone()).await?)
+        Some(Vault::connect(vault_config.clone()).await?)
     } else {
         None
     };
@@ -255,7 +258,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         }
         bail!(
             "{} already holds an initialised trustplane; use another --vault-kv-prefix, or point --data-dir and --kek-file at that deployment's",
-            args.store.describe(&data_dir)
+            args.store.describe(&data_dir, &vault_config)
         );
     }
     let vault_root = match (&vault, args.signer) {
@@ -298,7 +301,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     // What the token needs, for what is in Vault (the root, the store).
     let vault_policy = vault.as_ref().map(|_| {
         crate::vault::acl_policy(
-            &args.store.vault,
+            &vault_config,
             vault_root
                 .as_ref()
                 .map(|(_, issuer)| (issuer.mount.as_str(), issuer.issuer_id.as_str())),
@@ -342,7 +345,10 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         "root expires".to_string(),
         output::time(system_time_to_unix(root.not_after()?)),
     ]);
-    table.add_row(vec!["store".to_string(), args.store.describe(&data_dir)]);
+    table.add_row(vec![
+        "store".to_string(),
+        args.store.describe(&data_dir, &vault_config),
+    ]);
     table.add_row(vec![
         "control-plane CA".to_string(),
         data_dir.control_plane_ca_path().display().to_string(),
@@ -392,7 +398,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     }
     if vault_root.is_some() {
         println!(
-            "\nNext: VAULT_ADDR=... VAULT_TOKEN=... trustplane server --data-dir {}   (or AppRole: VAULT_ROLE_ID, VAULT_SECRET_ID)",
+            "\nNext: VAULT_ADDR=... VAULT_TOKEN=... trustplane server --data-dir {}   (or AppRole: VAULT_ROLE_ID, VAULT_SECRET_ID; or the same settings in a --vault-config file)",
             data_dir.path.display()
         );
     } else {

@@ -15,7 +15,7 @@ use crate::policy::Policy;
 use crate::server::DataDir;
 use crate::signer::sealed::Kek;
 use crate::store::{RedbStore, Store, VaultKvStore};
-use crate::vault::VaultConfig;
+use crate::vault::{VaultConfig, VaultSettings};
 
 /// The data directory when `--data-dir` is not given.
 pub const DEFAULT_DATA_DIR: &str = "trustplane-data";
@@ -68,9 +68,10 @@ pub struct StoreOption {
         default_value_t
     )]
     pub kind: StoreKind,
-    /// Vault connection (`--vault-addr`, `VAULT_ADDR`, ...).
+    /// Vault connection (`--vault-addr`, `VAULT_ADDR`, `--vault-config`, ...):
+    /// as given; [`VaultSettings::load`] merges and fills in the defaults.
     #[command(flatten)]
-    pub vault: VaultConfig,
+    pub vault: VaultSettings,
 }
 
 impl StoreOption {
@@ -79,7 +80,7 @@ impl StoreOption {
     pub fn open(&self, data_dir: &DataDir) -> anyhow::Result<Arc<dyn Store>> {
         Ok(match self.kind {
             StoreKind::Embedded => Arc::new(RedbStore::open(&data_dir.store_path())?),
-            StoreKind::VaultKv => Arc::new(VaultKvStore::open(self.vault.clone())?),
+            StoreKind::VaultKv => Arc::new(VaultKvStore::open(self.vault.load()?)?),
         })
     }
 
@@ -88,15 +89,15 @@ impl StoreOption {
         self.kind == StoreKind::Embedded
     }
 
-    /// Where the store is, for people.
-    pub fn describe(&self, data_dir: &DataDir) -> String {
+    /// Where the store is, for people (`vault`: the loaded Vault settings).
+    pub fn describe(&self, data_dir: &DataDir, vault: &VaultConfig) -> String {
         match self.kind {
             StoreKind::Embedded => data_dir.store_path().display().to_string(),
             StoreKind::VaultKv => format!(
                 "Vault KV v2 {}/data/{}/ at {}",
-                self.vault.kv_mount.trim_matches('/'),
-                self.vault.kv_prefix.trim_matches('/'),
-                self.vault.addr.as_deref().unwrap_or("(no VAULT_ADDR)")
+                vault.kv_mount.trim_matches('/'),
+                vault.kv_prefix.trim_matches('/'),
+                vault.addr.as_deref().unwrap_or("(no VAULT_ADDR)")
             ),
         }
     }

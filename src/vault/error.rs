@@ -68,7 +68,12 @@ impl VaultErrorKind {
 
 /// A failed Vault call: the path, the kind, Vault's own words and a hint.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("Vault {path}: {}: {detail}; {}", .kind.describe(), .kind.hint())]
+#[error(
+    "Vault{}{path}: {}: {detail}; {}",
+    if .path.is_empty() { "" } else { " " },
+    .kind.describe(),
+    .kind.hint()
+)]
 pub struct VaultError {
     /// The Vault path (without `/v1/`), or empty for settings.
     pub path: String,

@@ -1,15 +1,18 @@
 //! Vault (or OpenBao, same API): one authenticated connection shared by the
 //! PKI signer ([`crate::signer`]) and the KV v2 store ([`crate::store`]).
 //!
-//! Owns: the typed connection settings ([`VaultConfig`], flags and the
-//! conventional `VAULT_*` variables), login, the current token, and turning
+//! Owns: the typed connection settings ([`VaultSettings`]: flags, the
+//! conventional `VAULT_*` variables and the `--vault-config` file, merged
+//! into a [`VaultConfig`]), login, the current token, and turning
 //! a failed call into a [`VaultError`] that names the Vault path and what to
 //! do. Does not own: what is stored or signed there.
 
+mod config;
 mod error;
 pub mod kv;
 pub mod pki;
 
+pub use config::VaultSettings;
 pub use error::{VaultError, VaultErrorKind, classify, retry};
 
 use std::path::PathBuf;
@@ -19,79 +22,47 @@ use std::time::Duration;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use zeroize::Zeroizing;
 
-/// How to reach and log in to Vault. Every field is a flag whose
-/// environment form is the conventional Vault variable where one exists.
-/// Login: `VAULT_TOKEN` if set, else AppRole (`VAULT_ROLE_ID` +
-/// `VAULT_SECRET_ID`), else Kubernetes (`--vault-k8s-role`).
-#[derive(Clone, Debug, Default, clap::Args)]
+/// How to reach and log in to Vault: the settings in force, with every
+/// default filled in. Made by [`VaultSettings::load`] from the flags, the
+/// conventional `VAULT_*` variables and the `--vault-config` file (in that
+/// order of precedence); fields as documented there. Login: `VAULT_TOKEN`
+/// if set, else AppRole (`VAULT_ROLE_ID` + `VAULT_SECRET_ID`), else
+/// Kubernetes (`--vault-k8s-role`).
+#[derive(Clone, Debug)]
 pub struct VaultConfig {
     /// Vault's address, e.g. `https://vault.example:8200`.
-    #[arg(long = "vault-addr", env = "VAULT_ADDR")]
     pub addr: Option<String>,
     /// A Vault token (renewed before it expires).
-    #[arg(long = "vault-token", env = "VAULT_TOKEN", hide_env_values = true)]
     pub token: Option<Secret>,
     /// PEM file of the CA that signed Vault's TLS certificate.
-    #[arg(long = "vault-cacert", env = "VAULT_CACERT")]
     pub cacert: Option<PathBuf>,
     /// Vault Enterprise / OpenBao namespace (X-Vault-Namespace).
-    #[arg(long = "vault-namespace", env = "VAULT_NAMESPACE")]
     pub namespace: Option<String>,
-    /// AppRole login: the role id (with VAULT_SECRET_ID).
-    #[arg(long = "vault-role-id", env = "VAULT_ROLE_ID", hide_env_values = true)]
+    /// AppRole login: the role id (with `secret_id`).
     pub role_id: Option<Secret>,
-    /// AppRole login: the secret id (with VAULT_ROLE_ID).
-    #[arg(
-        long = "vault-secret-id",
-        env = "VAULT_SECRET_ID",
-        hide_env_values = true
-    )]
+    /// AppRole login: the secret id (with `role_id`).
     pub secret_id: Option<Secret>,
     /// Mount of the AppRole auth method.
-    #[arg(
-        long = "vault-approle-mount",
-        env = "TRUSTPLANE_VAULT_APPROLE_MOUNT",
-        default_value = "approle"
-    )]
     pub approle_mount: String,
     /// Kubernetes login: the Vault role bound to this pod's service account.
-    #[arg(long = "vault-k8s-role", env = "TRUSTPLANE_VAULT_K8S_ROLE")]
     pub k8s_role: Option<String>,
     /// Kubernetes login: the service-account token (JWT) file.
-    #[arg(
-        long = "vault-k8s-jwt-file",
-        env = "TRUSTPLANE_VAULT_K8S_JWT_FILE",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    )]
     pub k8s_jwt_file: PathBuf,
     /// Mount of the Kubernetes auth method.
-    #[arg(
-        long = "vault-k8s-mount",
-        env = "TRUSTPLANE_VAULT_K8S_MOUNT",
-        default_value = "kubernetes"
-    )]
     pub k8s_mount: String,
     /// PKI mount that holds the mesh root issuer.
-    #[arg(
-        long = "vault-pki-mount",
-        env = "TRUSTPLANE_VAULT_PKI_MOUNT",
-        default_value = "pki"
-    )]
     pub pki_mount: String,
     /// KV v2 mount of the `vault-kv` store.
-    #[arg(
-        long = "vault-kv-mount",
-        env = "TRUSTPLANE_VAULT_KV_MOUNT",
-        default_value = "secret"
-    )]
     pub kv_mount: String,
     /// Path prefix under the KV mount for the `vault-kv` store.
-    #[arg(
-        long = "vault-kv-prefix",
-        env = "TRUSTPLANE_VAULT_KV_PREFIX",
-        default_value = "trustplane"
-    )]
     pub kv_prefix: String,
+}
+
+impl Default for VaultConfig {
+    /// Nothing given: no address, no credentials, the built-in mounts.
+    fn default() -> Self {
+        VaultSettings::default().resolve()
+    }
 }
 
 impl VaultConfig {
@@ -212,8 +183,8 @@ path "{mount}/metadata/{prefix}/*" {{
     policy
 }
 
-/// A secret string from a flag or the environment: wiped on drop, never
-/// printed by `Debug`.
+/// A secret string from a flag, the environment or the `--vault-config`
+/// file: wiped on drop, never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub Zeroizing<String>);
 

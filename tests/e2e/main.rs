@@ -9,6 +9,7 @@ mod common;
 mod kube_cluster;
 mod rotation;
 mod sink;
+mod vault_kubernetes;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

@@ -328,7 +328,19 @@ impl Vault {
                     })?;
                 let info = vaultrs::auth::kubernetes::login(&anonymous, mount, role, jwt.trim())
                     .await
-                    .map_err(|error| classify(&path, error))?;
+                    .map_err(|error| {
+                        let mut error = classify(&path, error);
+                        // A refused login has no token or policy to blame:
+                        // say what Vault checked instead.
+                        if error.kind == VaultErrorKind::PermissionDenied {
+                            error.detail = format!(
+                                "{} (Vault refused the service-account token in {}: check that auth/{mount}/role/{role} binds its ServiceAccount and namespace, and that the file holds a current token)",
+                                error.detail,
+                                file.display()
+                            );
+                        }
+                        error
+                    })?;
                 (
                     Zeroizing::new(info.client_token),
                     lease_of(info.lease_duration, info.renewable),

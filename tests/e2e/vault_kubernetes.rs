@@ -235,9 +235,11 @@ async fn kubernetes_auth_logs_in_with_a_service_account_token_file() {
     println!("unbound ServiceAccount: {refused}");
     assert_eq!(refused.kind, VaultErrorKind::PermissionDenied, "{refused}");
     assert_eq!(refused.path, "auth/kubernetes/login", "{refused}");
+    let text = refused.to_string();
     assert!(
-        refused.to_string().contains("auth/kubernetes/login"),
-        "{refused}"
+        text.contains("auth/kubernetes/login")
+            && text.contains("auth/kubernetes/role/trustplane binds its ServiceAccount"),
+        "{text}"
     );
 
     // The file is read at each login. Revoke the Vault token, so the next

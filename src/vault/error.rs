@@ -67,13 +67,7 @@ impl VaultErrorKind {
 }
 
 /// A failed Vault call: the path, the kind, Vault's own words and a hint.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error(
-    "Vault{}{path}: {}: {detail}; {}",
-    if .path.is_empty() { "" } else { " " },
-    .kind.describe(),
-    .kind.hint()
-)]
+#[derive(Clone, Debug)]
 pub struct VaultError {
     /// The Vault path (without `/v1/`), or empty for settings.
     pub path: String,
@@ -82,6 +76,22 @@ pub struct VaultError {
     /// Vault's messages or the transport error.
     pub detail: String,
 }
+
+impl std::fmt::Display for VaultError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let space = if self.path.is_empty() { "" } else { " " };
+        write!(
+            f,
+            "Vault{space}{}: {}: {}; {}",
+            self.path,
+            self.kind.describe(),
+            self.detail,
+            self.hint()
+        )
+    }
+}
+
+impl std::error::Error for VaultError {}
 
 impl VaultError {
     /// A settings error.
@@ -99,6 +109,19 @@ impl VaultError {
             path: path.into(),
             kind,
             detail: detail.into(),
+        }
+    }
+
+    /// What to do next. A refused login (`auth/<mount>/login`) has no
+    /// token or policy yet: its fix is the role and the credentials.
+    pub fn hint(&self) -> &'static str {
+        if self.kind == VaultErrorKind::PermissionDenied
+            && self.path.starts_with("auth/")
+            && self.path.ends_with("/login")
+        {
+            "the login was refused: check the auth method's role and the credentials (role id and secret id, or the service-account token and the namespace the role binds), then try again"
+        } else {
+            self.kind.hint()
         }
     }
 

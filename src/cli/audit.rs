@@ -178,7 +178,7 @@ fn open_offline(
             data_dir.path.display()
         );
     }
-    let store = args.store.open(&data_dir)?;
+    let store = args.store.open(&data_dir, None)?;
     let (kek, _) = args.kek.load(&data_dir, MissingKek::Fail)?;
     Ok((data_dir, store, kek))
 }

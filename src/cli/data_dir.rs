@@ -20,8 +20,8 @@ use crate::clock::SystemClock;
 use crate::config::KekSource;
 use crate::files;
 use crate::server::{self, Authority, DataDir, InitOptions};
+use crate::store::Table;
 use crate::store::records::{self, VaultIssuer};
-use crate::store::{Store, Table, VaultKvStore};
 use crate::vault::{Vault, VaultSettings, pki};
 
 /// `init` flags.
@@ -180,19 +180,6 @@ pub fn open_authority(
     open_authority_with_vault(data_dir, store, kek, policy, None)
 }
 
-/// Opens `--store`: the `vault-kv` one over `vault` when given (one Vault
-/// connection, one login, for the signer and the store).
-fn open_store(
-    data_dir: &DataDir,
-    store: &StoreOption,
-    vault: Option<&Arc<Vault>>,
-) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match vault {
-        Some(vault) if !store.is_embedded() => Arc::new(VaultKvStore::with_vault(vault.clone())?),
-        _ => store.open(data_dir)?,
-    })
-}
-
 /// [`open_authority`] with a Vault connection (roots held by Vault PKI,
 /// and the `vault-kv` store).
 pub fn open_authority_with_vault(
@@ -209,7 +196,7 @@ pub fn open_authority_with_vault(
             data_dir.path.display()
         );
     }
-    let store = open_store(data_dir, store, vault.as_ref())?;
+    let store = store.open(data_dir, vault.as_ref())?;
     let (kek, _) = kek.load(data_dir, MissingKek::Fail)?;
     let policy = policy.load()?;
     Ok(Authority::open_with_vault(
@@ -248,7 +235,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     };
     crate::files::create_private_dir(&data_dir.path)?;
     // Refused before anything is made (in Vault above all: no orphan issuer).
-    let store = open_store(&data_dir, &args.store, vault.as_ref())?;
+    let store = args.store.open(&data_dir, vault.as_ref())?;
     if store.get(Table::Meta, records::CA_SETTINGS_KEY)?.is_some() {
         if args.store.is_embedded() {
             bail!(

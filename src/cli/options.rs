@@ -15,7 +15,7 @@ use crate::policy::Policy;
 use crate::server::DataDir;
 use crate::signer::sealed::Kek;
 use crate::store::{RedbStore, Store, VaultKvStore};
-use crate::vault::{VaultConfig, VaultSettings};
+use crate::vault::{Vault, VaultConfig, VaultSettings};
 
 /// The data directory when `--data-dir` is not given.
 pub const DEFAULT_DATA_DIR: &str = "trustplane-data";
@@ -76,11 +76,18 @@ pub struct StoreOption {
 
 impl StoreOption {
     /// Opens the store: the embedded one under `data_dir` (created when
-    /// missing), or the Vault KV one (connects and checks the mount).
-    pub fn open(&self, data_dir: &DataDir) -> anyhow::Result<Arc<dyn Store>> {
-        Ok(match self.kind {
-            StoreKind::Embedded => Arc::new(RedbStore::open(&data_dir.store_path())?),
-            StoreKind::VaultKv => Arc::new(VaultKvStore::open(self.vault.load()?)?),
+    /// missing), or the Vault KV one (checks the mount) over `vault` when
+    /// given (one connection, one login, for the signer and the store),
+    /// else over a connection of its own.
+    pub fn open(
+        &self,
+        data_dir: &DataDir,
+        vault: Option<&Arc<Vault>>,
+    ) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match (self.kind, vault) {
+            (StoreKind::Embedded, _) => Arc::new(RedbStore::open(&data_dir.store_path())?),
+            (StoreKind::VaultKv, Some(vault)) => Arc::new(VaultKvStore::with_vault(vault.clone())?),
+            (StoreKind::VaultKv, None) => Arc::new(VaultKvStore::open(self.vault.load()?)?),
         })
     }
 

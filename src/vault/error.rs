@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use vaultrs::error::ClientError;
 
+use crate::telemetry::error_text;
+
 /// The kind of a Vault failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VaultErrorKind {
@@ -157,29 +159,19 @@ pub fn classify(path: &str, error: ClientError) -> VaultError {
             };
             (kind, detail)
         }
-        ClientError::RestClientError { source } => (VaultErrorKind::Unreachable, chain(source)),
+        ClientError::RestClientError { source } => {
+            (VaultErrorKind::Unreachable, error_text(source))
+        }
         ClientError::JsonParseError { .. }
         | ClientError::ResponseEmptyError
-        | ClientError::ResponseDataEmptyError => (VaultErrorKind::Invalid, chain(&error)),
-        _ => (VaultErrorKind::Config, chain(&error)),
+        | ClientError::ResponseDataEmptyError => (VaultErrorKind::Invalid, error_text(&error)),
+        _ => (VaultErrorKind::Config, error_text(&error)),
     };
     VaultError {
         path: path.to_string(),
         kind,
         detail,
     }
-}
-
-/// The error and its causes on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs `call` until it succeeds, fails for good, or `attempts` transient

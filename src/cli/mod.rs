@@ -16,6 +16,8 @@
 //! - `audit.rs`: `audit`.
 //! - `admin.rs`: `admin add|revoke|list` (offline).
 //! - `demo.rs`: `demo`.
+//! - `bench/`: `bench floor|sign|openbao|watch`, the load generators of
+//!   `benches/run.sh`.
 //! - `limits.rs`: `server`'s limit flags.
 //!
 //! and what they share:
@@ -28,6 +30,7 @@
 mod admin;
 mod agent;
 mod audit;
+mod bench;
 mod bundle;
 mod cacerts;
 mod client;
@@ -46,6 +49,7 @@ use clap::{Parser, Subcommand};
 pub use admin::{AdminCommand, OfflineStore};
 pub use agent::{AgentArgs, AgentSink};
 pub use audit::AuditArgs;
+pub use bench::BenchCommand;
 pub use bundle::{BundleCommand, BundleFormat};
 pub use cacerts::{VerifyArgs, read_cacerts_dir};
 pub use client::{AdminConnection, connect, status_error};
@@ -144,6 +148,12 @@ pub enum Command {
         after_help = "Examples:\n  trustplane demo\n  trustplane demo --keep-running --dir /tmp/trustplane-demo"
     )]
     Demo(demo::DemoArgs),
+    /// Load generators for benches/run.sh: crypto floor, issuance, OpenBao baseline, bundle fan-out (JSON on stdout).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  benches/run.sh                  # every benchmark, writes BENCHMARKS.md\n  trustplane bench floor --threads 2\n  trustplane bench sign --data-dir trustplane-data --callers 16"
+    )]
+    Bench(BenchCommand),
 }
 
 /// Parses the command line and runs the command.
@@ -178,6 +188,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Issue(args) => data_dir::issue(args).await,
         Command::Verify(args) => cacerts::verify(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(command) => bench::run(command).await,
     }
 }
 

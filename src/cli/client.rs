@@ -55,14 +55,24 @@ impl AdminConnection {
         self.server.url.as_deref().unwrap_or(DEFAULT_SERVER_URL)
     }
 
+    /// The control-plane CA that verifies the server: `--server-ca`, else
+    /// the data directory's.
+    pub fn server_ca_path(&self) -> PathBuf {
+        self.server_ca
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.layout().control_plane_ca_path())
+    }
+
+    /// Reads the control-plane CA (PEM).
+    pub fn server_ca_pem(&self) -> anyhow::Result<String> {
+        read(&self.server_ca_path(), "control-plane CA", "server-ca")
+    }
+
     /// Opens a TLS channel with the admin credential.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         let data_dir = self.data_dir.layout();
-        let ca_path = self
-            .server_ca
-            .path
-            .clone()
-            .unwrap_or_else(|| data_dir.control_plane_ca_path());
+        let ca_path = self.server_ca_path();
         let cert_path = self
             .admin_cert
             .clone()

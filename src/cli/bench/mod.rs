@@ -8,8 +8,12 @@
 //! - `sign.rs`: `SignIntermediate` over gRPC+mTLS against a running server.
 //! - `openbao.rs`: OpenBao's `sign-intermediate` over HTTP, the baseline.
 //! - `watch.rs`: N `WatchBundle` streams, each its own TLS connection.
+//! - `fleet.rs`: bench clusters, registered and enrolled as agents are.
 //! - `stats.rs`: latency summaries every bench reports the same way.
 
+// The benches use it as they are written.
+#[allow(dead_code)]
+mod fleet;
 mod floor;
 mod openbao;
 mod sign;

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from the JSON results benches/run.sh collected.
+
+usage: report.py RESULTS_DIR COMMAND > BENCHMARKS.md
+
+Every figure stands next to its baseline from the same run and the ratio;
+a target the run missed is marked so, with the margin.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(directory: Path, name: str):
+    path = directory / f"{name}.json"
+    if not path.exists():
+        sys.exit(f"report.py: {path} is missing: the bench that writes it did not run")
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def fmt(value, digits=1):
+    if isinstance(value, (int,)) or (isinstance(value, float) and value >= 1000):
+        return f"{value:,.0f}".replace(",", " ")
+    return f"{value:.{digits}f}"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def main() -> None:
+    directory = Path(sys.argv[1])
+    command = sys.argv[2]
+    machine = load(directory, "machine")
+    floor = load(directory, "floor")
+    sign16 = load(directory, "sign-16")
+    sign1 = load(directory, "sign-1")
+    bao16 = load(directory, "openbao-16")
+    bao1 = load(directory, "openbao-1")
+    watches = sorted(
+        (load(directory, p.stem) for p in directory.glob("watch-*.json")),
+        key=lambda w: w["watchers"],
+    )
+    memories = sorted(
+        (load(directory, p.stem) for p in directory.glob("memory-*.json")),
+        key=lambda m: m["watchers"],
+    )
+    rotation = load(directory, "rotation")
+    cold = load(directory, "cold_start")
+    propagation = load(directory, "propagation")
+
+    out = []
+    w = out.append
+    w("# Benchmarks")
+    w("")
+    w(f"Written by `{command}` on {machine['date']} at commit `{machine['commit']}`.")
+    w(
+        f"Machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory']}, "
+        f"Linux {machine['kernel']}; {machine['rustc']}. Server, load generators and "
+        "baselines ran on this one machine in the same run; each load generator is a "
+        "process of its own (`trustplane bench ...`, `cargo bench --bench ...`)."
+    )
+    w("")
+    w("Ratios compare against baselines measured in this same run: these machines are")
+    w("noisy, and a ratio carries from one run to the next far better than a time.")
+    w("")
+
+    # --- targets ---------------------------------------------------------
+    floor_rate = floor["per_second"]
+    rate16 = sign16["per_second"]
+    bao_rate16 = bao16["per_second"]
+    w("## Targets")
+    w("")
+    w("| figure | measured | baseline (same run) | ratio | target | |")
+    w("| --- | --- | --- | --- | --- | --- |")
+    ratio_floor = rate16 / floor_rate if floor_rate else 0.0
+    ratio_bao = rate16 / bao_rate16 if bao_rate16 else 0.0
+    w(
+        f"| issuance, 16 callers | {fmt(rate16)}/s | crypto floor {fmt(floor_rate)}/s | "
+        f"{ratio_floor:.2f}× | ≥ 0.5× | {verdict(ratio_floor >= 0.5)} |"
+    )
+    w(
+        f"| issuance, 16 callers | {fmt(rate16)}/s | OpenBao sign-intermediate {fmt(bao_rate16)}/s | "
+        f"{ratio_bao:.2f}× | ≥ 3× | {verdict(ratio_bao >= 3.0)} |"
+    )
+    w(
+        f"| issuance latency, 1 caller | p50 {sign1['p50_ms']:.2f} ms, p99 {sign1['p99_ms']:.2f} ms | "
+        f"OpenBao p50 {bao1['p50_ms']:.2f} ms | {bao1['p50_ms'] / sign1['p50_ms'] if sign1['p50_ms'] else 0:.2f}× faster | "
+        f"p50 ≤ 1 ms | {verdict(sign1['p50_ms'] <= 1.0)} |"
+    )
+    for watch in watches:
+        n = watch["watchers"]
+        target = "p99 < 250 ms" if n == 10000 else "report"
+        ok = watch["p99_ms"] < 250.0 if n == 10000 else True
+        w(
+            f"| bundle fan-out, {fmt(n)} watchers | p50 {watch['p50_ms']:.1f} / p99 {watch['p99_ms']:.1f} / "
+            f"max {watch['max_ms']:.1f} ms ({watch['received']} of {n} received) | — | — | {target} | "
+            f"{verdict(ok) if n == 10000 else ''} |"
+        )
+    for memory in memories:
+        n = memory["watchers"]
+        per = (memory["held_rss_kib"] - memory["idle_rss_kib"]) / n
+        w(
+            f"| memory per idle watcher, {fmt(n)} watchers | {per:.1f} KiB | server RSS idle "
+            f"{fmt(memory['idle_rss_kib'])} KiB → {fmt(memory['held_rss_kib'])} KiB | — | < 16 KiB | "
+            f"{verdict(per < 16.0)} |"
+        )
+    for path in ("agent", "push"):
+        p = propagation[path]
+        w(
+            f"| Secret propagation, {path} path | p50 {p['p50_ms']:.0f} / p99 {p['p99_ms']:.0f} ms "
+            f"({p['count']} versions) | — | — | p50 < 200 ms | {verdict(p['p50_ms'] < 200.0)} |"
+        )
+    w(
+        f"| rotation, {fmt(rotation['clusters'])} in-process clusters, grace 0 | "
+        f"{rotation['rotation_seconds']:.2f} s | — | — | < 10 s | {verdict(rotation['rotation_seconds'] < 10.0)} |"
+    )
+    w(
+        f"| cold start, {fmt(cold['clusters'])} clusters + {fmt(cold['records'])} records | "
+        f"{cold['ready_ms']:.0f} ms to ready | empty store {cold['baseline_ready_ms']:.0f} ms | "
+        f"{cold['ready_ms'] / cold['baseline_ready_ms'] if cold['baseline_ready_ms'] else 0:.2f}× | report | |"
+    )
+    w("")
+
+    # --- details ---------------------------------------------------------
+    w("## Issuance")
+    w("")
+    w("| load | per second | p50 ms | p99 ms | max ms | issuances per fsync |")
+    w("| --- | --- | --- | --- | --- | --- |")
+    w(f"| crypto floor (ring P-256: 1 sign + 2 verifies, {floor.get('threads', 2)} threads) | {fmt(floor_rate)} | | | | |")
+    for label, result in (("trustplane, 16 callers", sign16), ("trustplane, 1 caller", sign1)):
+        per_fsync = result.get("issuances_per_fsync")
+        w(
+            f"| {label} | {fmt(result['per_second'])} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} | "
+            f"{result['max_ms']:.2f} | {per_fsync if per_fsync is not None else ''} |"
+        )
+    for label, result in (("OpenBao, 16 callers", bao16), ("OpenBao, 1 caller", bao1)):
+        w(
+            f"| {label} | {fmt(result['per_second'])} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} | "
+            f"{result['max_ms']:.2f} | |"
+        )
+    w("")
+
+    w("## The pure core (criterion, `cargo bench --bench core`)")
+    w("")
+    w("| bench | time per iteration |")
+    w("| --- | --- |")
+    core = directory / "core.txt"
+    if core.exists():
+        for line in core.read_text().splitlines():
+            # test NAME ... bench:   12,345 ns/iter (+/- 67)
+            if " ... bench:" not in line:
+                continue
+            name, rest = line[len("test "):].split(" ... bench:", 1)
+            w(f"| {name.strip()} | {rest.strip()} |")
+    w("")
+    w("## Rotation and cold start")
+    w("")
+    w("```json")
+    w(json.dumps({"rotation": rotation, "cold_start": cold}, indent=2))
+    w("```")
+    w("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

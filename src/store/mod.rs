@@ -15,6 +15,11 @@ pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use vault_kv::{LeaseRecord, MAX_BATCH_BYTES, VaultKvStore};
 
+/// The message of the debug line the embedded store logs for each durable
+/// transaction (one fsync), with `batches=<n>`: how many batches (e.g.
+/// issuances) shared it. `trustplane bench sign --server-log` counts them.
+pub const GROUP_COMMIT_LOG: &str = "store group commit";
+
 /// The tables trustplane keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {

@@ -234,7 +234,9 @@ impl Store for RedbStore {
                 Operation::Check { .. } => {}
             }
         }
-        transaction.commit().map_err(backend("commit"))
+        transaction.commit().map_err(backend("commit"))?;
+        tracing::debug!(batches = 1, "{}", super::GROUP_COMMIT_LOG);
+        Ok(())
     }
 }
 

@@ -98,8 +98,8 @@ pub fn normalise_chain(
 
 /// The request for `profile`: trustplane's names, `use_csr_values=false`,
 /// `max_path_length=0`, the TTL clipped to the root's expiry (as the local
-/// signer clips NotAfter).
-fn request(
+/// signer clips NotAfter). `trustplane bench openbao` sends the same.
+pub fn request(
     mount: &str,
     issuer: &str,
     csr: &VerifiedCsr,

@@ -4,10 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{
-    Batch, Expect, Operation, Store, StoreError, Table, Versioned, check_batch, check_precondition,
-    next_version,
-};
+use super::{Batch, Store, StoreError, Table, Versioned, stage_batch};
 
 /// A store in process memory (lost on exit). For tests.
 #[derive(Debug, Default)]
@@ -46,67 +43,9 @@ impl Store for MemoryStore {
 
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let mut entries = self.entries();
-        check_batch(&batch, |table, key| {
-            Ok(entries
-                .get(&(table, key.to_string()))
-                .map(|stored| stored.version))
+        let staged = stage_batch(batch, |table, key| {
+            Ok(entries.get(&(table, key.to_string())).cloned())
         })?;
-        // Every write is staged first (later operations of the batch read
-        // the staged state), so that a failure (a version overflow, a
-        // refused append) leaves the map untouched.
-        let mut staged: BTreeMap<(Table, String), Option<Versioned>> = BTreeMap::new();
-        let current = |staged: &BTreeMap<(Table, String), Option<Versioned>>,
-                       slot: &(Table, String)| match staged.get(slot) {
-            Some(pending) => pending.clone(),
-            None => entries.get(slot).cloned(),
-        };
-        for operation in batch.operations {
-            match operation {
-                Operation::Put {
-                    table, key, value, ..
-                } => {
-                    let slot = (table, key);
-                    let previous = current(&staged, &slot).map(|stored| stored.version);
-                    let version = next_version(table, &slot.1, previous)?;
-                    staged.insert(slot, Some(Versioned { value, version }));
-                }
-                Operation::Delete { table, key, .. } => {
-                    staged.insert((table, key), None);
-                }
-                Operation::Append {
-                    table,
-                    head_table,
-                    head_key,
-                    link,
-                } => {
-                    let head_slot = (head_table, head_key);
-                    let head = current(&staged, &head_slot);
-                    let linked = link
-                        .0
-                        .link(head.as_ref().map(|stored| stored.value.as_slice()))?;
-                    let entry_slot = (table, linked.key);
-                    let existing = current(&staged, &entry_slot).map(|stored| stored.version);
-                    check_precondition(table, &entry_slot.1, Expect::Absent, existing)?;
-                    staged.insert(
-                        entry_slot,
-                        Some(Versioned {
-                            value: linked.value,
-                            version: 1,
-                        }),
-                    );
-                    let version =
-                        next_version(head_table, &head_slot.1, head.map(|stored| stored.version))?;
-                    staged.insert(
-                        head_slot,
-                        Some(Versioned {
-                            value: linked.head,
-                            version,
-                        }),
-                    );
-                }
-                Operation::Check { .. } => {}
-            }
-        }
         for (slot, write) in staged {
             match write {
                 Some(stored) => entries.insert(slot, stored),
@@ -121,6 +60,7 @@ impl Store for MemoryStore {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::store::Expect;
 
     crate::store::store_conformance_tests!((MemoryStore::new(), ()));
 

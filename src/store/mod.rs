@@ -15,6 +15,11 @@ pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use vault_kv::{LeaseRecord, MAX_BATCH_BYTES, VaultKvStore};
 
+/// The message of the debug line the embedded store logs for each durable
+/// transaction (one fsync), with `batches=<n>`: how many batches (e.g.
+/// issuances) shared it. `trustplane bench sign --server-log` counts them.
+pub const GROUP_COMMIT_LOG: &str = "store group commit";
+
 /// The tables trustplane keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
@@ -418,6 +423,80 @@ pub(crate) fn check_batch(
         check_precondition(table, key, expect, found)?;
     }
     Ok(())
+}
+
+/// What a batch writes: per key, the new value and version, or `None` for
+/// a delete. Ordered by table and key.
+pub(crate) type Staged = std::collections::BTreeMap<(Table, String), Option<Versioned>>;
+
+/// Checks `batch`'s preconditions and works out every write it makes,
+/// reading the current state through `read` and changing nothing: later
+/// operations of the batch see the writes of earlier ones (a put after a
+/// put, an append after an append). A backend applies the result only when
+/// this succeeds, so a refused batch (a failed precondition, a refused
+/// append, a version overflow) writes nothing. Errors: those of
+/// [`check_batch`], of the chain's [`ChainLink`], of [`next_version`], and
+/// of `read`.
+pub(crate) fn stage_batch(
+    batch: Batch,
+    mut read: impl FnMut(Table, &str) -> Result<Option<Versioned>, StoreError>,
+) -> Result<Staged, StoreError> {
+    check_batch(&batch, |table, key| {
+        Ok(read(table, key)?.map(|stored| stored.version))
+    })?;
+    let mut staged = Staged::new();
+    let mut current = |staged: &Staged, slot: &(Table, String)| match staged.get(slot) {
+        Some(pending) => Ok(pending.clone()),
+        None => read(slot.0, &slot.1),
+    };
+    for operation in batch.operations {
+        match operation {
+            Operation::Put {
+                table, key, value, ..
+            } => {
+                let slot = (table, key);
+                let previous = current(&staged, &slot)?.map(|stored| stored.version);
+                let version = next_version(table, &slot.1, previous)?;
+                staged.insert(slot, Some(Versioned { value, version }));
+            }
+            Operation::Delete { table, key, .. } => {
+                staged.insert((table, key), None);
+            }
+            Operation::Append {
+                table,
+                head_table,
+                head_key,
+                link,
+            } => {
+                let head_slot = (head_table, head_key);
+                let head = current(&staged, &head_slot)?;
+                let linked = link
+                    .0
+                    .link(head.as_ref().map(|stored| stored.value.as_slice()))?;
+                let entry_slot = (table, linked.key);
+                let existing = current(&staged, &entry_slot)?.map(|stored| stored.version);
+                check_precondition(table, &entry_slot.1, Expect::Absent, existing)?;
+                staged.insert(
+                    entry_slot,
+                    Some(Versioned {
+                        value: linked.value,
+                        version: 1,
+                    }),
+                );
+                let version =
+                    next_version(head_table, &head_slot.1, head.map(|stored| stored.version))?;
+                staged.insert(
+                    head_slot,
+                    Some(Versioned {
+                        value: linked.head,
+                        version,
+                    }),
+                );
+            }
+            Operation::Check { .. } => {}
+        }
+    }
+    Ok(staged)
 }
 
 /// The version a put gives a key whose current version is `previous`.

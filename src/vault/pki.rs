@@ -16,7 +16,7 @@ use super::{Vault, VaultError, classify};
 pub const INTERMEDIATE_KEY_USAGE: [&str; 3] = ["DigitalSignature", "CertSign", "CRLSign"];
 
 /// `POST <mount>/issuer/<issuer>/sign-intermediate`.
-#[derive(Debug, Default, Endpoint)]
+#[derive(Clone, Debug, Default, Endpoint)]
 #[endpoint(
     path = "{self.mount}/issuer/{self.issuer}/sign-intermediate",
     method = "POST",

@@ -11,6 +11,8 @@ use pkcs8::{ObjectIdentifier, PrivateKeyInfo};
 use rcgen::PublicKeyData as _;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, RsaKeyPair};
+use std::sync::{Arc, OnceLock};
+
 use zeroize::Zeroizing;
 
 use super::{CaError, KeyAlgorithm, KeyError};
@@ -42,6 +44,11 @@ pub struct PrivateKey {
     pkcs8: Zeroizing<Vec<u8>>,
     algorithm: KeyAlgorithm,
     bits: u32,
+    /// The parsed signing key, made on first use and kept: parsing a
+    /// PKCS#8 EC key checks its public point, a scalar multiplication that
+    /// cost as much as a signature on every issuance (callgrind). Shared by
+    /// clones (the same key); wiped when the last one is dropped.
+    signing: Arc<OnceLock<Zeroizing<rcgen::KeyPair>>>,
 }
 
 impl std::fmt::Debug for PrivateKey {
@@ -75,6 +82,7 @@ impl PrivateKey {
             pkcs8: Zeroizing::new(document.as_ref().to_vec()),
             algorithm,
             bits,
+            signing: Arc::default(),
         })
     }
 
@@ -205,6 +213,7 @@ impl PrivateKey {
             pkcs8: Zeroizing::new(der.to_vec()),
             algorithm,
             bits,
+            signing: Arc::default(),
         })
     }
 
@@ -242,19 +251,25 @@ impl PrivateKey {
     }
 
     /// The rcgen key pair for signing, wiped on drop.
-    pub(crate) fn key_pair(&self) -> Result<Zeroizing<rcgen::KeyPair>, CaError> {
+    pub(crate) fn key_pair(&self) -> Result<&rcgen::KeyPair, CaError> {
+        if let Some(parsed) = self.signing.get() {
+            return Ok(parsed);
+        }
         let signature_algorithm = match self.algorithm {
             KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             KeyAlgorithm::Rsa => &rcgen::PKCS_RSA_SHA256,
         };
         let der = rustls_pki_types::PrivatePkcs8KeyDer::from(self.pkcs8.as_slice());
-        rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, signature_algorithm)
+        let parsed = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, signature_algorithm)
             .map(Zeroizing::new)
             .map_err(|source| CaError::MalformedKey {
                 problem: "rejected for signing",
                 source: Some(source.into()),
-            })
+            })?;
+        // A concurrent first use may have set it already; the loser's
+        // copy is wiped when dropped.
+        Ok(self.signing.get_or_init(|| parsed))
     }
 }
 

@@ -141,6 +141,11 @@ pub struct IntermediateProfile {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Certificate {
     der: Vec<u8>,
+    /// Read once when the DER is checked: the fields every issuance and
+    /// gate asks for again and again (each read used to parse the DER).
+    serial_hex: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
 }
 
 impl std::fmt::Debug for Certificate {
@@ -158,7 +163,7 @@ impl Certificate {
     /// Errors: [`CaError::MalformedDer`] when they do not,
     /// [`CaError::Unexpected`] for trailing bytes.
     pub fn from_der(der: Vec<u8>) -> Result<Self, CaError> {
-        let (rest, _) =
+        let (rest, parsed) =
             x509_parser::parse_x509_certificate(&der).map_err(CaError::der("certificate"))?;
         if !rest.is_empty() {
             return Err(CaError::Unexpected {
@@ -167,7 +172,16 @@ impl Certificate {
                 found: format!("{} trailing bytes after it", rest.len()),
             });
         }
-        Ok(Certificate { der })
+        let serial_hex = serial_to_hex(parsed.tbs_certificate.raw_serial());
+        let not_before = unix_to_system_time(parsed.validity().not_before.timestamp());
+        let not_after = unix_to_system_time(parsed.validity().not_after.timestamp());
+        drop(parsed);
+        Ok(Certificate {
+            der,
+            serial_hex,
+            not_before,
+            not_after,
+        })
     }
 
     /// Parses exactly one `CERTIFICATE` PEM block.
@@ -244,18 +258,7 @@ impl Certificate {
 
     /// Lowercase hex serial number without leading zero bytes.
     pub fn serial_hex(&self) -> Result<String, CaError> {
-        let certificate = self.parsed()?;
-        let bytes = certificate.tbs_certificate.raw_serial();
-        let trimmed: Vec<u8> = bytes
-            .iter()
-            .copied()
-            .skip_while(|byte| *byte == 0)
-            .collect();
-        Ok(hex::encode(if trimmed.is_empty() {
-            vec![0]
-        } else {
-            trimmed
-        }))
+        Ok(self.serial_hex.clone())
     }
 
     /// The subject distinguished name in RFC 4514-like text.
@@ -265,18 +268,12 @@ impl Certificate {
 
     /// Start of validity.
     pub fn not_before(&self) -> Result<SystemTime, CaError> {
-        let certificate = self.parsed()?;
-        Ok(unix_to_system_time(
-            certificate.validity().not_before.timestamp(),
-        ))
+        Ok(self.not_before)
     }
 
     /// End of validity.
     pub fn not_after(&self) -> Result<SystemTime, CaError> {
-        let certificate = self.parsed()?;
-        Ok(unix_to_system_time(
-            certificate.validity().not_after.timestamp(),
-        ))
+        Ok(self.not_after)
     }
 
     /// Whether basicConstraints says CA:true.
@@ -807,4 +804,10 @@ fn cause_suffix(source: Option<&impl std::fmt::Display>) -> String {
     source
         .map(|source| format!(" ({source})"))
         .unwrap_or_default()
+}
+
+/// A DER serial as lowercase hex without leading zero bytes (`00` for zero).
+fn serial_to_hex(bytes: &[u8]) -> String {
+    let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|byte| *byte == 0).collect();
+    hex::encode(if trimmed.is_empty() { vec![0] } else { trimmed })
 }

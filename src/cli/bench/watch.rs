@@ -40,7 +40,12 @@ pub struct WatchArgs {
     /// Watch streams, each on its own TLS connection; a comma-separated,
     /// ascending list measures each size in one run (the streams of one
     /// size stay open for the next).
-    #[arg(long, value_delimiter = ',', default_value = "100", value_name = "N[,N...]")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100",
+        value_name = "N[,N...]"
+    )]
     pub watchers: Vec<usize>,
     /// Bench clusters (identities) the streams are spread over, round
     /// robin [default: one per watcher]. Fewer clusters enroll faster; the
@@ -154,6 +159,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<serde_json::Value> {
             hold(path, size, args.timeout).await?;
         }
         let mut latencies = Latencies::new();
+        let mut spread = Latencies::new();
         let mut trigger = Latencies::new();
         let measuring = Instant::now();
         for round in 0..args.rounds {
@@ -169,14 +175,21 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<serde_json::Value> {
                     Some(before),
                 )
                 .await?;
+                let first = times.iter().min().copied().unwrap_or_default();
                 for latency in times {
                     latencies.push(latency);
+                    spread.push(latency - first);
                 }
             }
-            eprintln!("{size} streams: round {} of {} done", round + 1, args.rounds);
+            eprintln!(
+                "{size} streams: round {} of {} done",
+                round + 1,
+                args.rounds
+            );
         }
         let summary = latencies.summary(measuring.elapsed());
         let trigger = trigger.summary(measuring.elapsed());
+        let spread = spread.summary(measuring.elapsed());
         runs.push(json!({
             "watchers": size,
             "publications": 2 * args.rounds,
@@ -185,6 +198,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<serde_json::Value> {
             "p50_ms": summary.p50_ms,
             "p99_ms": summary.p99_ms,
             "max_ms": summary.max_ms,
+            "after_first_p50_ms": spread.p50_ms,
+            "after_first_p99_ms": spread.p99_ms,
+            "after_first_max_ms": spread.max_ms,
             "trigger_p50_ms": trigger.p50_ms,
             "trigger_max_ms": trigger.max_ms,
             "connect_seconds": connect_seconds,

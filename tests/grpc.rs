@@ -609,6 +609,14 @@ async fn a_slow_watcher_gets_the_latest_version_not_a_backlog() {
     );
 }
 
+async fn next(stream: &mut tonic::Streaming<proto::Bundle>) -> proto::Bundle {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("no message on the stream")
+        .unwrap()
+        .unwrap()
+}
+
 /// A stream reads its cluster's reissue directive when directives change
 /// and keeps it with every later bundle version; another cluster's stream
 /// never carries it.
@@ -643,16 +651,6 @@ async fn a_watch_stream_keeps_its_clusters_reissue_directive_across_new_versions
             .await
             .unwrap()
             .into_inner()
-    };
-    let next = |stream: &mut tonic::Streaming<proto::Bundle>| {
-        let message = stream.message();
-        async move {
-            tokio::time::timeout(Duration::from_secs(5), message)
-                .await
-                .expect("no message on the stream")
-                .unwrap()
-                .unwrap()
-        }
     };
     let mut east_stream = open(east).await;
     let mut west_stream = open(west).await;

@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // prost with small buffers (src/proto_codec.rs).
+        .codec_path("crate::proto_codec::ProtoCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -44,6 +44,8 @@ extern crate self as trustplane;
 #[path = "../tests/common/fixtures.rs"]
 pub(crate) mod fixtures;
 
+pub mod proto_codec;
+
 /// Generated gRPC types and service stubs for `proto/trustplane/v1`.
 pub mod proto {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]

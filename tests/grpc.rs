@@ -609,6 +609,122 @@ async fn a_slow_watcher_gets_the_latest_version_not_a_backlog() {
     );
 }
 
+async fn next(stream: &mut tonic::Streaming<proto::Bundle>) -> proto::Bundle {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("no message on the stream")
+        .unwrap()
+        .unwrap()
+}
+
+/// A stream reads its cluster's reissue directive when directives change
+/// and keeps it with every later bundle version; another cluster's stream
+/// never carries it.
+#[tokio::test]
+async fn a_watch_stream_keeps_its_clusters_reissue_directive_across_new_versions() {
+    let server = common::start_server().await;
+    let east = server.enroll("east").await;
+    let west = server.enroll("west").await;
+    let (_, csr) = intermediate_csr();
+    let mut intermediates = IntermediateServiceClient::new(east.clone());
+    let signed = intermediates
+        .sign_intermediate(proto::SignIntermediateRequest {
+            csr: csr.into_bytes(),
+            cluster: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    intermediates
+        .report_status(proto::ReportStatusRequest {
+            applied_bundle_version: 1,
+            intermediate_serial: signed.serial.clone(),
+            intermediate_not_after_unix: signed.not_after_unix,
+            cert_chain_pem: signed.cert_chain_pem.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let open = |channel| async move {
+        TrustBundleServiceClient::new(channel)
+            .watch_bundle(proto::WatchBundleRequest { known_version: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let mut east_stream = open(east).await;
+    let mut west_stream = open(west).await;
+    let first = next(&mut east_stream).await;
+    assert_eq!(
+        (first.version, first.reissue_intermediate_serial.as_str()),
+        (1, "")
+    );
+    assert_eq!(next(&mut west_stream).await.version, 1);
+
+    server
+        .admin()
+        .await
+        .reissue_cluster(proto::ReissueClusterRequest {
+            name: "east".into(),
+        })
+        .await
+        .unwrap();
+    let asked = next(&mut east_stream).await;
+    assert_eq!(
+        asked.version, 1,
+        "the same version, resent with the directive"
+    );
+    assert_eq!(asked.reissue_intermediate_serial, signed.serial);
+
+    let authority = server.authority().clone();
+    let newer = authority
+        .publication
+        .current()
+        .bundle
+        .with_appended(new_root("second"))
+        .unwrap();
+    authority.publication.publish(newer).unwrap();
+    let second = next(&mut east_stream).await;
+    assert_eq!(second.version, 2);
+    assert_eq!(
+        second.reissue_intermediate_serial, signed.serial,
+        "the directive stays with every new version until it is done"
+    );
+    let west_second = next(&mut west_stream).await;
+    assert_eq!(
+        (
+            west_second.version,
+            west_second.reissue_intermediate_serial.as_str()
+        ),
+        (2, ""),
+        "another cluster's directive never reaches this stream"
+    );
+}
+
+/// Shutting the server down ends open watch streams (and so does not wait
+/// for their clients to leave).
+#[tokio::test]
+async fn shutdown_ends_open_watch_streams() {
+    let server = common::start_server().await;
+    let east = server.enroll("east").await;
+    let mut stream = TrustBundleServiceClient::new(east)
+        .watch_bundle(proto::WatchBundleRequest { known_version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("shutdown waited for an open watch stream");
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream stayed open after shutdown");
+    assert!(
+        !matches!(ended, Ok(Some(_))),
+        "no bundle after shutdown: {ended:?}"
+    );
+}
+
 #[tokio::test]
 async fn bad_csrs_get_precise_invalid_argument_errors() {
     let server = common::start_server().await;

@@ -7,17 +7,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::audit_trail::AuditQuery;
 use super::authority::Authority;
-use super::core::ClusterBundle;
+use super::core::{ClusterBundle, PublishedBundle};
 use super::enrollment::Caller;
 use super::error::ServerError;
-use super::limits::{CallRates, WatchStreams};
+use super::limits::{CallRates, WatchSlot, WatchStreams};
 use super::registry::{ClusterStatus, ServerStatus};
 use super::rotation_view::{
     ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus,
@@ -437,57 +437,117 @@ impl TrustBundleService for BundleApi {
             Caller::Admin { name, .. } => (None, format!("admin {name:?}")),
         };
         let slot = self.watches.open(&identity)?;
-        let authority = self.authority.clone();
-        let mut clusters = self.authority.core().subscribe_clusters();
-        let mut bundles = self.authority.publication.subscribe();
-        let mut directives = self.authority.publication.subscribe_directives();
-        let mut shutdown = self.shutdown.clone();
-        // Capacity 1: while the consumer is slow, newer versions overwrite
-        // older ones in the watch channel, so it gets the latest, not a backlog.
-        let (sender, receiver) = mpsc::channel(1);
-        tokio::spawn(async move {
-            // Held while the stream is open.
-            let _slot = slot;
-            let mut last_sent: Option<proto::Bundle> = None;
-            loop {
-                bundles.borrow_and_update();
-                directives.borrow_and_update();
-                clusters.borrow_and_update();
-                if let Some(removed) = cluster.as_deref().filter(|name| {
+        let core = self.authority.core();
+        let watch = BundleWatch {
+            authority: self.authority.clone(),
+            cluster,
+            bundles: self.authority.publication.subscribe(),
+            directives: self.authority.publication.subscribe_directives(),
+            clusters: core.subscribe_clusters(),
+            shutdown: self.shutdown.clone(),
+            _slot: slot,
+            reissue_serial: String::new(),
+            check_cluster: true,
+            check_directives: true,
+            sent: None,
+            ended: false,
+        };
+        tracing::debug!(caller = ?who, "bundle watch opened");
+        Ok(Response::new(Box::pin(futures_util::stream::unfold(
+            watch,
+            BundleWatch::next,
+        ))))
+    }
+}
+
+/// One `WatchBundle` stream's state. The stream is polled by the HTTP/2
+/// stream's own task (no task or queue of its own): a new version wakes it
+/// through the watch channel, and a slow consumer, whose stream is not
+/// polled while HTTP/2 flow control holds it back, reads only the newest
+/// version when it is polled again.
+struct BundleWatch {
+    authority: Arc<Authority>,
+    /// The watching cluster (`None`: an admin).
+    cluster: Option<String>,
+    bundles: watch::Receiver<Arc<PublishedBundle>>,
+    directives: watch::Receiver<u64>,
+    clusters: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+    /// Its place among the caller's streams, freed when the stream is
+    /// dropped (it ended or the client went away).
+    _slot: WatchSlot,
+    /// The cluster's reissue directive, read from the store when the
+    /// stream opens and when directives change, not on every new version.
+    reissue_serial: String,
+    /// Whether the cluster must be looked up again (it opened, or a
+    /// cluster was added or removed).
+    check_cluster: bool,
+    /// Whether the reissue directive must be read again.
+    check_directives: bool,
+    /// The bundle and directive last sent.
+    sent: Option<(Arc<PublishedBundle>, String)>,
+    ended: bool,
+}
+
+impl BundleWatch {
+    /// The next message: the bundle when it or the directive changed, or
+    /// `PERMISSION_DENIED` once the cluster was removed; `None` ends the
+    /// stream (server shutdown).
+    async fn next(mut self) -> Option<(Result<proto::Bundle, Status>, Self)> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(cluster) = &self.cluster {
+                if self.check_cluster {
+                    self.check_cluster = false;
+                    self.clusters.borrow_and_update();
                     // A store error keeps the stream: the next change
                     // checks again.
-                    matches!(authority.core().cluster(name), Ok(None))
-                }) {
-                    let status = Status::permission_denied(format!(
-                        "cluster removed: {removed:?} is no longer registered; re-add it with `trustplane cluster add {removed}` and enroll again"
-                    ));
-                    tokio::select! {
-                        _ = sender.send(Err(status)) => {}
-                        _ = shutdown.changed() => {}
+                    if matches!(self.authority.core().cluster(cluster), Ok(None)) {
+                        self.ended = true;
+                        let status = Status::permission_denied(format!(
+                            "cluster removed: {cluster:?} is no longer registered; re-add it with `trustplane cluster add {cluster}` and enroll again"
+                        ));
+                        return Some((Err(status), self));
                     }
-                    break;
                 }
-                let latest = bundle_message(&authority.publication.for_cluster(cluster.as_deref()));
-                if last_sent.as_ref() != Some(&latest) {
-                    tokio::select! {
-                        sent = sender.send(Ok(latest.clone())) => if sent.is_err() { break },
-                        _ = shutdown.changed() => break,
-                    }
-                    last_sent = Some(latest);
-                }
-                tokio::select! {
-                    changed = bundles.changed() => if changed.is_err() { break },
-                    changed = directives.changed() => if changed.is_err() { break },
-                    changed = clusters.changed() => if changed.is_err() { break },
-                    _ = shutdown.changed() => break,
-                    _ = sender.closed() => break,
+                if self.check_directives {
+                    self.check_directives = false;
+                    self.directives.borrow_and_update();
+                    self.reissue_serial = self
+                        .authority
+                        .core()
+                        .reissue_serial(cluster)
+                        .unwrap_or_default();
                 }
             }
-            tracing::debug!(caller = ?who, "bundle watch ended");
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+            let published = self.bundles.borrow_and_update().clone();
+            let unchanged = self.sent.as_ref().is_some_and(|(bundle, serial)| {
+                (Arc::ptr_eq(bundle, &published) || **bundle == *published)
+                    && *serial == self.reissue_serial
+            });
+            if !unchanged {
+                let message = bundle_message(&ClusterBundle {
+                    published: published.clone(),
+                    reissue_serial: self.reissue_serial.clone(),
+                });
+                self.sent = Some((published, self.reissue_serial.clone()));
+                return Some((Ok(message), self));
+            }
+            tokio::select! {
+                changed = self.bundles.changed() => if changed.is_err() { return None },
+                changed = self.directives.changed() => match changed {
+                    Ok(()) => self.check_directives = true,
+                    Err(_) => return None,
+                },
+                changed = self.clusters.changed() => match changed {
+                    Ok(()) => self.check_cluster = true,
+                    Err(_) => return None,
+                },
+                _ = self.shutdown.changed() => return None,
+            }
+        }
     }
 }
 

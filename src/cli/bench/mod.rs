@@ -47,7 +47,7 @@ pub enum BenchCommand {
     #[command(
         after_help = "Examples:\n  trustplane bench watch --data-dir trustplane-data --server https://127.0.0.1:8443 --watchers 1000"
     )]
-    Watch(watch::WatchArgs),
+    Watch(Box<watch::WatchArgs>),
 }
 
 /// Runs one bench; its result is one JSON object on stdout.
@@ -56,7 +56,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Floor(args) => floor::run(args).await?,
         BenchCommand::Sign(args) => sign::run(args).await?,
         BenchCommand::Openbao(args) => openbao::run(args).await?,
-        BenchCommand::Watch(args) => watch::run(args).await?,
+        BenchCommand::Watch(args) => watch::run(*args).await?,
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

@@ -46,6 +46,7 @@ fn fail(message: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
+#[allow(clippy::disallowed_methods)] // the bench's own knob, not product configuration
 fn number_from_env(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Err(_) => default,
@@ -55,6 +56,7 @@ fn number_from_env(name: &str, default: usize) -> usize {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // the bench's own knob, not product configuration
 fn binary() -> PathBuf {
     let path = std::env::var_os("TRUSTPLANE_BIN")
         .map(PathBuf::from)

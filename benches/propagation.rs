@@ -50,6 +50,7 @@ fn fail(message: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
+#[allow(clippy::disallowed_methods)] // the bench's own knob, not product configuration
 fn versions_from_env() -> usize {
     match std::env::var("TRUSTPLANE_BENCH_VERSIONS") {
         Err(_) => 20,
@@ -67,7 +68,7 @@ fn watch_cacerts(
     client: kube::Client,
     namespace: &'static str,
     seen: mpsc::UnboundedSender<(&'static str, u64, Instant)>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let secrets: Api<Secret> = Api::namespaced(client, namespace);
         let config = watcher::Config::default().fields("metadata.name=cacerts");
@@ -94,7 +95,7 @@ fn watch_cacerts(
                 return;
             }
         }
-    });
+    })
 }
 
 /// Nearest-rank percentiles and the maximum, in milliseconds.
@@ -143,8 +144,10 @@ async fn main() {
         .admin_client()
         .await
         .unwrap_or_else(|error| fail(format!("admin client: {error:#}")));
-    watch_cacerts(watch_client.clone(), AGENT_NAMESPACE, seen_sender.clone());
-    watch_cacerts(watch_client, PUSH_NAMESPACE, seen_sender);
+    let watches = [
+        watch_cacerts(watch_client.clone(), AGENT_NAMESPACE, seen_sender.clone()),
+        watch_cacerts(watch_client, PUSH_NAMESPACE, seen_sender),
+    ];
 
     // The agent path: an agent with the Kubernetes sink and identity, as
     // deploy/kubernetes runs it (its ServiceAccount's RBAC).
@@ -257,8 +260,12 @@ async fn main() {
             millis(admin_calls[index])
         );
     }
-    // An even count ends on an abort: stable again.
+    // An even count ends on an abort: stable again. The watches end
+    // before the apiserver does (no retries logged at exit).
     agent.stop();
+    for watch in watches {
+        watch.abort();
+    }
 
     let agent_summary = summary(agent_path);
     let met = agent_summary["p50_ms"].as_f64().unwrap_or(f64::MAX) < 200.0;

@@ -35,6 +35,7 @@ fn fail(message: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
+#[allow(clippy::disallowed_methods)] // the bench's own knob, not product configuration
 fn clusters_from_env() -> usize {
     match std::env::var("TRUSTPLANE_BENCH_CLUSTERS") {
         Err(_) => 1000,

@@ -408,6 +408,51 @@ async fn a_chain_rewritten_without_the_kek_is_detected() {
     );
 }
 
+/// Every issuance adds an entry, so the trail grows with the store: a query
+/// reads back from the chain's head only as far as it needs. An old entry
+/// made unreadable does not disturb the queries that stop before it.
+#[tokio::test]
+async fn an_audit_query_reads_back_from_the_head_only_as_far_as_it_needs() {
+    let run = mixed_run().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let file = run.copy(scratch.path());
+    let entries: Vec<AuditRecord> = file
+        .entries()
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect();
+    let count = entries.len();
+    assert!(count >= 10, "a mixed run writes many entries, got {count}");
+    file.write("audit", &[(&server::entry_key(2), b"not json")], &[]);
+    let authority = run.open(&file).unwrap();
+    let query = |limit: usize, action: Option<&str>, since_unix: Option<i64>| {
+        authority.audit.entries(&server::AuditQuery {
+            limit,
+            action: action.map(str::to_string),
+            since_unix,
+        })
+    };
+
+    // The newest three, oldest first.
+    assert_eq!(query(3, None, None).unwrap(), entries[count - 3..].to_vec());
+    // The newest matching one of an action (a '-'-separated prefix).
+    let last_rotation = entries
+        .iter()
+        .rev()
+        .find(|record| record.action.starts_with("rotate-"))
+        .unwrap();
+    assert_eq!(
+        query(1, Some("rotate"), None).unwrap(),
+        vec![last_rotation.clone()]
+    );
+    // After the newest entry (and its slack): nothing, and entry 2 unread.
+    let after = entries[count - 1].unix + server::SINCE_SLACK_SECONDS + 1;
+    assert!(query(100, None, Some(after)).unwrap().is_empty());
+    // A query that has to reach entry 2 says it does not decode.
+    let error = query(count, None, None).unwrap_err().to_string();
+    assert!(error.contains("00000000000000000002"), "{error}");
+}
+
 #[tokio::test]
 async fn concurrent_appends_from_many_tasks_keep_one_linear_chain() {
     let server = common::start_server().await;

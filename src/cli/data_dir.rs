@@ -454,18 +454,26 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .with_client_cert_lifetime(args.client_cert_lifetime)?,
     );
     authority.core().check_vault_roots().await?;
+    // Set once the gRPC listener serves: /readyz says 503 until then.
+    let (serving, serving_state) = tokio::sync::watch::channel(false);
     if let Some(address) = args.health_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on --health-listen {address}"))?;
-        println!("serving /healthz and /readyz on http://{address}");
-        // Ready while Vault is (unsealed, reachable) and every root the
-        // bundle publishes from Vault is still its issuer's certificate.
+        let bound = listener.local_addr().unwrap_or(address);
+        println!("serving /healthz and /readyz on http://{bound}");
+        // Ready once gRPC is served, while Vault is (unsealed, reachable)
+        // and every root the bundle publishes from Vault is still its
+        // issuer's certificate.
         let ready_authority = authority.clone();
         let ready = move || {
             let vault = vault.clone();
             let authority = ready_authority.clone();
+            let serving = *serving_state.borrow();
             async move {
+                if !serving {
+                    return Err("starting: the gRPC listener is not serving yet".to_string());
+                }
                 match vault {
                     Some(vault) => {
                         let state = pki::health(&vault).await?;
@@ -504,6 +512,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         leader_lease: args.leader_lease,
     };
     let mut running = server::start(authority, &config).await?;
+    serving.send_replace(true);
     println!(
         "trustplane server for trust domain {} listening on {} (bundle version {})",
         running.authority.trust_domain(),

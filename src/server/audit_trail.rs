@@ -5,12 +5,17 @@
 
 use std::sync::Arc;
 
-use super::audit::append;
+use super::audit::{append, entry_key};
 use super::core::Core;
 use super::error::ServerError;
 use crate::ca::system_time_to_unix;
-use crate::store::records::{self, AuditRecord};
+use crate::store::records::{self, AUDIT_HEAD_KEY, AuditHead, AuditRecord};
 use crate::store::{Batch, Table};
+
+/// How far back before `since_unix` a query keeps reading: entries are
+/// appended in time order, but a batch built a moment before another may
+/// commit after it.
+pub const SINCE_SLACK_SECONDS: i64 = 60;
 
 /// Which entries [`AuditTrail::entries`] returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,15 +91,43 @@ impl AuditTrail {
 
     /// The newest `query.limit` entries that match `query`, oldest first.
     ///
+    /// Walks the chain back from its head (entries are keyed by sequence
+    /// number), so the cost is the entries read, not the length of the
+    /// trail: every issuance adds an entry, and an audit query must not
+    /// slow down as the store grows. With `since_unix` the walk stops at
+    /// the first entry older than `since_unix` by more than
+    /// [`SINCE_SLACK_SECONDS`] (entries are appended in time order, give or
+    /// take batches built concurrently).
+    ///
     /// Errors: store errors.
     pub fn entries(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, ServerError> {
-        let entries: Vec<AuditRecord> =
-            records::list_json::<AuditRecord>(self.core.store.as_ref(), Table::Audit)?
-                .into_iter()
-                .map(|(_, record, _)| record)
-                .filter(|record| query.matches(record))
-                .collect();
-        let skip = entries.len().saturating_sub(query.limit.max(1));
-        Ok(entries.into_iter().skip(skip).collect())
+        let store = self.core.store.as_ref();
+        let Some((head, _)) = records::get_json::<AuditHead>(store, Table::Meta, AUDIT_HEAD_KEY)?
+        else {
+            return Ok(Vec::new());
+        };
+        let limit = query.limit.max(1);
+        let mut newest_first = Vec::new();
+        let mut seq = head.seq;
+        while seq >= 1 && newest_first.len() < limit {
+            let Some((record, _)) =
+                records::get_json::<AuditRecord>(store, Table::Audit, &entry_key(seq))?
+            else {
+                // A gap: `audit verify` names it; the query shows what is there.
+                break;
+            };
+            if query
+                .since_unix
+                .is_some_and(|since| record.unix < since.saturating_sub(SINCE_SLACK_SECONDS))
+            {
+                break;
+            }
+            if query.matches(&record) {
+                newest_first.push(record);
+            }
+            seq -= 1;
+        }
+        newest_first.reverse();
+        Ok(newest_first)
     }
 }

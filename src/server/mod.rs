@@ -54,7 +54,7 @@ pub use audit::{
     ChainSummary, GENESIS_HASH, OFFLINE_ACTOR, Upgraded, cluster_actor, entry_hash, entry_key,
     upgrade_store, verify_chain,
 };
-pub use audit_trail::{AuditQuery, AuditTrail};
+pub use audit_trail::{AuditQuery, AuditTrail, SINCE_SLACK_SECONDS};
 pub use authority::Authority;
 pub use enrollment::{
     ADMIN_CERT_LIFETIME, ADMIN_IDENTITY_PREFIX, CLIENT_CERT_LIFETIME, CLUSTER_IDENTITY_PREFIX,

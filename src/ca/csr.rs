@@ -127,7 +127,7 @@ pub fn create_csr(key: &PrivateKey, common_name: &str) -> Result<String, CaError
         .push(rcgen::DnType::CommonName, common_name);
     let key_pair = key.key_pair()?;
     let request = params
-        .serialize_request(&*key_pair)
+        .serialize_request(key_pair)
         .map_err(|source| CaError::Generation {
             step: "CSR",
             source,

@@ -447,7 +447,7 @@ fn self_sign(
 ) -> Result<Certificate, CaError> {
     let key_pair = key.key_pair()?;
     let signed = params
-        .self_signed(&*key_pair)
+        .self_signed(key_pair)
         .map_err(|source| CaError::Generation {
             step: "self-sign",
             source,
@@ -487,7 +487,7 @@ fn sign_with_issuer(
         }
     })?;
     let key_pair = issuer_key.key_pair()?;
-    let rcgen_issuer = issuer_from_certificate(issuer, &key_pair)?;
+    let rcgen_issuer = issuer_from_certificate(issuer, key_pair)?;
     let signed = params
         .signed_by(&public_key, &rcgen_issuer)
         .map_err(|source| CaError::Generation {

@@ -496,7 +496,7 @@ mod tests {
         assert_eq!(key.public_key_der().expect("spki"), spki);
         // ring signs with the imported RSA key.
         let key_pair = key.key_pair().expect("key pair");
-        assert!(rcgen::SigningKey::sign(&*key_pair, b"message").is_ok());
+        assert!(rcgen::SigningKey::sign(key_pair, b"message").is_ok());
     }
 
     #[test]

@@ -140,6 +140,13 @@ pub struct IntermediateProfile {
 /// certificate always has the same PEM bytes.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Certificate {
+    /// Shared by clones (certificates are cloned into every bundle, view
+    /// and record), one pointer wide.
+    inner: std::sync::Arc<CertificateInner>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct CertificateInner {
     der: Vec<u8>,
     /// Read once when the DER is checked: the fields every issuance and
     /// gate asks for again and again (each read used to parse the DER).
@@ -177,10 +184,12 @@ impl Certificate {
         let not_after = unix_to_system_time(parsed.validity().not_after.timestamp());
         drop(parsed);
         Ok(Certificate {
-            der,
-            serial_hex,
-            not_before,
-            not_after,
+            inner: std::sync::Arc::new(CertificateInner {
+                der,
+                serial_hex,
+                not_before,
+                not_after,
+            }),
         })
     }
 
@@ -233,17 +242,17 @@ impl Certificate {
 
     /// The DER bytes.
     pub fn der(&self) -> &[u8] {
-        &self.der
+        &self.inner.der
     }
 
     /// Lowercase hex SHA-256 of the DER (the certificate's fingerprint).
     pub fn sha256_hex(&self) -> String {
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, &self.der))
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &self.inner.der))
     }
 
     /// The canonical PEM form (one block, trailing newline).
     pub fn to_pem(&self) -> String {
-        let block = pem::Pem::new("CERTIFICATE", self.der.clone());
+        let block = pem::Pem::new("CERTIFICATE", self.inner.der.clone());
         pem::encode_config(
             &block,
             pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
@@ -251,14 +260,14 @@ impl Certificate {
     }
 
     fn parsed(&self) -> Result<x509_parser::certificate::X509Certificate<'_>, CaError> {
-        x509_parser::parse_x509_certificate(&self.der)
+        x509_parser::parse_x509_certificate(&self.inner.der)
             .map(|(_, certificate)| certificate)
             .map_err(CaError::der("certificate"))
     }
 
     /// Lowercase hex serial number without leading zero bytes.
     pub fn serial_hex(&self) -> Result<String, CaError> {
-        Ok(self.serial_hex.clone())
+        Ok(self.inner.serial_hex.clone())
     }
 
     /// The subject distinguished name in RFC 4514-like text.
@@ -268,12 +277,12 @@ impl Certificate {
 
     /// Start of validity.
     pub fn not_before(&self) -> Result<SystemTime, CaError> {
-        Ok(self.not_before)
+        Ok(self.inner.not_before)
     }
 
     /// End of validity.
     pub fn not_after(&self) -> Result<SystemTime, CaError> {
-        Ok(self.not_after)
+        Ok(self.inner.not_after)
     }
 
     /// Whether basicConstraints says CA:true.

@@ -38,7 +38,8 @@ else
   WATCH_CLUSTERS=1000
 fi
 
-OUT="$ROOT/target/bench-results"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="$TARGET/bench-results"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/trustplane-bench.XXXXXX)"
@@ -56,7 +57,7 @@ ulimit -n "$(ulimit -Hn)"
 log "building the release binary and the bench targets"
 cargo build --release --quiet
 cargo bench --no-run --quiet 2>/dev/null || cargo bench --no-run
-BIN="$ROOT/target/release/trustplane"
+BIN="$TARGET/release/trustplane"
 export TRUSTPLANE_BIN="$BIN"
 
 free_port() {

@@ -1,7 +1,8 @@
 //! tonic services: authenticate the caller, authorise, delegate to the
 //! [`Authority`]'s parts, and translate: this is the only file that builds
 //! or reads protobuf messages, and errors are converted once
-//! (`ServerError` → `Status`).
+//! (`ServerError` → `Status`). `grpc_watch.rs` holds the one streaming
+//! call's state and the bundle's wire form it shares with this file.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,10 +15,11 @@ use zeroize::Zeroizing;
 
 use super::audit_trail::AuditQuery;
 use super::authority::Authority;
-use super::core::{ClusterBundle, PublishedBundle};
+use super::core::ClusterBundle;
 use super::enrollment::Caller;
 use super::error::ServerError;
-use super::limits::{CallRates, WatchSlot, WatchStreams};
+use super::grpc_watch::{BundleWatch, bundle_message};
+use super::limits::{CallRates, WatchStreams};
 use super::registry::{ClusterStatus, ServerStatus};
 use super::rotation_view::{
     ClusterAck, PlannedStep, RotationOptions, RotationPlan, RotationStatus,
@@ -204,20 +206,6 @@ fn presented_serial<T>(request: &Request<T>) -> Result<String, ServerError> {
     let certificates = request.peer_certs().ok_or(ServerError::Unauthenticated)?;
     let first = certificates.first().ok_or(ServerError::Unauthenticated)?;
     Ok(ca::Certificate::from_der(first.to_vec())?.serial_hex()?)
-}
-
-/// The wire form of a bundle as `cluster` sees it.
-fn bundle_message(bundle: &ClusterBundle) -> proto::Bundle {
-    let published = &bundle.published;
-    proto::Bundle {
-        trust_domain: published.bundle.trust_domain().to_string(),
-        version: published.bundle.version(),
-        digest: published.digest.clone(),
-        root_cert_pem: published.root_cert_pem.clone(),
-        spiffe_bundle_json: published.spiffe_bundle_json.clone(),
-        signing_root_sha256: published.signing_root_sha256.clone(),
-        reissue_intermediate_serial: bundle.reissue_serial.clone(),
-    }
 }
 
 /// The wire form of a bundle as an admin sees it (no reissue directive).
@@ -437,117 +425,12 @@ impl TrustBundleService for BundleApi {
             Caller::Admin { name, .. } => (None, format!("admin {name:?}")),
         };
         let slot = self.watches.open(&identity)?;
-        let core = self.authority.core();
-        let watch = BundleWatch {
-            authority: self.authority.clone(),
-            cluster,
-            bundles: self.authority.publication.subscribe(),
-            directives: self.authority.publication.subscribe_directives(),
-            clusters: core.subscribe_clusters(),
-            shutdown: self.shutdown.clone(),
-            _slot: slot,
-            reissue_serial: String::new(),
-            check_cluster: true,
-            check_directives: true,
-            sent: None,
-            ended: false,
-        };
+        let watch = BundleWatch::open(self.authority.clone(), cluster, slot, self.shutdown.clone());
         tracing::debug!(caller = ?who, "bundle watch opened");
         Ok(Response::new(Box::pin(futures_util::stream::unfold(
             watch,
             BundleWatch::next,
         ))))
-    }
-}
-
-/// One `WatchBundle` stream's state. The stream is polled by the HTTP/2
-/// stream's own task (no task or queue of its own): a new version wakes it
-/// through the watch channel, and a slow consumer, whose stream is not
-/// polled while HTTP/2 flow control holds it back, reads only the newest
-/// version when it is polled again.
-struct BundleWatch {
-    authority: Arc<Authority>,
-    /// The watching cluster (`None`: an admin).
-    cluster: Option<String>,
-    bundles: watch::Receiver<Arc<PublishedBundle>>,
-    directives: watch::Receiver<u64>,
-    clusters: watch::Receiver<u64>,
-    shutdown: watch::Receiver<bool>,
-    /// Its place among the caller's streams, freed when the stream is
-    /// dropped (it ended or the client went away).
-    _slot: WatchSlot,
-    /// The cluster's reissue directive, read from the store when the
-    /// stream opens and when directives change, not on every new version.
-    reissue_serial: String,
-    /// Whether the cluster must be looked up again (it opened, or a
-    /// cluster was added or removed).
-    check_cluster: bool,
-    /// Whether the reissue directive must be read again.
-    check_directives: bool,
-    /// The bundle and directive last sent.
-    sent: Option<(Arc<PublishedBundle>, String)>,
-    ended: bool,
-}
-
-impl BundleWatch {
-    /// The next message: the bundle when it or the directive changed, or
-    /// `PERMISSION_DENIED` once the cluster was removed; `None` ends the
-    /// stream (server shutdown).
-    async fn next(mut self) -> Option<(Result<proto::Bundle, Status>, Self)> {
-        loop {
-            if self.ended {
-                return None;
-            }
-            if let Some(cluster) = &self.cluster {
-                if self.check_cluster {
-                    self.check_cluster = false;
-                    self.clusters.borrow_and_update();
-                    // A store error keeps the stream: the next change
-                    // checks again.
-                    if matches!(self.authority.core().cluster(cluster), Ok(None)) {
-                        self.ended = true;
-                        let status = Status::permission_denied(format!(
-                            "cluster removed: {cluster:?} is no longer registered; re-add it with `trustplane cluster add {cluster}` and enroll again"
-                        ));
-                        return Some((Err(status), self));
-                    }
-                }
-                if self.check_directives {
-                    self.check_directives = false;
-                    self.directives.borrow_and_update();
-                    self.reissue_serial = self
-                        .authority
-                        .core()
-                        .reissue_serial(cluster)
-                        .unwrap_or_default();
-                }
-            }
-            let published = self.bundles.borrow_and_update().clone();
-            let unchanged = self.sent.as_ref().is_some_and(|(bundle, serial)| {
-                (Arc::ptr_eq(bundle, &published) || **bundle == *published)
-                    && *serial == self.reissue_serial
-            });
-            if !unchanged {
-                let message = bundle_message(&ClusterBundle {
-                    published: published.clone(),
-                    reissue_serial: self.reissue_serial.clone(),
-                });
-                self.sent = Some((published, self.reissue_serial.clone()));
-                return Some((Ok(message), self));
-            }
-            tokio::select! {
-                changed = self.bundles.changed() => if changed.is_err() { return None },
-                changed = self.directives.changed() => match changed {
-                    Ok(()) => self.check_directives = true,
-                    Err(_) => return None,
-                },
-                changed = self.clusters.changed() => match changed {
-                    Ok(()) => self.check_cluster = true,
-                    Err(_) => return None,
-                },
-                _ = self.shutdown.changed() => return None,
-            }
-        }
     }
 }
 

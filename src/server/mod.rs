@@ -27,6 +27,7 @@ mod core;
 mod enrollment;
 mod error;
 mod grpc;
+mod grpc_watch;
 pub mod init;
 pub mod integrity;
 mod issuance;

@@ -161,6 +161,8 @@ def main() -> None:
     w(json.dumps({"rotation": rotation, "cold_start": cold}, indent=2))
     w("```")
     w("")
+    profile = Path(__file__).with_name("profile.md")
+    out.append(profile.read_text())
     print("\n".join(out))
 
 

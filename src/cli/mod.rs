@@ -212,8 +212,10 @@ mod tests {
         &["key-algorithm", "kubeconfig", "namespace", "secret-format"];
 
     /// Flags whose default differs by command because the setting does:
-    /// `demo --timeout` waits for agents, `rotate advance --timeout` for a gate.
-    const DEFAULT_PER_COMMAND: &[&str] = &["timeout"];
+    /// `demo --timeout` waits for agents, `rotate advance --timeout` for a
+    /// gate; `bench sign --prefix` and `bench watch --prefix` name their
+    /// clusters apart so that both can run against one server.
+    const DEFAULT_PER_COMMAND: &[&str] = &["timeout", "prefix"];
 
     /// Flags that read the variable Vault's own CLI reads (`--vault-addr`
     /// ⇔ `VAULT_ADDR`), so an operator's Vault environment works as is.

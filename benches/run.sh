@@ -122,7 +122,7 @@ start_server() {
   health="$(free_port)"
   SERVER_URL="https://127.0.0.1:$port"
   SERVER_LOG="$WORK/$name.log"
-  "$BIN" init --data-dir "$DATA" --trust-domain bench.local >"$WORK/$name-init.log" 2>&1 ||
+  "$BIN" init --data-dir "$DATA" --trust-domain cluster.local >"$WORK/$name-init.log" 2>&1 ||
     { cat "$WORK/$name-init.log" >&2; die "trustplane init failed"; }
   RUST_LOG=warn,trustplane::store=debug "$BIN" server --data-dir "$DATA" \
     --listen "127.0.0.1:$port" --server-name 127.0.0.1 --health-listen "127.0.0.1:$health" "$@" \

@@ -138,6 +138,25 @@ stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/de
 log "crypto floor (ring P-256: one sign + two verifies), 2 threads"
 "$BIN" bench floor --threads 2 --duration "$DURATION" >"$OUT/floor.json"
 
+log "fsync floor: 4 KiB write + fsync on the data directory's file system, 1 000 times"
+python3 - "$WORK" >"$OUT/fsync.json" <<'EOF'
+import json, os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+samples = []
+for i in range(1000):
+    start = time.perf_counter()
+    os.pwrite(fd, os.urandom(4096), (i % 64) * 4096)
+    os.fsync(fd)
+    samples.append(time.perf_counter() - start)
+os.close(fd)
+os.unlink(path)
+samples.sort()
+json.dump({"count": len(samples), "p50_ms": samples[len(samples) // 2] * 1000,
+           "p99_ms": samples[int(len(samples) * 0.99) - 1] * 1000,
+           "per_second": len(samples) / sum(samples)}, sys.stdout)
+EOF
+
 # A bench cluster signs thousands of times a minute: lift the per-cluster rate.
 start_server issuance --sign-intermediate-per-hour 4000000000
 for callers in 16 1; do
@@ -183,11 +202,14 @@ stop_server
 # --- in-process and Kubernetes benches (cargo bench targets) -----------------
 
 log "rotation of 1 000 in-process clusters"
-cargo bench --quiet --bench rotation >"$OUT/rotation.json"
+cargo bench --quiet --bench rotation >"$WORK/rotation.out"
+tail -n 1 "$WORK/rotation.out" >"$OUT/rotation.json"  # the harness logs to stdout before it
 log "cold start with 1 000 clusters and 100 000 issued records"
-cargo bench --quiet --bench cold_start >"$OUT/cold_start.json"
+cargo bench --quiet --bench cold_start >"$WORK/cold_start.out"
+tail -n 1 "$WORK/cold_start.out" >"$OUT/cold_start.json"  # the harness logs to stdout before it
 log "Secret propagation into a real kube-apiserver (agent and push)"
-cargo bench --quiet --bench propagation >"$OUT/propagation.json"
+cargo bench --quiet --bench propagation >"$WORK/propagation.out"
+tail -n 1 "$WORK/propagation.out" >"$OUT/propagation.json"  # the harness logs to stdout before it
 
 # --- the pure core (criterion) ------------------------------------------------
 

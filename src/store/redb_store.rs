@@ -23,6 +23,21 @@ use super::{Batch, GROUP_COMMIT_LOG, Staged, Store, StoreError, Table, Versioned
 /// Stored value: (version, bytes).
 type Definition = TableDefinition<'static, &'static str, (u64, &'static [u8])>;
 
+/// The value and version under `key`, in a read or a write transaction.
+fn read_versioned(
+    table: &impl ReadableTable<&'static str, (u64, &'static [u8])>,
+    key: &str,
+) -> Result<Option<Versioned>, StoreError> {
+    let stored = table.get(key).map_err(backend("read a value"))?;
+    Ok(stored.map(|guard| {
+        let (version, value) = guard.value();
+        Versioned {
+            value: value.to_vec(),
+            version,
+        }
+    }))
+}
+
 fn definition(table: Table) -> Definition {
     TableDefinition::new(table.name())
 }
@@ -193,14 +208,7 @@ impl RedbStore {
                 let opened = transaction
                     .open_table(definition(table))
                     .map_err(backend("open a table"))?;
-                let stored = opened.get(key).map_err(backend("read a value"))?;
-                Ok(stored.map(|guard| {
-                    let (version, value) = guard.value();
-                    Versioned {
-                        value: value.to_vec(),
-                        version,
-                    }
-                }))
+                read_versioned(&opened, key)
             });
             match staged {
                 Ok(staged) => {
@@ -297,14 +305,7 @@ impl Store for RedbStore {
         let opened = transaction
             .open_table(definition(table))
             .map_err(backend("open a table"))?;
-        let stored = opened.get(key).map_err(backend("read a value"))?;
-        Ok(stored.map(|guard| {
-            let (version, value) = guard.value();
-            Versioned {
-                value: value.to_vec(),
-                version,
-            }
-        }))
+        read_versioned(&opened, key)
     }
 
     fn list(&self, table: Table) -> Result<Vec<(String, Versioned)>, StoreError> {

@@ -19,7 +19,7 @@ use crate::policy::Policy;
 use crate::signer::sealed::{Kek, unseal};
 use crate::signer::{LocalSigner, RootSigner, VaultSigner};
 use crate::store::records::{self, BundleRecord, CaSettings, ClusterRecord, RootRecord};
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Batch, Committer, Store, StoreError, Table};
 use crate::vault::Vault;
 
 /// How often SPIFFE bundle consumers should refresh.
@@ -70,6 +70,8 @@ pub struct ClusterBundle {
 /// The shared state of one server.
 pub struct Core {
     pub(super) store: Arc<dyn Store>,
+    /// The store's writer thread, for commits made from async code.
+    committer: Committer,
     /// Swapped only by a rotation step, after the step is persisted.
     signer: RwLock<Arc<dyn RootSigner>>,
     /// Serialises rotation steps and bundle publication.
@@ -181,6 +183,7 @@ impl Core {
         // other servers changed while this one opened.
         let store_generation = None;
         Ok(Core {
+            committer: Committer::start(store.clone())?,
             store,
             signer: RwLock::new(signer),
             rotation_lock: Mutex::new(()),
@@ -435,6 +438,15 @@ impl Core {
                 .and_then(|cluster| self.reissue_serial(cluster))
                 .unwrap_or_default(),
         }
+    }
+
+    /// Commits `batch` as [`Store::commit`] does, from async code: the
+    /// store's writer thread writes it, together with the batches of other
+    /// callers waiting at the time, and this returns once it is durable.
+    ///
+    /// Errors: the store's.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.committer.commit(batch).await
     }
 
     /// The intermediate serial `cluster` was asked to replace, if any.

@@ -467,12 +467,24 @@ impl IntermediateService for IntermediateApi {
         let body = request.into_inner();
         same_cluster(&cluster, &body.cluster)?;
         self.rates.sign_intermediate(&cluster)?;
-        let runtime = tokio::runtime::Handle::current();
-        let signer = cluster.clone();
-        let signed = off_workers(&self.authority, "SignIntermediate", move |authority| {
-            runtime.block_on(authority.issuance.sign_intermediate(&signer, &body.csr))
-        })
-        .await
+        let signed = if self.authority.core().store.shared() {
+            // Every store read is a round trip to Vault: not on the workers
+            // that serve every connection.
+            let runtime = tokio::runtime::Handle::current();
+            let signer = cluster.clone();
+            off_workers(&self.authority, "SignIntermediate", move |authority| {
+                runtime.block_on(authority.issuance.sign_intermediate(&signer, &body.csr))
+            })
+            .await
+        } else {
+            // Local reads take microseconds and the crypto about as long as
+            // a TLS handshake, which the workers do too; the durable write
+            // goes to the store's writer thread (no blocking-pool hop).
+            self.authority
+                .issuance
+                .sign_intermediate(&cluster, &body.csr)
+                .await
+        }
         .inspect_err(|error| tracing::warn!(cluster, error = %error, "intermediate refused"))?;
         Ok(Response::new(proto::SignIntermediateResponse {
             certificate_pem: signed.certificate.to_pem(),

@@ -122,7 +122,7 @@ where
             Some(Expect::Absent),
         )?;
         let batch = audit_issued(batch, &core.kek, now, actor, &certificate, kind, cluster)?;
-        match core.store.commit(batch) {
+        match core.commit(batch).await {
             Ok(()) => return Ok(certificate),
             Err(StoreError::Conflict { table, key, .. })
                 if table == Table::Certificates.name()
@@ -221,14 +221,17 @@ impl Issuance {
     ) -> Result<(Certificate, Certificate, SystemTime), ServerError> {
         let core = &self.core;
         // Signs with the root the store names now, even when another server
-        // sharing it switched roots since this one's last refresh.
-        let refreshing = core.clone();
-        tokio::task::spawn_blocking(move || refreshing.refresh())
-            .await
-            .map_err(|source| ServerError::Task {
-                task: "store refresh",
-                source,
-            })??;
+        // sharing it switched roots since this one's last refresh (a store
+        // only this process writes has nothing to refresh: no thread hop).
+        if core.store.shared() {
+            let refreshing = core.clone();
+            tokio::task::spawn_blocking(move || refreshing.refresh())
+                .await
+                .map_err(|source| ServerError::Task {
+                    task: "store refresh",
+                    source,
+                })??;
+        }
         let profile = core
             .policy
             .decide(&core.settings.trust_domain, cluster, csr, lifetime)?;

@@ -6,11 +6,13 @@
 //! (tests).
 //! Typed records live in [`records`]; this module never interprets them.
 
+mod committer;
 mod memory;
 pub mod records;
 mod redb_store;
 mod vault_kv;
 
+pub use committer::Committer;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use vault_kv::{LeaseRecord, MAX_BATCH_BYTES, VaultKvStore};
@@ -324,11 +326,25 @@ pub trait Store: Send + Sync + 'static {
     /// any failure nothing is written ([`StoreError::Conflict`]).
     fn commit(&self, batch: Batch) -> Result<(), StoreError>;
 
+    /// Commits each of `batches` as [`Store::commit`] would, in order, and
+    /// returns each one's outcome: a batch refused fails alone. A store that
+    /// can makes them share one durable write (group commit).
+    fn commit_many(&self, batches: Vec<Batch>) -> Vec<Result<(), StoreError>> {
+        batches.into_iter().map(|batch| self.commit(batch)).collect()
+    }
+
     /// A number that grows with every committed batch, for servers that
     /// share the store and poll it for changes made by the others (`None`:
     /// the backend has no cheap one; it is not shared either).
     fn generation(&self) -> Result<Option<u64>, StoreError> {
         Ok(None)
+    }
+
+    /// Whether other servers may write this store, so that a caller must
+    /// read [`Store::generation`] before trusting what it loaded (false:
+    /// only this process writes it, and `generation` is `None`).
+    fn shared(&self) -> bool {
+        false
     }
 
     /// Takes or renews the lease `name` for `holder` until

@@ -333,17 +333,37 @@ impl Store for RedbStore {
     }
 
     /// Queues `batch` for the next group commit and returns once it is
-    /// durable (or refused). A caller that finds no group being written
-    /// writes every batch queued by then, its own included; the others wait
-    /// for their outcome.
+    /// durable (or refused); see [`Store::commit_many`].
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.commit_many(vec![batch])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend {
+                message: "a group commit returned no outcome for a batch".into(),
+                source: None,
+            }))
+    }
+
+    /// Queues `batches` for the next group commit and returns once they
+    /// are durable (or refused). A caller that finds no group being written
+    /// writes every batch queued by then, its own included; the others wait
+    /// for their outcomes.
+    fn commit_many(&self, batches: Vec<Batch>) -> Vec<Result<(), StoreError>> {
         let mut group = lock(&self.group);
-        let ticket = group.next_ticket;
-        group.next_ticket += 1;
-        group.queue.push((ticket, batch));
+        let count = batches.len();
+        let first = group.next_ticket;
+        group.next_ticket += count as u64;
+        group.queue.extend((first..).zip(batches));
+        let mut outcomes = Vec::with_capacity(count);
         loop {
-            if let Some(outcome) = group.outcomes.remove(&ticket) {
-                return outcome;
+            // Outcomes arrive in ticket order: a group takes the queue whole.
+            while let Some(outcome) = (outcomes.len() < count)
+                .then(|| group.outcomes.remove(&(first + outcomes.len() as u64)))
+                .flatten()
+            {
+                outcomes.push(outcome);
+            }
+            if outcomes.len() == count {
+                return outcomes;
             }
             if group.writing {
                 group = self
@@ -360,11 +380,11 @@ impl Store for RedbStore {
                 store: self,
                 tickets,
             };
-            let outcomes = self.commit_group(batches);
+            let written = self.commit_group(batches);
             let tickets = std::mem::take(&mut writing.tickets);
             lock(&self.group)
                 .outcomes
-                .extend(tickets.into_iter().zip(outcomes));
+                .extend(tickets.into_iter().zip(written));
             drop(writing);
             group = lock(&self.group);
         }

@@ -22,6 +22,7 @@ mod sign;
 mod stats;
 mod watch;
 
+use anyhow::Context as _;
 use clap::Subcommand;
 
 #[allow(unused_imports)]
@@ -50,14 +51,59 @@ pub enum BenchCommand {
     Watch(Box<watch::WatchArgs>),
 }
 
-/// Runs one bench; its result is one JSON object on stdout.
+/// The load generator's own runtime (`bench sign`, `openbao`, `watch`).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct ClientRuntime {
+    /// Threads of the load generator's runtime: 1 (the default) runs every
+    /// caller and connection on one thread, which costs the least CPU
+    /// taken from the server sharing the machine; more spreads the load
+    /// process over that many cores.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub client_threads: u16,
+}
+
+impl BenchCommand {
+    /// The runtime its load generator asks for (`floor` times its own
+    /// threads, on one).
+    fn client_runtime(&self) -> ClientRuntime {
+        match self {
+            BenchCommand::Floor(_) => ClientRuntime { client_threads: 1 },
+            BenchCommand::Sign(args) => args.runtime,
+            BenchCommand::Openbao(args) => args.runtime,
+            BenchCommand::Watch(args) => args.runtime,
+        }
+    }
+}
+
+/// Runs one bench on a runtime of its own (`--client-threads`); its
+/// result is one JSON object on stdout.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let result = match command {
+    let threads = usize::from(command.client_runtime().client_threads);
+    let result = tokio::task::spawn_blocking(move || {
+        let runtime = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()
+        }
+        .context("cannot start the load generator's runtime")?;
+        runtime.block_on(run_on_this_runtime(command))
+    })
+    .await
+    .context("the load generator stopped")??;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+async fn run_on_this_runtime(command: BenchCommand) -> anyhow::Result<serde_json::Value> {
+    Ok(match command {
         BenchCommand::Floor(args) => floor::run(args).await?,
         BenchCommand::Sign(args) => sign::run(args).await?,
         BenchCommand::Openbao(args) => openbao::run(args).await?,
         BenchCommand::Watch(args) => watch::run(*args).await?,
-    };
-    println!("{}", serde_json::to_string(&result)?);
-    Ok(())
+    })
 }

@@ -23,6 +23,9 @@ pub struct OpenbaoArgs {
     /// How to reach OpenBao (--vault-addr, --vault-token, --vault-pki-mount, …).
     #[command(flatten)]
     pub vault: VaultSettings,
+    /// The load generator's runtime.
+    #[command(flatten)]
+    pub runtime: super::ClientRuntime,
     /// The issuer that signs (in --vault-pki-mount).
     #[arg(long, default_value = "bench-root")]
     pub issuer: String,

@@ -31,6 +31,9 @@ pub struct SignArgs {
     /// How to reach the server as admin (to register the bench clusters).
     #[command(flatten)]
     pub admin: AdminConnection,
+    /// The load generator's runtime.
+    #[command(flatten)]
+    pub runtime: super::ClientRuntime,
     /// Calls in flight at once (each caller waits for its answer before the next call).
     #[arg(long, default_value_t = 16)]
     pub callers: usize,

@@ -37,6 +37,9 @@ pub struct WatchArgs {
     /// The server and the admin credential.
     #[command(flatten)]
     pub admin: AdminConnection,
+    /// The load generator's runtime.
+    #[command(flatten)]
+    pub runtime: super::ClientRuntime,
     /// Watch streams, each on its own TLS connection; a comma-separated,
     /// ascending list measures each size in one run (the streams of one
     /// size stay open for the next).

@@ -762,6 +762,10 @@ impl Store for VaultKvStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn generation(&self) -> Result<Option<u64>, StoreError> {
         self.run(|place| async move { Ok(Some(place.head().await?.0.seq)) })
     }

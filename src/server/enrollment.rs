@@ -129,22 +129,37 @@ type Validity = (SystemTime, SystemTime);
 /// of an issuance's cryptography). Validity is still checked against the
 /// time of each call, and the serial against the cluster's record.
 #[derive(Debug, Default)]
-struct VerifiedCallers(std::sync::Mutex<std::collections::HashMap<[u8; 32], Validity>>);
+struct VerifiedCallers(std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<VerifiedCaller>>>);
+
+/// What a client certificate that verified says, read once: its validity,
+/// serial and URI SANs (so a known caller's certificate is not parsed again
+/// on every call).
+#[derive(Debug, PartialEq, Eq)]
+struct VerifiedCaller {
+    validity: Validity,
+    serial: String,
+    uris: Vec<String>,
+}
 
 impl VerifiedCallers {
-    /// Whether the certificate of `digest` was verified and is valid at `now`.
-    fn known_valid(&self, digest: &[u8; 32], now: SystemTime) -> bool {
+    /// The certificate of `digest`, when it was verified and is valid at
+    /// `now`.
+    fn known_valid(&self, digest: &[u8; 32], now: SystemTime) -> Option<Arc<VerifiedCaller>> {
         let verified = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         verified
             .get(digest)
-            .is_some_and(|(not_before, not_after)| *not_before <= now && now <= *not_after)
+            .filter(|caller| {
+                let (not_before, not_after) = caller.validity;
+                not_before <= now && now <= not_after
+            })
+            .cloned()
     }
 
-    /// Remembers a certificate that verified, with its validity.
-    fn remember(&self, digest: [u8; 32], validity: Validity) {
+    /// Remembers a certificate that verified.
+    fn remember(&self, digest: [u8; 32], caller: Arc<VerifiedCaller>) {
         let mut verified = self
             .0
             .lock()
@@ -152,7 +167,7 @@ impl VerifiedCallers {
         if verified.len() >= VERIFIED_CALLERS {
             verified.clear();
         }
-        verified.insert(digest, validity);
+        verified.insert(digest, caller);
     }
 }
 
@@ -565,28 +580,36 @@ impl Enrollment {
         let first = peer_certificates
             .and_then(|chain| chain.first())
             .ok_or(ServerError::Unauthenticated)?;
-        let certificate = Certificate::from_der(first.clone())?;
         let digest = certificate_digest(first);
         let now = core.now();
-        if !self.verified.known_valid(&digest, now) {
-            ca::verify_issued(&certificate, &core.control_plane_ca, now)
-                .map_err(|source| ServerError::NotControlPlaneCertificate { source })?;
-            self.verified.remember(
-                digest,
-                (certificate.not_before()?, certificate.not_after()?),
-            );
-        }
-        let serial = certificate.serial_hex()?;
-        let uris = certificate.uri_sans()?;
-        for uri in &uris {
+        let caller = match self.verified.known_valid(&digest, now) {
+            Some(caller) => caller,
+            None => {
+                let certificate = Certificate::from_der(first.clone())?;
+                ca::verify_issued(&certificate, &core.control_plane_ca, now)
+                    .map_err(|source| ServerError::NotControlPlaneCertificate { source })?;
+                let caller = Arc::new(VerifiedCaller {
+                    validity: (certificate.not_before()?, certificate.not_after()?),
+                    serial: certificate.serial_hex()?,
+                    uris: certificate.uri_sans()?,
+                });
+                self.verified.remember(digest, caller.clone());
+                caller
+            }
+        };
+        let serial = &caller.serial;
+        for uri in &caller.uris {
             if let Some(cluster) = uri.strip_prefix(CLUSTER_IDENTITY_PREFIX) {
                 return match core.cluster(cluster)? {
-                    Some((record, _)) if record.client_cert_serial.as_deref() == Some(&serial) => {
+                    Some((record, _))
+                        if record.client_cert_serial.as_deref() == Some(serial.as_str()) =>
+                    {
                         Ok(Caller::Cluster(cluster.to_string()))
                     }
                     Some((record, _))
                         if renewing
-                            && record.previous_client_cert_serial.as_deref() == Some(&serial) =>
+                            && record.previous_client_cert_serial.as_deref()
+                                == Some(serial.as_str()) =>
                     {
                         Ok(Caller::Cluster(cluster.to_string()))
                     }
@@ -607,14 +630,15 @@ impl Enrollment {
                 )?;
                 return match record {
                     Some((record, _))
-                        if record.client_cert_serial == serial && record.revoked_unix.is_none() =>
+                        if record.client_cert_serial == *serial
+                            && record.revoked_unix.is_none() =>
                     {
                         Ok(Caller::Admin {
                             name: admin.to_string(),
                             role: record.role,
                         })
                     }
-                    Some((record, _)) if record.client_cert_serial == serial => {
+                    Some((record, _)) if record.client_cert_serial == *serial => {
                         Err(ServerError::PermissionDenied(format!(
                             "admin credential {admin:?} ({serial}) was revoked at {}; ask an admin for a new one (`trustplane admin add`)",
                             humantime::format_rfc3339_seconds(unix_to_system_time(
@@ -629,7 +653,8 @@ impl Enrollment {
             }
         }
         Err(ServerError::PermissionDenied(format!(
-            "client certificate has no trustplane identity (URI SANs: {uris:?})"
+            "client certificate has no trustplane identity (URI SANs: {:?})",
+            caller.uris
         )))
     }
 
@@ -697,9 +722,10 @@ impl Enrollment {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
-    use super::{VerifiedCallers, certificate_digest};
+    use super::{VerifiedCaller, VerifiedCallers, certificate_digest};
 
     #[test]
     fn a_verified_caller_is_known_only_inside_its_validity() {
@@ -708,15 +734,32 @@ mod tests {
         let end = start + Duration::from_secs(3600);
         let digest = certificate_digest(b"certificate one");
         assert!(
-            !verified.known_valid(&digest, start),
+            verified.known_valid(&digest, start).is_none(),
             "nothing verified yet"
         );
-        verified.remember(digest, (start, end));
-        assert!(verified.known_valid(&digest, start));
-        assert!(verified.known_valid(&digest, end));
-        assert!(!verified.known_valid(&digest, start - Duration::from_secs(1)));
-        assert!(!verified.known_valid(&digest, end + Duration::from_secs(1)));
+        let caller = Arc::new(VerifiedCaller {
+            validity: (start, end),
+            serial: "01".into(),
+            uris: vec!["spiffe://trustplane/cluster/east".into()],
+        });
+        verified.remember(digest, caller.clone());
+        assert_eq!(verified.known_valid(&digest, start), Some(caller.clone()));
+        assert_eq!(verified.known_valid(&digest, end), Some(caller));
+        assert!(
+            verified
+                .known_valid(&digest, start - Duration::from_secs(1))
+                .is_none()
+        );
+        assert!(
+            verified
+                .known_valid(&digest, end + Duration::from_secs(1))
+                .is_none()
+        );
         // Another certificate (another digest) is not known.
-        assert!(!verified.known_valid(&certificate_digest(b"certificate two"), start));
+        assert!(
+            verified
+                .known_valid(&certificate_digest(b"certificate two"), start)
+                .is_none()
+        );
     }
 }

@@ -192,7 +192,7 @@ impl Issuance {
         csr: &[u8],
     ) -> Result<SignedIntermediate, ServerError> {
         let core = &self.core;
-        core.enrolled_cluster(cluster)?;
+        let (record, _) = core.enrolled_cluster(cluster)?;
         let csr = ca::verify_csr(csr)?;
         let actor = super::audit::cluster_actor(cluster);
         let (certificate, root, _) = self.sign(&actor, cluster, &csr, None).await?;
@@ -205,7 +205,11 @@ impl Issuance {
         Ok(SignedIntermediate {
             cert_chain_pem: format!("{}{}", certificate.to_pem(), root.to_pem()),
             certificate,
-            bundle: core.cluster_bundle(Some(cluster)),
+            // The record read above: issuing does not change its directive.
+            bundle: ClusterBundle {
+                published: core.current_bundle(),
+                reissue_serial: record.reissue_serial.unwrap_or_default(),
+            },
         })
     }
 

@@ -52,7 +52,9 @@ impl Committer {
     /// Errors: the store's; a writer that stopped.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let stopped = || StoreError::Backend {
-            message: "the store writer thread stopped, so this batch was not written; restart the server".into(),
+            message:
+                "the store writer thread stopped, so this batch was not written; restart the server"
+                    .into(),
             source: None,
         };
         let (reply, outcome) = oneshot::channel();

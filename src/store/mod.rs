@@ -330,7 +330,10 @@ pub trait Store: Send + Sync + 'static {
     /// returns each one's outcome: a batch refused fails alone. A store that
     /// can makes them share one durable write (group commit).
     fn commit_many(&self, batches: Vec<Batch>) -> Vec<Result<(), StoreError>> {
-        batches.into_iter().map(|batch| self.commit(batch)).collect()
+        batches
+            .into_iter()
+            .map(|batch| self.commit(batch))
+            .collect()
     }
 
     /// A number that grows with every committed batch, for servers that

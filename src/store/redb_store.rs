@@ -335,12 +335,12 @@ impl Store for RedbStore {
     /// Queues `batch` for the next group commit and returns once it is
     /// durable (or refused); see [`Store::commit_many`].
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        self.commit_many(vec![batch])
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::Backend {
+        self.commit_many(vec![batch]).pop().unwrap_or_else(|| {
+            Err(StoreError::Backend {
                 message: "a group commit returned no outcome for a batch".into(),
                 source: None,
-            }))
+            })
+        })
     }
 
     /// Queues `batches` for the next group commit and returns once they

@@ -192,11 +192,14 @@ kill "$BAO_PID" 2>/dev/null || true
 # 1 000 clusters with up to 10 streams each (the default cap is 4 per
 # identity); every stream is its own TLS connection from the bench process,
 # which reads the server's RSS with no stream open and with each size idle.
+# The load process decrypts and times 10 000 messages per publication: it
+# runs on two threads (`bench sign` and `bench openbao` on one, which takes
+# the least CPU from the server beside them).
 start_server watch --max-watch-streams-per-identity 16
 WATCHERS="$(IFS=,; echo "${WATCHER_COUNTS[*]}")"
 log "bundle fan-out to $WATCHERS watchers, each its own TLS connection"
 "$BIN" bench watch --data-dir "$DATA" --server "$SERVER_URL" --watchers "$WATCHERS" \
-  --clusters "$WATCH_CLUSTERS" --rounds 3 --server-pid "$SERVER_PID" >"$OUT/watch.json"
+  --clusters "$WATCH_CLUSTERS" --rounds 3 --server-pid "$SERVER_PID" --client-threads 2 >"$OUT/watch.json"
 stop_server
 
 # --- in-process and Kubernetes benches (cargo bench targets) -----------------

@@ -19,7 +19,7 @@ use crate::policy::Policy;
 use crate::signer::sealed::{Kek, unseal};
 use crate::signer::{LocalSigner, RootSigner, VaultSigner};
 use crate::store::records::{self, BundleRecord, CaSettings, ClusterRecord, RootRecord};
-use crate::store::{Batch, Committer, Store, StoreError, Table};
+use crate::store::{Batch, Committer, Preparing, Store, StoreError, Table};
 use crate::vault::Vault;
 
 /// How often SPIFFE bundle consumers should refresh.
@@ -445,8 +445,18 @@ impl Core {
     /// callers waiting at the time, and this returns once it is durable.
     ///
     /// Errors: the store's.
-    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        self.committer.commit(batch).await
+    pub async fn commit(
+        &self,
+        batch: Batch,
+        preparing: Option<Preparing>,
+    ) -> Result<(), StoreError> {
+        self.committer.commit(batch, preparing).await
+    }
+
+    /// Counts this caller as preparing a batch for [`Core::commit`] (an
+    /// issuance signing): a caller alone commits without a thread hop.
+    pub fn prepare_commit(&self) -> Preparing {
+        self.committer.prepare()
     }
 
     /// The intermediate serial `cluster` was asked to replace, if any.

@@ -421,6 +421,7 @@ impl Enrollment {
             now,
             sign,
             with,
+            None,
         )
         .await
         .map_err(|error| match error {
@@ -526,6 +527,7 @@ impl Enrollment {
             now,
             sign,
             with,
+            None,
         )
         .await
         .map_err(|error| match error {
@@ -694,6 +696,7 @@ impl Enrollment {
                 )
             },
             |batch, _| Ok(batch),
+            None,
         )
         .await?;
         Ok((certificate, key))

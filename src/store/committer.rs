@@ -7,6 +7,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -21,10 +22,35 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 /// The writer thread of one store. Dropped, it lets the thread finish the
 /// batches queued and joins it, so the store is closed when it returns.
-#[derive(Debug)]
 pub struct Committer {
     queue: Option<mpsc::Sender<(Batch, Reply)>>,
     writer: Option<JoinHandle<()>>,
+    /// The store, for a caller alone to write itself.
+    store: Arc<dyn Store>,
+    /// Callers preparing a batch or waiting for its commit (see
+    /// [`Committer::prepare`]).
+    busy: Arc<AtomicUsize>,
+}
+
+/// A caller preparing a batch it will commit (e.g. an issuance signing):
+/// counted until it is dropped, which [`Committer::commit`] does once the
+/// batch is durable. A caller that finds itself the only one commits
+/// without the writer thread.
+#[derive(Debug)]
+pub struct Preparing(Arc<AtomicUsize>);
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("busy", &self.busy.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Committer {
@@ -33,9 +59,10 @@ impl Committer {
     /// Errors: the thread cannot be started.
     pub fn start(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let (queue, batches) = mpsc::channel::<(Batch, Reply)>();
+        let writing = store.clone();
         let writer = std::thread::Builder::new()
             .name("trustplane-store-writer".into())
-            .spawn(move || write_groups(store.as_ref(), &batches))
+            .spawn(move || write_groups(writing.as_ref(), &batches))
             .map_err(|error| StoreError::Backend {
                 message: format!("cannot start the store writer thread: {error}"),
                 source: Some(Box::new(error)),
@@ -43,14 +70,38 @@ impl Committer {
         Ok(Committer {
             queue: Some(queue),
             writer: Some(writer),
+            store,
+            busy: Arc::new(AtomicUsize::new(0)),
         })
     }
 
+    /// Counts this caller as preparing a batch until the guard is given to
+    /// [`Committer::commit`] or dropped.
+    pub fn prepare(&self) -> Preparing {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Preparing(self.busy.clone())
+    }
+
     /// Commits `batch` (as [`Store::commit`]) and returns once it is
-    /// durable or refused.
+    /// durable or refused. A caller that prepared it (`preparing`) and is
+    /// the only one preparing or committing, on a store only this process
+    /// writes, commits it itself: no thread to wake and be woken by, which
+    /// is most of a lone caller's wait besides the fsync (its worker is
+    /// busy for that commit). Concurrent callers go to the writer thread,
+    /// whose groups share an fsync.
     ///
     /// Errors: the store's; a writer that stopped.
-    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+    pub async fn commit(
+        &self,
+        batch: Batch,
+        preparing: Option<Preparing>,
+    ) -> Result<(), StoreError> {
+        if preparing.is_some() && self.busy.load(Ordering::Acquire) == 1 && !self.store.shared() {
+            return self.store.commit(batch);
+        }
+        // Still counted while the writer has it: a caller that finds others
+        // waiting for their commit is not alone.
+        let _preparing = preparing;
         let stopped = || StoreError::Backend {
             message:
                 "the store writer thread stopped, so this batch was not written; restart the server"
@@ -107,5 +158,150 @@ fn write_groups(store: &dyn Store, queue: &mpsc::Receiver<(Batch, Reply)>) {
             // take its batch back: it is written or refused all the same.
             let _ = reply.send(outcome);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::{Expect, MemoryStore, Table, Versioned};
+
+    /// A memory store that records which thread wrote each group and how
+    /// large it was, and panics on a batch putting the key `panic`.
+    #[derive(Debug, Default)]
+    struct Recording {
+        inner: MemoryStore,
+        groups: Mutex<Vec<(String, usize)>>,
+    }
+
+    impl Store for Recording {
+        fn get(&self, table: Table, key: &str) -> Result<Option<Versioned>, StoreError> {
+            self.inner.get(table, key)
+        }
+        fn list(&self, table: Table) -> Result<Vec<(String, Versioned)>, StoreError> {
+            self.inner.list(table)
+        }
+        fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+            self.commit_many(vec![batch]).pop().unwrap()
+        }
+        fn commit_many(&self, batches: Vec<Batch>) -> Vec<Result<(), StoreError>> {
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            self.groups.lock().unwrap().push((thread, batches.len()));
+            if batches
+                .iter()
+                .any(|batch| format!("{batch:?}").contains("\"panic\""))
+            {
+                panic!("the store failed");
+            }
+            batches
+                .into_iter()
+                .map(|batch| self.inner.commit(batch))
+                .collect()
+        }
+    }
+
+    fn put(key: &str) -> Batch {
+        Batch::new().put(Table::Meta, key, b"v".to_vec(), Some(Expect::Absent))
+    }
+
+    fn started() -> (Arc<Recording>, Committer) {
+        let store = Arc::new(Recording::default());
+        let committer = Committer::start(store.clone()).unwrap();
+        (store, committer)
+    }
+
+    #[tokio::test]
+    async fn a_lone_prepared_commit_is_written_by_its_caller() {
+        let (store, committer) = started();
+        let preparing = committer.prepare();
+        committer.commit(put("one"), Some(preparing)).await.unwrap();
+        let groups = store.groups.lock().unwrap().clone();
+        assert_eq!(groups.len(), 1);
+        assert_ne!(groups[0].0, "trustplane-store-writer", "{groups:?}");
+        assert!(store.get(Table::Meta, "one").unwrap().is_some());
+        assert_eq!(committer.busy.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_commit_while_others_prepare_goes_to_the_writer_thread() {
+        let (store, committer) = started();
+        let other = committer.prepare();
+        let preparing = committer.prepare();
+        committer.commit(put("one"), Some(preparing)).await.unwrap();
+        committer.commit(put("two"), None).await.unwrap();
+        drop(other);
+        let groups = store.groups.lock().unwrap().clone();
+        assert_eq!(
+            groups,
+            vec![
+                ("trustplane-store-writer".to_string(), 1),
+                ("trustplane-store-writer".to_string(), 1)
+            ]
+        );
+        assert_eq!(committer.busy.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_each_get_their_own_outcome() {
+        let (store, committer) = started();
+        let committer = Arc::new(committer);
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..64 {
+            let committer = committer.clone();
+            // Every tenth batch repeats a key: refused alone.
+            let key = if index % 10 == 9 {
+                "shared".to_string()
+            } else {
+                format!("k{index}")
+            };
+            tasks.spawn(async move {
+                let preparing = committer.prepare();
+                tokio::task::yield_now().await;
+                (
+                    key.clone(),
+                    committer.commit(put(&key), Some(preparing)).await,
+                )
+            });
+        }
+        let mut shared_written = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (key, outcome) = done.unwrap();
+            match outcome {
+                Ok(()) if key == "shared" => shared_written += 1,
+                Ok(()) => assert!(store.get(Table::Meta, &key).unwrap().is_some()),
+                Err(StoreError::Conflict { .. }) => assert_eq!(key, "shared"),
+                Err(other) => panic!("{key}: {other}"),
+            }
+        }
+        assert_eq!(shared_written, 1, "one of the batches putting the same key");
+        let groups = store.groups.lock().unwrap().clone();
+        assert_eq!(groups.iter().map(|(_, size)| size).sum::<usize>(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_panics_fails_its_group_and_the_writer_goes_on() {
+        let (store, committer) = started();
+        let failed = committer.commit(put("panic"), None).await;
+        assert!(
+            matches!(&failed, Err(StoreError::Backend { message, .. }) if message.contains("panicked")),
+            "{failed:?}"
+        );
+        committer.commit(put("after"), None).await.unwrap();
+        assert!(store.get(Table::Meta, "after").unwrap().is_some());
+    }
+
+    #[test]
+    fn dropping_the_committer_stops_its_writer_and_releases_the_store() {
+        let (store, committer) = started();
+        assert_eq!(
+            Arc::strong_count(&store),
+            3,
+            "the test, the committer, its writer"
+        );
+        drop(committer);
+        assert_eq!(Arc::strong_count(&store), 1);
     }
 }

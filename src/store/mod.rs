@@ -12,7 +12,7 @@ pub mod records;
 mod redb_store;
 mod vault_kv;
 
-pub use committer::Committer;
+pub use committer::{Committer, Preparing};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use vault_kv::{LeaseRecord, MAX_BATCH_BYTES, VaultKvStore};

@@ -442,19 +442,17 @@ impl Core {
 
     /// Commits `batch` as [`Store::commit`] does, from async code: the
     /// store's writer thread writes it, together with the batches of other
-    /// callers waiting at the time, and this returns once it is durable.
+    /// callers waiting at the time (or, for a caller alone, the caller
+    /// itself), and this returns once it is durable.
     ///
     /// Errors: the store's.
-    pub async fn commit(
-        &self,
-        batch: Batch,
-        preparing: Option<Preparing>,
-    ) -> Result<(), StoreError> {
-        self.committer.commit(batch, preparing).await
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.committer.commit(batch).await
     }
 
-    /// Counts this caller as preparing a batch for [`Core::commit`] (an
-    /// issuance signing): a caller alone commits without a thread hop.
+    /// Counts this caller as preparing a batch for [`Core::commit`] until
+    /// the guard is dropped (an issuance, while it is handled): a caller
+    /// alone commits without a thread hop.
     pub fn prepare_commit(&self) -> Preparing {
         self.committer.prepare()
     }

@@ -421,7 +421,6 @@ impl Enrollment {
             now,
             sign,
             with,
-            None,
         )
         .await
         .map_err(|error| match error {
@@ -527,7 +526,6 @@ impl Enrollment {
             now,
             sign,
             with,
-            None,
         )
         .await
         .map_err(|error| match error {
@@ -696,7 +694,6 @@ impl Enrollment {
                 )
             },
             |batch, _| Ok(batch),
-            None,
         )
         .await?;
         Ok((certificate, key))

@@ -11,7 +11,7 @@ use super::core::{ClusterBundle, Core, PublishedBundle, validate_cluster_name};
 use super::error::ServerError;
 use crate::ca::{self, Certificate, PrivateKey, system_time_to_unix};
 use crate::store::records::{IssuedKind, IssuedRecord};
-use crate::store::{Batch, Expect, Preparing, StoreError, Table};
+use crate::store::{Batch, Expect, StoreError, Table};
 
 /// How often a serial collision is answered with a new certificate.
 const ISSUE_ATTEMPTS: u32 = 3;
@@ -104,7 +104,6 @@ pub(super) async fn record_issued<Sign, Signed>(
     now: SystemTime,
     mut sign: Sign,
     with: impl Fn(Batch, &Certificate) -> Result<Batch, ServerError>,
-    mut preparing: Option<Preparing>,
 ) -> Result<Certificate, ServerError>
 where
     Sign: FnMut() -> Signed,
@@ -123,7 +122,7 @@ where
             Some(Expect::Absent),
         )?;
         let batch = audit_issued(batch, &core.kek, now, actor, &certificate, kind, cluster)?;
-        match core.commit(batch, preparing.take()).await {
+        match core.commit(batch).await {
             Ok(()) => return Ok(certificate),
             Err(StoreError::Conflict { table, key, .. })
                 if table == Table::Certificates.name()
@@ -193,15 +192,13 @@ impl Issuance {
         csr: &[u8],
     ) -> Result<SignedIntermediate, ServerError> {
         let core = &self.core;
-        // Counted from here: concurrent issuances (as under load) go to the
-        // store's writer thread together; one alone commits its own.
-        let preparing = core.prepare_commit();
+        // Counted until it returns: concurrent issuances (as under load) go
+        // to the store's writer thread together; one alone commits its own.
+        let _preparing = core.prepare_commit();
         let (record, _) = core.enrolled_cluster(cluster)?;
         let csr = ca::verify_csr(csr)?;
         let actor = super::audit::cluster_actor(cluster);
-        let (certificate, root, _) = self
-            .sign(&actor, cluster, &csr, None, Some(preparing))
-            .await?;
+        let (certificate, root, _) = self.sign(&actor, cluster, &csr, None).await?;
         tracing::info!(
             cluster,
             serial = %certificate.serial_hex().unwrap_or_default(),
@@ -228,7 +225,6 @@ impl Issuance {
         cluster: &str,
         csr: &ca::VerifiedCsr,
         lifetime: Option<Duration>,
-        preparing: Option<Preparing>,
     ) -> Result<(Certificate, Certificate, SystemTime), ServerError> {
         let core = &self.core;
         // Signs with the root the store names now, even when another server
@@ -256,7 +252,6 @@ impl Issuance {
             now,
             || async { Ok(signer.sign_intermediate(csr, &profile, now).await?) },
             |batch, _| Ok(batch),
-            preparing,
         )
         .await?;
         Ok((certificate, signer.signing_root().clone(), now))
@@ -281,7 +276,7 @@ impl Issuance {
         let key = PrivateKey::generate(key_algorithm)?;
         let csr_pem = ca::create_csr(&key, &format!("{cluster} intermediate CA"))?;
         let csr = ca::verify_csr(csr_pem.as_bytes())?;
-        let (certificate, root, now) = self.sign(actor, cluster, &csr, lifetime, None).await?;
+        let (certificate, root, now) = self.sign(actor, cluster, &csr, lifetime).await?;
         let chain = vec![certificate.clone(), root.clone()];
         let bundle = core.current_bundle();
         ca::probe_ca_key(&chain, &key, bundle.bundle.roots(), now)?;

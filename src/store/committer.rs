@@ -7,9 +7,10 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -17,6 +18,12 @@ use super::{Batch, Store, StoreError};
 
 /// The most batches one group carries (the rest wait for the next).
 const MAX_GROUP: usize = 256;
+
+/// How long the store must have been quiet (no commit ending) for a caller
+/// alone to commit its batch itself. Under load commits follow each other
+/// closer than this, and batches go to the writer, whose groups share an
+/// fsync and whose waits keep no worker from the rest of the load.
+const QUIET: Duration = Duration::from_micros(200);
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -30,12 +37,15 @@ pub struct Committer {
     /// Callers preparing a batch or waiting for its commit (see
     /// [`Committer::prepare`]).
     busy: Arc<AtomicUsize>,
+    /// When the last commit ended, in microseconds after `epoch`.
+    last_end: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
-/// A caller preparing a batch it will commit (e.g. an issuance signing):
-/// counted until it is dropped, which [`Committer::commit`] does once the
-/// batch is durable. A caller that finds itself the only one commits
-/// without the writer thread.
+/// A caller preparing a batch it will commit (e.g. an issuance, while it
+/// is handled): counted until it is dropped, after its commit. A commit
+/// that finds one caller counted (its own) is alone and is written by its
+/// caller, without the writer thread.
 #[derive(Debug)]
 pub struct Preparing(Arc<AtomicUsize>);
 
@@ -60,9 +70,15 @@ impl Committer {
     pub fn start(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let (queue, batches) = mpsc::channel::<(Batch, Reply)>();
         let writing = store.clone();
+        let epoch = Instant::now();
+        let last_end = Arc::new(AtomicU64::new(0));
+        let ended = Ended {
+            at: last_end.clone(),
+            epoch,
+        };
         let writer = std::thread::Builder::new()
             .name("trustplane-store-writer".into())
-            .spawn(move || write_groups(writing.as_ref(), &batches))
+            .spawn(move || write_groups(writing.as_ref(), &batches, &ended))
             .map_err(|error| StoreError::Backend {
                 message: format!("cannot start the store writer thread: {error}"),
                 source: Some(Box::new(error)),
@@ -72,36 +88,37 @@ impl Committer {
             writer: Some(writer),
             store,
             busy: Arc::new(AtomicUsize::new(0)),
+            last_end,
+            epoch,
         })
     }
 
-    /// Counts this caller as preparing a batch until the guard is given to
-    /// [`Committer::commit`] or dropped.
+    /// Counts this caller as preparing a batch until the guard is dropped
+    /// (hold it until the commit has returned).
     pub fn prepare(&self) -> Preparing {
         self.busy.fetch_add(1, Ordering::AcqRel);
         Preparing(self.busy.clone())
     }
 
     /// Commits `batch` (as [`Store::commit`]) and returns once it is
-    /// durable or refused. A caller that prepared it (`preparing`) and is
-    /// the only one preparing or committing, on a store only this process
-    /// writes, commits it itself: no thread to wake and be woken by, which
-    /// is most of a lone caller's wait besides the fsync (its worker is
-    /// busy for that commit). Concurrent callers go to the writer thread,
-    /// whose groups share an fsync.
+    /// durable or refused. When exactly one caller is counted (see
+    /// [`Committer::prepare`]: its own) and the store is only this
+    /// process's, the caller commits it itself: no thread to wake and be
+    /// woken by, which is most of a lone caller's wait besides the fsync
+    /// (its worker is busy for that commit). Concurrent callers go to the
+    /// writer thread, whose groups share an fsync.
     ///
     /// Errors: the store's; a writer that stopped.
-    pub async fn commit(
-        &self,
-        batch: Batch,
-        preparing: Option<Preparing>,
-    ) -> Result<(), StoreError> {
-        if preparing.is_some() && self.busy.load(Ordering::Acquire) == 1 && !self.store.shared() {
-            return self.store.commit(batch);
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let ended = Ended {
+            at: self.last_end.clone(),
+            epoch: self.epoch,
+        };
+        if self.busy.load(Ordering::Acquire) == 1 && ended.quiet() && !self.store.shared() {
+            let outcome = self.store.commit(batch);
+            ended.now();
+            return outcome;
         }
-        // Still counted while the writer has it: a caller that finds others
-        // waiting for their commit is not alone.
-        let _preparing = preparing;
         let stopped = || StoreError::Backend {
             message:
                 "the store writer thread stopped, so this batch was not written; restart the server"
@@ -127,9 +144,36 @@ impl Drop for Committer {
     }
 }
 
+/// When the last commit ended (shared by the callers and the writer).
+struct Ended {
+    at: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Ended {
+    /// Microseconds since `epoch`, counted from [`QUIET`] so that the
+    /// store is quiet when no commit has ended yet.
+    fn micros(&self) -> u64 {
+        u64::try_from((self.epoch.elapsed() + QUIET).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Records that a commit ended now.
+    fn now(&self) {
+        self.at.fetch_max(self.micros(), Ordering::AcqRel);
+    }
+
+    /// Whether no commit ended within [`QUIET`].
+    fn quiet(&self) -> bool {
+        let quiet = u64::try_from(QUIET.as_micros()).unwrap_or(u64::MAX);
+        self.micros()
+            .saturating_sub(self.at.load(Ordering::Acquire))
+            >= quiet
+    }
+}
+
 /// The writer thread: takes whatever is queued (at least one batch), commits
 /// it as one group and answers each caller, until every sender is gone.
-fn write_groups(store: &dyn Store, queue: &mpsc::Receiver<(Batch, Reply)>) {
+fn write_groups(store: &dyn Store, queue: &mpsc::Receiver<(Batch, Reply)>, ended: &Ended) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -153,6 +197,7 @@ fn write_groups(store: &dyn Store, queue: &mpsc::Receiver<(Batch, Reply)>) {
                     })
                     .collect()
             });
+        ended.now();
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that went away (its request was cancelled) does not
             // take its batch back: it is written or refused all the same.
@@ -217,7 +262,8 @@ mod tests {
     async fn a_lone_prepared_commit_is_written_by_its_caller() {
         let (store, committer) = started();
         let preparing = committer.prepare();
-        committer.commit(put("one"), Some(preparing)).await.unwrap();
+        committer.commit(put("one")).await.unwrap();
+        drop(preparing);
         let groups = store.groups.lock().unwrap().clone();
         assert_eq!(groups.len(), 1);
         assert_ne!(groups[0].0, "trustplane-store-writer", "{groups:?}");
@@ -230,9 +276,11 @@ mod tests {
         let (store, committer) = started();
         let other = committer.prepare();
         let preparing = committer.prepare();
-        committer.commit(put("one"), Some(preparing)).await.unwrap();
-        committer.commit(put("two"), None).await.unwrap();
+        committer.commit(put("one")).await.unwrap();
+        drop(preparing);
+        // Nobody counted: not known to be alone either.
         drop(other);
+        committer.commit(put("two")).await.unwrap();
         let groups = store.groups.lock().unwrap().clone();
         assert_eq!(
             groups,
@@ -258,12 +306,9 @@ mod tests {
                 format!("k{index}")
             };
             tasks.spawn(async move {
-                let preparing = committer.prepare();
+                let _preparing = committer.prepare();
                 tokio::task::yield_now().await;
-                (
-                    key.clone(),
-                    committer.commit(put(&key), Some(preparing)).await,
-                )
+                (key.clone(), committer.commit(put(&key)).await)
             });
         }
         let mut shared_written = 0;
@@ -284,12 +329,12 @@ mod tests {
     #[tokio::test]
     async fn a_store_that_panics_fails_its_group_and_the_writer_goes_on() {
         let (store, committer) = started();
-        let failed = committer.commit(put("panic"), None).await;
+        let failed = committer.commit(put("panic")).await;
         assert!(
             matches!(&failed, Err(StoreError::Backend { message, .. }) if message.contains("panicked")),
             "{failed:?}"
         );
-        committer.commit(put("after"), None).await.unwrap();
+        committer.commit(put("after")).await.unwrap();
         assert!(store.get(Table::Meta, "after").unwrap().is_some());
     }
 

@@ -3,7 +3,9 @@
 //! group ([`Store::commit_many`]) and answers each caller when its batch is
 //! durable. An async caller (issuance on the runtime's workers) waits on a
 //! channel instead of holding a blocking-pool thread through the fsync, and
-//! the writer is woken once per group, not once per batch.
+//! the writer is woken once per group, not once per batch. A caller alone
+//! on a quiet store commits its batch itself, which spares it the two
+//! thread wake-ups of the writer's round trip.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -37,9 +39,8 @@ pub struct Committer {
     /// Callers preparing a batch or waiting for its commit (see
     /// [`Committer::prepare`]).
     busy: Arc<AtomicUsize>,
-    /// When the last commit ended, in microseconds after `epoch`.
-    last_end: Arc<AtomicU64>,
-    epoch: Instant,
+    /// When the last commit ended (shared with the writer).
+    ended: Ended,
 }
 
 /// A caller preparing a batch it will commit (e.g. an issuance, while it
@@ -70,15 +71,14 @@ impl Committer {
     pub fn start(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let (queue, batches) = mpsc::channel::<(Batch, Reply)>();
         let writing = store.clone();
-        let epoch = Instant::now();
-        let last_end = Arc::new(AtomicU64::new(0));
         let ended = Ended {
-            at: last_end.clone(),
-            epoch,
+            at: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
         };
+        let writer_ended = ended.clone();
         let writer = std::thread::Builder::new()
             .name("trustplane-store-writer".into())
-            .spawn(move || write_groups(writing.as_ref(), &batches, &ended))
+            .spawn(move || write_groups(writing.as_ref(), &batches, &writer_ended))
             .map_err(|error| StoreError::Backend {
                 message: format!("cannot start the store writer thread: {error}"),
                 source: Some(Box::new(error)),
@@ -88,8 +88,7 @@ impl Committer {
             writer: Some(writer),
             store,
             busy: Arc::new(AtomicUsize::new(0)),
-            last_end,
-            epoch,
+            ended,
         })
     }
 
@@ -110,13 +109,9 @@ impl Committer {
     ///
     /// Errors: the store's; a writer that stopped.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let ended = Ended {
-            at: self.last_end.clone(),
-            epoch: self.epoch,
-        };
-        if self.busy.load(Ordering::Acquire) == 1 && ended.quiet() && !self.store.shared() {
+        if self.busy.load(Ordering::Acquire) == 1 && self.ended.quiet() && !self.store.shared() {
             let outcome = self.store.commit(batch);
-            ended.now();
+            self.ended.now();
             return outcome;
         }
         let stopped = || StoreError::Backend {
@@ -144,7 +139,9 @@ impl Drop for Committer {
     }
 }
 
-/// When the last commit ended (shared by the callers and the writer).
+/// When the last commit ended (shared by the callers and the writer), in
+/// microseconds after `epoch`.
+#[derive(Clone, Debug)]
 struct Ended {
     at: Arc<AtomicU64>,
     epoch: Instant,

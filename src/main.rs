@@ -31,7 +31,7 @@ async fn main() -> std::process::ExitCode {
     match trustplane::cli::main().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            trustplane::telemetry::report_failure(&error);
             std::process::ExitCode::FAILURE
         }
     }

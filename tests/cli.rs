@@ -777,3 +777,92 @@ fn admin_add_list_revoke_name_people_with_roles_offline() {
     assert!(!revoked.status.success());
     assert!(text(&revoked).contains("revoked"), "{}", text(&revoked));
 }
+
+/// `--log-format json`: every line on stderr is one JSON object with the
+/// documented fields, and an event's own fields are at its top level; the
+/// default stays text.
+#[test]
+fn log_format_json_writes_one_object_per_line_with_the_documented_fields() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let data = data.to_str().unwrap();
+    let output = Command::new(BINARY)
+        .args(["--log-format", "json", "init", "--data-dir", data])
+        .args(["--trust-domain", "cluster.local"])
+        .env_remove("TRUSTPLANE_KEK")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "init logged nothing");
+    let mut audit_entries = 0;
+    for line in &lines {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not one JSON object ({error}): {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(event.get(field).is_some(), "no {field:?} in {line}");
+        }
+        let timestamp = event["timestamp"].as_str().unwrap();
+        assert!(
+            humantime::parse_rfc3339(timestamp).is_ok(),
+            "timestamp {timestamp:?} is not RFC 3339 UTC"
+        );
+        if event["message"] == "audit entry" {
+            audit_entries += 1;
+            assert_eq!(event["target"], "trustplane::audit", "{line}");
+            assert_eq!(event["level"], "INFO", "{line}");
+            assert!(
+                event["action"].is_string(),
+                "the event's fields at the top: {line}"
+            );
+            assert!(event["seq"].is_u64(), "{line}");
+        }
+    }
+    assert!(audit_entries >= 1, "no audit entry among {lines:?}");
+
+    // A command that fails says so in the same form.
+    let output = Command::new(BINARY)
+        .args(["--log-format", "json", "init", "--data-dir", data])
+        .args(["--trust-domain", "cluster.local"])
+        .env_remove("TRUSTPLANE_KEK")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "a second init of the same directory"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().expect("the failure is reported");
+    let event: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|error| panic!("not one JSON object ({error}): {last}"));
+    assert_eq!(event["level"], "ERROR", "{last}");
+    assert_eq!(event["message"], "command failed", "{last}");
+    assert!(
+        event["error"]
+            .as_str()
+            .is_some_and(|error| !error.is_empty()),
+        "{last}"
+    );
+
+    // The default is text: the same command logs lines that are not JSON.
+    let again = work.path().join("again");
+    let output = Command::new(BINARY)
+        .args(["init", "--data-dir", again.to_str().unwrap()])
+        .args(["--trust-domain", "cluster.local"])
+        .env_remove("TRUSTPLANE_KEK")
+        .env_remove("RUST_LOG")
+        .env_remove("TRUSTPLANE_LOG_FORMAT")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let first = stderr.lines().next().expect("init logged nothing");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_err(),
+        "text by default: {first}"
+    );
+    assert!(first.contains("audit entry"), "{first}");
+}

@@ -78,6 +78,15 @@ pub struct Cli {
     /// Log level [default: info; warn for `demo`] (RUST_LOG overrides).
     #[arg(long, global = true, env = "TRUSTPLANE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log lines on stderr: `text`, or `json` (one object per line: timestamp, level, target, message and the event's fields).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "TRUSTPLANE_LOG_FORMAT"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -167,7 +176,10 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Bench(_) => "warn,vaultrs=error",
         _ => "info",
     };
-    crate::telemetry::init(cli.log_level.as_deref().unwrap_or(default_level));
+    crate::telemetry::init(
+        cli.log_level.as_deref().unwrap_or(default_level),
+        cli.log_format,
+    );
     for (old, new) in crate::config::renamed_variables_in_use() {
         tracing::warn!("{old} is set but no longer read: set {new} instead");
     }

@@ -4,15 +4,50 @@
 
 pub mod health;
 
-/// Initialises `tracing` to stderr; `RUST_LOG` overrides `default_level`.
-pub fn init(default_level: &str) {
+/// The format [`init`] set (text until then).
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Reports the error a command ended with on stderr: `error: ...` as
+/// text, or, with `--log-format json`, one `ERROR` event (message
+/// `command failed`, field `error`) like every other line.
+pub fn report_failure(error: &anyhow::Error) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::error!(error = %format!("{error:#}"), "command failed"),
+        _ => eprintln!("error: {error:#}"),
+    }
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp` (RFC 3339, UTC), `level`,
+    /// `target` (the module), `message`, then the event's own fields
+    /// (`cluster`, `serial`, `error`, ...) at the top level.
+    Json,
+}
+
+/// Initialises `tracing` to stderr in `format`; `RUST_LOG` overrides
+/// `default_level` (the same filter syntax: `info,trustplane::store=debug`).
+pub fn init(default_level: &str, format: LogFormat) {
+    let _ = FORMAT.set(format);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(true)
+            .try_init(),
+    };
 }
 
 /// The error and its causes on one line ("a: b: c"), skipping a cause whose

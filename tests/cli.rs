@@ -786,13 +786,16 @@ fn log_format_json_writes_one_object_per_line_with_the_documented_fields() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let data = data.to_str().unwrap();
-    let output = Command::new(BINARY)
-        .args(["--log-format", "json", "init", "--data-dir", data])
-        .args(["--trust-domain", "cluster.local"])
-        .env_remove("TRUSTPLANE_KEK")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let init_json = || {
+        Command::new(BINARY)
+            .args(["--log-format", "json", "init", "--data-dir", data])
+            .args(["--trust-domain", "cluster.local"])
+            .env_remove("TRUSTPLANE_KEK")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let output = init_json();
     assert!(output.status.success(), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
@@ -823,13 +826,7 @@ fn log_format_json_writes_one_object_per_line_with_the_documented_fields() {
     assert!(audit_entries >= 1, "no audit entry among {lines:?}");
 
     // A command that fails says so in the same form.
-    let output = Command::new(BINARY)
-        .args(["--log-format", "json", "init", "--data-dir", data])
-        .args(["--trust-domain", "cluster.local"])
-        .env_remove("TRUSTPLANE_KEK")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let output = init_json();
     assert!(
         !output.status.success(),
         "a second init of the same directory"

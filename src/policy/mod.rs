@@ -48,7 +48,9 @@ pub enum PolicyError {
         problems: Vec<String>,
     },
     /// The trust domain is not in the policy.
-    #[error("trust domain {0:?} is not in the issuance policy")]
+    #[error(
+        "trust domain {0:?} is not in the issuance policy: add it under trust_domains in the policy file (--policy), or use a trust domain the policy names"
+    )]
     UnknownTrustDomain(String),
     /// The CSR's key algorithm is not allowed for the trust domain.
     #[error(

@@ -55,11 +55,11 @@ pub enum ServerError {
         source: CaError,
     },
     /// A CSR or certificate problem.
-    #[error("{0}")]
-    Certificate(#[source] CaError),
+    #[error(transparent)]
+    Certificate(CaError),
     /// The issuance policy refused the request.
-    #[error("{0}")]
-    Policy(#[source] PolicyError),
+    #[error(transparent)]
+    Policy(PolicyError),
     /// A named object does not exist.
     #[error("{0}")]
     NotFound(String),

@@ -31,8 +31,8 @@ pub enum SignerError {
         name: String,
     },
     /// A Vault call failed (sealed, unreachable, denied, issuer missing).
-    #[error("{0}")]
-    Vault(#[source] crate::vault::VaultError),
+    #[error(transparent)]
+    Vault(crate::vault::VaultError),
     /// The signer cannot honour what was asked (said why and what to do).
     #[error("{0}")]
     Refused(String),

@@ -12,8 +12,10 @@ static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 /// `command failed`, field `error`) like every other line.
 pub fn report_failure(error: &anyhow::Error) {
     match FORMAT.get() {
-        Some(LogFormat::Json) => tracing::error!(error = %format!("{error:#}"), "command failed"),
-        _ => eprintln!("error: {error:#}"),
+        Some(LogFormat::Json) => {
+            tracing::error!(error = %error_text(error.as_ref()), "command failed")
+        }
+        _ => eprintln!("error: {}", error_text(error.as_ref())),
     }
 }
 

@@ -356,11 +356,11 @@ impl Store for RedbStore {
         let mut outcomes = Vec::with_capacity(count);
         loop {
             // Outcomes arrive in ticket order: a group takes the queue whole.
-            while let Some(outcome) = (outcomes.len() < count)
-                .then(|| group.outcomes.remove(&(first + outcomes.len() as u64)))
-                .flatten()
-            {
-                outcomes.push(outcome);
+            while outcomes.len() < count {
+                match group.outcomes.remove(&(first + outcomes.len() as u64)) {
+                    Some(outcome) => outcomes.push(outcome),
+                    None => break,
+                }
             }
             if outcomes.len() == count {
                 return outcomes;

@@ -71,9 +71,19 @@ build_helm() {
   if [[ -x "$out" ]]; then echo "$out"; return; fi
   local work="$CACHE/build/helm-$HELM_VERSION"
   rm -rf "$work"; mkdir -p "$work"
+  # The Kubernetes version helm assumes without a cluster (`helm template`,
+  # `helm lint`) follows its client-go, as helm's Makefile stamps it:
+  # client-go v0.37.x -> 1.37. Unstamped it would be 1.20.
+  local helm_mod client_go minor
+  helm_mod="$(cd "$work" && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  client_go="$(sed -n 's#^\s*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$helm_mod")"
+  [[ -n "$client_go" ]] || { echo "error: cannot find k8s.io/client-go in $helm_mod" >&2; exit 1; }
+  local stamp="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for package in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    stamp+=" -X $package.k8sVersionMajor=1 -X $package.k8sVersionMinor=$client_go"
+  done
   log "building helm $HELM_VERSION (first time only; a few minutes)"
-  GOBIN="$work" CGO_ENABLED=0 go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  GOBIN="$work" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w $stamp" \
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   mv "$work/helm" "$out"
   echo "$out"

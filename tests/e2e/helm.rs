@@ -308,9 +308,58 @@ async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
             .count(),
         TRUSTPLANE_RESOURCES.len()
     );
+    // The optional parts: a NetworkPolicy for either role, a ServiceMonitor for the server and
+    // a PodMonitor for the agent (their CRDs are the Prometheus Operator's: rendered, not applied).
+    let optional = [
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "monitoring.enabled=true",
+    ];
+    let server_optional = helm_template(
+        &tools,
+        "trustplane",
+        SERVER_NAMESPACE,
+        &[&["-f", SERVER_VALUES][..], &optional].concat(),
+    );
+    let agent_optional = helm_template(
+        &tools,
+        "trustplane-agent",
+        AGENT_NAMESPACE,
+        &[&["-f", AGENT_VALUES][..], &optional].concat(),
+    );
+    for (render, monitor) in [
+        (&server_optional, "ServiceMonitor"),
+        (&agent_optional, "PodMonitor"),
+    ] {
+        let kinds = kinds(render);
+        for expected in ["NetworkPolicy", monitor] {
+            assert!(
+                kinds.iter().any(|kind| kind == expected),
+                "{expected} not in {kinds:?}"
+            );
+        }
+    }
+    let network_policy = helm_template(
+        &tools,
+        "trustplane",
+        SERVER_NAMESPACE,
+        &[
+            &[
+                "-f",
+                SERVER_VALUES,
+                "--show-only",
+                "templates/networkpolicy.yaml",
+            ][..],
+            &optional,
+        ]
+        .concat(),
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let server_file = write(dir.path(), "server.yaml", &server);
     let agent_file = write(dir.path(), "agent.yaml", &agent);
+    let network_policy_file = write(dir.path(), "networkpolicy.yaml", &network_policy);
 
     // Namespaces, and in the other namespace a Secret nobody of ours may read.
     for namespace in [
@@ -337,7 +386,7 @@ async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
     }
 
     // Server-side dry run (admission and strict schema validation, nothing stored), then for real.
-    for file in [&server_file, &agent_file] {
+    for file in [&server_file, &agent_file, &network_policy_file] {
         let stdout = tools.admin(
             &["apply", "--dry-run=server", "--validate=strict", "-f", file],
             None,

@@ -491,6 +491,15 @@ async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
         ),
         "grpc http-health=8443 9090"
     );
+    // The load balancer for other clusters carries gRPC only, never /metrics.
+    assert_eq!(
+        jsonpath(
+            SERVER_NAMESPACE,
+            "service/trustplane-external",
+            "{.spec.type} {.spec.ports[*].name}={.spec.ports[*].port}"
+        ),
+        "LoadBalancer grpc=8443"
+    );
     assert_eq!(
         jsonpath(SERVER_NAMESPACE, "pdb/trustplane", "{.spec.maxUnavailable}"),
         "1"

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common;
+use crate::common::binary::{BINARY, Guard};
 use crate::kube_cluster::{KubeCluster, build_tool, skip_e2e};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/trustplane");
@@ -185,14 +187,11 @@ fn write(dir: &Path, name: &str, contents: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
-    if skip_e2e() {
-        return;
-    }
+/// A cluster and the tools, built (or found in the cache) while it starts.
+async fn start(name: &str) -> (KubeCluster, Tools) {
     let started = Instant::now();
     let (cluster, helm, kubectl) = tokio::join!(
-        KubeCluster::start("helm"),
+        KubeCluster::start(name),
         tokio::task::spawn_blocking(|| build_tool("helm")),
         tokio::task::spawn_blocking(|| build_tool("kubectl")),
     );
@@ -214,6 +213,16 @@ async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
         KubeCluster::versions(),
         started.elapsed()
     );
+    (cluster, tools)
+}
+
+#[tokio::test]
+async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
+    if skip_e2e() {
+        return;
+    }
+    let started = Instant::now();
+    let (_cluster, tools) = start("helm").await;
     // The admin kubeconfig really is an admin, and RBAC is on: an unbound ServiceAccount is denied.
     assert!(tools.can_i(None, "delete", "secrets", None));
     assert!(!tools.can_i(
@@ -857,6 +866,161 @@ async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
     println!(
         "helm chart: lint, dry run, apply, {checks} can-i checks and the real requests passed \
          in {:.2?}",
+        started.elapsed()
+    );
+}
+
+/// The other half of least privilege: the RBAC is enough. The real `trustplane agent` binary,
+/// started with the arguments of the rendered Deployment and the token of the rendered
+/// ServiceAccount, enrolls and writes cacerts, its identity and its Lease in the Istio
+/// namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_on_the_charts_arguments_and_rbac() {
+    if skip_e2e() {
+        return;
+    }
+    common::install_crypto();
+    let started = Instant::now();
+    let (cluster, tools) = start("helm-agent").await;
+    let server = common::start_server().await;
+    let token = server.add_cluster("east").await;
+
+    for namespace in [AGENT_NAMESPACE, ISTIO_NAMESPACE] {
+        tools.admin(&["create", "namespace", namespace], None);
+    }
+    let agent = helm_template(
+        &tools,
+        "trustplane-agent",
+        AGENT_NAMESPACE,
+        &[
+            "-f",
+            AGENT_VALUES,
+            "--set",
+            &format!("istioNamespace={ISTIO_NAMESPACE}"),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let agent_file = write(dir.path(), "agent.yaml", &agent);
+    tools.admin(&["apply", "--validate=strict", "-f", &agent_file], None);
+    let rendered: Vec<String> = serde_json::from_str(&tools.admin(
+        &[
+            "get",
+            "-n",
+            AGENT_NAMESPACE,
+            "deployment/trustplane-agent",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].args}",
+        ],
+        None,
+    ))
+    .unwrap();
+    // The pod's files and port, here: the control-plane CA from the ConfigMap's path, the
+    // health listener on loopback.
+    let server_ca = write(dir.path(), "ca.pem", &server.control_plane_ca_pem);
+    let args: Vec<String> = rendered
+        .iter()
+        .map(|arg| {
+            if arg.starts_with("--server-ca=") {
+                format!("--server-ca={server_ca}")
+            } else if arg.starts_with("--health-listen=") {
+                "--health-listen=127.0.0.1:0".to_owned()
+            } else {
+                arg.clone()
+            }
+        })
+        .collect();
+    assert!(args.contains(&"--leader-elect".to_owned()), "{args:?}");
+    // The ServiceAccount's own token (TokenRequest), as the pod would mount it.
+    let kubeconfig = cluster
+        .agent_kubeconfig_path(AGENT_NAMESPACE)
+        .await
+        .unwrap();
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut agent = Guard(
+        Command::new(BINARY)
+            .args(&args)
+            .env("TRUSTPLANE_KUBECONFIG", &kubeconfig)
+            .env("TRUSTPLANE_SERVER", server.url())
+            .env("TRUSTPLANE_JOIN_TOKEN", &token)
+            .env("TRUSTPLANE_LEASE_HOLDER", "trustplane-agent-pod-a")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    // All four cacerts keys, the identity and the Lease, written by the agent alone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected = "ca-cert.pem ca-key.pem cert-chain.pem root-cert.pem";
+    loop {
+        let keys = tools.kubectl(
+            None,
+            &[
+                "get",
+                "-n",
+                ISTIO_NAMESPACE,
+                "secret",
+                "cacerts",
+                "-o",
+                "go-template={{range $key, $_ := .data}}{{$key}} {{end}}",
+            ],
+            None,
+        );
+        if String::from_utf8_lossy(&keys.stdout).trim() == expected {
+            break;
+        }
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            panic!(
+                "the agent exited ({status}) before writing cacerts; its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent wrote no complete cacerts in {ISTIO_NAMESPACE} within 60 s; its log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let identity = tools.admin(
+        &[
+            "get",
+            "-n",
+            ISTIO_NAMESPACE,
+            "secret",
+            "trustplane-agent-identity",
+            "-o",
+            "go-template={{index .data \"cluster\" | base64decode}}",
+        ],
+        None,
+    );
+    assert_eq!(identity, "east");
+    let holder = tools.admin(
+        &[
+            "get",
+            "-n",
+            ISTIO_NAMESPACE,
+            "lease",
+            "trustplane-agent",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    assert!(
+        holder.starts_with("trustplane-agent-pod-a"),
+        "Lease holder {holder}"
+    );
+    // Nothing outside the Istio namespace: the agent's own namespace holds no Secret.
+    let own = tools.admin(
+        &["get", "-n", AGENT_NAMESPACE, "secrets", "-o", "name"],
+        None,
+    );
+    assert_eq!(own.trim(), "", "the agent wrote into its own namespace");
+    println!(
+        "the agent enrolled and wrote {ISTIO_NAMESPACE}/cacerts with the chart's RBAC in {:.2?}",
         started.elapsed()
     );
 }

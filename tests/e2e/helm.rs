@@ -7,8 +7,10 @@
 //!
 //! The agent is rendered into its own namespace with a different Istio
 //! namespace, so the test also proves its RoleBinding reaches across
-//! namespaces and nothing more. helm and kubectl come from
-//! `tests/e2e/harness/build-peers.sh` (the Go module proxy).
+//! namespaces and nothing more; and the real `trustplane agent`, run with the
+//! rendered arguments and ServiceAccount, does its work with that RBAC. helm
+//! and kubectl come from `tests/e2e/harness/build-peers.sh` (the Go module
+//! proxy).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

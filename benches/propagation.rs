@@ -150,7 +150,7 @@ async fn main() {
     ];
 
     // The agent path: an agent with the Kubernetes sink and identity, as
-    // deploy/kubernetes runs it (its ServiceAccount's RBAC).
+    // deploy/manifests/agent.yaml runs it (its ServiceAccount's RBAC).
     let token = server.add_cluster("agent-path").await;
     let agent_client = cluster
         .agent_client(AGENT_NAMESPACE)

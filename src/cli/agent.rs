@@ -37,9 +37,12 @@ pub struct AgentArgs {
     /// One-time join token from `trustplane cluster add` (needed to enroll).
     #[arg(long, env = "TRUSTPLANE_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
-    /// Where the agent keeps its enrollment identity (client key 0600) [default with --sink kubernetes: the Secret <namespace>/trustplane-agent-identity].
+    /// Where the agent keeps its enrollment identity (client key 0600) [default with --sink kubernetes: the Secret <namespace>/<--identity-secret>].
     #[arg(long, env = "TRUSTPLANE_IDENTITY_DIR")]
     pub identity_dir: Option<PathBuf>,
+    /// Name of the Secret in --namespace that holds the enrollment identity when there is no --identity-dir (the agent creates it; its RBAC names it).
+    #[arg(long, env = "TRUSTPLANE_IDENTITY_SECRET", default_value = sink::kube::IDENTITY_SECRET_NAME, conflicts_with = "identity_dir")]
+    pub identity_secret: String,
     /// Where to write the cacerts [default: directory if --cacerts-dir is given, else kubernetes].
     #[arg(long, value_enum, env = "TRUSTPLANE_SINK")]
     pub sink: Option<AgentSink>,
@@ -100,9 +103,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let identity: Arc<dyn agent::IdentityStore> = match (&args.identity_dir, &client) {
         (Some(dir), _) => Arc::new(agent::FileIdentityStore::new(dir.clone())),
-        (None, Some(client)) => Arc::new(agent::KubernetesIdentityStore::new(
+        (None, Some(client)) => Arc::new(agent::KubernetesIdentityStore::with_name(
             client.clone(),
             &args.namespace,
+            &args.identity_secret,
         )),
         (None, None) => bail!("--identity-dir <dir> is needed without Kubernetes"),
     };

@@ -157,7 +157,7 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
                 println!("  {}\n", response.join_token);
                 let ca = data_dir.control_plane_ca_path();
                 println!(
-                    "In the cluster (Secret istio-system/cacerts, see deploy/kubernetes/agent.yaml):\n  kubectl -n istio-system create configmap trustplane-server-ca --from-file=ca.pem={ca}\n  kubectl -n istio-system create secret generic trustplane-join-token --from-literal=token={token}\n  kubectl -n istio-system apply -f deploy/kubernetes/agent-rbac.yaml -f deploy/kubernetes/agent.yaml\n\nOr outside Kubernetes, writing a directory:\n  trustplane agent --server {server} --server-ca {ca} \\\n    --join-token {token} --identity-dir <dir> --cacerts-dir <dir>",
+                    "In the cluster (Secret istio-system/cacerts; the Helm chart deploy/helm/trustplane, role agent):\n  kubectl -n istio-system create configmap trustplane-server-ca --from-file=ca.pem={ca}\n  kubectl -n istio-system create secret generic trustplane-join-token --from-literal=token={token}\n  helm install trustplane-agent deploy/helm/trustplane -n istio-system --skip-crds --set role=agent --set 'agent.servers={{{server}}}'\n\nOr outside Kubernetes, writing a directory:\n  trustplane agent --server {server} --server-ca {ca} \\\n    --join-token {token} --identity-dir <dir> --cacerts-dir <dir>",
                     ca = ca.display(),
                     token = response.join_token,
                     server = connection.server_url(),

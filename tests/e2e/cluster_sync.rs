@@ -14,8 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
+use kube::api::PostParams;
 use trustplane::agent::{
     self, AgentConfig, AgentHandle, AgentStatus, IdentityStore, KubernetesIdentityStore,
     LeaseOptions,
@@ -26,7 +25,7 @@ use trustplane::sink::{ClusterSink, KubernetesSink, KubernetesSinkOptions};
 
 use crate::common;
 use crate::common::fixtures::{new_root, new_root_with_key};
-use crate::kube_cluster::{AGENT_RBAC_PATH, KubeCluster, skip_e2e};
+use crate::kube_cluster::{KubeCluster, skip_e2e};
 
 const WAIT: Duration = Duration::from_secs(90);
 const LEASE: Duration = Duration::from_secs(4);
@@ -225,9 +224,9 @@ fn targets<'a>(alpha: &'a KubeCluster, beta: &'a KubeCluster) -> [Member<'a>; 4]
     ]
 }
 
-/// Creates `namespace` in `cluster` and applies deploy/kubernetes/agent-rbac.yaml
-/// into it (server-side apply, as the harness does for its own namespaces),
-/// then waits until the agent's ServiceAccount may read Secrets there.
+/// Creates `namespace` in `cluster` and applies the agent RBAC of
+/// deploy/manifests/agent.yaml into it (as the harness does for its own
+/// namespaces), then waits until it is in effect.
 async fn add_agent_namespace(cluster: &KubeCluster, namespace: &str) {
     let admin = cluster.admin_client().await.unwrap();
     Api::<Namespace>::all(admin.clone())
@@ -243,34 +242,7 @@ async fn add_agent_namespace(cluster: &KubeCluster, namespace: &str) {
         )
         .await
         .unwrap();
-    let manifest = std::fs::read_to_string(AGENT_RBAC_PATH).unwrap();
-    for document in serde_yaml_ng::Deserializer::from_str(&manifest) {
-        let value: Option<serde_json::Value> = serde::Deserialize::deserialize(document).unwrap();
-        let Some(value) = value else { continue };
-        let object: DynamicObject = serde_json::from_value(value).unwrap();
-        let gvk = GroupVersionKind::try_from(object.types.as_ref().unwrap()).unwrap();
-        let (resource, _) = kube::discovery::pinned_kind(&admin, &gvk).await.unwrap();
-        let name = object.metadata.name.clone().unwrap();
-        Api::<DynamicObject>::namespaced_with(admin.clone(), namespace, &resource)
-            .patch(
-                &name,
-                &PatchParams::apply("trustplane-e2e").force(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .unwrap();
-    }
-    // RBAC authorizes from informer caches: wait until the binding is seen.
-    let agent: Api<Secret> =
-        Api::namespaced(cluster.agent_client(namespace).await.unwrap(), namespace);
-    let deadline = Instant::now() + WAIT;
-    while let Err(error) = agent.get_opt("cacerts").await {
-        assert!(
-            Instant::now() < deadline,
-            "the agent RBAC in {namespace} never took effect: {error}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.apply_agent_rbac(namespace).await.unwrap();
 }
 
 fn publish_new_root(server: &common::TestServer, name: &str) -> u64 {
@@ -352,7 +324,7 @@ pub(crate) async fn kubernetes_parts(
     cluster: &KubeCluster,
     namespace: &str,
 ) -> (kube::Client, Arc<dyn IdentityStore>, Arc<dyn ClusterSink>) {
-    // The agent's own ServiceAccount token: exactly deploy/kubernetes/agent-rbac.yaml.
+    // The agent's own ServiceAccount token: exactly the RBAC of deploy/manifests/agent.yaml.
     let client = cluster.agent_client(namespace).await.unwrap();
     let identity: Arc<dyn IdentityStore> =
         Arc::new(KubernetesIdentityStore::new(client.clone(), namespace));

@@ -1,7 +1,8 @@
 //! A real Kubernetes control plane for end-to-end tests: etcd and
 //! kube-apiserver as child processes on free 127.0.0.1 ports, RBAC on, with a
 //! cluster-admin kubeconfig and kubeconfigs for the `trustplane-agent`
-//! ServiceAccount of `deploy/kubernetes/agent-rbac.yaml`.
+//! ServiceAccount with the RBAC the Helm chart renders into
+//! `deploy/manifests/agent.yaml`.
 //!
 //! It owns the processes, their certificates and their temporary directory.
 //! It does not run controllers, a scheduler or kubelets: Secrets, Leases and
@@ -46,13 +47,14 @@ use time::OffsetDateTime;
 
 /// The namespaces every cluster starts with, each holding the agent RBAC.
 pub const AGENT_NAMESPACES: [&str; 2] = ["istio-system", "d8-istio"];
-/// The agent's ServiceAccount, Role and RoleBinding name in `agent-rbac.yaml`.
+/// The agent's ServiceAccount, Role and RoleBinding name in `deploy/manifests/agent.yaml`.
 pub const AGENT_SERVICE_ACCOUNT: &str = "trustplane-agent";
-/// The RBAC the agent ships with; the harness applies this very file.
-pub const AGENT_RBAC_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/deploy/kubernetes/agent-rbac.yaml"
-);
+/// The agent manifests the Helm chart renders (deploy/render.sh); the harness applies the
+/// ServiceAccount, Role and RoleBinding of this very file into each agent namespace.
+pub const AGENT_MANIFEST_PATH: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/manifests/agent.yaml");
+/// The kinds of `AGENT_MANIFEST_PATH` the harness applies: the agent's RBAC.
+const AGENT_RBAC_KINDS: [&str; 3] = ["ServiceAccount", "Role", "RoleBinding"];
 const BUILD_PEERS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/e2e/harness/build-peers.sh"
@@ -120,6 +122,12 @@ fn resolve_peers() -> anyhow::Result<Peers> {
         etcd_version,
         kube_apiserver_version,
     })
+}
+
+/// A tool `tests/e2e/harness/build-peers.sh` builds and caches: `kubectl` (the kube-apiserver's
+/// Kubernetes version) or `helm`. Blocks for minutes on a machine that has never built it.
+pub fn build_tool(which: &str) -> anyhow::Result<PathBuf> {
+    build_peer(which)
 }
 
 fn build_peer(which: &str) -> anyhow::Result<PathBuf> {
@@ -278,7 +286,7 @@ impl fmt::Debug for KubeCluster {
 impl KubeCluster {
     /// Builds peers if needed (once per process), starts etcd and kube-apiserver on free
     /// 127.0.0.1 ports, RBAC on, waits for /readyz, creates namespaces `istio-system` and
-    /// `d8-istio`, applies deploy/kubernetes/agent-rbac.yaml into both namespaces. Prints one
+    /// `d8-istio`, applies the agent RBAC of deploy/manifests/agent.yaml into both namespaces. Prints one
     /// line naming the components and versions it started.
     ///
     /// Errors if the peers cannot be built, a process exits, or /readyz does not answer `ok`
@@ -441,7 +449,7 @@ impl KubeCluster {
 
     /// A kubeconfig (file) for the `trustplane-agent` ServiceAccount in `namespace`,
     /// authenticated with a real ServiceAccount token from the TokenRequest API (valid for
-    /// one hour) — i.e. exactly the RBAC of deploy/kubernetes/agent-rbac.yaml. Its context's
+    /// one hour) — i.e. exactly the RBAC of deploy/manifests/agent.yaml. Its context's
     /// namespace is `namespace`.
     ///
     /// Errors if the ServiceAccount does not exist there (see `AGENT_NAMESPACES`).
@@ -523,14 +531,12 @@ impl KubeCluster {
 
     /// e.g. "kube-apiserver v1.33.13, etcd 3.5.35" (as the binaries report); names the
     /// problem instead if the peers could not be built. Builds them if needed (blocking).
-    /// Validates a shipped manifest (namespace-less, multi-document) with a
-    /// server-side dry-run apply into `namespace`; returns the object count.
-    pub async fn dry_run_apply(&self, path: &str, namespace: &str) -> anyhow::Result<usize> {
-        let manifest = AgentRbac::load_from(path)?;
-        manifest
-            .apply_with(&self.admin_client().await?, namespace, true)
-            .await?;
-        Ok(manifest.objects.len())
+    /// Applies the agent RBAC of deploy/manifests/agent.yaml into `namespace` (which must
+    /// exist), as `start` does for `AGENT_NAMESPACES`, and waits until it is in effect.
+    pub async fn apply_agent_rbac(&self, namespace: &str) -> anyhow::Result<()> {
+        let admin = self.admin_client().await?;
+        AgentRbac::load()?.apply(&admin, namespace).await?;
+        wait_for_agent_rbac(&admin, namespace).await
     }
 
     pub fn versions() -> String {
@@ -707,18 +713,17 @@ impl ClusterFiles {
     }
 }
 
-/// The agent's RBAC objects from `agent-rbac.yaml`, with their API resources.
+/// The agent's RBAC objects from `deploy/manifests/agent.yaml`, with their API resources.
 struct AgentRbac {
     objects: Vec<(DynamicObject, GroupVersionKind)>,
 }
 
 impl AgentRbac {
+    /// The ServiceAccount, Role and RoleBinding of the rendered agent manifest, without their
+    /// namespace: `apply_with` puts them (and the RoleBinding's subject) into the namespace it
+    /// is given, so the chart's RBAC serves every agent namespace of a test cluster.
     fn load() -> anyhow::Result<Self> {
-        Self::load_from(AGENT_RBAC_PATH)
-    }
-
-    /// Loads every object of a namespace-less multi-document manifest.
-    fn load_from(path: &str) -> anyhow::Result<Self> {
+        let path = AGENT_MANIFEST_PATH;
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
         let mut objects = Vec::new();
         for document in serde_yaml_ng::Deserializer::from_str(&text) {
@@ -733,30 +738,25 @@ impl AgentRbac {
                 .with_context(|| format!("{path}: an object has no apiVersion/kind"))?;
             let gvk = GroupVersionKind::try_from(types)
                 .with_context(|| format!("{path}: bad apiVersion {}", types.api_version))?;
-            if object.metadata.namespace.is_some() {
-                bail!("{path}: objects must be namespace-less (applied into a namespace)");
+            if !AGENT_RBAC_KINDS.contains(&gvk.kind.as_str()) {
+                continue;
             }
+            let mut object = object;
+            object.metadata.namespace = None;
             objects.push((object, gvk));
         }
-        if objects.is_empty() {
-            bail!("{path} holds no objects");
+        let kinds: Vec<&str> = objects.iter().map(|(_, gvk)| gvk.kind.as_str()).collect();
+        if kinds != AGENT_RBAC_KINDS {
+            bail!(
+                "{path} should hold one each of {AGENT_RBAC_KINDS:?} in that order, holds {kinds:?} \
+                 (run deploy/render.sh)"
+            );
         }
         Ok(AgentRbac { objects })
     }
 
     /// Server-side apply of every object into `namespace`.
     async fn apply(&self, client: &Client, namespace: &str) -> anyhow::Result<()> {
-        self.apply_with(client, namespace, false).await
-    }
-
-    /// Server-side apply into `namespace`; with `dry_run` the apiserver
-    /// validates (schema, admission) without storing anything.
-    async fn apply_with(
-        &self,
-        client: &Client,
-        namespace: &str,
-        dry_run: bool,
-    ) -> anyhow::Result<()> {
         let mut resources: HashMap<String, ApiResource> = HashMap::new();
         for (object, gvk) in &self.objects {
             let key = format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind);
@@ -770,23 +770,26 @@ impl AgentRbac {
                     resource
                 }
             };
-            let name = object
-                .metadata
-                .name
-                .as_deref()
-                .with_context(|| format!("{AGENT_RBAC_PATH}: a {} has no name", gvk.kind))?;
+            let name =
+                object.metadata.name.as_deref().with_context(|| {
+                    format!("{AGENT_MANIFEST_PATH}: a {} has no name", gvk.kind)
+                })?;
+            // The RoleBinding binds the ServiceAccount of the namespace it is applied to.
+            let mut object = object.clone();
+            if let Some(subjects) = object
+                .data
+                .get_mut("subjects")
+                .and_then(|subjects| subjects.as_array_mut())
+            {
+                for subject in subjects {
+                    subject["namespace"] = serde_json::Value::from(namespace);
+                }
+            }
             Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
                 .patch(
                     name,
-                    &{
-                        let mut params = PatchParams::apply("trustplane-e2e").force();
-                        params.dry_run = dry_run;
-                        if dry_run {
-                            params.field_validation = Some(kube::api::ValidationDirective::Strict);
-                        }
-                        params
-                    },
-                    &Patch::Apply(object),
+                    &PatchParams::apply("trustplane-e2e").force(),
+                    &Patch::Apply(&object),
                 )
                 .await
                 .with_context(|| format!("cannot apply {} {namespace}/{name}", gvk.kind))?;
@@ -831,6 +834,8 @@ async fn wait_for_agent_rbac(admin: &Client, namespace: &str) -> anyhow::Result<
                 verb: Some("update".to_owned()),
                 group: Some("coordination.k8s.io".to_owned()),
                 resource: Some("leases".to_owned()),
+                // The Role names the Lease (resourceNames): the agent's default Lease name.
+                name: Some(AGENT_SERVICE_ACCOUNT.to_owned()),
                 ..ResourceAttributes::default()
             }),
             ..SubjectAccessReviewSpec::default()

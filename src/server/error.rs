@@ -69,9 +69,10 @@ pub enum ServerError {
     /// A join token problem: unknown, used, expired or for another cluster.
     #[error("{0}")]
     JoinToken(String),
-    /// The store failed.
+    /// The store failed (counted in `trustplane_store_errors_total` when
+    /// converted from a [`StoreError`]).
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[source] StoreError),
     /// The root signer failed.
     #[error("signer: {0}")]
     Signer(#[source] SignerError),
@@ -195,6 +196,15 @@ impl ServerError {
     /// [`ServerError::Missing`] for `what`.
     pub fn missing(what: impl Into<String>) -> Self {
         ServerError::Missing { what: what.into() }
+    }
+}
+
+impl From<StoreError> for ServerError {
+    /// Every store failure the server meets passes here once: the one
+    /// place it is counted by kind.
+    fn from(error: StoreError) -> Self {
+        crate::telemetry::metrics::record_store_error(error.metric_label());
+        ServerError::Store(error)
     }
 }
 

@@ -233,8 +233,14 @@ impl Keeper {
         for warning in reconcile::check_before_write(&material.to_files(), now)? {
             tracing::warn!(sink = %self.sink.describe(), "{warning}");
         }
-        self.sink.write(material).await?;
-        Ok(())
+        let started = std::time::Instant::now();
+        let written = self.sink.write(material).await;
+        crate::telemetry::metrics::record_cacerts_write(
+            self.sink.kind(),
+            started.elapsed(),
+            written.as_ref().err().map(SinkError::metric_label),
+        );
+        Ok(written?)
     }
 }
 

@@ -3,6 +3,7 @@
 //! Metrics and health endpoints plug in here.
 
 pub mod health;
+pub mod metrics;
 
 /// The format [`init`] set (text until then).
 static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();

@@ -31,6 +31,21 @@ pub enum VaultErrorKind {
 }
 
 impl VaultErrorKind {
+    /// The kind as a fixed name for metrics.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            VaultErrorKind::Config => "config",
+            VaultErrorKind::Unreachable => "unreachable",
+            VaultErrorKind::Sealed => "sealed",
+            VaultErrorKind::PermissionDenied => "permission_denied",
+            VaultErrorKind::NotFound => "not_found",
+            VaultErrorKind::Conflict => "conflict",
+            VaultErrorKind::BadRequest => "bad_request",
+            VaultErrorKind::Server => "server",
+            VaultErrorKind::Invalid => "invalid",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             VaultErrorKind::Config => "configuration",
@@ -105,8 +120,10 @@ impl VaultError {
         }
     }
 
-    /// An error of `kind` at `path`.
+    /// An error of `kind` at `path` (a failed call: counted in
+    /// `trustplane_vault_errors_total`).
     pub fn new(path: impl Into<String>, kind: VaultErrorKind, detail: impl Into<String>) -> Self {
+        crate::telemetry::metrics::record_vault_error(kind.metric_label());
         VaultError {
             path: path.into(),
             kind,
@@ -136,7 +153,8 @@ impl VaultError {
     }
 }
 
-/// Classifies a vaultrs error for a call on `path`.
+/// Classifies a vaultrs error for a call on `path` (counted in
+/// `trustplane_vault_errors_total`).
 pub fn classify(path: &str, error: ClientError) -> VaultError {
     let (kind, detail) = match &error {
         ClientError::APIError { code, errors } => {
@@ -167,11 +185,7 @@ pub fn classify(path: &str, error: ClientError) -> VaultError {
         | ClientError::ResponseDataEmptyError => (VaultErrorKind::Invalid, error_text(&error)),
         _ => (VaultErrorKind::Config, error_text(&error)),
     };
-    VaultError {
-        path: path.to_string(),
-        kind,
-        detail,
-    }
+    VaultError::new(path, kind, detail)
 }
 
 /// Runs `call` until it succeeds, fails for good, or `attempts` transient

@@ -51,6 +51,7 @@ impl Keeper {
     /// A keeper of `sink` renewing at `renew_fraction` of the lifetime; it
     /// reads the sink on its first [`Keeper::reconcile`].
     pub fn new(sink: Arc<dyn ClusterSink>, renew_fraction: f64) -> Self {
+        crate::telemetry::metrics::sink_in_use(sink.kind());
         Self {
             sink,
             renew_fraction,

@@ -58,6 +58,40 @@ pub const ISSUANCE_REFUSALS: &[&str] = &[
     "setup",
 ];
 
+/// Every `StoreError::metric_label`.
+pub const STORE_ERROR_KINDS: &[&str] = &[
+    "conflict",
+    "locked",
+    "backend",
+    "unavailable",
+    "integrity",
+    "corrupt",
+];
+
+/// Every `VaultErrorKind::metric_label`.
+pub const VAULT_ERROR_KINDS: &[&str] = &[
+    "config",
+    "unreachable",
+    "sealed",
+    "permission_denied",
+    "not_found",
+    "conflict",
+    "bad_request",
+    "server",
+    "invalid",
+];
+
+/// Every `SinkError::metric_label`.
+pub const SINK_ERROR_KINDS: &[&str] = &[
+    "io",
+    "unexpected_entry",
+    "background",
+    "refused",
+    "foreign",
+    "incompatible",
+    "backend",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
@@ -133,8 +167,20 @@ impl Events {
             server: Registry::default(),
             agent: Registry::default(),
         };
+        // Series of fixed label sets exist from the start, at 0, so that a
+        // rate sees the first event (and the family is served: an empty
+        // family is left out of the exposition).
         for outcome in std::iter::once(OUTCOME_OK).chain(ISSUANCE_REFUSALS.iter().copied()) {
             drop(events.issuances.get_or_create(&OutcomeLabels { outcome }));
+        }
+        drop(events.issuance_duration.get_or_create(&OutcomeLabels {
+            outcome: OUTCOME_OK,
+        }));
+        for &kind in STORE_ERROR_KINDS {
+            drop(events.store_errors.get_or_create(&KindLabels { kind }));
+        }
+        for &kind in VAULT_ERROR_KINDS {
+            drop(events.vault_errors.get_or_create(&KindLabels { kind }));
         }
         events.common.register(
             "trustplane_build",
@@ -229,6 +275,19 @@ pub fn record_vault_error(kind: &'static str) {
         .vault_errors
         .get_or_create(&KindLabels { kind })
         .inc();
+}
+
+/// A sink of `sink` kind (`ClusterSink::kind`) is kept by this process:
+/// its write series exist from now on (at 0).
+pub fn sink_in_use(sink: &'static str) {
+    drop(EVENTS.write_duration.get_or_create(&SinkLabels { sink }));
+    for &kind in SINK_ERROR_KINDS {
+        drop(
+            EVENTS
+                .write_errors
+                .get_or_create(&SinkErrorLabels { sink, kind }),
+        );
+    }
 }
 
 /// One cacerts write to a sink of `sink` kind took `took`; `error` is the
@@ -345,7 +404,7 @@ impl Collector for ServerSnapshot {
         gauge_family(
             &mut encoder,
             "trustplane_bundle_published_version",
-            "The trust-bundle version the server publishes now",
+            "The trust-bundle version the server publishes now.",
             [(
                 [("trust_domain", self.trust_domain.as_str())],
                 self.bundle_version,
@@ -354,7 +413,7 @@ impl Collector for ServerSnapshot {
         gauge_family(
             &mut encoder,
             "trustplane_rotation_phase",
-            "1 for the current root-rotation phase, 0 for the others",
+            "1 for the current root-rotation phase, 0 for the others.",
             [
                 Phase::Stable,
                 Phase::TrustNew,
@@ -366,19 +425,19 @@ impl Collector for ServerSnapshot {
         gauge(
             &mut encoder,
             "trustplane_rotation_phase_seconds",
-            "Seconds since the current rotation phase was entered (absent before the first rotation)",
+            "Seconds since the current rotation phase was entered (absent before the first rotation).",
             self.phase_seconds,
         )?;
         gauge(
             &mut encoder,
             "trustplane_rotation_gate_wait_seconds",
-            "Seconds the current rotation phase has waited for every cluster to acknowledge it (0 when acknowledged or stable)",
+            "Seconds the current rotation phase has waited for every cluster to acknowledge it (0 when acknowledged or stable).",
             Some(self.gate_wait_seconds),
         )?;
         gauge_family(
             &mut encoder,
             "trustplane_cluster_intermediate_expiry_seconds",
-            "Seconds until the intermediate a cluster reported in use expires",
+            "Seconds until the intermediate a cluster reported in use expires.",
             self.clusters.iter().filter_map(|cluster| {
                 cluster
                     .intermediate_expiry_seconds
@@ -388,7 +447,7 @@ impl Collector for ServerSnapshot {
         gauge_family(
             &mut encoder,
             "trustplane_cluster_applied_bundle_version",
-            "The trust-bundle version a cluster last reported applied (0: none)",
+            "The trust-bundle version a cluster last reported applied (0: none).",
             self.clusters
                 .iter()
                 .map(|cluster| (cluster_label(cluster), cluster.applied_bundle_version)),
@@ -396,7 +455,7 @@ impl Collector for ServerSnapshot {
         gauge_family(
             &mut encoder,
             "trustplane_cluster_report_age_seconds",
-            "Seconds since a cluster's last status report (since it was registered when it never reported)",
+            "Seconds since a cluster's last status report (since it was registered when it never reported).",
             self.clusters
                 .iter()
                 .map(|cluster| (cluster_label(cluster), cluster.report_age_seconds)),
@@ -409,19 +468,19 @@ impl Collector for AgentSnapshot {
         gauge(
             &mut encoder,
             "trustplane_agent_applied_bundle_version",
-            "The trust-bundle version the agent wrote to its sink (0: none yet)",
+            "The trust-bundle version the agent wrote to its sink (0: none yet).",
             Some(self.applied_bundle_version),
         )?;
         gauge(
             &mut encoder,
             "trustplane_agent_intermediate_expiry_seconds",
-            "Seconds until the intermediate in the sink expires (absent before the first one)",
+            "Seconds until the intermediate in the sink expires (absent before the first one).",
             self.intermediate_expiry_seconds,
         )?;
         gauge(
             &mut encoder,
             "trustplane_agent_ready",
-            "1 while /readyz answers 200, else 0",
+            "1 while /readyz answers 200, else 0.",
             Some(i64::from(self.ready)),
         )
     }

@@ -21,6 +21,7 @@ use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
 
 const DOCS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/alerts.yaml");
+const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
 
 /// One row of the reference table.
 #[derive(Debug)]
@@ -591,4 +592,35 @@ fn example_alerts_are_rule_groups_over_documented_metrics() {
             "{alert} is not listed in docs/metrics.md"
         );
     }
+}
+
+/// The README's short table names exactly the documented metrics, each
+/// with the same type and the same "served by".
+#[test]
+fn readme_lists_exactly_the_documented_metrics() {
+    let readme = std::fs::read_to_string(README).unwrap();
+    let section = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let listed: Vec<(String, String, String)> = section
+        .lines()
+        .filter(|line| line.starts_with("| `trustplane_"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            (
+                cells[1].trim_matches('`').to_string(),
+                cells[2].to_string(),
+                cells[4].to_string(),
+            )
+        })
+        .collect();
+    let documented: Vec<(String, String, String)> = documented()
+        .into_iter()
+        .map(|metric| (metric.name, metric.kind, metric.served_by))
+        .collect();
+    assert_eq!(listed, documented);
 }

@@ -137,6 +137,7 @@ struct Events {
     issuances: Family<OutcomeLabels, Counter>,
     issuance_duration: HistogramFamily<OutcomeLabels>,
     watch_streams: Gauge,
+    leader: Gauge,
     store_errors: Family<KindLabels, Counter>,
     vault_errors: Family<KindLabels, Counter>,
     write_duration: HistogramFamily<SinkLabels>,
@@ -157,6 +158,7 @@ impl Events {
             issuances: Family::default(),
             issuance_duration: Family::new_with_constructor(issuance_histogram),
             watch_streams: Gauge::default(),
+            leader: Gauge::default(),
             store_errors: Family::default(),
             vault_errors: Family::default(),
             write_duration: Family::new_with_constructor(write_histogram),
@@ -215,6 +217,11 @@ impl Events {
             events.watch_streams.clone(),
         );
         events.server.register(
+            "trustplane_server_leader",
+            "1 while this server holds the lease that runs rotations, --auto and push mode, else 0",
+            events.leader.clone(),
+        );
+        events.server.register(
             "trustplane_store_errors",
             "Store operations that failed, by kind",
             events.store_errors.clone(),
@@ -257,6 +264,11 @@ pub fn watch_stream_opened() {
 /// A `WatchBundle` stream ended.
 pub fn watch_stream_closed() {
     EVENTS.watch_streams.dec();
+}
+
+/// Whether this server holds the leader lease now.
+pub fn record_leader(leading: bool) {
+    EVENTS.leader.set(i64::from(leading));
 }
 
 /// A store operation failed with an error of `kind`

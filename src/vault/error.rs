@@ -156,7 +156,14 @@ impl VaultError {
 /// Classifies a vaultrs error for a call on `path` (counted in
 /// `trustplane_vault_errors_total`).
 pub fn classify(path: &str, error: ClientError) -> VaultError {
-    let (kind, detail) = match &error {
+    let (kind, detail) = kind_and_detail(&error);
+    VaultError::new(path, kind, detail)
+}
+
+/// The kind of a vaultrs error and its text, for a caller that refines the
+/// kind before it builds (and so counts) the [`VaultError`].
+pub(crate) fn kind_and_detail(error: &ClientError) -> (VaultErrorKind, String) {
+    match error {
         ClientError::APIError { code, errors } => {
             let detail = if errors.is_empty() {
                 format!("HTTP {code}")
@@ -182,10 +189,9 @@ pub fn classify(path: &str, error: ClientError) -> VaultError {
         }
         ClientError::JsonParseError { .. }
         | ClientError::ResponseEmptyError
-        | ClientError::ResponseDataEmptyError => (VaultErrorKind::Invalid, error_text(&error)),
-        _ => (VaultErrorKind::Config, error_text(&error)),
-    };
-    VaultError::new(path, kind, detail)
+        | ClientError::ResponseDataEmptyError => (VaultErrorKind::Invalid, error_text(error)),
+        _ => (VaultErrorKind::Config, error_text(error)),
+    }
 }
 
 /// Runs `call` until it succeeds, fails for good, or `attempts` transient

@@ -355,3 +355,36 @@ impl ChainError {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::ISSUANCE_REFUSALS;
+
+    /// Every refusal `SignIntermediate` can answer has its series from the
+    /// start (metrics list the labels, this checks them).
+    #[test]
+    fn every_sign_intermediate_refusal_is_a_listed_issuance_outcome() {
+        let refusals = [
+            ServerError::Unauthenticated,
+            ServerError::PermissionDenied("p".into()),
+            ServerError::NotFound("n".into()),
+            ServerError::InvalidArgument("i".into()),
+            ServerError::FailedPrecondition("f".into()),
+            ServerError::from(crate::ca::verify_csr(b"not a CSR").unwrap_err()),
+            ServerError::Policy(PolicyError::UnknownTrustDomain("t".into())),
+            ServerError::RateLimited {
+                call: "SignIntermediate",
+                cluster: "east".into(),
+                limit: "l".into(),
+                retry_after_seconds: 1,
+            },
+            ServerError::Signer(SignerError::Kek("k".into())),
+            ServerError::from(StoreError::Locked { path: "p".into() }),
+            ServerError::missing("a record"),
+        ];
+        let labels: Vec<&str> = refusals.iter().map(ServerError::label).collect();
+        assert_eq!(labels, ISSUANCE_REFUSALS);
+    }
+}

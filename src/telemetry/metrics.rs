@@ -13,8 +13,10 @@
 //!   always what the store says, on a follower too.
 //!
 //! Labels come from fixed sets only: `&'static str` values from the error
-//! types' `metric_label()`s and the sinks' `kind()`, and cluster names and
-//! the trust domain (both validated DNS names) in the scrape-time state.
+//! types' `metric_label()`s (`ServerError::label` for issuance outcomes)
+//! and the sinks' `kind()`; the scrape-time state adds the cluster name (a
+//! validated DNS label) and the trust domain. Recording an event allocates
+//! nothing: a label set is a `&'static str` or two.
 //!
 //! Not here: reading the server's or agent's state (`server::metrics_view`,
 //! `agent::health`), which keeps this module free of both.
@@ -643,6 +645,81 @@ mod tests {
         );
         // State is absent without a snapshot; the families of events are not.
         assert!(!after.contains("trustplane_rotation_phase"), "{after}");
+    }
+
+    #[test]
+    fn every_store_error_has_a_listed_metric_label() {
+        use crate::store::StoreError;
+        let corrupt = serde_json::from_str::<u8>("x").unwrap_err();
+        let labels: Vec<&str> = [
+            StoreError::Conflict {
+                table: "t",
+                key: "k".into(),
+                expected: String::new(),
+                found: String::new(),
+            },
+            StoreError::Locked { path: "p".into() },
+            StoreError::Backend {
+                message: "m".into(),
+                source: None,
+            },
+            StoreError::Unavailable {
+                message: "m".into(),
+                source: None,
+            },
+            StoreError::Integrity {
+                table: "t",
+                key: "k".into(),
+                reason: "r".into(),
+            },
+            StoreError::Corrupt {
+                table: "t",
+                key: "k".into(),
+                source: corrupt,
+            },
+        ]
+        .iter()
+        .map(StoreError::metric_label)
+        .collect();
+        assert_eq!(labels, STORE_ERROR_KINDS);
+    }
+
+    #[tokio::test]
+    async fn every_sink_error_has_a_listed_metric_label() {
+        use crate::sink::SinkError;
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let cancelled = task.await.unwrap_err();
+        let labels: Vec<&str> = [
+            SinkError::Io {
+                action: "write",
+                path: "p".into(),
+                source: std::io::Error::other("x"),
+            },
+            SinkError::UnexpectedEntry {
+                path: "p".into(),
+                found: "a directory",
+            },
+            SinkError::Background(cancelled),
+            SinkError::Refused("r".into()),
+            SinkError::Foreign {
+                target: "t".into(),
+                marker: "m".into(),
+            },
+            SinkError::Incompatible {
+                target: "t".into(),
+                reason: "r".into(),
+            },
+            SinkError::Backend {
+                action: "replace",
+                target: "t".into(),
+                source: "x".into(),
+            },
+        ]
+        .iter()
+        .map(SinkError::metric_label)
+        .collect();
+        assert_eq!(labels, SINK_ERROR_KINDS);
     }
 
     #[test]

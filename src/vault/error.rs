@@ -215,3 +215,27 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::VaultErrorKind;
+    use crate::telemetry::metrics::VAULT_ERROR_KINDS;
+
+    #[test]
+    fn every_kind_has_its_own_metric_label_and_each_is_listed() {
+        let labels: Vec<&str> = [
+            VaultErrorKind::Config,
+            VaultErrorKind::Unreachable,
+            VaultErrorKind::Sealed,
+            VaultErrorKind::PermissionDenied,
+            VaultErrorKind::NotFound,
+            VaultErrorKind::Conflict,
+            VaultErrorKind::BadRequest,
+            VaultErrorKind::Server,
+            VaultErrorKind::Invalid,
+        ]
+        .map(VaultErrorKind::metric_label)
+        .to_vec();
+        assert_eq!(labels, VAULT_ERROR_KINDS);
+    }
+}

@@ -21,7 +21,7 @@ use crate::proto::{
 };
 use crate::reconcile::{self, Backoff, BundleView, IssueReason, StatusReport};
 use crate::sink::{CacertsMaterial, ClusterSink, IntermediateSource, Keeper};
-use crate::telemetry::error_text;
+use crate::telemetry::{error_text, metrics};
 
 /// How often the agent reports its state even when nothing changed.
 const REPORT_INTERVAL: Duration = Duration::from_secs(60);
@@ -44,6 +44,12 @@ fn identity_renewal_time(client_cert_pem: &str) -> Option<SystemTime> {
         IDENTITY_RENEW_FRACTION,
         reconcile::random_unit(),
     ))
+}
+
+/// `time` as fractional Unix seconds, as the metrics show times.
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 /// The wire form of a bundle as the reconciler sees it.
@@ -387,6 +393,7 @@ impl<'a> Agent<'a> {
         {
             Ok(changed) => {
                 backoff.reset();
+                metrics::record_agent_apply(unix_seconds(now));
                 let recovered = self.last_error.take().is_some();
                 self.publish_status();
                 (None, changed || recovered)
@@ -415,7 +422,9 @@ impl<'a> Agent<'a> {
         match call("ReportStatus", self.intermediates.report_status(request)).await {
             Ok(_) => {
                 backoff.reset();
-                self.now() + REPORT_INTERVAL
+                let now = self.now();
+                metrics::record_agent_report(unix_seconds(now));
+                now + REPORT_INTERVAL
             }
             Err(error) => {
                 let delay = backoff.next_delay().min(REPORT_INTERVAL);

@@ -1,31 +1,54 @@
 //! The agent's health endpoints (axum): `/healthz` answers 200 while the
-//! process serves, `/readyz` follows [`AgentStatus::readiness`]. Kept next
-//! to the agent because readiness is a reading of its status.
+//! process serves, `/readyz` follows [`AgentStatus::readiness`], and
+//! `/metrics` shows the status as gauges beside the agent's events. Kept
+//! next to the agent because both are readings of its status.
+
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::config::AgentStatus;
 use super::handle::stop_requested;
+use crate::ca::system_time_to_unix;
+use crate::clock::Clock;
+use crate::telemetry::metrics::{self, AgentSnapshot};
 
-/// Serves `GET /healthz` (200 `ok`) and `GET /readyz` (200 `ok`, or 503
-/// with the reason: the current error, or that nothing is applied yet) on
-/// `listener` until `stop` becomes `true`.
+/// The agent's state as its `/metrics` shows it at `now_unix`.
+fn snapshot(status: &AgentStatus, now_unix: i64) -> AgentSnapshot {
+    AgentSnapshot {
+        applied_bundle_version: status.applied_bundle_version,
+        intermediate_expiry_seconds: (status.intermediate_not_after_unix != 0)
+            .then(|| status.intermediate_not_after_unix.saturating_sub(now_unix)),
+        ready: status.readiness().is_ok(),
+    }
+}
+
+/// Serves `GET /healthz` (200 `ok`), `GET /readyz` (200 `ok`, or 503 with
+/// the reason: the current error, or that nothing is applied yet) and
+/// `GET /metrics` (expiry counted by `clock`) on `listener` until `stop`
+/// becomes `true`.
 ///
 /// Errors: the listener fails.
 pub async fn serve_health(
     listener: tokio::net::TcpListener,
     status: watch::Receiver<AgentStatus>,
+    clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let ready_status = status.clone();
     let ready = move || {
-        let readiness = status.borrow().readiness();
+        let readiness = ready_status.borrow().readiness();
         async move {
             readiness
                 .map(|()| "ok".to_string())
                 .map_err(|reason| reason.to_string())
         }
     };
-    crate::telemetry::health::serve_probes(listener, ready, async move {
+    let encode = move || {
+        let state = snapshot(&status.borrow(), system_time_to_unix(clock.now()));
+        async move { metrics::agent_exposition(state) }
+    };
+    crate::telemetry::health::serve_probes(listener, ready, encode, async move {
         stop_requested(&mut stop).await;
     })
     .await
@@ -53,7 +76,12 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let (status, status_receiver) = watch::channel(AgentStatus::default());
         let (stop, stop_receiver) = watch::channel(false);
-        let server = tokio::spawn(serve_health(listener, status_receiver, stop_receiver));
+        let server = tokio::spawn(serve_health(
+            listener,
+            status_receiver,
+            crate::clock::SystemClock::shared(),
+            stop_receiver,
+        ));
 
         assert!(
             get_path(address, "/healthz")

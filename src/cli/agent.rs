@@ -70,7 +70,7 @@ pub struct AgentArgs {
     /// This replica's name in the Lease, a random suffix added [default: trustplane-agent]; in a pod, set TRUSTPLANE_LEASE_HOLDER to the pod's name.
     #[arg(long, env = "TRUSTPLANE_LEASE_HOLDER")]
     pub lease_holder: Option<String>,
-    /// Serve /healthz and /readyz on this address, e.g. 0.0.0.0:8080.
+    /// Serve /healthz, /readyz and /metrics (Prometheus) on this address, e.g. 0.0.0.0:8080.
     #[arg(long, env = "TRUSTPLANE_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
     /// Intermediate key algorithm.
@@ -155,6 +155,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         sink.describe(),
         identity.describe()
     );
+    let clock = config.clock.clone();
     let mut handle = match (args.leader_elect, client) {
         (true, Some(client)) => {
             let mut lease = agent::LeaseOptions::new(client, &args.namespace);
@@ -174,10 +175,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on --health-listen {address}"))?;
-        println!("serving /healthz and /readyz on http://{address}");
+        let bound = listener.local_addr().unwrap_or(address);
+        println!("serving /healthz, /readyz and /metrics on http://{bound}");
         tokio::spawn(agent::serve_health(
             listener,
             handle.status.clone(),
+            clock,
             handle.stop_signal(),
         ));
     }

@@ -115,7 +115,7 @@ pub struct ServerArgs {
     /// Timeouts, connection caps and call rates.
     #[command(flatten)]
     pub limits: super::LimitsOptions,
-    /// Serve /healthz and /readyz (Vault's state when roots are in Vault) on this address, e.g. 0.0.0.0:8080.
+    /// Serve /healthz, /readyz (Vault's state when roots are in Vault) and /metrics (Prometheus) on this address, e.g. 0.0.0.0:9090.
     #[arg(long, env = "TRUSTPLANE_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
     /// With --store vault-kv: the lease of the one server that runs rotations and push mode; a killed holder is replaced within it (at least 3s).
@@ -461,7 +461,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on --health-listen {address}"))?;
         let bound = listener.local_addr().unwrap_or(address);
-        println!("serving /healthz and /readyz on http://{bound}");
+        println!("serving /healthz, /readyz and /metrics on http://{bound}");
         // Ready once gRPC is served, while Vault is (unsealed, reachable)
         // and every root the bundle publishes from Vault is still its
         // issuer's certificate.
@@ -488,9 +488,12 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 }
             }
         };
+        let metrics_authority = authority.clone();
+        let metrics = move || server::scrape_metrics(metrics_authority.clone());
         tokio::spawn(crate::telemetry::health::serve_probes(
             listener,
             ready,
+            metrics,
             async {
                 shutdown_signal().await;
             },

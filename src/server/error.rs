@@ -69,9 +69,10 @@ pub enum ServerError {
     /// A join token problem: unknown, used, expired or for another cluster.
     #[error("{0}")]
     JoinToken(String),
-    /// The store failed.
+    /// The store failed (counted in `trustplane_store_errors_total` when
+    /// converted from a [`StoreError`]).
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[source] StoreError),
     /// The root signer failed.
     #[error("signer: {0}")]
     Signer(#[source] SignerError),
@@ -195,6 +196,15 @@ impl ServerError {
     /// [`ServerError::Missing`] for `what`.
     pub fn missing(what: impl Into<String>) -> Self {
         ServerError::Missing { what: what.into() }
+    }
+}
+
+impl From<StoreError> for ServerError {
+    /// Every store failure the server meets passes here once: the one
+    /// place it is counted by kind.
+    fn from(error: StoreError) -> Self {
+        crate::telemetry::metrics::record_store_error(error.metric_label());
+        ServerError::Store(error)
     }
 }
 
@@ -343,5 +353,38 @@ impl ChainError {
             Some(seq) => format!("entry {seq} (key {}{time}): {}", self.key, self.problem),
             None => format!("{}: {}", self.key, self.problem),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::ISSUANCE_REFUSALS;
+
+    /// Every refusal `SignIntermediate` can answer has its series from the
+    /// start (metrics list the labels, this checks them).
+    #[test]
+    fn every_sign_intermediate_refusal_is_a_listed_issuance_outcome() {
+        let refusals = [
+            ServerError::Unauthenticated,
+            ServerError::PermissionDenied("p".into()),
+            ServerError::NotFound("n".into()),
+            ServerError::InvalidArgument("i".into()),
+            ServerError::FailedPrecondition("f".into()),
+            ServerError::from(crate::ca::verify_csr(b"not a CSR").unwrap_err()),
+            ServerError::Policy(PolicyError::UnknownTrustDomain("t".into())),
+            ServerError::RateLimited {
+                call: "SignIntermediate",
+                cluster: "east".into(),
+                limit: "l".into(),
+                retry_after_seconds: 1,
+            },
+            ServerError::Signer(SignerError::Kek("k".into())),
+            ServerError::from(StoreError::Locked { path: "p".into() }),
+            ServerError::missing("a record"),
+        ];
+        let labels: Vec<&str> = refusals.iter().map(ServerError::label).collect();
+        assert_eq!(labels, ISSUANCE_REFUSALS);
     }
 }

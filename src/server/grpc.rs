@@ -31,6 +31,7 @@ use crate::proto::intermediate_service_server::IntermediateService;
 use crate::proto::trust_bundle_service_server::TrustBundleService;
 use crate::reconcile::StatusReport;
 use crate::store::records::{AdminRole, AuditRecord};
+use crate::telemetry::metrics;
 use crate::wire;
 
 /// The client certificate chain the TLS layer verified, if any.
@@ -371,6 +372,45 @@ pub struct IntermediateApi {
     pub rates: Arc<CallRates>,
 }
 
+impl IntermediateApi {
+    /// `SignIntermediate`, its outcome counted by the caller.
+    async fn sign(
+        &self,
+        request: Request<proto::SignIntermediateRequest>,
+    ) -> Result<Response<proto::SignIntermediateResponse>, ServerError> {
+        let cluster = require_cluster(&self.authority, &request)?;
+        let body = request.into_inner();
+        same_cluster(&cluster, &body.cluster)?;
+        self.rates.sign_intermediate(&cluster)?;
+        let signed = if self.authority.core().store.shared() {
+            // Every store read is a round trip to Vault: not on the workers
+            // that serve every connection.
+            let runtime = tokio::runtime::Handle::current();
+            let signer = cluster.clone();
+            off_workers(&self.authority, "SignIntermediate", move |authority| {
+                runtime.block_on(authority.issuance.sign_intermediate(&signer, &body.csr))
+            })
+            .await
+        } else {
+            // Local reads take microseconds and the crypto about as long as
+            // a TLS handshake, which the workers do too; the durable write
+            // goes to the store's writer thread (no blocking-pool hop).
+            self.authority
+                .issuance
+                .sign_intermediate(&cluster, &body.csr)
+                .await
+        }
+        .inspect_err(|error| tracing::warn!(cluster, error = %error, "intermediate refused"))?;
+        Ok(Response::new(proto::SignIntermediateResponse {
+            certificate_pem: signed.certificate.to_pem(),
+            cert_chain_pem: signed.cert_chain_pem,
+            bundle: Some(bundle_message(&signed.bundle)),
+            serial: signed.certificate.serial_hex()?,
+            not_after_unix: system_time_to_unix(signed.certificate.not_after()?),
+        }))
+    }
+}
+
 /// Runs `call` on the blocking pool: the store is synchronous (redb), so
 /// calls that write it stay off the async workers that serve every
 /// connection.
@@ -463,38 +503,15 @@ impl IntermediateService for IntermediateApi {
         &self,
         request: Request<proto::SignIntermediateRequest>,
     ) -> Result<Response<proto::SignIntermediateResponse>, Status> {
-        let cluster = require_cluster(&self.authority, &request)?;
-        let body = request.into_inner();
-        same_cluster(&cluster, &body.cluster)?;
-        self.rates.sign_intermediate(&cluster)?;
-        let signed = if self.authority.core().store.shared() {
-            // Every store read is a round trip to Vault: not on the workers
-            // that serve every connection.
-            let runtime = tokio::runtime::Handle::current();
-            let signer = cluster.clone();
-            off_workers(&self.authority, "SignIntermediate", move |authority| {
-                runtime.block_on(authority.issuance.sign_intermediate(&signer, &body.csr))
-            })
-            .await
-        } else {
-            // Local reads take microseconds and the crypto about as long as
-            // a TLS handshake, which the workers do too; the durable write
-            // goes to the store's writer thread (no blocking-pool hop).
-            self.authority
-                .issuance
-                .sign_intermediate(&cluster, &body.csr)
-                .await
-        }
-        .inspect_err(|error| tracing::warn!(cluster, error = %error, "intermediate refused"))?;
-        Ok(Response::new(proto::SignIntermediateResponse {
-            certificate_pem: signed.certificate.to_pem(),
-            cert_chain_pem: signed.cert_chain_pem,
-            bundle: Some(bundle_message(&signed.bundle)),
-            serial: signed.certificate.serial_hex().map_err(ServerError::from)?,
-            not_after_unix: system_time_to_unix(
-                signed.certificate.not_after().map_err(ServerError::from)?,
-            ),
-        }))
+        let started = std::time::Instant::now();
+        let answered = self.sign(request).await;
+        metrics::record_issuance(
+            answered
+                .as_ref()
+                .map_or_else(ServerError::label, |_| metrics::OUTCOME_OK),
+            started.elapsed(),
+        );
+        Ok(answered?)
     }
 
     async fn report_status(

@@ -99,9 +99,11 @@ impl Leadership {
             Err(error) => {
                 self.leading
                     .send_if_modified(|leading| std::mem::replace(leading, false));
+                crate::telemetry::metrics::record_leader(false);
                 return Err(error);
             }
         };
+        crate::telemetry::metrics::record_leader(leading);
         let changed = self
             .leading
             .send_if_modified(|current| std::mem::replace(current, leading) != leading);

@@ -157,6 +157,7 @@ impl WatchStreams {
             });
         }
         *count += 1;
+        crate::telemetry::metrics::watch_stream_opened();
         Ok(WatchSlot {
             identity: identity.to_string(),
             open: self.open.clone(),
@@ -166,6 +167,7 @@ impl WatchStreams {
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
+        crate::telemetry::metrics::watch_stream_closed();
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = open.get_mut(&self.identity) {
             *count = count.saturating_sub(1);

@@ -17,6 +17,7 @@
 //! `limits` (every bound, the watch-stream and call-rate counters), `push`
 //! (the push-mode driver), `leader` (the lease that picks the one server,
 //! of several sharing a store, that advances rotations and runs push mode),
+//! `metrics_view` (the state `/metrics` shows, read at each scrape),
 //! `init`, `error`.
 
 mod admins;
@@ -34,6 +35,7 @@ mod issuance;
 pub mod leader;
 mod limits;
 mod listener;
+mod metrics_view;
 mod publication;
 pub mod push;
 mod registry;
@@ -67,6 +69,7 @@ pub use error::ServerError;
 pub use init::{DataDir, InitOptions, InitOutcome, admin_credential_paths, initialize};
 pub use issuance::{Issuance, LocalIssue, SignedIntermediate};
 pub use limits::{CallRates, Limits, WatchSlot, WatchStreams};
+pub use metrics_view::scrape as scrape_metrics;
 pub use publication::Publication;
 pub use registry::{ClusterMode, ClusterState, ClusterStatus, Registry, ServerStatus};
 pub use rotation::Rotations;

@@ -134,11 +134,32 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// The kind of failure as a fixed name for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SinkError::Io { .. } => "io",
+            SinkError::UnexpectedEntry { .. } => "unexpected_entry",
+            SinkError::Background(_) => "background",
+            SinkError::Refused(_) => "refused",
+            SinkError::Foreign { .. } => "foreign",
+            SinkError::Incompatible { .. } => "incompatible",
+            SinkError::Backend { .. } => "backend",
+        }
+    }
+}
+
 /// Where a cluster's `cacerts` go: a directory or a Kubernetes Secret.
 #[async_trait::async_trait]
 pub trait ClusterSink: Send + Sync {
     /// Human-readable target, e.g. "directory /etc/cacerts".
     fn describe(&self) -> String;
+
+    /// The backend as a fixed name for metrics (`directory`,
+    /// `kubernetes`, `memory`; `other` for a sink that does not say).
+    fn kind(&self) -> &'static str {
+        "other"
+    }
 
     /// The current contents (`None` if nothing there yet). Files that are
     /// missing are `None` in the result; `check_cacerts` reports them.

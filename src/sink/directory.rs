@@ -50,6 +50,10 @@ impl ClusterSink for DirectorySink {
         format!("directory {}", self.dir.display())
     }
 
+    fn kind(&self) -> &'static str {
+        "directory"
+    }
+
     async fn read(&self) -> Result<Option<CacertsFiles>, SinkError> {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || read_files(&dir))

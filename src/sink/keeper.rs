@@ -51,6 +51,7 @@ impl Keeper {
     /// A keeper of `sink` renewing at `renew_fraction` of the lifetime; it
     /// reads the sink on its first [`Keeper::reconcile`].
     pub fn new(sink: Arc<dyn ClusterSink>, renew_fraction: f64) -> Self {
+        crate::telemetry::metrics::sink_in_use(sink.kind());
         Self {
             sink,
             renew_fraction,
@@ -233,8 +234,14 @@ impl Keeper {
         for warning in reconcile::check_before_write(&material.to_files(), now)? {
             tracing::warn!(sink = %self.sink.describe(), "{warning}");
         }
-        self.sink.write(material).await?;
-        Ok(())
+        let started = std::time::Instant::now();
+        let written = self.sink.write(material).await;
+        crate::telemetry::metrics::record_cacerts_write(
+            self.sink.kind(),
+            started.elapsed(),
+            written.as_ref().err().map(SinkError::metric_label),
+        );
+        Ok(written?)
     }
 }
 

@@ -479,6 +479,10 @@ impl ClusterSink for KubernetesSink {
         format!("{} ({} form)", self.secret.describe(), self.options.format)
     }
 
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+
     /// `None` when the Secret is absent, holds none of the keys of the
     /// configured form, or is foreign and may be taken over (the agent then
     /// writes its own set). A foreign Secret that may not be taken over is

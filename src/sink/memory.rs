@@ -63,6 +63,10 @@ impl ClusterSink for MemorySink {
         "memory".to_string()
     }
 
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     async fn read(&self) -> Result<Option<CacertsFiles>, SinkError> {
         Ok(self.lock().current.clone())
     }

@@ -315,6 +315,20 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The kind of failure as a fixed name for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::Locked { .. } => "locked",
+            StoreError::Backend { .. } => "backend",
+            StoreError::Unavailable { .. } => "unavailable",
+            StoreError::Integrity { .. } => "integrity",
+            StoreError::Corrupt { .. } => "corrupt",
+        }
+    }
+}
+
 /// A transactional table store. Implementations make every [`Store::commit`]
 /// atomic and durable before returning.
 pub trait Store: Send + Sync + 'static {

@@ -1,8 +1,9 @@
 //! Logging setup, the one way an error chain is printed, and the one way
-//! text from outside (a cluster's report) is made safe to store and print.
-//! Metrics and health endpoints plug in here.
+//! text from outside (a cluster's report) is made safe to store and print;
+//! the health endpoints (`health`) and the Prometheus metrics (`metrics`).
 
 pub mod health;
+pub mod metrics;
 
 /// The format [`init`] set (text until then).
 static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();

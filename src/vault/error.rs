@@ -31,6 +31,21 @@ pub enum VaultErrorKind {
 }
 
 impl VaultErrorKind {
+    /// The kind as a fixed name for metrics.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            VaultErrorKind::Config => "config",
+            VaultErrorKind::Unreachable => "unreachable",
+            VaultErrorKind::Sealed => "sealed",
+            VaultErrorKind::PermissionDenied => "permission_denied",
+            VaultErrorKind::NotFound => "not_found",
+            VaultErrorKind::Conflict => "conflict",
+            VaultErrorKind::BadRequest => "bad_request",
+            VaultErrorKind::Server => "server",
+            VaultErrorKind::Invalid => "invalid",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             VaultErrorKind::Config => "configuration",
@@ -105,8 +120,10 @@ impl VaultError {
         }
     }
 
-    /// An error of `kind` at `path`.
+    /// An error of `kind` at `path` (a failed call: counted in
+    /// `trustplane_vault_errors_total`).
     pub fn new(path: impl Into<String>, kind: VaultErrorKind, detail: impl Into<String>) -> Self {
+        crate::telemetry::metrics::record_vault_error(kind.metric_label());
         VaultError {
             path: path.into(),
             kind,
@@ -136,9 +153,17 @@ impl VaultError {
     }
 }
 
-/// Classifies a vaultrs error for a call on `path`.
+/// Classifies a vaultrs error for a call on `path` (counted in
+/// `trustplane_vault_errors_total`).
 pub fn classify(path: &str, error: ClientError) -> VaultError {
-    let (kind, detail) = match &error {
+    let (kind, detail) = kind_and_detail(&error);
+    VaultError::new(path, kind, detail)
+}
+
+/// The kind of a vaultrs error and its text, for a caller that refines the
+/// kind before it builds (and so counts) the [`VaultError`].
+pub(crate) fn kind_and_detail(error: &ClientError) -> (VaultErrorKind, String) {
+    match error {
         ClientError::APIError { code, errors } => {
             let detail = if errors.is_empty() {
                 format!("HTTP {code}")
@@ -164,13 +189,8 @@ pub fn classify(path: &str, error: ClientError) -> VaultError {
         }
         ClientError::JsonParseError { .. }
         | ClientError::ResponseEmptyError
-        | ClientError::ResponseDataEmptyError => (VaultErrorKind::Invalid, error_text(&error)),
-        _ => (VaultErrorKind::Config, error_text(&error)),
-    };
-    VaultError {
-        path: path.to_string(),
-        kind,
-        detail,
+        | ClientError::ResponseDataEmptyError => (VaultErrorKind::Invalid, error_text(error)),
+        _ => (VaultErrorKind::Config, error_text(error)),
     }
 }
 
@@ -193,5 +213,29 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VaultErrorKind;
+    use crate::telemetry::metrics::VAULT_ERROR_KINDS;
+
+    #[test]
+    fn every_kind_has_its_own_metric_label_and_each_is_listed() {
+        let labels: Vec<&str> = [
+            VaultErrorKind::Config,
+            VaultErrorKind::Unreachable,
+            VaultErrorKind::Sealed,
+            VaultErrorKind::PermissionDenied,
+            VaultErrorKind::NotFound,
+            VaultErrorKind::Conflict,
+            VaultErrorKind::BadRequest,
+            VaultErrorKind::Server,
+            VaultErrorKind::Invalid,
+        ]
+        .map(VaultErrorKind::metric_label)
+        .to_vec();
+        assert_eq!(labels, VAULT_ERROR_KINDS);
     }
 }

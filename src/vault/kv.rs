@@ -9,7 +9,8 @@ use vaultrs::api::kv2::requests::{
 use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
 
-use super::{VaultError, VaultErrorKind, classify};
+use super::error::kind_and_detail;
+use super::{VaultError, VaultErrorKind};
 
 /// A KV v2 secret's current data and its KV version (Vault's own counter).
 #[derive(Clone, Debug, PartialEq)]
@@ -20,18 +21,16 @@ pub struct KvEntry {
     pub version: u64,
 }
 
-/// As [`classify`], and a mount that is still upgrading to KV v2 (a 400
+/// As [`super::classify`], and a mount that is still upgrading to KV v2 (a 400
 /// for a few seconds after `secrets enable kv-v2`) is transient.
 fn classify_kv(path: &str, error: ClientError) -> VaultError {
-    let mut classified = classify(path, error);
-    if classified.kind == VaultErrorKind::BadRequest
-        && classified
-            .detail
-            .contains("Upgrading from non-versioned to versioned data")
+    let (mut kind, detail) = kind_and_detail(&error);
+    if kind == VaultErrorKind::BadRequest
+        && detail.contains("Upgrading from non-versioned to versioned data")
     {
-        classified.kind = VaultErrorKind::Server;
+        kind = VaultErrorKind::Server;
     }
-    classified
+    VaultError::new(path, kind, detail)
 }
 
 /// The path a data call on `path` uses, as errors name it.

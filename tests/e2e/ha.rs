@@ -1,0 +1,489 @@
+//! High availability on the hub cluster's etcd: three `trustplane server`
+//! processes (the built binary) with `--store kubernetes` against one real
+//! kube-apiserver. The leader (the holder of the Lease `trustplane-leader`)
+//! is SIGKILLed during a burst of concurrent issuances: another server
+//! takes the lease over within its duration, no serial is issued twice
+//! (every received certificate has exactly one TrustplaneCertificate
+//! object), and watchers, reconnecting to another server when theirs dies,
+//! see every bundle version published afterwards, with no gap.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::DynamicObject;
+use kube::discovery::ApiResource;
+use tonic::transport::Channel;
+use trustplane::ca::{self, Certificate, KeyAlgorithm, PrivateKey};
+use trustplane::cli::connect;
+use trustplane::proto;
+use trustplane::proto::admin_service_client::AdminServiceClient;
+use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
+use trustplane::proto::trust_bundle_service_client::TrustBundleServiceClient;
+use trustplane::server::DataDir;
+use trustplane::store::kube_resources::TrustplaneCertificate;
+
+use crate::common::binary::{BINARY, Guard};
+use crate::kube_cluster::{KubeCluster, skip_e2e};
+
+/// The lease the servers run with: a killed holder is replaced within it.
+const LEASE: Duration = Duration::from_secs(3);
+/// The store's namespace.
+const NAMESPACE: &str = "trustplane";
+
+/// A hub cluster with the CRDs, an initialised trustplane in it, and the
+/// directory `init` wrote (KEK, admin credential, control-plane CA).
+struct Hub {
+    cluster: KubeCluster,
+    dir: tempfile::TempDir,
+}
+
+struct Server {
+    process: Guard,
+    url: String,
+    log: PathBuf,
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+impl Hub {
+    async fn start(name: &str) -> Hub {
+        let cluster = KubeCluster::start(name).await.unwrap();
+        cluster.apply_crds().await.unwrap();
+        cluster.create_namespace(NAMESPACE).await.unwrap();
+        let hub = Hub {
+            cluster,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let data = hub.data();
+        let init = hub.trustplane(&[
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(init.status.success(), "init: {}", text(&init));
+        assert!(
+            text(&init).contains("Kubernetes namespace trustplane"),
+            "{}",
+            text(&init)
+        );
+        assert!(!DataDir::new(hub.data()).store_path().exists());
+        hub
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("init")
+    }
+
+    /// The store flags every command here runs with.
+    fn store_args(&self) -> Vec<String> {
+        vec![
+            "--store".into(),
+            "kubernetes".into(),
+            "--kubeconfig".into(),
+            self.cluster.admin_kubeconfig_path().display().to_string(),
+            "--store-namespace".into(),
+            NAMESPACE.into(),
+        ]
+    }
+
+    fn trustplane(&self, args: &[&str]) -> Output {
+        Command::new(BINARY)
+            .env_remove("TRUSTPLANE_KEK")
+            .args(args)
+            .args(self.store_args())
+            .output()
+            .unwrap()
+    }
+
+    fn start_server(&self, index: usize) -> Server {
+        let own = self.dir.path().join(format!("server-{index}"));
+        std::fs::create_dir_all(&own).unwrap();
+        let log = self.dir.path().join(format!("server-{index}.log"));
+        let mut child = Command::new(BINARY)
+            .env_remove("TRUSTPLANE_KEK")
+            .args(["server", "--listen", "127.0.0.1:0", "--leader-lease"])
+            .arg(format!("{}s", LEASE.as_secs()))
+            .args(self.store_args())
+            .arg("--data-dir")
+            .arg(&own)
+            .arg("--kek-file")
+            .arg(self.data().join("kek"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("https://"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no URL in {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Server {
+            process: Guard(child),
+            url,
+            log,
+        }
+    }
+
+    fn control_plane_ca(&self) -> String {
+        std::fs::read_to_string(DataDir::new(self.data()).control_plane_ca_path()).unwrap()
+    }
+
+    fn admin_identity(&self) -> (String, String) {
+        let data = DataDir::new(self.data());
+        (
+            std::fs::read_to_string(data.admin_cert_path()).unwrap(),
+            std::fs::read_to_string(data.admin_key_path()).unwrap(),
+        )
+    }
+
+    async fn channel(&self, url: &str) -> Result<Channel, String> {
+        let (certificate, key) = self.admin_identity();
+        connect(url, &self.control_plane_ca(), Some((&certificate, &key)))
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn admin(&self, url: &str) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel(url).await.unwrap())
+    }
+
+    /// The pid of the lease holder (`<pid>-<random>`) while the lease is
+    /// unexpired.
+    async fn leader_pid(&self) -> Option<u32> {
+        let leases: Api<Lease> =
+            Api::namespaced(self.cluster.admin_client().await.unwrap(), NAMESPACE);
+        let lease = leases.get_opt("trustplane-leader").await.unwrap()?;
+        let expires: u128 = lease
+            .metadata
+            .annotations
+            .as_ref()?
+            .get("trustplane.io/expires-unix-ms")?
+            .parse()
+            .ok()?;
+        let now = trustplane::clock::SystemClock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        if expires <= now {
+            return None;
+        }
+        lease.spec?.holder_identity?.split('-').next()?.parse().ok()
+    }
+
+    /// Every serial with a TrustplaneCertificate object.
+    async fn certificate_objects(&self) -> Vec<String> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.cluster.admin_client().await.unwrap(),
+            NAMESPACE,
+            &ApiResource::erase::<TrustplaneCertificate>(&()),
+        );
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|object| object.data["spec"]["key"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value or `timeout` passes.
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A watcher that starts on server `first` of `urls` and moves to the next
+/// when its stream ends or breaks; records every version it receives.
+fn spawn_watcher(
+    hub: Arc<Hub>,
+    urls: Vec<String>,
+    first: usize,
+    seen: Arc<Mutex<Vec<u64>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut index = first;
+        loop {
+            let url = &urls[index % urls.len()];
+            if let Ok(channel) = hub.channel(url).await
+                && let Ok(stream) = TrustBundleServiceClient::new(channel)
+                    .watch_bundle(proto::WatchBundleRequest::default())
+                    .await
+            {
+                let mut stream = stream.into_inner();
+                while let Ok(Some(bundle)) = stream.message().await {
+                    seen.lock().unwrap().push(bundle.version);
+                }
+            }
+            index += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// One cluster: registered, enrolled and signing `rounds` intermediates,
+/// each call through the next server that answers. Returns the serials
+/// received.
+async fn issue(hub: &Hub, urls: &[String], name: String, rounds: usize) -> Vec<String> {
+    let mut received = Vec::new();
+    let mut next = name.len();
+    let mut failures = 0;
+    let mut attempt = |next: &mut usize, what: &str, error: String| {
+        *next += 1;
+        failures += 1;
+        assert!(failures < 200, "{name}: {what} kept failing: {error}");
+    };
+    let token = loop {
+        let url = &urls[next % urls.len()];
+        let Ok(channel) = hub.channel(url).await else {
+            attempt(&mut next, "connect", url.clone());
+            continue;
+        };
+        match AdminServiceClient::new(channel)
+            .add_cluster(proto::AddClusterRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(answer) => break answer.into_inner().join_token,
+            Err(status) => attempt(&mut next, "add", status.to_string()),
+        }
+    };
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let enrolled = loop {
+        let url = &urls[next % urls.len()];
+        let Ok(channel) = connect(url, &hub.control_plane_ca(), None).await else {
+            attempt(&mut next, "connect", url.clone());
+            continue;
+        };
+        match IntermediateServiceClient::new(channel)
+            .enroll(proto::EnrollRequest {
+                cluster: name.clone(),
+                join_token: token.clone(),
+                client_csr_pem: ca::create_csr(&key, "agent").unwrap(),
+            })
+            .await
+        {
+            Ok(answer) => break answer.into_inner(),
+            Err(status) => attempt(&mut next, "enroll", status.to_string()),
+        }
+    };
+    received.push(serial_of(&enrolled.client_cert_pem));
+    let key_pem = key.to_pkcs8_pem().to_string();
+    for _ in 0..rounds {
+        let signed = loop {
+            let url = &urls[next % urls.len()];
+            let Ok(channel) = connect(
+                url,
+                &hub.control_plane_ca(),
+                Some((&enrolled.client_cert_pem, &key_pem)),
+            )
+            .await
+            else {
+                attempt(&mut next, "connect", url.clone());
+                continue;
+            };
+            let intermediate = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+            let csr = ca::create_csr(&intermediate, &format!("{name} intermediate")).unwrap();
+            match IntermediateServiceClient::new(channel)
+                .sign_intermediate(proto::SignIntermediateRequest {
+                    csr: csr.into_bytes(),
+                    cluster: name.clone(),
+                })
+                .await
+            {
+                Ok(answer) => break answer.into_inner(),
+                Err(status) => attempt(&mut next, "sign", status.to_string()),
+            }
+        };
+        received.push(serial_of(&signed.certificate_pem));
+        next += 1;
+    }
+    received
+}
+
+fn serial_of(pem: &str) -> String {
+    Certificate::from_pem(pem).unwrap().serial_hex().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_watchers_miss_no_version()
+ {
+    if skip_e2e() {
+        return;
+    }
+    crate::common::install_crypto();
+    let hub = Arc::new(Hub::start("ha").await);
+    let mut servers: Vec<Server> = (1..=3).map(|index| hub.start_server(index)).collect();
+    let urls: Vec<String> = servers.iter().map(|server| server.url.clone()).collect();
+    let leader = wait_for(Duration::from_secs(20), || hub.leader_pid())
+        .await
+        .expect("no server took the lease");
+    let leader_index = servers
+        .iter()
+        .position(|server| server.process.0.id() == leader)
+        .expect("the lease holder is none of the servers");
+
+    // A watcher starting on each server.
+    let watched: Vec<Arc<Mutex<Vec<u64>>>> = (0..3).map(|_| Arc::default()).collect();
+    let watchers: Vec<_> = watched
+        .iter()
+        .enumerate()
+        .map(|(index, seen)| spawn_watcher(hub.clone(), urls.clone(), index, seen.clone()))
+        .collect();
+
+    // A burst of clusters signing through every server; the leader is
+    // SIGKILLed once some have been issued.
+    const CLUSTERS: usize = 6;
+    const ROUNDS: usize = 4;
+    let burst: Vec<_> = (0..CLUSTERS)
+        .map(|index| {
+            let hub = hub.clone();
+            let mut order = urls.clone();
+            order.rotate_left(index % urls.len());
+            tokio::spawn(async move { issue(&hub, &order, format!("c{index}"), ROUNDS).await })
+        })
+        .collect();
+    wait_for(Duration::from_secs(60), || async {
+        (hub.certificate_objects().await.len() >= CLUSTERS * 2).then_some(())
+    })
+    .await
+    .expect("the burst issued nothing");
+    println!(
+        "SIGKILL the leader (pid {leader}) after {} of {} certificates",
+        hub.certificate_objects().await.len(),
+        CLUSTERS * (ROUNDS + 1)
+    );
+    let mut killed = servers.remove(leader_index);
+    let killed_at = Instant::now();
+    killed.process.0.kill().unwrap();
+    killed.process.0.wait().unwrap();
+    let survivors: BTreeSet<u32> = servers.iter().map(|server| server.process.0.id()).collect();
+    let new_leader = wait_for(LEASE + Duration::from_secs(5), || async {
+        hub.leader_pid().await.filter(|pid| survivors.contains(pid))
+    })
+    .await;
+    assert!(
+        new_leader.is_some(),
+        "no survivor took the lease; logs:\n{}",
+        servers
+            .iter()
+            .map(|server| std::fs::read_to_string(&server.log).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    );
+    assert!(
+        killed_at.elapsed() < LEASE + Duration::from_secs(3),
+        "the lease was taken over after {:?}",
+        killed_at.elapsed()
+    );
+
+    let mut received: BTreeMap<String, usize> = BTreeMap::new();
+    for (index, run) in burst.into_iter().enumerate() {
+        for serial in run.await.unwrap() {
+            assert!(
+                received.insert(serial.clone(), index).is_none(),
+                "serial {serial} handed out twice"
+            );
+        }
+    }
+    assert_eq!(received.len(), CLUSTERS * (ROUNDS + 1));
+    let objects = hub.certificate_objects().await;
+    let unique: BTreeSet<&String> = objects.iter().collect();
+    assert_eq!(unique.len(), objects.len(), "a serial has two objects");
+    for serial in received.keys() {
+        assert!(
+            unique.contains(serial),
+            "serial {serial} has no TrustplaneCertificate"
+        );
+    }
+
+    // Bundle versions published through the survivors, one after another:
+    // every watcher (the killed server's too, reconnected) sees each.
+    let survivor_urls: Vec<String> = servers.iter().map(|server| server.url.clone()).collect();
+    for step in 0..4 {
+        let mut admin = hub.admin(&survivor_urls[step % survivor_urls.len()]).await;
+        if step % 2 == 0 {
+            admin
+                .rotate_start(proto::RotateStartRequest::default())
+                .await
+                .unwrap();
+        } else {
+            admin
+                .rotate_abort(proto::RotateAbortRequest::default())
+                .await
+                .unwrap();
+        }
+        let version = 2 + step as u64;
+        for (index, seen) in watched.iter().enumerate() {
+            wait_for(Duration::from_secs(15), || async {
+                seen.lock().unwrap().contains(&version).then_some(())
+            })
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "watcher {index} never saw version {version}: {:?}",
+                    seen.lock().unwrap()
+                )
+            });
+        }
+    }
+    for watcher in watchers {
+        watcher.abort();
+    }
+    for (index, seen) in watched.iter().enumerate() {
+        let seen = seen.lock().unwrap().clone();
+        let distinct: BTreeSet<u64> = seen.iter().copied().collect();
+        assert_eq!(
+            distinct,
+            (1..=5).collect::<BTreeSet<u64>>(),
+            "watcher {index} saw {seen:?}"
+        );
+        assert!(
+            seen.windows(2).all(|pair| pair[1] >= pair[0]),
+            "watcher {index} went back: {seen:?}"
+        );
+    }
+}

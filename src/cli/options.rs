@@ -242,7 +242,7 @@ impl KekOption {
 /// `--server` (`TRUSTPLANE_SERVER`).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ServerOption {
-    /// Server URL [default: https://127.0.0.1:8443 for admin commands; for the agent, the URL saved with its identity at enrollment].
+    /// Server URL [default: https://127.0.0.1:8443 for admin commands; for the agent, the URL saved with its identity at enrollment]. The agent also takes several replicas' URLs, comma-separated (https://a:8443,https://b:8443), and fails over between them.
     #[arg(
         id = "server",
         long = "server",

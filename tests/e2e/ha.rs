@@ -5,7 +5,8 @@
 //! takes the lease over within its duration, no serial is issued twice
 //! (every received certificate has exactly one TrustplaneCertificate
 //! object), and watchers, reconnecting to another server when theirs dies,
-//! see every bundle version published afterwards, with no gap.
+//! see every bundle version published afterwards, with no gap; an agent
+//! given every server's address fails over from the killed one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -19,6 +20,7 @@ use kube::Api;
 use kube::api::DynamicObject;
 use kube::discovery::ApiResource;
 use tonic::transport::Channel;
+use trustplane::agent::{self, AgentConfig};
 use trustplane::ca::{self, Certificate, KeyAlgorithm, PrivateKey};
 use trustplane::cli::connect;
 use trustplane::proto;
@@ -26,6 +28,7 @@ use trustplane::proto::admin_service_client::AdminServiceClient;
 use trustplane::proto::intermediate_service_client::IntermediateServiceClient;
 use trustplane::proto::trust_bundle_service_client::TrustBundleServiceClient;
 use trustplane::server::DataDir;
+use trustplane::sink::{ClusterSink, DirectorySink};
 use trustplane::store::kube_resources::TrustplaneCertificate;
 
 use crate::common::binary::{BINARY, Guard};
@@ -366,6 +369,38 @@ async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_w
         .position(|server| server.process.0.id() == leader)
         .expect("the lease holder is none of the servers");
 
+    // An agent given every server, the leader first: it enrolls and
+    // watches there, and fails over when the leader dies.
+    let token = hub
+        .admin(&urls[leader_index])
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: "east".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .join_token;
+    let mut agent_servers = urls.clone();
+    agent_servers.rotate_left(leader_index);
+    let sink: Arc<dyn ClusterSink> =
+        Arc::new(DirectorySink::new(hub.dir.path().join("east-cacerts")));
+    let agent = agent::spawn(
+        AgentConfig {
+            server_ca_pem: Some(hub.control_plane_ca()),
+            join_token: Some(zeroize::Zeroizing::new(token)),
+            max_backoff: Duration::from_secs(1),
+            ..AgentConfig::new(agent_servers.join(","), hub.dir.path().join("east"))
+        },
+        sink,
+    );
+    wait_for(Duration::from_secs(30), || async {
+        (agent.status.borrow().applied_bundle_version == 1).then_some(())
+    })
+    .await
+    .expect("the agent never applied version 1");
+
     // A watcher starting on each server.
     let watched: Vec<Arc<Mutex<Vec<u64>>>> = (0..3).map(|_| Arc::default()).collect();
     let watchers: Vec<_> = watched
@@ -473,6 +508,14 @@ async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_w
     for watcher in watchers {
         watcher.abort();
     }
+    // The agent followed through another server.
+    wait_for(Duration::from_secs(30), || async {
+        let status = agent.status.borrow().clone();
+        (status.applied_bundle_version == 5).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the agent did not fail over: {:?}", agent.status.borrow()));
+    agent.stop();
     for (index, seen) in watched.iter().enumerate() {
         let seen = seen.lock().unwrap().clone();
         let distinct: BTreeSet<u64> = seen.iter().copied().collect();

@@ -70,13 +70,16 @@ impl Hub {
             dir: tempfile::tempdir().unwrap(),
         };
         let data = hub.data();
-        let init = hub.trustplane(&[
-            "init",
-            "--trust-domain",
-            "cluster.local",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ]);
+        let mut args = vec![
+            "init".to_string(),
+            "--trust-domain".into(),
+            "cluster.local".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        args.extend(hub.store_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let init = hub.trustplane(&args);
         assert!(init.status.success(), "init: {}", text(&init));
         assert!(
             text(&init).contains("Kubernetes namespace trustplane"),
@@ -107,9 +110,24 @@ impl Hub {
         Command::new(BINARY)
             .env_remove("TRUSTPLANE_KEK")
             .args(args)
-            .args(self.store_args())
             .output()
             .unwrap()
+    }
+
+    /// `trustplane rotate <args> --server <url>` as the admin; its output.
+    fn rotate(&self, url: &str, args: &[&str]) -> Output {
+        let data = self.data();
+        let mut all = vec!["rotate"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", url, "--data-dir", data.to_str().unwrap()]);
+        self.trustplane(&all)
+    }
+
+    /// `rotate status -o json` through `url`.
+    fn rotation_status(&self, url: &str) -> serde_json::Value {
+        let output = self.rotate(url, &["status", "-o", "json"]);
+        assert!(output.status.success(), "rotate status: {}", text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
     }
 
     fn start_server(&self, index: usize) -> Server {
@@ -528,5 +546,136 @@ async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_w
             seen.windows(2).all(|pair| pair[1] >= pair[0]),
             "watcher {index} went back: {seen:?}"
         );
+    }
+}
+
+/// The rotation's grace, and the simulated workload certificate lifetime.
+const GRACE: Duration = Duration::from_secs(6);
+
+/// The leader SIGKILLed during a rotation (in sign-new's grace, advanced
+/// by it with `--auto`): a survivor takes the lease within its duration
+/// and completes the rotation; every ordered pair of the mesh's clusters
+/// keeps verifying each other's workloads throughout (tests/common/mesh.rs),
+/// and the agents, given every server, follow through the survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_sigkilled_during_a_rotation_is_replaced_and_the_rotation_completes() {
+    use crate::common::mesh::Mesh;
+    use trustplane::clock::SystemClock;
+
+    if skip_e2e() {
+        return;
+    }
+    crate::common::install_crypto();
+    let hub = Arc::new(Hub::start("ha-rotation").await);
+    let mut servers: Vec<Server> = (1..=3).map(|index| hub.start_server(index)).collect();
+    let urls: Vec<String> = servers.iter().map(|server| server.url.clone()).collect();
+    let leader = wait_for(Duration::from_secs(20), || hub.leader_pid())
+        .await
+        .expect("no server took the lease");
+    let leader_index = servers
+        .iter()
+        .position(|server| server.process.0.id() == leader)
+        .expect("the lease holder is none of the servers");
+    let survivor_url = urls[(leader_index + 1) % urls.len()].clone();
+
+    let mesh = Mesh::new(GRACE, SystemClock::shared());
+    let mut agents = Vec::new();
+    let mut admin = hub.admin(&survivor_url).await;
+    for index in 0..3 {
+        let name = format!("k{index}");
+        let token = admin
+            .add_cluster(proto::AddClusterRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .join_token;
+        let sink: Arc<dyn ClusterSink> = mesh.sink(&name);
+        // Each agent starts on another server (one on the leader).
+        let mut order = urls.clone();
+        order.rotate_left(index);
+        agents.push(agent::spawn(
+            AgentConfig {
+                server_ca_pem: Some(hub.control_plane_ca()),
+                join_token: Some(zeroize::Zeroizing::new(token)),
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                max_backoff: Duration::from_millis(500),
+                ..AgentConfig::new(order.join(","), hub.dir.path().join(&name))
+            },
+            sink,
+        ));
+    }
+    mesh.check_all("stable").await;
+
+    let started = hub.rotate(
+        &survivor_url,
+        &[
+            "start",
+            "--auto",
+            "--grace",
+            &format!("{}s", GRACE.as_secs()),
+        ],
+    );
+    assert!(started.status.success(), "rotate start: {}", text(&started));
+    wait_for(Duration::from_secs(60), || async {
+        (hub.rotation_status(&survivor_url)["phase"] == "sign-new").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the rotation never reached sign-new: {}; leader log:\n{}",
+            hub.rotation_status(&survivor_url),
+            std::fs::read_to_string(&servers[leader_index].log).unwrap_or_default()
+        )
+    });
+    let mut killed = servers.remove(leader_index);
+    let killed_at = Instant::now();
+    killed.process.0.kill().unwrap();
+    killed.process.0.wait().unwrap();
+    mesh.check_all("sign-new, leader killed").await;
+    let survivors: BTreeSet<u32> = servers.iter().map(|server| server.process.0.id()).collect();
+    let new_leader = wait_for(LEASE + Duration::from_secs(5), || async {
+        hub.leader_pid().await.filter(|pid| survivors.contains(pid))
+    })
+    .await;
+    assert!(new_leader.is_some(), "no survivor took the lease");
+    assert!(
+        killed_at.elapsed() < LEASE + Duration::from_secs(3),
+        "the lease was taken over after {:?}",
+        killed_at.elapsed()
+    );
+    let done = wait_for(Duration::from_secs(90), || async {
+        let json = hub.rotation_status(&survivor_url);
+        (json["phase"] == "stable").then_some(json)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the rotation did not complete after the takeover: {}; logs:\n{}",
+            hub.rotation_status(&survivor_url),
+            servers
+                .iter()
+                .map(|server| std::fs::read_to_string(&server.log).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        )
+    });
+    assert_eq!(done["outcome"], "completed", "{done}");
+    mesh.check_all("completed").await;
+    let summary = mesh.summary().await;
+    assert!(
+        summary.failures.is_empty(),
+        "{} failed pair checks out of {}:\n{}",
+        summary.failures.len(),
+        summary.checks,
+        summary.failures.join("\n")
+    );
+    assert!(summary.checks > 0);
+    // Every cluster was re-issued from the new root at least once.
+    assert!(summary.intermediates >= 6, "{summary:?}");
+    for agent in agents {
+        agent.stop();
     }
 }

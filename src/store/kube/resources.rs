@@ -310,8 +310,8 @@ pub fn load_value(stored: &StoredValue) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
-/// The head's spec for the protocol's [`Head`].
-pub fn head_spec(head: &Head) -> TrustplaneHeadSpec {
+/// The head's spec for the protocol's head.
+pub(crate) fn head_spec(head: &Head) -> TrustplaneHeadSpec {
     TrustplaneHeadSpec {
         seq: head.seq,
         applied: head.applied,
@@ -329,8 +329,8 @@ pub fn head_spec(head: &Head) -> TrustplaneHeadSpec {
     }
 }
 
-/// The protocol's [`Head`] from the head's spec.
-pub fn head_of(spec: TrustplaneHeadSpec) -> Head {
+/// The protocol's head from the head's spec.
+pub(crate) fn head_of(spec: TrustplaneHeadSpec) -> Head {
     Head {
         seq: spec.seq,
         applied: spec.applied,
@@ -351,7 +351,7 @@ pub fn head_of(spec: TrustplaneHeadSpec) -> Head {
 /// A key object's spec for the protocol's record of `key`.
 ///
 /// Errors: a record value that is not base64 (never: the protocol wrote it).
-pub fn record_spec(key: &str, record: &KeyRecord) -> Result<RecordSpec, String> {
+pub(crate) fn record_spec(key: &str, record: &KeyRecord) -> Result<RecordSpec, String> {
     let stored = |value: &Option<String>| -> Result<StoredValue, String> {
         match value {
             None => Ok(StoredValue::default()),
@@ -380,7 +380,7 @@ pub fn record_spec(key: &str, record: &KeyRecord) -> Result<RecordSpec, String> 
 /// The protocol's record from a key object's spec.
 ///
 /// Errors: as [`load_value`].
-pub fn record_of(spec: &RecordSpec) -> Result<KeyRecord, String> {
+pub(crate) fn record_of(spec: &RecordSpec) -> Result<KeyRecord, String> {
     let encoded = |stored: &StoredValue| -> Result<Option<String>, String> {
         Ok(load_value(stored)?.map(|bytes| STANDARD.encode(bytes)))
     };

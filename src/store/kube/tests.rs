@@ -94,7 +94,7 @@ fn values_round_trip_byte_for_byte_and_json_is_embedded_where_the_api_server_kee
 }
 
 #[test]
-fn the_crds_name_every_kind_keep_values_open_and_are_committed() {
+fn the_crds_name_every_kind_and_keep_values_open() {
     let yaml = resources::crds_yaml().unwrap();
     for plural in [
         "trustplaneheads",
@@ -114,11 +114,6 @@ fn the_crds_name_every_kind_keep_values_open_and_are_committed() {
     }
     assert!(yaml.contains("x-kubernetes-preserve-unknown-fields: true"));
     assert_eq!(resources::crds().len(), 9);
-    let committed = std::fs::read_to_string(kube_cluster::CRDS_PATH).unwrap();
-    assert!(
-        committed == yaml,
-        "deploy/crds/trustplane.io.yaml is stale: run `cargo run -- admin crds > deploy/crds/trustplane.io.yaml`"
-    );
 }
 
 /// A cluster with the CRDs applied and a runtime for the harness.

@@ -3,7 +3,9 @@
 //! points at it.
 //!
 //! KV v2 only offers check-and-set on one secret, so batches commit through
-//! one head secret, `<prefix>/head`:
+//! one head secret, `<prefix>/head`, by the protocol of
+//! `store::head_commit` (shared with the `kubernetes` store; this module is
+//! its backend over KV v2, [`VaultObjects`]):
 //!
 //! 1. Read the head (its KV version `H`, the last batch's sequence number
 //!    `S` and that batch's resolved writes). If that batch is not yet marked

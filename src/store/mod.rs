@@ -356,6 +356,15 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// A receiver whose value changes soon after the store may have
+    /// changed (the backend watches it), so that a server sharing the
+    /// store can read [`Store::generation`] at once instead of at its next
+    /// poll. `None`: no such notice, poll only. A notice is a hint: it can
+    /// come for nothing, and polling stays the guarantee.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Takes or renews the lease `name` for `holder` until
     /// `expires_unix_ms`, when it is free, expired at `now_unix_ms`, or
     /// already `holder`'s, by check-and-set outside the batches (renewing a

@@ -114,6 +114,11 @@ pub trait Objects: Send + Sync + 'static {
         table: Table,
     ) -> impl Future<Output = Result<Vec<(String, KeyRecord)>, StoreError>> + Send;
 
+    /// See [`Store::changes`] (default: none).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// See [`Store::lease`].
     fn lease(
         &self,
@@ -640,6 +645,10 @@ impl<B: Objects> Store for HeadStore<B> {
 
     fn generation(&self) -> Result<Option<u64>, StoreError> {
         self.run(|place| async move { Ok(Some(place.head().await?.0.seq)) })
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.place.objects.changes()
     }
 
     fn lease(

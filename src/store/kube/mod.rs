@@ -33,6 +33,10 @@
 //! resourceVersion check-and-set; the expiry the holder set is kept in the
 //! annotation `trustplane.io/expires-unix-ms`.
 //!
+//! Servers sharing the store watch the head ([`Store::changes`]) and catch
+//! up at once when another commits; their once-a-second poll of
+//! [`Store::generation`] stays the guarantee.
+//!
 //! Issuance on every replica: each issued certificate's record is created
 //! with `Expect::Absent` through the head, so two replicas can never both
 //! record one serial (the second batch conflicts and is retried with a new
@@ -60,6 +64,7 @@ use super::head_commit::{HeadStore, Objects, runtime};
 use super::{StoreError, Table};
 
 pub mod resources;
+mod watch;
 
 use resources::{
     HEAD_NAME, Kind, MANAGED_BY, RecordSpec, TABLE_LABEL, head_of, head_resource, head_spec,
@@ -97,6 +102,8 @@ pub struct KubeObjects {
     client: kube::Client,
     namespace: String,
     server: String,
+    /// Changes as the watch on the head sees them.
+    changes: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for KubeObjects {
@@ -456,6 +463,10 @@ impl Objects for KubeObjects {
     const MAX_BATCH_BYTES: usize = MAX_BATCH_BYTES;
     const NAME: &'static str = "Kubernetes";
 
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.changes.clone()
+    }
+
     async fn read_head(&self) -> Result<Option<(Head, String)>, StoreError> {
         Ok(self
             .read_custom(&head_resource(), HEAD_NAME)
@@ -779,15 +790,21 @@ impl KubeStore {
                     client,
                     namespace: config.namespace,
                     server,
+                    changes: None,
                 };
                 objects.check_access().await?;
                 Ok(objects)
             };
             let _ = sender.send(opened.await);
         });
-        let objects = receiver
+        let mut objects = receiver
             .recv()
             .map_err(|_| backend("the Kubernetes connection task stopped"))??;
+        objects.changes = Some(watch::spawn(
+            &runtime,
+            objects.client.clone(),
+            &objects.namespace,
+        ));
         HeadStore::new(objects, runtime)
     }
 }

@@ -7,6 +7,7 @@
 use super::resources::{self, StoredValue, load_value, object_name, store_value};
 use super::*;
 use crate::store::{Batch, Expect, Store, conformance};
+use k8s_openapi::api::coordination::v1::Lease;
 
 #[path = "../../../tests/e2e/kube_cluster.rs"]
 #[allow(dead_code, clippy::disallowed_methods)]

@@ -81,6 +81,10 @@ pub const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// failing (pauses 0.1 s, 0.2 s, 0.4 s, ... between them).
 const TRANSIENT_ATTEMPTS: u32 = 6;
 
+/// How long one API call may wait for its response (a stalled API server
+/// is retried, then reported, instead of holding a commit for minutes).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Objects one list page returns.
 const LIST_PAGE: u32 = 500;
 
@@ -575,7 +579,12 @@ impl Objects for KubeObjects {
             match kind {
                 Kind::Custom(resource) => {
                     for object in self.list_resource(&resource).await? {
-                        specs.push(self.spec_of::<RecordSpec>(&resource, object)?.0);
+                        let spec = self.spec_of::<RecordSpec>(&resource, object)?.0;
+                        // A Meta key's kind is fixed by its name: an object
+                        // of the other kind does not hold the key.
+                        if kind_of(table, &spec.key) == Kind::Custom(resource.clone()) {
+                            specs.push(spec);
+                        }
                     }
                 }
                 Kind::Secret => {
@@ -587,9 +596,6 @@ impl Objects for KubeObjects {
         }
         specs
             .into_iter()
-            // A Meta key's kind is fixed by its name: an object of the
-            // other kind is not the key's.
-            .filter(|spec| kind_of(table, &spec.key) != Kind::Secret || table == Table::Secrets)
             .map(|spec| {
                 let key = spec.key.clone();
                 Ok((key.clone(), self.checked(table, &key, spec)?))
@@ -676,7 +682,13 @@ impl KubeStore {
                     .await
                     .map_err(config_error)?;
                 let server = settings.cluster_url.to_string();
+                // The watch idles between commits: no response deadline.
+                let mut watching = settings.clone();
+                watching.read_timeout = None;
+                let mut settings = settings;
+                settings.read_timeout = Some(CALL_TIMEOUT);
                 let client = crate::sink::kube::client_for(settings).map_err(config_error)?;
+                let watch_client = crate::sink::kube::client_for(watching).map_err(config_error)?;
                 let objects = KubeObjects {
                     client,
                     namespace: config.namespace,
@@ -684,18 +696,14 @@ impl KubeStore {
                     changes: None,
                 };
                 objects.check_access().await?;
-                Ok(objects)
+                Ok((objects, watch_client))
             };
             let _ = sender.send(opened.await);
         });
-        let mut objects = receiver
+        let (mut objects, watch_client) = receiver
             .recv()
             .map_err(|_| backend("the Kubernetes connection task stopped"))??;
-        objects.changes = Some(watch::spawn(
-            &runtime,
-            objects.client.clone(),
-            &objects.namespace,
-        ));
+        objects.changes = Some(watch::spawn(&runtime, watch_client, &objects.namespace));
         HeadStore::new(objects, runtime)
     }
 }

@@ -283,84 +283,87 @@ fn spawn_watcher(
     })
 }
 
-/// One cluster: registered, enrolled and signing `rounds` intermediates,
-/// each call through the next server that answers. Returns the serials
-/// received.
-async fn issue(hub: &Hub, urls: &[String], name: String, rounds: usize) -> Vec<String> {
-    let mut received = Vec::new();
-    let mut next = name.len();
-    let mut failures = 0;
-    let mut attempt = |next: &mut usize, what: &str, error: String| {
-        *next += 1;
-        failures += 1;
-        assert!(failures < 200, "{name}: {what} kept failing: {error}");
-    };
-    let token = loop {
-        let url = &urls[next % urls.len()];
-        let Ok(channel) = hub.channel(url).await else {
-            attempt(&mut next, "connect", url.clone());
-            continue;
-        };
-        match AdminServiceClient::new(channel)
-            .add_cluster(proto::AddClusterRequest {
-                name: name.clone(),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(answer) => break answer.into_inner().join_token,
-            Err(status) => attempt(&mut next, "add", status.to_string()),
-        }
-    };
+/// One cluster registered and enrolled through `url` (before any server
+/// is killed: a join token is spent once, so an enrollment whose answer
+/// was lost cannot be retried). Returns its client certificate and key.
+async fn enroll(hub: &Hub, url: &str, name: &str) -> (String, String) {
+    let token = hub
+        .admin(url)
+        .await
+        .add_cluster(proto::AddClusterRequest {
+            name: name.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .join_token;
     let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let enrolled = loop {
-        let url = &urls[next % urls.len()];
-        let Ok(channel) = connect(url, &hub.control_plane_ca(), None).await else {
-            attempt(&mut next, "connect", url.clone());
-            continue;
-        };
-        match IntermediateServiceClient::new(channel)
-            .enroll(proto::EnrollRequest {
-                cluster: name.clone(),
-                join_token: token.clone(),
-                client_csr_pem: ca::create_csr(&key, "agent").unwrap(),
-            })
-            .await
-        {
-            Ok(answer) => break answer.into_inner(),
-            Err(status) => attempt(&mut next, "enroll", status.to_string()),
-        }
-    };
-    received.push(serial_of(&enrolled.client_cert_pem));
-    let key_pem = key.to_pkcs8_pem().to_string();
+    let channel = connect(url, &hub.control_plane_ca(), None).await.unwrap();
+    let enrolled = IntermediateServiceClient::new(channel)
+        .enroll(proto::EnrollRequest {
+            cluster: name.to_string(),
+            join_token: token,
+            client_csr_pem: ca::create_csr(&key, "agent").unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (enrolled.client_cert_pem, key.to_pkcs8_pem().to_string())
+}
+
+/// `rounds` intermediates for cluster `name`, each SignIntermediate sent
+/// to the next server, and to the one after when a server does not
+/// answer (a call whose answer was lost is simply sent again: it signs a
+/// new serial). Returns the serials received.
+async fn sign_rounds(
+    hub: &Hub,
+    urls: &[String],
+    name: &str,
+    identity: &(String, String),
+    rounds: usize,
+) -> Vec<String> {
+    let mut received = Vec::new();
+    let mut next = 0;
+    let mut failures = 0;
     for _ in 0..rounds {
         let signed = loop {
             let url = &urls[next % urls.len()];
-            let Ok(channel) = connect(
+            next += 1;
+            let answer = match connect(
                 url,
                 &hub.control_plane_ca(),
-                Some((&enrolled.client_cert_pem, &key_pem)),
+                Some((&identity.0, &identity.1)),
             )
             .await
-            else {
-                attempt(&mut next, "connect", url.clone());
-                continue;
-            };
-            let intermediate = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-            let csr = ca::create_csr(&intermediate, &format!("{name} intermediate")).unwrap();
-            match IntermediateServiceClient::new(channel)
-                .sign_intermediate(proto::SignIntermediateRequest {
-                    csr: csr.into_bytes(),
-                    cluster: name.clone(),
-                })
-                .await
             {
-                Ok(answer) => break answer.into_inner(),
-                Err(status) => attempt(&mut next, "sign", status.to_string()),
+                Err(error) => Err(error.to_string()),
+                Ok(channel) => {
+                    let intermediate = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+                    let csr =
+                        ca::create_csr(&intermediate, &format!("{name} intermediate")).unwrap();
+                    IntermediateServiceClient::new(channel)
+                        .sign_intermediate(proto::SignIntermediateRequest {
+                            csr: csr.into_bytes(),
+                            cluster: name.to_string(),
+                        })
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|status| status.to_string())
+                }
+            };
+            match answer {
+                Ok(signed) => break signed,
+                Err(error) => {
+                    failures += 1;
+                    assert!(
+                        failures < 100,
+                        "{name}: SignIntermediate kept failing: {error}"
+                    );
+                }
             }
         };
         received.push(serial_of(&signed.certificate_pem));
-        next += 1;
     }
     received
 }
@@ -427,27 +430,40 @@ async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_w
         .map(|(index, seen)| spawn_watcher(hub.clone(), urls.clone(), index, seen.clone()))
         .collect();
 
-    // A burst of clusters signing through every server; the leader is
-    // SIGKILLed once some have been issued.
+    // Clusters enrolled through every server, then a burst of them signing
+    // intermediates through every server; the leader is SIGKILLed once
+    // some have been issued.
     const CLUSTERS: usize = 6;
-    const ROUNDS: usize = 4;
-    let burst: Vec<_> = (0..CLUSTERS)
-        .map(|index| {
+    const ROUNDS: usize = 5;
+    let mut received: BTreeMap<String, usize> = BTreeMap::new();
+    let mut identities = Vec::new();
+    for index in 0..CLUSTERS {
+        let identity = enroll(&hub, &urls[index % urls.len()], &format!("c{index}")).await;
+        received.insert(serial_of(&identity.0), index);
+        identities.push(identity);
+    }
+    let before_burst = hub.certificate_objects().await.len();
+    let burst: Vec<_> = identities
+        .into_iter()
+        .enumerate()
+        .map(|(index, identity)| {
             let hub = hub.clone();
             let mut order = urls.clone();
             order.rotate_left(index % urls.len());
-            tokio::spawn(async move { issue(&hub, &order, format!("c{index}"), ROUNDS).await })
+            tokio::spawn(async move {
+                sign_rounds(&hub, &order, &format!("c{index}"), &identity, ROUNDS).await
+            })
         })
         .collect();
     wait_for(Duration::from_secs(60), || async {
-        (hub.certificate_objects().await.len() >= CLUSTERS * 2).then_some(())
+        (hub.certificate_objects().await.len() >= before_burst + CLUSTERS).then_some(())
     })
     .await
     .expect("the burst issued nothing");
     println!(
-        "SIGKILL the leader (pid {leader}) after {} of {} certificates",
-        hub.certificate_objects().await.len(),
-        CLUSTERS * (ROUNDS + 1)
+        "SIGKILL the leader (pid {leader}) after {} of the burst's {} intermediates",
+        hub.certificate_objects().await.len() - before_burst,
+        CLUSTERS * ROUNDS
     );
     let mut killed = servers.remove(leader_index);
     let killed_at = Instant::now();
@@ -473,7 +489,6 @@ async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_w
         killed_at.elapsed()
     );
 
-    let mut received: BTreeMap<String, usize> = BTreeMap::new();
     for (index, run) in burst.into_iter().enumerate() {
         for serial in run.await.unwrap() {
             assert!(

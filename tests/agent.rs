@@ -536,3 +536,56 @@ async fn an_identity_renewal_missed_while_the_server_is_down_happens_once_it_is_
     handle.stop();
     handle.task.await.unwrap().unwrap();
 }
+
+/// An agent given several replicas' addresses, the first of which nothing
+/// listens on: it enrolls and watches through the next one, follows new
+/// versions there, and saves the whole list with its identity.
+#[tokio::test]
+async fn an_agent_given_several_servers_skips_an_unreachable_one_for_enrollment_and_watch() {
+    let server = common::start_server().await;
+    let work = tempfile::tempdir().unwrap();
+    let (identity, cacerts) = (work.path().join("identity"), work.path().join("cacerts"));
+    let token = server.add_cluster("east").await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        )
+    };
+    let servers = format!("{dead}, {}", server.url());
+    let sink: Arc<dyn ClusterSink> = Arc::new(DirectorySink::new(cacerts.clone()));
+    let handle = agent::spawn(
+        AgentConfig {
+            server_ca_pem: Some(server.control_plane_ca_pem.clone()),
+            join_token: Some(zeroize::Zeroizing::new(token)),
+            max_backoff: Duration::from_secs(1),
+            ..AgentConfig::new(servers.clone(), identity.clone())
+        },
+        sink,
+    );
+    wait_for(
+        &handle,
+        "bundle v1 applied through the second server",
+        |status| status.applied_bundle_version == 1,
+    )
+    .await;
+    assert_verifies(&cacerts);
+    let authority = server.authority().clone();
+    let next = authority
+        .publication
+        .current()
+        .bundle
+        .with_appended(new_root("second"))
+        .unwrap();
+    authority.publication.publish(next).unwrap();
+    wait_for(&handle, "bundle v2 applied", |status| {
+        status.applied_bundle_version == 2
+    })
+    .await;
+    assert_eq!(reported_version(&server, "east").await, 2);
+    let saved = std::fs::read_to_string(identity.join("server")).unwrap();
+    assert_eq!(saved.trim(), servers);
+    handle.stop();
+    handle.task.await.unwrap().unwrap();
+}

@@ -863,3 +863,26 @@ fn log_format_json_writes_one_object_per_line_with_the_documented_fields() {
     );
     assert!(first.contains("audit entry"), "{first}");
 }
+
+/// `deploy/crds/trustplane.io.yaml` is what `trustplane admin crds` prints
+/// now (the CRDs of `--store kubernetes`, generated from the Rust types).
+#[test]
+fn the_committed_crds_are_what_admin_crds_prints() {
+    let printed = ok(&["admin", "crds"]);
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/crds/trustplane.io.yaml"
+    );
+    let committed = std::fs::read_to_string(path).unwrap();
+    assert!(
+        printed == committed,
+        "deploy/crds/trustplane.io.yaml is stale: run `cargo run -- admin crds > deploy/crds/trustplane.io.yaml` and commit it"
+    );
+    for kind in [
+        "TrustplaneHead",
+        "TrustplaneCertificate",
+        "TrustplaneAuditEntry",
+    ] {
+        assert!(printed.contains(&format!("kind: {kind}")), "{kind}");
+    }
+}

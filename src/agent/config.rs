@@ -13,7 +13,10 @@ use crate::reconcile::{INITIAL_BACKOFF, RENEW_FRACTION};
 /// Everything the agent needs; see [`AgentConfig::new`] for the defaults.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// The trustplane server, e.g. `https://127.0.0.1:8443` (TLS only).
+    /// The trustplane server, e.g. `https://127.0.0.1:8443` (TLS only), or
+    /// several replicas' addresses separated by commas
+    /// (`https://a:8443,https://b:8443`): the agent talks to one and moves
+    /// to the next when it is unreachable or its stream ends.
     pub server: String,
     /// The control-plane CA (PEM) that verifies the server. Required for the
     /// first enrollment; afterwards read from the identity store.
@@ -57,6 +60,11 @@ impl AgentConfig {
         }
     }
 
+    /// The server addresses of [`AgentConfig::server`], in order.
+    pub fn servers(&self) -> Vec<String> {
+        server_list(&self.server)
+    }
+
     /// Checks the whole config and reports every problem at once (the
     /// identity store's own settings are checked when the agent starts).
     ///
@@ -73,11 +81,16 @@ impl AgentConfig {
     /// Every problem of the config, for one message.
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if !self.server.starts_with("https://") {
-            problems.push(format!(
-                "server {:?} must be an https:// address (the agent only talks TLS)",
-                self.server
-            ));
+        let servers = self.servers();
+        if servers.is_empty() {
+            problems.push("no server address: give --server https://...".to_string());
+        }
+        for server in servers {
+            if !server.starts_with("https://") {
+                problems.push(format!(
+                    "server {server:?} must be an https:// address (the agent only talks TLS)"
+                ));
+            }
         }
         if !(self.renew_fraction.is_finite()
             && self.renew_fraction > 0.0
@@ -162,4 +175,13 @@ impl AgentStatus {
         }
         Ok(())
     }
+}
+
+/// The addresses of a server list `a,b,...` (blanks around them ignored).
+pub(crate) fn server_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .map(str::to_string)
+        .collect()
 }

@@ -139,6 +139,9 @@ pub(crate) struct Agent<'a> {
     /// A renewed identity in use that the store does not hold yet.
     identity_unsaved: bool,
     identity_backoff: Backoff,
+    /// The server addresses, and which one the channel talks to.
+    servers: Vec<String>,
+    server_index: usize,
 }
 
 /// What ended one watch stream.
@@ -161,7 +164,9 @@ impl<'a> Agent<'a> {
         sink: Arc<dyn ClusterSink>,
         status: &'a watch::Sender<AgentStatus>,
     ) -> Result<Self, AgentError> {
-        let channel = identity::mtls_channel(&config.server, &identity)?;
+        let servers = config.servers();
+        let first = servers.first().cloned().unwrap_or_default();
+        let channel = identity::mtls_channel(&first, &identity)?;
         let intermediates = IntermediateServiceClient::new(channel.clone());
         let cluster = identity.cluster.clone();
         let identity_due = identity_renewal_time(&identity.client_cert_pem);
@@ -189,7 +194,35 @@ impl<'a> Agent<'a> {
             intermediates,
             bundles: TrustBundleServiceClient::new(channel),
             last_error: None,
+            servers,
+            server_index: 0,
         })
+    }
+
+    /// The server the channel talks to.
+    fn server(&self) -> &str {
+        self.servers
+            .get(self.server_index)
+            .map_or(self.config.server.as_str(), String::as_str)
+    }
+
+    /// With several server addresses: talks to the next one from now on
+    /// (after the current one failed).
+    fn fail_over(&mut self) {
+        if self.servers.len() < 2 {
+            return;
+        }
+        let failed = self.server().to_string();
+        self.server_index = (self.server_index + 1) % self.servers.len();
+        match identity::mtls_channel(self.server(), &self.identity) {
+            Ok(channel) => {
+                tracing::info!(failed = %failed, next = %self.server(), "failing over to the next server");
+                self.use_channel(channel);
+            }
+            Err(error) => {
+                tracing::error!(error = %error_text(&error), server = %self.server(), "cannot use the next server address");
+            }
+        }
     }
 
     /// Talks to the server over `channel` from now on.
@@ -224,7 +257,7 @@ impl<'a> Agent<'a> {
                 self.identity_unsaved = true;
                 self.identity_backoff.reset();
                 self.save_identity().await;
-                match identity::mtls_channel(&self.config.server, &self.identity) {
+                match identity::mtls_channel(self.server(), &self.identity) {
                     Ok(channel) => {
                         self.use_channel(channel);
                         true
@@ -369,12 +402,15 @@ impl<'a> Agent<'a> {
             let text = error_text(&stream_error);
             tracing::warn!(
                 error = %text,
-                server = %self.config.server,
+                server = %self.server(),
                 "watching the trust bundle failed; retrying in {:.1} s",
                 delay.as_secs_f64()
             );
             self.record_error(text);
             self.config.clock.sleep(delay).await;
+            // The stream broke or never opened: the next attempt goes to
+            // the next replica (one Service name keeps its own channel).
+            self.fail_over();
         }
     }
 

@@ -119,8 +119,15 @@ pub(crate) async fn obtain_identity(
     let key = enrolling_key(store).await?;
     let csr = ca::create_csr(&key, &format!("trustplane agent {cluster}"))
         .map_err(certificate_error("could not create the client CSR"))?;
+    let servers = config.servers();
+    let mut server_index = 0;
+    let server_at = |index: usize| {
+        servers
+            .get(index)
+            .map_or(config.server.as_str(), String::as_str)
+    };
     let mut client = IntermediateServiceClient::new(identity::enrollment_channel(
-        &config.server,
+        server_at(server_index),
         &server_ca_pem,
     )?);
     let mut backoff = Backoff::new(config.max_backoff);
@@ -142,12 +149,20 @@ pub(crate) async fn obtain_identity(
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     error = %text,
-                    server = %config.server,
+                    server = %server_at(server_index),
                     "enrollment failed; retrying in {:.1} s",
                     delay.as_secs_f64()
                 );
                 status.send_modify(|current| current.last_error = Some(text));
                 config.clock.sleep(delay).await;
+                // Several replicas: try the next one.
+                if servers.len() > 1 {
+                    server_index = (server_index + 1) % servers.len();
+                    client = IntermediateServiceClient::new(identity::enrollment_channel(
+                        server_at(server_index),
+                        &server_ca_pem,
+                    )?);
+                }
             }
         }
     };

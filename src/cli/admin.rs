@@ -81,6 +81,11 @@ pub enum AdminCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Print the CustomResourceDefinitions of `--store kubernetes` as YAML (the source of deploy/crds/trustplane.io.yaml).
+    #[command(
+        after_help = "Examples:\n  trustplane admin crds | kubectl apply --server-side -f -\n  trustplane admin crds > deploy/crds/trustplane.io.yaml"
+    )]
+    Crds,
 }
 
 fn record_json(record: &AdminRecord) -> serde_json::Value {
@@ -159,6 +164,9 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
                     record.role, record.client_cert_serial
                 );
             }
+        }
+        AdminCommand::Crds => {
+            print!("{}", crate::store::kube_resources::crds_yaml()?);
         }
         AdminCommand::List { store, output } => {
             let data_dir = store.data_dir.layout();

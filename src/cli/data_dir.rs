@@ -118,7 +118,7 @@ pub struct ServerArgs {
     /// Serve /healthz, /readyz (Vault's state when roots are in Vault) and /metrics (Prometheus) on this address, e.g. 0.0.0.0:9090.
     #[arg(long, env = "TRUSTPLANE_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
-    /// With --store vault-kv: the lease of the one server that runs rotations and push mode; a killed holder is replaced within it (at least 3s).
+    /// With --store vault-kv or kubernetes: the lease of the one server that runs rotations and push mode; a killed holder is replaced within it (at least 3s).
     #[arg(
         long,
         env = "TRUSTPLANE_LEADER_LEASE",
@@ -228,7 +228,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     }
     // One connection for the signer and the store, when either is in Vault.
     let vault_config = args.store.vault.load()?;
-    let vault = if args.signer == SignerKind::Vault || !args.store.is_embedded() {
+    let vault = if args.signer == SignerKind::Vault || args.store.is_vault() {
         Some(Vault::connect(vault_config.clone()).await?)
     } else {
         None
@@ -244,7 +244,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
             );
         }
         bail!(
-            "{} already holds an initialised trustplane; use another --vault-kv-prefix, or point --data-dir and --kek-file at that deployment's",
+            "{} already holds an initialised trustplane; use another --vault-kv-prefix or --store-namespace, or point --data-dir and --kek-file at that deployment's",
             args.store.describe(&data_dir, &vault_config)
         );
     }
@@ -292,7 +292,7 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
             vault_root
                 .as_ref()
                 .map(|(_, issuer)| (issuer.mount.as_str(), issuer.issuer_id.as_str())),
-            !args.store.is_embedded(),
+            args.store.is_vault(),
         )
     });
     if args.output == Format::Json {

@@ -14,7 +14,7 @@ use crate::config::{self, KekSource};
 use crate::policy::Policy;
 use crate::server::DataDir;
 use crate::signer::sealed::Kek;
-use crate::store::{RedbStore, Store, VaultKvStore};
+use crate::store::{KubeStore, KubeStoreConfig, RedbStore, Store, VaultKvStore};
 use crate::vault::{Vault, VaultConfig, VaultSettings};
 
 /// The data directory when `--data-dir` is not given.
@@ -53,13 +53,23 @@ pub enum StoreKind {
     /// Vault or OpenBao KV v2 under --vault-kv-mount/--vault-kv-prefix
     /// (several servers share it).
     VaultKv,
+    /// Custom resources and Secrets in --store-namespace of a Kubernetes
+    /// cluster (several servers share it; etcd replicates it).
+    Kubernetes,
 }
+
+/// The namespace of `--store kubernetes` when none is given and trustplane
+/// does not run in a pod.
+pub const DEFAULT_STORE_NAMESPACE: &str = "trustplane";
+
+/// Where a pod's ServiceAccount namespace is mounted.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// `--store` (`TRUSTPLANE_STORE`) and the Vault settings the `vault-kv`
 /// store connects with.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct StoreOption {
-    /// Where the state lives: `embedded` (redb in the data directory) or `vault-kv` (Vault/OpenBao KV v2, shared by several servers; needs the --vault-* settings). The KEK, the control-plane CA file and the admin credential stay in the data directory either way.
+    /// Where the state lives: `embedded` (redb in the data directory), `vault-kv` (Vault/OpenBao KV v2, shared by several servers; needs the --vault-* settings) or `kubernetes` (custom resources and Secrets in --store-namespace, shared by several servers; needs the CRDs of `trustplane admin crds`). The KEK, the control-plane CA file and the admin credential stay in the data directory either way.
     #[arg(
         id = "store",
         long = "store",
@@ -68,6 +78,17 @@ pub struct StoreOption {
         default_value_t
     )]
     pub kind: StoreKind,
+    /// With --store kubernetes: the kubeconfig of the cluster that holds the state [default: the pod's ServiceAccount, else KUBECONFIG or ~/.kube/config].
+    #[arg(id = "store_kubeconfig", long = "kubeconfig", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --store kubernetes: the namespace of the state's objects [default: the pod's namespace, else trustplane].
+    #[arg(
+        id = "store_namespace",
+        long = "store-namespace",
+        env = "TRUSTPLANE_STORE_NAMESPACE",
+        value_name = "NS"
+    )]
+    pub namespace: Option<String>,
     /// Vault connection (`--vault-addr`, `VAULT_ADDR`, `--vault-config`, ...):
     /// as given; [`VaultSettings::load`] merges and fills in the defaults.
     #[command(flatten)]
@@ -88,7 +109,29 @@ impl StoreOption {
             (StoreKind::Embedded, _) => Arc::new(RedbStore::open(&data_dir.store_path())?),
             (StoreKind::VaultKv, Some(vault)) => Arc::new(VaultKvStore::with_vault(vault.clone())?),
             (StoreKind::VaultKv, None) => Arc::new(VaultKvStore::open(self.vault.load()?)?),
+            (StoreKind::Kubernetes, _) => Arc::new(KubeStore::open(KubeStoreConfig {
+                kubeconfig: self.kubeconfig.clone(),
+                namespace: self.kube_namespace(),
+            })?),
         })
+    }
+
+    /// The namespace of `--store kubernetes`: `--store-namespace`, else
+    /// the pod's, else [`DEFAULT_STORE_NAMESPACE`].
+    pub fn kube_namespace(&self) -> String {
+        if let Some(namespace) = &self.namespace {
+            return namespace.clone();
+        }
+        std::fs::read_to_string(POD_NAMESPACE_FILE)
+            .ok()
+            .map(|text| text.trim().to_string())
+            .filter(|text| !text.is_empty())
+            .unwrap_or_else(|| DEFAULT_STORE_NAMESPACE.to_string())
+    }
+
+    /// Whether the store is in Vault (and needs a Vault connection).
+    pub fn is_vault(&self) -> bool {
+        self.kind == StoreKind::VaultKv
     }
 
     /// Whether the store is the embedded one in the data directory.
@@ -105,6 +148,14 @@ impl StoreOption {
                 vault.kv_mount.trim_matches('/'),
                 vault.kv_prefix.trim_matches('/'),
                 vault.addr.as_deref().unwrap_or("(no VAULT_ADDR)")
+            ),
+            StoreKind::Kubernetes => format!(
+                "Kubernetes namespace {} ({})",
+                self.kube_namespace(),
+                self.kubeconfig.as_ref().map_or_else(
+                    || "in-cluster or KUBECONFIG".to_string(),
+                    |path| path.display().to_string()
+                )
             ),
         }
     }
@@ -191,7 +242,7 @@ impl KekOption {
 /// `--server` (`TRUSTPLANE_SERVER`).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ServerOption {
-    /// Server URL [default: https://127.0.0.1:8443 for admin commands; for the agent, the URL saved with its identity at enrollment].
+    /// Server URL [default: https://127.0.0.1:8443 for admin commands; for the agent, the URL saved with its identity at enrollment]. The agent also takes several replicas' URLs, comma-separated (https://a:8443,https://b:8443), and fails over between them.
     #[arg(
         id = "server",
         long = "server",

@@ -1,4 +1,4 @@
-//! Which of several servers sharing one store (`vault-kv`) runs the work
+//! Which of several servers sharing one store (`vault-kv`, `kubernetes`) runs the work
 //! that must run once: advancing rotations (`tick`, `--auto`) and push
 //! mode. A lease in the store ([`crate::store::Store::lease`], named
 //! [`LEADER_LEASE`]) names the holder and when its lease ends; the holder

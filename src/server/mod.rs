@@ -81,6 +81,9 @@ use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::intermediate_service_server::IntermediateServiceServer;
 use crate::proto::trust_bundle_service_server::TrustBundleServiceServer;
 
+/// The pause after catching up on a store change notice
+/// ([`crate::store::Store::changes`]) before heeding the next one.
+const CATCH_UP_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 /// The largest gRPC message the server decodes (CSRs are limited to 64 KiB
 /// separately, with a precise error).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -322,6 +325,35 @@ pub async fn start(
             }
         }
     });
+    // Between ticks: a store that watches itself (`kubernetes`) says when
+    // another server committed, and this one catches up at once (its
+    // watchers get a new version within a round trip, not a second).
+    if let Some(mut changes) = authority.core().store.changes() {
+        let core = authority.core().clone();
+        let mut changes_stop = shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                    _ = changes_stop.changed() => break,
+                }
+                let core = core.clone();
+                match tokio::task::spawn_blocking(move || core.refresh()).await {
+                    Ok(Err(error)) => {
+                        tracing::warn!(error = %error, "catching up with the shared store failed");
+                    }
+                    Err(error) => tracing::warn!(error = %error, "catch-up task failed"),
+                    Ok(Ok(_)) => {}
+                }
+                // A few catch-ups a second at most, whatever the commit rate.
+                tokio::time::sleep(CATCH_UP_PAUSE).await;
+            }
+        });
+    }
     Ok(RunningServer {
         address,
         push,

@@ -170,6 +170,14 @@ pub enum KubernetesError {
 ///
 /// Errors: [`KubernetesError::Config`].
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, KubernetesError> {
+    client_for(config(kubeconfig).await?)
+}
+
+/// The configuration [`connect`] builds its client from (with the 30 s
+/// response limit).
+///
+/// Errors: [`KubernetesError::Config`].
+pub(crate) async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, KubernetesError> {
     let mut config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -193,6 +201,13 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, Kubernet
             })?,
     };
     config.read_timeout = Some(CALL_TIMEOUT);
+    Ok(config)
+}
+
+/// A client from `config` (inside a tokio runtime).
+///
+/// Errors: [`KubernetesError::Config`].
+pub(crate) fn client_for(config: kube::Config) -> Result<kube::Client, KubernetesError> {
     kube::Client::try_from(config).map_err(|source| KubernetesError::Config {
         context: "cannot create a Kubernetes client from the configuration".to_string(),
         source: Box::new(source),

@@ -2,17 +2,23 @@
 //! written in atomic batches with compare-and-swap conditions.
 //!
 //! Backends: [`RedbStore`] (embedded, the default), [`VaultKvStore`]
-//! (Vault or OpenBao KV v2, shared by several servers) and [`MemoryStore`]
+//! (Vault or OpenBao KV v2, shared by several servers), [`KubeStore`]
+//! (Kubernetes objects in the hub cluster, shared by several servers) and
+//! [`MemoryStore`]
 //! (tests).
 //! Typed records live in [`records`]; this module never interprets them.
 
 mod committer;
+mod head_commit;
+mod kube;
 mod memory;
 pub mod records;
 mod redb_store;
 mod vault_kv;
 
 pub use committer::{Committer, Preparing};
+pub use kube::resources as kube_resources;
+pub use kube::{KubeStore, KubeStoreConfig, lease_name as kube_lease_name};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use vault_kv::{LeaseRecord, MAX_BATCH_BYTES, VaultKvStore};
@@ -362,6 +368,15 @@ pub trait Store: Send + Sync + 'static {
     /// only this process writes it, and `generation` is `None`).
     fn shared(&self) -> bool {
         false
+    }
+
+    /// A receiver whose value changes soon after the store may have
+    /// changed (the backend watches it), so that a server sharing the
+    /// store can read [`Store::generation`] at once instead of at its next
+    /// poll. `None`: no such notice, poll only. A notice is a hint: it can
+    /// come for nothing, and polling stays the guarantee.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 
     /// Takes or renews the lease `name` for `holder` until

@@ -55,6 +55,11 @@ pub const AGENT_MANIFEST_PATH: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/manifests/agent.yaml");
 /// The kinds of `AGENT_MANIFEST_PATH` the harness applies: the agent's RBAC.
 const AGENT_RBAC_KINDS: [&str; 3] = ["ServiceAccount", "Role", "RoleBinding"];
+/// trustplane's CRDs (`trustplane admin crds`), applied by [`KubeCluster::apply_crds`].
+pub const CRDS_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/crds/trustplane.io.yaml"
+);
 const BUILD_PEERS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/e2e/harness/build-peers.sh"
@@ -537,6 +542,77 @@ impl KubeCluster {
         let admin = self.admin_client().await?;
         AgentRbac::load()?.apply(&admin, namespace).await?;
         wait_for_agent_rbac(&admin, namespace).await
+    }
+
+    /// Applies trustplane's CRDs as committed (deploy/crds/trustplane.io.yaml,
+    /// server-side apply) and waits until the API server serves every kind.
+    /// Returns how many it applied.
+    pub async fn apply_crds(&self) -> anyhow::Result<usize> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        use serde::Deserialize as _;
+        let admin = self.admin_client().await?;
+        let text = std::fs::read_to_string(CRDS_PATH)
+            .with_context(|| format!("cannot read {CRDS_PATH}"))?;
+        let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+        let mut plurals = Vec::new();
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let crd = CustomResourceDefinition::deserialize(document)
+                .with_context(|| format!("{CRDS_PATH} holds something other than CRDs"))?;
+            let name = crd.metadata.name.clone().context("a CRD without a name")?;
+            crds.patch(
+                &name,
+                &PatchParams::apply("trustplane-e2e").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .with_context(|| format!("cannot apply the CRD {name}"))?;
+            plurals.push((
+                crd.spec.group.clone(),
+                crd.spec.names.plural.clone(),
+                crd.spec.names.kind.clone(),
+            ));
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for (group, plural, kind) in &plurals {
+            let resource = ApiResource {
+                group: group.clone(),
+                version: "v1alpha1".to_owned(),
+                api_version: format!("{group}/v1alpha1"),
+                kind: kind.clone(),
+                plural: plural.clone(),
+            };
+            let api: Api<DynamicObject> = Api::all_with(admin.clone(), &resource);
+            loop {
+                match api.list(&kube::api::ListParams::default().limit(1)).await {
+                    Ok(_) => break,
+                    Err(error) if Instant::now() < deadline => {
+                        let _ = error;
+                        tokio::time::sleep(POLL).await;
+                    }
+                    Err(error) => {
+                        return Err(error)
+                            .with_context(|| format!("{plural}.{group} is not served"));
+                    }
+                }
+            }
+        }
+        Ok(plurals.len())
+    }
+
+    /// Creates the namespace `name`.
+    pub async fn create_namespace(&self, name: &str) -> anyhow::Result<()> {
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(self.admin_client().await?)
+            .create(&PostParams::default(), &namespace)
+            .await
+            .with_context(|| format!("cannot create namespace {name}"))?;
+        Ok(())
     }
 
     pub fn versions() -> String {

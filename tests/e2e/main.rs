@@ -6,6 +6,7 @@
 mod cluster_sync;
 #[path = "../common/mod.rs"]
 mod common;
+mod ha;
 mod helm;
 mod kube_cluster;
 mod rotation;

@@ -41,7 +41,7 @@ const AGENT_SA: &str = "system:serviceaccount:mesh-agents:trustplane-agent";
 /// A namespace the chart has nothing to do with, holding a Secret and a trustplane resource.
 const OTHER_NAMESPACE: &str = "elsewhere";
 
-/// The server's CustomResource kinds (plural.group), as the brief fixes them.
+/// The server's CustomResource kinds (plural.group), as `trustplane admin crds` defines them.
 const TRUSTPLANE_RESOURCES: [&str; 9] = [
     "trustplaneheads.trustplane.io",
     "trustplanemetas.trustplane.io",
@@ -53,9 +53,11 @@ const TRUSTPLANE_RESOURCES: [&str; 9] = [
     "trustplanetokens.trustplane.io",
     "trustplaneauditentries.trustplane.io",
 ];
-const ALL_VERBS: [&str; 7] = [
-    "get", "list", "watch", "create", "update", "patch", "delete",
-];
+/// What the kubernetes store does with its resources: updates guarded by resourceVersion,
+/// creates, reads and a watch on the head; never patch or delete.
+const STORE_VERBS: [&str; 5] = ["get", "list", "watch", "create", "update"];
+/// What it does with Secrets (sealed key material): no watch either.
+const SECRET_VERBS: [&str; 4] = ["get", "list", "create", "update"];
 /// How long RBAC may take to reach the authorizer's informer cache after an apply.
 const RBAC_SETTLE: Duration = Duration::from_secs(30);
 
@@ -720,10 +722,13 @@ async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
 
     // The server: its CustomResources, Secrets and Lease in its own namespace.
     let mut allowed = Vec::new();
-    for resource in TRUSTPLANE_RESOURCES.iter().copied().chain(["secrets"]) {
-        for verb in ALL_VERBS {
+    for resource in TRUSTPLANE_RESOURCES {
+        for verb in STORE_VERBS {
             allowed.push((verb, resource.to_owned()));
         }
+    }
+    for verb in SECRET_VERBS {
+        allowed.push((verb, "secrets".to_owned()));
     }
     for verb in ["get", "update"] {
         allowed.push((
@@ -751,6 +756,24 @@ async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
         (
             "delete",
             "leases.coordination.k8s.io/trustplane-leader".to_owned(),
+            Some(SERVER_NAMESPACE),
+        ),
+        (
+            "patch",
+            "leases.coordination.k8s.io/trustplane-leader".to_owned(),
+            Some(SERVER_NAMESPACE),
+        ),
+        ("delete", "secrets".to_owned(), Some(SERVER_NAMESPACE)),
+        ("patch", "secrets".to_owned(), Some(SERVER_NAMESPACE)),
+        ("watch", "secrets".to_owned(), Some(SERVER_NAMESPACE)),
+        (
+            "delete",
+            "trustplaneclusters.trustplane.io".to_owned(),
+            Some(SERVER_NAMESPACE),
+        ),
+        (
+            "patch",
+            "trustplaneheads.trustplane.io".to_owned(),
             Some(SERVER_NAMESPACE),
         ),
         (
@@ -795,7 +818,7 @@ async fn helm_chart_applies_to_a_real_apiserver_with_least_privilege_rbac() {
     let cluster_resource = |namespace: &str| {
         format!(
             "apiVersion: trustplane.io/v1alpha1\nkind: TrustplaneCluster\nmetadata:\n  name: east\n  \
-             namespace: {namespace}\nspec:\n  name: east\n"
+             namespace: {namespace}\nspec:\n  key: east\n  seq: 1\n  version: 1\n"
         )
     };
     ok(

@@ -14,7 +14,9 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 # musl-gcc compiles ring's C and assembly for the static target; the CA
-# bundle and strip are used by rootfs.sh.
+# bundle and strip are used by rootfs.sh. Debian's versions are not pinned:
+# a point release replaces them (and the CA bundle should be current).
+# hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       musl-tools ca-certificates binutils \

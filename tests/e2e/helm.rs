@@ -8,7 +8,10 @@
 //! The agent is rendered into its own namespace with a different Istio
 //! namespace, so the test also proves its RoleBinding reaches across
 //! namespaces and nothing more; and the real `trustplane agent`, run with the
-//! rendered arguments and ServiceAccount, does its work with that RBAC. helm
+//! rendered arguments and ServiceAccount, does its work with that RBAC. So does
+//! the real `trustplane server` (`init` included) with its rendered arguments,
+//! ServiceAccount and Role, and it fails naming the missing permission when the
+//! Role is cut or the RoleBinding gone. helm
 //! and kubectl come from `tests/e2e/harness/build-peers.sh` (the Go module
 //! proxy).
 
@@ -1048,4 +1051,614 @@ async fn the_agent_runs_on_the_charts_arguments_and_rbac() {
         "the agent enrolled and wrote {ISTIO_NAMESPACE}/cacerts with the chart's RBAC in {:.2?}",
         started.elapsed()
     );
+}
+
+/// The server's ServiceAccount (and Role, RoleBinding) in `SERVER_NAMESPACE`, as rendered.
+const SERVER_SERVICE_ACCOUNT: &str = "trustplane";
+/// How long the server may take to start, get ready, lead, or fail.
+const SERVER_WAIT: Duration = Duration::from_secs(60);
+
+/// The documents of a rendered multi-document manifest whose top-level `kind:` is one of
+/// `wanted`, joined again into one manifest.
+fn documents_of(manifest: &str, wanted: &[&str]) -> String {
+    let mut documents = vec![String::new()];
+    for line in manifest.lines() {
+        if line == "---" {
+            documents.push(String::new());
+        } else if let Some(document) = documents.last_mut() {
+            document.push_str(line);
+            document.push('\n');
+        }
+    }
+    documents
+        .into_iter()
+        .filter(|document| {
+            document
+                .lines()
+                .filter_map(|line| line.strip_prefix("kind: "))
+                .any(|kind| wanted.contains(&kind.trim()))
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// `GET path` over HTTP/1.1: the status code and body, or None while nothing answers.
+fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// A `trustplane server` process started with the chart's arguments.
+struct ChartServer {
+    process: Guard,
+    /// Its gRPC URL (`https://127.0.0.1:PORT`).
+    url: String,
+    /// Its `--health-listen` address (`127.0.0.1:PORT`).
+    health: String,
+    log: PathBuf,
+}
+
+impl ChartServer {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `path` on the health listener until `check` accepts the answer; panics with the
+    /// last answer and the server's log after `SERVER_WAIT`.
+    async fn wait_for(&mut self, path: &str, what: &str, check: impl Fn(u16, &str) -> bool) {
+        let deadline = Instant::now() + SERVER_WAIT;
+        loop {
+            let answer = http_get(&self.health, path);
+            if let Some((code, body)) = &answer
+                && check(*code, body)
+            {
+                return;
+            }
+            if let Some(status) = self.process.0.try_wait().unwrap() {
+                panic!("the server exited ({status}); its log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: {what} not seen within {SERVER_WAIT:?}; last answer {answer:?}; the \
+                 server's log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A server that never listened.
+#[derive(Debug)]
+struct Refused {
+    /// How it exited; None if it stayed silent for `SERVER_WAIT` (then it was killed).
+    exited: Option<std::process::ExitStatus>,
+    stdout: String,
+    log: String,
+}
+
+/// Starts the real binary with `args` and `env`, its stderr (the log) in `log`. Ok once it
+/// printed its health address and its gRPC URL; Err if it exits before, or prints neither
+/// within `SERVER_WAIT`.
+fn spawn_chart_server(
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<ChartServer, Refused> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .env_remove("TRUSTPLANE_KEK")
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    // Reads stdout to its end, so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                // Nobody listens any more: keep draining.
+            }
+        }
+    });
+    let mut process = Guard(child);
+    let deadline = Instant::now() + SERVER_WAIT;
+    let mut printed = Vec::new();
+    let mut health = None;
+    loop {
+        let line = match received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            Err(waited) => {
+                // Its stdout closed (it exits) or it stayed silent (then it is killed).
+                let silent = waited == std::sync::mpsc::RecvTimeoutError::Timeout;
+                if silent {
+                    let _ = process.0.kill();
+                }
+                let status = process.0.wait().unwrap();
+                return Err(Refused {
+                    exited: (!silent).then_some(status),
+                    stdout: printed.join("\n"),
+                    log: std::fs::read_to_string(log).unwrap_or_default(),
+                });
+            }
+        };
+        if let Some(address) =
+            line.strip_prefix("serving /healthz, /readyz and /metrics on http://")
+        {
+            health = Some(address.trim().to_owned());
+        }
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("https://"))
+            .map(str::to_owned);
+        printed.push(line);
+        if let Some(url) = url {
+            let health = health.unwrap_or_else(|| {
+                panic!(
+                    "the server printed its URL but no health address: {}",
+                    printed.join("\n")
+                )
+            });
+            return Ok(ChartServer {
+                process,
+                url,
+                health,
+                log: log.to_owned(),
+            });
+        }
+    }
+}
+
+/// The other half of least privilege for the server: the real `trustplane server` binary,
+/// started with the arguments and environment of the rendered Deployment (only the pod's
+/// paths and addresses replaced) and the token of the rendered ServiceAccount, keeps its state
+/// in the hub cluster with the rendered Role: ready, leading, serving /metrics, enrolling an
+/// agent, and never refused. With the Role's Secrets rule cut it fails, naming what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_runs_on_the_charts_arguments_and_rbac() {
+    if skip_e2e() {
+        return;
+    }
+    common::install_crypto();
+    let started = Instant::now();
+    let (cluster, tools) = start("helm-server").await;
+    tools.admin(&["create", "namespace", SERVER_NAMESPACE], None);
+
+    // The server role of the chart as deploy/render.sh renders it; applied: the CRDs and the
+    // RBAC. Not the Deployment (no kubelet here): its container is started below by hand.
+    let server = helm_template(
+        &tools,
+        "trustplane",
+        SERVER_NAMESPACE,
+        &["-f", SERVER_VALUES, "--include-crds"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let applied = documents_of(
+        &server,
+        &[
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+        ],
+    );
+    assert_eq!(
+        kinds(&applied).len(),
+        TRUSTPLANE_RESOURCES.len() + 3,
+        "{:?}",
+        kinds(&applied)
+    );
+    let applied_file = write(dir.path(), "server-rbac.yaml", &applied);
+    tools.admin(&["apply", "--validate=strict", "-f", &applied_file], None);
+    tools.admin(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ],
+        None,
+    );
+    let deadline = Instant::now() + RBAC_SETTLE;
+    while !tools.can_i(
+        Some(SERVER_SA),
+        "create",
+        "trustplaneheads.trustplane.io",
+        Some(SERVER_NAMESPACE),
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "the server's RoleBinding did not take effect within {RBAC_SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The Deployment's container, as rendered: its arguments and environment.
+    let deployment = documents_of(&server, &["Deployment"]);
+    let deployment: serde_json::Value = serde_yaml_ng::from_str(&deployment).unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        SERVER_SERVICE_ACCOUNT
+    );
+    let rendered: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap();
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|variable| {
+            (
+                variable["name"].as_str().unwrap().to_owned(),
+                variable["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+
+    // The ServiceAccount's own token (TokenRequest), as the pod would mount it.
+    let kubeconfig = cluster
+        .service_account_kubeconfig_path(SERVER_NAMESPACE, SERVER_SERVICE_ACCOUNT)
+        .await
+        .unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+
+    // `init`, as the server's ServiceAccount: the Role is enough for it too (it creates the
+    // objects, the sealed Secrets, nothing else). The KEK file it writes is what an admin puts
+    // into the Secret trustplane-kek; the admin's credential and the control-plane CA stay in
+    // its data directory.
+    let admin_dir = dir.path().join("admin");
+    let admin_kek = dir.path().join("admin-kek");
+    let init = run(Command::new(BINARY).env_remove("TRUSTPLANE_KEK").args([
+        "init",
+        "--store",
+        "kubernetes",
+        "--kubeconfig",
+        kubeconfig,
+        "--store-namespace",
+        SERVER_NAMESPACE,
+        "--trust-domain",
+        "cluster.local",
+        "--data-dir",
+        admin_dir.to_str().unwrap(),
+        "--kek-file",
+        admin_kek.to_str().unwrap(),
+    ]));
+    let init_output = ok(&init, "trustplane init as the server's ServiceAccount");
+    assert!(
+        init_output.contains(&format!("Kubernetes namespace {SERVER_NAMESPACE}")),
+        "{init_output}"
+    );
+
+    // The pod's files and ports, here: the KEK as the Secret volume mounts it (mode 0400), the
+    // data directory (an emptyDir), loopback listeners on free ports.
+    let kek_dir = dir.path().join("kek");
+    std::fs::create_dir(&kek_dir).unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let kek_name = rendered
+        .iter()
+        .find_map(|arg| arg.strip_prefix("--kek-file=/etc/trustplane/kek/"))
+        .unwrap_or_else(|| panic!("no --kek-file under the KEK volume in {rendered:?}"));
+    let kek_file = kek_dir.join(kek_name);
+    std::fs::copy(&admin_kek, &kek_file).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&kek_file, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    let mut replaced = 0;
+    let mut args: Vec<String> = rendered
+        .iter()
+        .map(|arg| {
+            let (flag, _) = arg.split_once('=').unwrap_or((arg, ""));
+            let here = match flag {
+                "--data-dir" => format!("--data-dir={}", data_dir.display()),
+                "--listen" => "--listen=127.0.0.1:0".to_owned(),
+                "--health-listen" => "--health-listen=127.0.0.1:0".to_owned(),
+                "--kek-file" => format!("--kek-file={}", kek_file.display()),
+                _ => return arg.clone(),
+            };
+            replaced += 1;
+            here
+        })
+        .collect();
+    assert_eq!(replaced, 4, "paths and addresses in {rendered:?}");
+    for flag in [
+        "server",
+        "--store=kubernetes",
+        &format!("--store-namespace={SERVER_NAMESPACE}"),
+    ] {
+        assert!(args.iter().any(|arg| arg == flag), "{flag} not in {args:?}");
+    }
+    // In the pod the in-cluster config; here the same ServiceAccount's token in a kubeconfig.
+    args.push(format!("--kubeconfig={kubeconfig}"));
+
+    let log = dir.path().join("server.log");
+    let mut server = spawn_chart_server(&args, &env, &log).unwrap_or_else(|refused| {
+        panic!("the server did not start with the chart's RBAC: {refused:#?}")
+    });
+    server
+        .wait_for("/readyz", "200", |code, _| code == 200)
+        .await;
+    server
+        .wait_for("/metrics", "trustplane_server_leader 1", |code, body| {
+            code == 200
+                && body
+                    .lines()
+                    .any(|line| line == "trustplane_server_leader 1")
+        })
+        .await;
+    let holder = tools.admin(
+        &[
+            "get",
+            "-n",
+            SERVER_NAMESPACE,
+            "lease",
+            "trustplane-leader",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    assert!(
+        holder.starts_with(&server.process.0.id().to_string()),
+        "Lease holder {holder}, server pid {}",
+        server.process.0.id()
+    );
+
+    // An admin registers a cluster through it; a real agent (directory sink) enrolls and
+    // writes cacerts.
+    let admin_dir_arg = admin_dir.to_str().unwrap();
+    let added = ok(
+        &run(Command::new(BINARY).env_remove("TRUSTPLANE_KEK").args([
+            "cluster",
+            "add",
+            "east",
+            "--server",
+            &server.url,
+            "--data-dir",
+            admin_dir_arg,
+            "-o",
+            "json",
+        ])),
+        "trustplane cluster add east",
+    );
+    let added: serde_json::Value = serde_json::from_str(&added).unwrap();
+    let token = added["join_token"].as_str().unwrap().to_owned();
+    let server_ca = trustplane::server::DataDir::new(admin_dir.clone()).control_plane_ca_path();
+    let identity = dir.path().join("identity");
+    let cacerts = dir.path().join("cacerts");
+    let agent_log = dir.path().join("agent.log");
+    let agent_log_file = std::fs::File::create(&agent_log).unwrap();
+    let mut agent = Guard(
+        Command::new(BINARY)
+            .args(["agent", "--server", &server.url, "--server-ca"])
+            .arg(&server_ca)
+            .arg("--join-token")
+            .arg(&token)
+            .arg("--identity-dir")
+            .arg(&identity)
+            .arg("--cacerts-dir")
+            .arg(&cacerts)
+            .stdin(Stdio::null())
+            .stdout(agent_log_file.try_clone().unwrap())
+            .stderr(agent_log_file)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + SERVER_WAIT;
+    let expected = [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ];
+    while !expected.iter().all(|name| cacerts.join(name).is_file()) {
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            panic!(
+                "the agent exited ({status}) before writing cacerts; its log:\n{}\nthe \
+                 server's:\n{}",
+                std::fs::read_to_string(&agent_log).unwrap_or_default(),
+                server.log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent wrote no complete cacerts within {SERVER_WAIT:?}; its log:\n{}\nthe \
+             server's:\n{}",
+            std::fs::read_to_string(&agent_log).unwrap_or_default(),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent);
+    // The state is in the hub cluster, where the Role put it: the cluster, its issued
+    // intermediate, the sealed key material; nothing in the pod's data directory.
+    let clusters = tools.admin(
+        &[
+            "get",
+            "-n",
+            SERVER_NAMESPACE,
+            "trustplaneclusters",
+            "-o",
+            "jsonpath={.items[*].spec.key}",
+        ],
+        None,
+    );
+    assert!(
+        clusters.split_whitespace().any(|key| key == "east"),
+        "TrustplaneClusters: {clusters}"
+    );
+    let certificates = tools.admin(
+        &[
+            "get",
+            "-n",
+            SERVER_NAMESPACE,
+            "trustplanecertificates",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(!certificates.trim().is_empty(), "no TrustplaneCertificate");
+    let sealed = tools.admin(
+        &[
+            "get",
+            "-n",
+            SERVER_NAMESPACE,
+            "secrets",
+            "-l",
+            "app.kubernetes.io/managed-by=trustplane",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(!sealed.trim().is_empty(), "no sealed Secret");
+    assert!(
+        !trustplane::server::DataDir::new(data_dir.clone())
+            .store_path()
+            .exists(),
+        "the server kept an embedded store in its data directory"
+    );
+    // ... and the apiserver never refused it anything.
+    let server_log = server.log();
+    assert!(
+        !server_log.to_lowercase().contains("forbid"),
+        "the server was refused something:\n{server_log}"
+    );
+    drop(server);
+
+    // Cut the Role: without its Secrets rule the server cannot read its sealed key material,
+    // and says which verb on which resource it was refused, and where.
+    assert_eq!(
+        tools.admin(
+            &[
+                "get",
+                "-n",
+                SERVER_NAMESPACE,
+                "role",
+                SERVER_SERVICE_ACCOUNT,
+                "-o",
+                "jsonpath={.rules[1].resources}",
+            ],
+            None,
+        ),
+        r#"["secrets"]"#
+    );
+    tools.admin(
+        &[
+            "patch",
+            "-n",
+            SERVER_NAMESPACE,
+            "role",
+            SERVER_SERVICE_ACCOUNT,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/rules/1"}]"#,
+        ],
+        None,
+    );
+    let deadline = Instant::now() + RBAC_SETTLE;
+    while tools.can_i(Some(SERVER_SA), "get", "secrets", Some(SERVER_NAMESPACE)) {
+        assert!(
+            Instant::now() < deadline,
+            "the cut Role did not take effect within {RBAC_SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = refused_server(&args, &env, &dir.path().join("server-no-secrets.log"));
+    for part in [
+        &format!("forbids get secrets in namespace {SERVER_NAMESPACE}"),
+        // The apiserver's own words, as the JSON log (the chart's TRUSTPLANE_LOG_FORMAT) quotes them.
+        &format!(
+            r#"cannot get resource \"secrets\" in API group \"\" in the namespace \"{SERVER_NAMESPACE}\""#
+        ),
+        &format!("give the server's ServiceAccount a Role in {SERVER_NAMESPACE} allowing"),
+        "get, list, create and update on secrets",
+    ] {
+        assert!(
+            refused.contains(part),
+            "{part:?} not in the refusal:\n{refused}"
+        );
+    }
+
+    // Without the RoleBinding (the ServiceAccount has no rights at all) it fails at its first
+    // call, naming that call (an error, not a panic: exit status 1, not 101).
+    tools.admin(
+        &[
+            "delete",
+            "-n",
+            SERVER_NAMESPACE,
+            "rolebinding",
+            SERVER_SERVICE_ACCOUNT,
+        ],
+        None,
+    );
+    let deadline = Instant::now() + RBAC_SETTLE;
+    while tools.can_i(
+        Some(SERVER_SA),
+        "get",
+        "trustplaneheads.trustplane.io",
+        Some(SERVER_NAMESPACE),
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted RoleBinding still took effect after {RBAC_SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unbound = refused_server(&args, &env, &dir.path().join("server-unbound.log"));
+    for part in [
+        &format!("forbids list trustplaneheads in namespace {SERVER_NAMESPACE}"),
+        &format!(r#"User \"{SERVER_SA}\" cannot list resource \"trustplaneheads\""#),
+    ] {
+        assert!(
+            unbound.contains(part),
+            "{part:?} not in the refusal:\n{unbound}"
+        );
+    }
+    println!(
+        "the server ran on the chart's arguments and RBAC (ready, leader, an agent enrolled), \
+         and failed without its Secrets rule and without its RoleBinding, in {:.2?}",
+        started.elapsed()
+    );
+}
+
+/// The server started with `args` must exit with an error (status 1: not hang, not listen,
+/// not panic); its stdout and log.
+fn refused_server(args: &[String], env: &[(String, String)], log: &Path) -> String {
+    match spawn_chart_server(args, env, log) {
+        Ok(mut running) => panic!(
+            "the server started with the cut RBAC (running: {}); its log:\n{}",
+            running.process.0.try_wait().unwrap().is_none(),
+            running.log()
+        ),
+        Err(Refused {
+            exited: Some(status),
+            stdout,
+            log,
+        }) if status.code() == Some(1) && !log.contains("panicked") => {
+            println!("refused as expected ({status}):\n{log}");
+            format!("{stdout}\n{log}")
+        }
+        Err(refused) => panic!("the server did not fail with an error: {refused:#?}"),
+    }
 }

@@ -459,6 +459,21 @@ impl KubeCluster {
     ///
     /// Errors if the ServiceAccount does not exist there (see `AGENT_NAMESPACES`).
     pub async fn agent_kubeconfig_path(&self, namespace: &str) -> anyhow::Result<PathBuf> {
+        self.service_account_kubeconfig_path(namespace, AGENT_SERVICE_ACCOUNT)
+            .await
+    }
+
+    /// A kubeconfig (file) for the ServiceAccount `namespace/service_account`, authenticated
+    /// with a real token from the TokenRequest API (valid for one hour): exactly the RBAC
+    /// bound to that ServiceAccount, as a pod running as it would have. Its context's
+    /// namespace is `namespace`.
+    ///
+    /// Errors if the ServiceAccount does not exist.
+    pub async fn service_account_kubeconfig_path(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<PathBuf> {
         let admin = self.admin_client().await?;
         let request = TokenRequest {
             spec: TokenRequestSpec {
@@ -469,10 +484,10 @@ impl KubeCluster {
             ..TokenRequest::default()
         };
         let response = Api::<ServiceAccount>::namespaced(admin, namespace)
-            .create_token_request(AGENT_SERVICE_ACCOUNT, &PostParams::default(), &request)
+            .create_token_request(service_account, &PostParams::default(), &request)
             .await
             .with_context(|| {
-                format!("TokenRequest for ServiceAccount {namespace}/{AGENT_SERVICE_ACCOUNT}")
+                format!("TokenRequest for ServiceAccount {namespace}/{service_account}")
             })?;
         let token = response
             .status
@@ -482,12 +497,12 @@ impl KubeCluster {
         let path = self
             .dir
             .path()
-            .join(format!("{AGENT_SERVICE_ACCOUNT}-{namespace}.kubeconfig"));
+            .join(format!("{service_account}-{namespace}.kubeconfig"));
         let kubeconfig = kubeconfig_yaml(
             &self.name,
             &self.server_url(),
             &self.ca_pem,
-            &format!("{namespace}-{AGENT_SERVICE_ACCOUNT}"),
+            &format!("{namespace}-{service_account}"),
             &token,
             namespace,
         )?;

@@ -206,7 +206,7 @@ impl KubeObjects {
                 kube::Error::Api(status) if status.code == 404 => Ok(Outcome::Missing),
                 kube::Error::Api(status) if status.code == 403 => Err(StoreError::Backend {
                     message: format!(
-                        "Kubernetes at {} forbids {} {} in namespace {} ({}): give the server's ServiceAccount a Role in {} allowing get, list, watch, create, update, patch and delete on the trustplane.io resources and secrets, and get, create and update on coordination.k8s.io leases (see deploy/)",
+                        "Kubernetes at {} forbids {} {} in namespace {} ({}): give the server's ServiceAccount a Role in {} allowing get, list, watch, create and update on the trustplane.io resources, get, list, create and update on secrets, create on coordination.k8s.io leases and get and update on the lease trustplane-leader (the Helm chart's Role: deploy/helm/trustplane/templates/server-rbac.yaml)",
                         self.server,
                         call.verb,
                         call.resource,
@@ -700,9 +700,19 @@ impl KubeStore {
             };
             let _ = sender.send(opened.await);
         });
-        let (mut objects, watch_client) = receiver
+        let opened = receiver
             .recv()
-            .map_err(|_| backend("the Kubernetes connection task stopped"))??;
+            .map_err(|_| backend("the Kubernetes connection task stopped"))
+            .and_then(|opened| opened);
+        let (mut objects, watch_client) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                // Dropping a runtime blocks, which panics inside another
+                // runtime (the server's): the error would be lost to a panic.
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         objects.changes = Some(watch::spawn(&runtime, watch_client, &objects.namespace));
         HeadStore::new(objects, runtime)
     }

@@ -64,7 +64,9 @@ impl PrivateFileError {
 
 /// Reads a file holding a private key or the KEK into a zeroizing buffer,
 /// after checking on the open handle (so the file read is the file checked)
-/// that neither group nor others have any access to it.
+/// that neither group nor others have any access to it — or that it is a
+/// [read-only group mount](is_read_only_group_mount), which is how a
+/// Kubernetes Secret volume reaches a non-root pod.
 ///
 /// Errors: [`PrivateFileError::TooOpen`] naming the file, its mode and the
 /// `chmod` that fixes it; [`PrivateFileError::File`] when it cannot be read.
@@ -72,7 +74,7 @@ pub fn read_private(path: &Path) -> Result<Zeroizing<String>, PrivateFileError> 
     let mut handle = File::open(path).map_err(failed("open", path))?;
     let metadata = handle.metadata().map_err(failed("read", path))?;
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if mode & 0o077 != 0 && !is_read_only_group_mount(&metadata) {
         return Err(PrivateFileError::TooOpen {
             path: path.to_path_buf(),
             mode,
@@ -88,6 +90,27 @@ pub fn read_private(path: &Path) -> Result<Zeroizing<String>, PrivateFileError> 
         .read_to_string(&mut text)
         .map_err(failed("read", path))?;
     Ok(text)
+}
+
+/// Whether `metadata` is a file as the kubelet projects a Secret volume into
+/// a pod that runs as a non-root user with `fsGroup`: owned by root, no
+/// write bit for anyone, readable by its group, no access for others, and
+/// the group is one this process is in (the pod's `fsGroup`). The kubelet
+/// always adds group read there (`defaultMode: 0400` becomes 0440,
+/// kubernetes/kubernetes#57923), and without `fsGroup` a non-root user
+/// cannot read the file at all. Only the pod's own processes hold that
+/// group, so this is as private as 0600 owned by the process's user.
+fn is_read_only_group_mount(metadata: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = metadata.mode() & 0o777;
+    if metadata.uid() != 0 || mode & 0o222 != 0 || mode & 0o007 != 0 || mode & 0o040 == 0 {
+        return false;
+    }
+    let group = metadata.gid();
+    rustix::process::getegid().as_raw() == group
+        || rustix::process::getgroups()
+            .map(|groups| groups.iter().any(|member| member.as_raw() == group))
+            .unwrap_or(false)
 }
 
 /// An error constructor for `action` on `path`, for `map_err`.
@@ -255,6 +278,48 @@ mod tests {
                 .unwrap_err()
                 .is_not_found()
         );
+    }
+
+    #[test]
+    fn a_read_only_group_mount_like_a_kubernetes_secret_volume_is_read() {
+        use std::os::unix::fs::{MetadataExt, chown};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        write_new(&path, b"secret", 0o440).unwrap();
+        let owner = fs::metadata(&path).unwrap().uid();
+        assert_eq!(
+            owner, 0,
+            "this test needs root (as CI runs) to make a root-owned file like the kubelet's"
+        );
+        // root:<our group> 0440, as the kubelet leaves it with fsGroup.
+        assert_eq!(read_private(&path).unwrap().as_str(), "secret");
+        // Any write bit, any access for others, or a group we are not in: refused.
+        for mode in [0o460, 0o444, 0o640, 0o441] {
+            fs::set_permissions(&path, Permissions::from_mode(mode)).unwrap();
+            assert!(
+                matches!(read_private(&path), Err(PrivateFileError::TooOpen { mode: found, .. }) if found == mode),
+                "mode {mode:o} was read"
+            );
+        }
+        fs::set_permissions(&path, Permissions::from_mode(0o440)).unwrap();
+        let stranger = 54_321;
+        assert!(
+            !rustix::process::getgroups()
+                .unwrap()
+                .iter()
+                .any(|group| group.as_raw() == stranger)
+        );
+        chown(&path, None, Some(stranger)).unwrap();
+        assert!(matches!(
+            read_private(&path),
+            Err(PrivateFileError::TooOpen { mode: 0o440, .. })
+        ));
+        // Owned by someone else than root: refused, even in our group.
+        chown(&path, Some(stranger), Some(rustix::process::getegid().as_raw())).unwrap();
+        assert!(matches!(
+            read_private(&path),
+            Err(PrivateFileError::TooOpen { mode: 0o440, .. })
+        ));
     }
 
     #[test]

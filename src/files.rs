@@ -315,7 +315,12 @@ mod tests {
             Err(PrivateFileError::TooOpen { mode: 0o440, .. })
         ));
         // Owned by someone else than root: refused, even in our group.
-        chown(&path, Some(stranger), Some(rustix::process::getegid().as_raw())).unwrap();
+        chown(
+            &path,
+            Some(stranger),
+            Some(rustix::process::getegid().as_raw()),
+        )
+        .unwrap();
         assert!(matches!(
             read_private(&path),
             Err(PrivateFileError::TooOpen { mode: 0o440, .. })

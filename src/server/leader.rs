@@ -39,6 +39,25 @@ pub struct Leadership {
     held_until: std::sync::Mutex<Option<u64>>,
 }
 
+/// `-<host name>`, or nothing when the host name cannot be read: in a pod it
+/// is the pod's name, so `kubectl get lease trustplane-leader` shows which
+/// replica leads (the process id is 1 in every pod). Only `[A-Za-z0-9.-]`
+/// is kept, at most 63 characters.
+fn host_suffix() -> String {
+    let name: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+        .take(63)
+        .collect();
+    if name.is_empty() {
+        name
+    } else {
+        format!("-{name}")
+    }
+}
+
 fn unix_ms(core: &Core) -> u64 {
     core.now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -62,7 +81,12 @@ impl Leadership {
         let mut random = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
             .map_err(|_| ServerError::InvalidArgument("no randomness for the server id".into()))?;
-        let id = format!("{}-{}", std::process::id(), hex::encode(random));
+        let id = format!(
+            "{}-{}{}",
+            std::process::id(),
+            hex::encode(random),
+            host_suffix()
+        );
         Ok(Leadership {
             core,
             id,

@@ -460,15 +460,20 @@ async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_w
     })
     .await
     .expect("the burst issued nothing");
-    println!(
-        "SIGKILL the leader (pid {leader}) after {} of the burst's {} intermediates",
-        hub.certificate_objects().await.len() - before_burst,
-        CLUSTERS * ROUNDS
-    );
     let mut killed = servers.remove(leader_index);
+    let issued_before_kill = hub.certificate_objects().await.len() - before_burst;
     let killed_at = Instant::now();
     killed.process.0.kill().unwrap();
     killed.process.0.wait().unwrap();
+    println!(
+        "SIGKILLed the leader (pid {leader}) after {issued_before_kill} of the burst's {} intermediates",
+        CLUSTERS * ROUNDS
+    );
+    // Otherwise the kill came after the burst, not during it.
+    assert!(
+        issued_before_kill < CLUSTERS * ROUNDS,
+        "the burst had finished ({issued_before_kill} issued) before the leader was killed"
+    );
     let survivors: BTreeSet<u32> = servers.iter().map(|server| server.process.0.id()).collect();
     let new_leader = wait_for(LEASE + Duration::from_secs(5), || async {
         hub.leader_pid().await.filter(|pid| survivors.contains(pid))

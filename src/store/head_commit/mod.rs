@@ -232,8 +232,26 @@ impl<B: Objects> Protocol<B> {
             return Ok(Some(token));
         }
         self.apply(head.seq, &head.writes).await?;
+        // Applied, the key objects hold every value: sealed key material
+        // leaves the head (readers take it from its key from now on).
+        let writes = head
+            .writes
+            .iter()
+            .map(|write| {
+                if write.table == Table::Secrets.name() && write.value.is_some() {
+                    Write {
+                        value: None,
+                        in_key: true,
+                        ..write.clone()
+                    }
+                } else {
+                    write.clone()
+                }
+            })
+            .collect();
         let applied = Head {
             applied: true,
+            writes,
             ..head.clone()
         };
         self.objects.write_head(&applied, &token).await
@@ -246,6 +264,7 @@ impl<B: Objects> Protocol<B> {
             .iter()
             .rev()
             .find(|write| write.table == table.name() && write.key == key)
+            .filter(|write| !write.in_key)
         {
             return match &write.value {
                 None => Ok(None),
@@ -280,7 +299,7 @@ impl<B: Objects> Protocol<B> {
             for write in head
                 .writes
                 .iter()
-                .filter(|write| write.table == table.name())
+                .filter(|write| write.table == table.name() && !write.in_key)
             {
                 match &write.value {
                     None => {
@@ -372,6 +391,7 @@ impl<B: Objects> Protocol<B> {
                         key: key.clone(),
                         version,
                         value: Some(encode(value)),
+                        in_key: false,
                     });
                 }
                 Operation::Delete { table, key, .. } => {
@@ -381,6 +401,7 @@ impl<B: Objects> Protocol<B> {
                         key: key.clone(),
                         version: 0,
                         value: None,
+                        in_key: false,
                     });
                 }
                 Operation::Append {
@@ -423,6 +444,7 @@ impl<B: Objects> Protocol<B> {
                         key: linked.key,
                         version: 1,
                         value: Some(encode(&linked.value)),
+                        in_key: false,
                     });
                     let version = next_version(
                         *head_table,
@@ -441,6 +463,7 @@ impl<B: Objects> Protocol<B> {
                         key: head_key.clone(),
                         version,
                         value: Some(encode(&linked.head)),
+                        in_key: false,
                     });
                 }
                 Operation::Check { .. } => {}

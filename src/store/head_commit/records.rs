@@ -18,8 +18,13 @@ pub struct Write {
     pub key: String,
     /// The key's version after the batch (0 for a deletion).
     pub version: u64,
-    /// The value, base64; `None`: deleted.
+    /// The value, base64; `None`: deleted, unless `in_key`.
     pub value: Option<String>,
+    /// The value was dropped from the head once the batch was applied: it
+    /// is in the key's own object, where readers take it. Sealed key
+    /// material (the `Secrets` table) does not stay in the head.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_key: bool,
 }
 
 /// The head: the last committed batch, and the ids of the last

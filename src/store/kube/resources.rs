@@ -119,9 +119,13 @@ pub struct WriteSpec {
     pub key: String,
     /// The version after the batch (0: deleted).
     pub version: u64,
-    /// The value, base64 (absent: deleted).
+    /// The value, base64 (absent: deleted, unless `inKey`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// The value is in the key's own object only (sealed key material is
+    /// dropped from the head once its batch is applied).
+    #[serde(default, rename = "inKey", skip_serializing_if = "std::ops::Not::not")]
+    pub in_key: bool,
 }
 
 macro_rules! record_kinds {
@@ -323,6 +327,7 @@ pub(crate) fn head_spec(head: &Head) -> TrustplaneHeadSpec {
                 key: write.key.clone(),
                 version: write.version,
                 value: write.value.clone(),
+                in_key: write.in_key,
             })
             .collect(),
         recent: head.recent.clone(),
@@ -342,6 +347,7 @@ pub(crate) fn head_of(spec: TrustplaneHeadSpec) -> Head {
                 key: write.key,
                 version: write.version,
                 value: write.value,
+                in_key: write.in_key,
             })
             .collect(),
         recent: spec.recent,

@@ -320,6 +320,43 @@ fn the_store_behaviour_suite_and_sharing_pass_on_a_real_api_server() {
         second.get(Table::Secrets, "root/1").unwrap().unwrap().value,
         [0xff, 1]
     );
+    // Applied, the head keeps no sealed value: only that it is in its Secret.
+    let heads: kube::Api<DynamicObject> = kube::Api::namespaced_with(
+        admin.clone(),
+        "shared",
+        &ApiResource::erase::<resources::TrustplaneHead>(&()),
+    );
+    let head = runtime.block_on(heads.get("trustplane")).unwrap();
+    assert_eq!(head.data["spec"]["applied"], true);
+    let sealed: Vec<&serde_json::Value> = head.data["spec"]["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|write| write["table"] == "secrets")
+        .collect();
+    assert_eq!(sealed.len(), 1, "{:?}", head.data["spec"]);
+    assert!(sealed[0].get("value").is_none(), "{:?}", sealed[0]);
+    assert_eq!(sealed[0]["inKey"], true);
+    // Readers take it from the Secret, in a list too; the cluster record
+    // stays in the head as it was.
+    assert_eq!(
+        first.get(Table::Secrets, "root/1").unwrap().unwrap().value,
+        [0xff, 1]
+    );
+    assert_eq!(
+        second.list(Table::Secrets).unwrap(),
+        vec![(
+            "root/1".to_string(),
+            crate::store::Versioned {
+                value: vec![0xff, 1],
+                version: 1
+            }
+        )]
+    );
+    assert_eq!(
+        second.get(Table::Clusters, "east").unwrap().unwrap().value,
+        record.to_vec()
+    );
     assert_eq!(
         second
             .list(Table::Meta)

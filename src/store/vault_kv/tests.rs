@@ -288,12 +288,14 @@ fn a_batch_committed_but_not_applied_is_visible_and_finished_by_the_next_commit(
                 key: "td/1".into(),
                 version: 1,
                 value: Some(encode(b"new")),
+                in_key: false,
             },
             Write {
                 table: "roots".into(),
                 key: "old".into(),
                 version: 0,
                 value: None,
+                in_key: false,
             },
         ],
     };

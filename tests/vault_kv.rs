@@ -11,13 +11,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::{BINARY, Guard};
+use common::binary::{BINARY, LoggedServer, spawn_logged_server};
 use common::openbao::OpenBao;
 use tonic::transport::Channel;
 use trustplane::ca::{self, Certificate, KeyAlgorithm, PrivateKey};
@@ -42,11 +41,7 @@ struct Deployment {
 }
 
 /// A running server process.
-struct Server {
-    process: Guard,
-    url: String,
-    log: PathBuf,
-}
+type Server = LoggedServer;
 
 impl Deployment {
     fn new() -> Deployment {
@@ -123,8 +118,8 @@ impl Deployment {
         let own = self.dir.path().join(format!("server-{index}"));
         std::fs::create_dir_all(&own).unwrap();
         let log = self.dir.path().join(format!("server-{index}.log"));
-        let mut child = self
-            .command()
+        let mut server = self.command();
+        server
             .args([
                 "server",
                 "--listen",
@@ -138,35 +133,8 @@ impl Deployment {
             .arg(&own)
             .arg("--kek-file")
             .arg(self.kek())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("https://"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no URL in {line:?}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Server {
-            process: Guard(child),
-            url,
-            log,
-        }
+            .env("RUST_LOG", "info");
+        spawn_logged_server(server, &log)
     }
 
     /// The store as a server sees it.

@@ -78,3 +78,49 @@ pub fn start_server_with(
     });
     (Guard(child), url)
 }
+
+/// A `trustplane server` process of a test that runs several, its URL and
+/// the file its log goes to.
+pub struct LoggedServer {
+    /// The process (killed when dropped).
+    pub process: Guard,
+    /// Its `https://` address.
+    pub url: String,
+    /// Its stderr.
+    pub log: std::path::PathBuf,
+}
+
+/// Spawns `server` (a `trustplane server …` command, `--listen` included),
+/// its stderr appended to `log`, and reads its first stdout line, which
+/// names the address it listens on.
+pub fn spawn_logged_server(mut server: Command, log: &Path) -> LoggedServer {
+    let mut child = server
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|word| word.starts_with("https://"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no URL in {line:?}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .to_string();
+    LoggedServer {
+        process: Guard(child),
+        url,
+        log: log.to_path_buf(),
+    }
+}

@@ -9,9 +9,8 @@
 //! given every server's address fails over from the killed one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use trustplane::server::DataDir;
 use trustplane::sink::{ClusterSink, DirectorySink};
 use trustplane::store::kube_resources::TrustplaneCertificate;
 
-use crate::common::binary::{BINARY, Guard};
+use crate::common::binary::{BINARY, LoggedServer, spawn_logged_server};
 use crate::kube_cluster::{KubeCluster, skip_e2e};
 
 /// The lease the servers run with: a killed holder is replaced within it.
@@ -46,11 +45,7 @@ struct Hub {
     dir: tempfile::TempDir,
 }
 
-struct Server {
-    process: Guard,
-    url: String,
-    log: PathBuf,
-}
+type Server = LoggedServer;
 
 fn text(output: &Output) -> String {
     format!(
@@ -134,7 +129,8 @@ impl Hub {
         let own = self.dir.path().join(format!("server-{index}"));
         std::fs::create_dir_all(&own).unwrap();
         let log = self.dir.path().join(format!("server-{index}.log"));
-        let mut child = Command::new(BINARY)
+        let mut server = Command::new(BINARY);
+        server
             .env_remove("TRUSTPLANE_KEK")
             .args(["server", "--listen", "127.0.0.1:0", "--leader-lease"])
             .arg(format!("{}s", LEASE.as_secs()))
@@ -143,35 +139,8 @@ impl Hub {
             .arg(&own)
             .arg("--kek-file")
             .arg(self.data().join("kek"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("https://"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no URL in {line:?}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Server {
-            process: Guard(child),
-            url,
-            log,
-        }
+            .env("RUST_LOG", "info");
+        spawn_logged_server(server, &log)
     }
 
     fn control_plane_ca(&self) -> String {

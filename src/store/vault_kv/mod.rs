@@ -327,11 +327,19 @@ impl VaultKvStore {
         runtime.spawn(async move {
             let _ = sender.send(Vault::connect(config).await);
         });
-        let vault = receiver
+        let connected = receiver
             .recv()
-            .map_err(|_| backend("the Vault connection task stopped"))?
-            .map_err(vault_error)?;
-        Self::with_runtime(vault, runtime)
+            .map_err(|_| backend("the Vault connection task stopped"))
+            .and_then(|connected| connected.map_err(vault_error));
+        match connected {
+            Ok(vault) => Self::with_runtime(vault, runtime),
+            Err(error) => {
+                // Dropping a runtime blocks, which panics when the caller
+                // runs inside another runtime (the server does).
+                runtime.shutdown_background();
+                Err(error)
+            }
+        }
     }
 
     /// Opens the store on an existing connection (shared with the signer).
@@ -349,6 +357,7 @@ impl VaultKvStore {
         let mount = config.kv_mount.trim_matches('/').to_string();
         let prefix = config.kv_prefix.trim_matches('/').to_string();
         if mount.is_empty() || prefix.is_empty() {
+            runtime.shutdown_background();
             return Err(backend(
                 "--vault-kv-mount and --vault-kv-prefix must not be empty",
             ));

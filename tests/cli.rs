@@ -601,6 +601,9 @@ fn rotate_commands_drive_a_rotation_like_a_user() {
         table.contains("trust-new") && table.contains("east"),
         "{table}"
     );
+    // With --log-format json, the progress lines are log events too:
+    // stderr stays one JSON object per line.
+    let mut progress = Vec::new();
     for _ in 0..3 {
         let advanced = run(&[
             "rotate",
@@ -610,9 +613,22 @@ fn rotate_commands_drive_a_rotation_like_a_user() {
             "2m",
             "--poll",
             "200ms",
+            "--log-format",
+            "json",
         ]);
         assert!(advanced.status.success(), "{}", text(&advanced));
+        for line in String::from_utf8_lossy(&advanced.stderr).lines() {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line:?}"));
+            progress.push(event["message"].as_str().unwrap_or_default().to_string());
+        }
     }
+    assert!(
+        progress
+            .iter()
+            .any(|message| message.starts_with("waiting: ")),
+        "no progress event while waiting on the grace: {progress:?}"
+    );
     let done: serde_json::Value =
         serde_json::from_str(&must(&["rotate", "status", "-o", "json"])).unwrap();
     assert_eq!(done["phase"], "stable", "{done}");

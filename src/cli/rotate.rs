@@ -299,10 +299,10 @@ async fn start(
         .map_err(status_error)?
         .into_inner();
     if !flags.exclude_clusters.is_empty() {
-        eprintln!(
+        crate::telemetry::warning(&format!(
             "WARNING: the rotation does not wait for {} (--exclude-cluster, recorded in the audit log).\nWARNING: they may lose trust: once the old root is retired, their workloads are no longer accepted unless they catch up on their own.",
             flags.exclude_clusters.join(", ")
-        );
+        ));
     }
     if format == Format::Table {
         println!(
@@ -339,7 +339,7 @@ async fn advance_when_ready(
             Ok(response) => {
                 let status = response.into_inner();
                 if unavailable {
-                    eprintln!("server reachable again");
+                    crate::telemetry::progress("server reachable again");
                     unavailable = false;
                 }
                 let first = waited_phase.get_or_insert_with(|| status.clone());
@@ -348,11 +348,11 @@ async fn advance_when_ready(
                 {
                     // The server (--auto) or another admin moved the rotation.
                     let moved_forward = phase_rank(&status) > phase_rank(first);
-                    eprintln!(
+                    crate::telemetry::progress(&format!(
                         "phase {} was left meanwhile (by the server with --auto, or another admin): now {}",
                         phase_of(first),
                         phase_of(&status)
-                    );
+                    ));
                     print_status(&status, format)?;
                     if !moved_forward {
                         bail!(
@@ -374,7 +374,7 @@ async fn advance_when_ready(
                 if line != last_line
                     || (status.grace_left_seconds > 0 && last_printed.elapsed() >= grace_step)
                 {
-                    eprintln!("{with_grace}");
+                    crate::telemetry::progress(&with_grace);
                     last_line = line;
                     last_printed = tokio::time::Instant::now();
                 }
@@ -389,7 +389,10 @@ async fn advance_when_ready(
             }
             Err(error) if error.code() == tonic::Code::Unavailable => {
                 if !unavailable {
-                    eprintln!("server unavailable ({}); still waiting", error.message());
+                    crate::telemetry::progress(&format!(
+                        "server unavailable ({}); still waiting",
+                        error.message()
+                    ));
                     unavailable = true;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -418,7 +421,7 @@ async fn advance_when_ready(
             if let Ok(response) = client.rotate_status(proto::RotateStatusRequest {}).await {
                 let now = response.into_inner();
                 if phase_rank(&now) > phase_rank(&status) {
-                    eprintln!("the server advanced the rotation itself (--auto)");
+                    crate::telemetry::progress("the server advanced the rotation itself (--auto)");
                     return print_advanced(&now, format);
                 }
             }

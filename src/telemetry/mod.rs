@@ -20,6 +20,25 @@ pub fn report_failure(error: &anyhow::Error) {
     }
 }
 
+/// Prints a progress line of a long command (e.g. `rotate advance
+/// --wait`) on stderr: the line as it is, or, with `--log-format json`, one
+/// `INFO` event whose message is the line, so that stderr stays one JSON
+/// object per line.
+pub fn progress(line: &str) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::info!("{line}"),
+        _ => eprintln!("{line}"),
+    }
+}
+
+/// The same for a warning the user must read (`WARN` in JSON).
+pub fn warning(line: &str) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::warn!("{line}"),
+        _ => eprintln!("{line}"),
+    }
+}
+
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

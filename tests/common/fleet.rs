@@ -241,15 +241,7 @@ pub async fn assert_every_cluster_has(mesh: &Mesh, fleet: &Fleet, root_cert_pem:
 }
 
 pub async fn assert_no_failures(mesh: &Mesh) -> u64 {
-    let summary = mesh.summary().await;
-    assert!(
-        summary.failures.is_empty(),
-        "{} failed checks out of {}:\n{}",
-        summary.failures.len(),
-        summary.checks,
-        summary.failures.join("\n")
-    );
-    summary.checks
+    mesh.assert_no_failures().await.checks
 }
 
 pub fn sigkill(server: Guard) {

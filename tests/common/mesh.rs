@@ -263,6 +263,20 @@ impl Mesh {
         checks
     }
 
+    /// The summary, after asserting that no pair check failed (each
+    /// failure listed).
+    pub async fn assert_no_failures(&self) -> Summary {
+        let summary = self.summary().await;
+        assert!(
+            summary.failures.is_empty(),
+            "{} failed checks out of {}:\n{}",
+            summary.failures.len(),
+            summary.checks,
+            summary.failures.join("\n")
+        );
+        summary
+    }
+
     pub async fn summary(&self) -> Summary {
         let state = self.state.lock().await;
         Summary {

@@ -337,6 +337,30 @@ async fn sign_rounds(
     received
 }
 
+/// Three servers on `hub`'s store, their URLs, and the pid and index of the
+/// one that took the lease.
+async fn three_servers(hub: &Hub) -> (Vec<Server>, Vec<String>, u32, usize) {
+    let servers: Vec<Server> = (1..=3).map(|index| hub.start_server(index)).collect();
+    let urls: Vec<String> = servers.iter().map(|server| server.url.clone()).collect();
+    let leader = wait_for(Duration::from_secs(20), || hub.leader_pid())
+        .await
+        .expect("no server took the lease");
+    let leader_index = servers
+        .iter()
+        .position(|server| server.process.0.id() == leader)
+        .expect("the lease holder is none of the servers");
+    (servers, urls, leader, leader_index)
+}
+
+/// Every server's log, for a failure message.
+fn logs(servers: &[Server]) -> String {
+    servers
+        .iter()
+        .map(|server| std::fs::read_to_string(&server.log).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
 fn serial_of(pem: &str) -> String {
     Certificate::from_pem(pem).unwrap().serial_hex().unwrap()
 }
@@ -349,15 +373,7 @@ async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_w
     }
     crate::common::install_crypto();
     let hub = Arc::new(Hub::start("ha").await);
-    let mut servers: Vec<Server> = (1..=3).map(|index| hub.start_server(index)).collect();
-    let urls: Vec<String> = servers.iter().map(|server| server.url.clone()).collect();
-    let leader = wait_for(Duration::from_secs(20), || hub.leader_pid())
-        .await
-        .expect("no server took the lease");
-    let leader_index = servers
-        .iter()
-        .position(|server| server.process.0.id() == leader)
-        .expect("the lease holder is none of the servers");
+    let (mut servers, urls, leader, leader_index) = three_servers(&hub).await;
 
     // An agent given every server, the leader first: it enrolls and
     // watches there, and fails over when the leader dies.
@@ -451,11 +467,7 @@ async fn the_leader_sigkilled_during_issuances_is_replaced_no_serial_twice_and_w
     assert!(
         new_leader.is_some(),
         "no survivor took the lease; logs:\n{}",
-        servers
-            .iter()
-            .map(|server| std::fs::read_to_string(&server.log).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+        logs(&servers)
     );
     assert!(
         killed_at.elapsed() < LEASE + Duration::from_secs(3),
@@ -556,15 +568,7 @@ async fn the_leader_sigkilled_during_a_rotation_is_replaced_and_the_rotation_com
     }
     crate::common::install_crypto();
     let hub = Arc::new(Hub::start("ha-rotation").await);
-    let mut servers: Vec<Server> = (1..=3).map(|index| hub.start_server(index)).collect();
-    let urls: Vec<String> = servers.iter().map(|server| server.url.clone()).collect();
-    let leader = wait_for(Duration::from_secs(20), || hub.leader_pid())
-        .await
-        .expect("no server took the lease");
-    let leader_index = servers
-        .iter()
-        .position(|server| server.process.0.id() == leader)
-        .expect("the lease holder is none of the servers");
+    let (mut servers, urls, _, leader_index) = three_servers(&hub).await;
     let survivor_url = urls[(leader_index + 1) % urls.len()].clone();
 
     let mesh = Mesh::new(GRACE, SystemClock::shared());
@@ -644,23 +648,12 @@ async fn the_leader_sigkilled_during_a_rotation_is_replaced_and_the_rotation_com
         panic!(
             "the rotation did not complete after the takeover: {}; logs:\n{}",
             hub.rotation_status(&survivor_url),
-            servers
-                .iter()
-                .map(|server| std::fs::read_to_string(&server.log).unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
+            logs(&servers)
         )
     });
     assert_eq!(done["outcome"], "completed", "{done}");
     mesh.check_all("completed").await;
-    let summary = mesh.summary().await;
-    assert!(
-        summary.failures.is_empty(),
-        "{} failed pair checks out of {}:\n{}",
-        summary.failures.len(),
-        summary.checks,
-        summary.failures.join("\n")
-    );
+    let summary = mesh.assert_no_failures().await;
     assert!(summary.checks > 0);
     // Every cluster was re-issued from the new root at least once.
     assert!(summary.intermediates >= 6, "{summary:?}");

@@ -1049,4 +1049,33 @@ pub(crate) mod conformance {
         });
         assert_linear(store, WRITERS * APPENDS);
     }
+
+    /// Two stores on one shared backend (two servers): four writers, two
+    /// through each, append `per_writer` entries each; both stores then
+    /// list every certificate and one linear chain, no write lost.
+    pub(crate) fn two_stores_append_as_one(first: &dyn Store, second: &dyn Store, per_writer: u64) {
+        std::thread::scope(|scope| {
+            for (writer, store) in [(0, first), (1, second), (2, first), (3, second)] {
+                scope.spawn(move || {
+                    for index in 0..per_writer {
+                        store
+                            .commit(append(Batch::new().put(
+                                Table::Certificates,
+                                format!("{writer}-{index}"),
+                                vec![1],
+                                Some(Expect::Absent),
+                            )))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        for store in [first, second] {
+            assert_eq!(
+                store.list(Table::Certificates).unwrap().len() as u64,
+                4 * per_writer
+            );
+            assert_linear(store, 4 * per_writer);
+        }
+    }
 }
